@@ -1,0 +1,193 @@
+//! Accounts: registration rules, password hashing, session tokens.
+//!
+//! Passwords are hashed with Argon2id on glommio's blocking pool (hashing is deliberately slow and must not stall a
+//! shard). Tokens are 32 random bytes from the OS, hex encoded; only their SHA-256 is stored, so a leaked store does
+//! not leak usable tokens.
+
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use sha2::{Digest, Sha256};
+use twitchy_storage::{AccountRecord, StorageError, StorageHandle};
+
+use crate::protocol::session::Identity;
+
+/// Password length limits, in bytes.
+pub const PASSWORD_BYTES_MIN: usize = 8;
+pub const PASSWORD_BYTES_MAX: usize = 128;
+
+/// Name colors handed out at registration (Twitch's default palette).
+const COLORS: [&str; 15] = [
+    "#FF0000", "#0000FF", "#008000", "#B22222", "#FF7F50", "#9ACD32", "#FF4500", "#2E8B57", "#DAA520", "#D2691E",
+    "#5F9EA0", "#1E90FF", "#FF69B4", "#8A2BE2", "#00FF7F",
+];
+
+/// Why registration or login failed, with the HTTP status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("username must be 4-25 characters of a-z, 0-9 and _")]
+    InvalidUsername,
+    #[error("password must be {PASSWORD_BYTES_MIN}-{PASSWORD_BYTES_MAX} characters")]
+    InvalidPassword,
+    #[error("username is already taken")]
+    Taken,
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("storage is busy, try again")]
+    Busy,
+    #[error("internal error")]
+    Internal,
+}
+
+impl AuthError {
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::InvalidUsername | AuthError::InvalidPassword => 400,
+            AuthError::Taken => 409,
+            AuthError::BadCredentials => 401,
+            AuthError::Busy => 503,
+            AuthError::Internal => 500,
+        }
+    }
+}
+
+impl From<StorageError> for AuthError {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::AlreadyExists => AuthError::Taken,
+            StorageError::Busy => AuthError::Busy,
+            other => {
+                log::error!("account storage failed: {other}");
+                AuthError::Internal
+            }
+        }
+    }
+}
+
+/// Twitch's username rules: 4-25 characters of `[a-z0-9_]` (we lowercase first), not starting with `_`, and not
+/// the anonymous `justinfan` prefix.
+pub fn normalize_username(name: &str) -> Result<String, AuthError> {
+    let login = name.to_ascii_lowercase();
+    let ok = (4..=25).contains(&login.len())
+        && login.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !login.starts_with('_')
+        && !login.starts_with("justinfan");
+    if ok { Ok(login) } else { Err(AuthError::InvalidUsername) }
+}
+
+fn check_password(password: &str) -> Result<(), AuthError> {
+    if (PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&password.len()) {
+        Ok(())
+    } else {
+        Err(AuthError::InvalidPassword)
+    }
+}
+
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+fn color_for(login: &str) -> String {
+    let sum: usize = login.bytes().map(usize::from).sum();
+    COLORS[sum % COLORS.len()].to_string()
+}
+
+/// Creates an account and returns a fresh token.
+pub async fn register(storage: &StorageHandle, username: &str, password: &str) -> Result<String, AuthError> {
+    let login = normalize_username(username)?;
+    check_password(password)?;
+    if storage.account(&login).await?.is_some() {
+        return Err(AuthError::Taken);
+    }
+    let password = password.to_string();
+    let hash = glommio::executor()
+        .spawn_blocking(move || {
+            Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|h: PasswordHash| h.to_string())
+                .map_err(|_| AuthError::Internal)
+        })
+        .await?;
+    let account = AccountRecord {
+        user_id: rand::random::<u64>() >> 12,
+        color: color_for(&login),
+        login: login.clone(),
+        password_hash: hash,
+        created_unix_ms: crate::shard::unix_ms(),
+    };
+    storage.create_account(account).await?;
+    issue_token(storage, &login).await
+}
+
+/// Checks a password and returns a fresh token.
+pub async fn login(storage: &StorageHandle, username: &str, password: &str) -> Result<String, AuthError> {
+    let login = normalize_username(username).map_err(|_| AuthError::BadCredentials)?;
+    if password.len() > PASSWORD_BYTES_MAX {
+        return Err(AuthError::BadCredentials);
+    }
+    let account = storage.account(&login).await?.ok_or(AuthError::BadCredentials)?;
+    let password = password.to_string();
+    let verified = glommio::executor()
+        .spawn_blocking(move || {
+            PasswordHash::new(&account.password_hash)
+                .map(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+                .unwrap_or(false)
+        })
+        .await;
+    if !verified {
+        return Err(AuthError::BadCredentials);
+    }
+    issue_token(storage, &login).await
+}
+
+async fn issue_token(storage: &StorageHandle, login: &str) -> Result<String, AuthError> {
+    let token = new_token();
+    storage.put_token(token_sha256(&token), login).await?;
+    Ok(token)
+}
+
+/// The identity behind an IRC `PASS oauth:<token>` + `NICK <login>`, if the token is valid for that login.
+pub async fn identity_for_token(storage: &StorageHandle, login: &str, token: &str) -> Option<Identity> {
+    let token = token.strip_prefix("oauth:").unwrap_or(token);
+    let owner = storage.login_for_token(token_sha256(token)).await.ok()??;
+    if !owner.eq_ignore_ascii_case(login) {
+        return None;
+    }
+    let account = storage.account(&owner).await.ok()??;
+    Some(Identity {
+        display_name: account.login.clone(),
+        login: account.login,
+        user_id: account.user_id,
+        color: account.color,
+        badges: String::new(),
+        is_mod: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_twitch_rules() {
+        assert_eq!(normalize_username("Alice_99").unwrap(), "alice_99");
+        for bad in ["abc", "a".repeat(26).as_str(), "bad name", "émile", "_lead", "justinfan123", ""] {
+            assert!(normalize_username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_ne!(token_sha256(&a), token_sha256(&b));
+        assert!(check_password("short").is_err());
+        assert!(check_password(&"x".repeat(129)).is_err());
+        assert!(check_password("long enough").is_ok());
+    }
+}

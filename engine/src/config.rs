@@ -1,0 +1,272 @@
+//! Command line, environment and the rooms file.
+//!
+//! Every option is a flag and an environment variable (`TWITCHY_*`). The rooms file (TOML) lists the preset rooms
+//! and their styles; without one, three built-in rooms are served.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Twitchy Chat: a thread-per-core live chat server that speaks Twitch's IRC dialect over WebSocket and TCP, and
+/// rewrites every message in its room's style.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "twitchy", version, about, long_about = None)]
+pub struct Args {
+    /// Address for HTTP, the web client and WebSocket IRC (path `/`).
+    #[arg(long, env = "TWITCHY_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+
+    /// Address for plain TCP IRC.
+    #[arg(long, env = "TWITCHY_IRC", default_value = "127.0.0.1:6667")]
+    pub irc: SocketAddr,
+
+    /// Directory of the embedded store.
+    #[arg(long, env = "TWITCHY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Number of shards (one glommio executor per core); 0 means one per available core.
+    #[arg(long, env = "TWITCHY_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+
+    /// Rooms file (TOML). Without it, the built-in rooms are served.
+    #[arg(long, env = "TWITCHY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Server name used in IRC prefixes; Twitch clients match on `tmi.twitch.tv`.
+    #[arg(long, env = "TWITCHY_SERVER_NAME", default_value = "tmi.twitch.tv")]
+    pub server_name: String,
+
+    /// This node's id, part of every message id (unique per node in a cluster).
+    #[arg(long, env = "TWITCHY_NODE_ID", default_value_t = 0)]
+    pub node_id: u16,
+
+    /// Storage backend: `embedded` (in the data dir) or `scylla`.
+    #[arg(long, env = "TWITCHY_STORE", default_value = "embedded", value_parser = ["embedded", "scylla"])]
+    pub store: String,
+
+    /// ScyllaDB contact points, comma separated `host:port` (with `--store scylla`).
+    #[arg(long, env = "TWITCHY_SCYLLA_NODES", value_delimiter = ',')]
+    pub scylla_nodes: Vec<String>,
+
+    /// ScyllaDB keyspace (created on first start).
+    #[arg(long, env = "TWITCHY_SCYLLA_KEYSPACE", default_value = "twitchy")]
+    pub scylla_keyspace: String,
+
+    /// ScyllaDB replication factor for a new keyspace.
+    #[arg(long, env = "TWITCHY_SCYLLA_REPLICATION_FACTOR", default_value_t = 3)]
+    pub scylla_replication_factor: u32,
+
+    /// vLLM (OpenAI-compatible) endpoints, comma separated base URLs. Empty: the local rewriter styles everything.
+    #[arg(long, env = "TWITCHY_VLLM", value_delimiter = ',')]
+    pub vllm: Vec<String>,
+
+    /// Model name served by the vLLM endpoints.
+    #[arg(long, env = "TWITCHY_VLLM_MODEL", default_value = "tiny")]
+    pub vllm_model: String,
+
+    /// Deadline for the LLM's rewrite of one message; later, the local rewrite is used.
+    #[arg(long, env = "TWITCHY_STYLE_DEADLINE_MS", default_value_t = 150)]
+    pub style_deadline_ms: u64,
+
+    /// Messages a user may send per window (per room).
+    #[arg(long, env = "TWITCHY_RATE_LIMIT_MESSAGES", default_value_t = 20)]
+    pub rate_limit_messages: u32,
+
+    /// Messages a moderator may send per window (per room).
+    #[arg(long, env = "TWITCHY_RATE_LIMIT_MESSAGES_MOD", default_value_t = 100)]
+    pub rate_limit_messages_mod: u32,
+
+    /// Length of the rate-limit window.
+    #[arg(long, env = "TWITCHY_RATE_LIMIT_WINDOW_MS", default_value_t = 30_000)]
+    pub rate_limit_window_ms: u64,
+
+    /// JOINs a connection may send per window.
+    #[arg(long, env = "TWITCHY_JOINS_PER_WINDOW_MAX", default_value_t = 20)]
+    pub joins_per_window_max: u32,
+
+    /// Length of the JOIN rate window.
+    #[arg(long, env = "TWITCHY_JOIN_WINDOW_MS", default_value_t = 10_000)]
+    pub join_window_ms: u64,
+
+    /// Bytes queued for one client before it is disconnected as too slow.
+    #[arg(long, env = "TWITCHY_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 1 << 20)]
+    pub outbound_queue_bytes_max: usize,
+
+    /// Connections one shard accepts; more are refused.
+    #[arg(long, env = "TWITCHY_CONNECTIONS_PER_SHARD_MAX", default_value_t = 20_000)]
+    pub connections_per_shard_max: usize,
+
+    /// Send PING to a client that has been silent this long.
+    #[arg(long, env = "TWITCHY_IDLE_PING_SECS", default_value_t = 60)]
+    pub idle_ping_secs: u64,
+
+    /// Drop a client that has been silent this long (it did not answer PING).
+    #[arg(long, env = "TWITCHY_IDLE_TIMEOUT_SECS", default_value_t = 90)]
+    pub idle_timeout_secs: u64,
+
+    /// io_uring registered memory per shard, KiB (locked memory is scarce; keep it small).
+    #[arg(long, env = "TWITCHY_IO_MEMORY_KIB", default_value_t = 512)]
+    pub io_memory_kib: usize,
+
+    /// Log glommio task stalls longer than this many milliseconds (0: off).
+    #[arg(long, env = "TWITCHY_DETECT_STALLS_MS", default_value_t = 0)]
+    pub detect_stalls_ms: u64,
+
+    /// Storage: longest wait to fill a write batch after its first message.
+    #[arg(long, env = "TWITCHY_STORAGE_BATCH_WAIT_US", default_value_t = 500)]
+    pub storage_batch_wait_us: u64,
+
+    /// Storage: messages queued for writing before senders are told to try again.
+    #[arg(long, env = "TWITCHY_STORAGE_QUEUE_MESSAGES_MAX", default_value_t = 65_536)]
+    pub storage_queue_messages_max: usize,
+}
+
+/// One preset room.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoomConfig {
+    /// Lowercase name without `#`.
+    pub name: String,
+    /// Style name (see `twitchy_inference::style_names`).
+    pub style: String,
+    /// Numeric room id for the `room-id` tag; derived from the name when absent.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Logins with the moderator badge and the higher rate limit in this room.
+    #[serde(default)]
+    pub moderators: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomsFile {
+    rooms: Vec<RoomConfig>,
+}
+
+/// Rooms a server may have at most (room state is per shard and preallocated).
+pub const ROOMS_MAX: usize = 1024;
+
+/// The built-in rooms file.
+pub const DEFAULT_ROOMS_TOML: &str = r#"
+[[rooms]]
+name = "lobby"
+style = "brainrot"
+
+[[rooms]]
+name = "tavern"
+style = "pirate"
+
+[[rooms]]
+name = "globe"
+style = "shakespeare"
+"#;
+
+/// Errors in the rooms file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid rooms file: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("invalid rooms file: {0}")]
+    Invalid(String),
+}
+
+/// Parses and validates a rooms file.
+pub fn parse_rooms(text: &str) -> Result<Vec<RoomConfig>, ConfigError> {
+    let file: RoomsFile = toml::from_str(text)?;
+    if file.rooms.is_empty() {
+        return Err(ConfigError::Invalid("no rooms".into()));
+    }
+    if file.rooms.len() > ROOMS_MAX {
+        return Err(ConfigError::Invalid(format!("more than {ROOMS_MAX} rooms")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut rooms = Vec::with_capacity(file.rooms.len());
+    for mut room in file.rooms {
+        if !valid_room_name(&room.name) {
+            return Err(ConfigError::Invalid(format!(
+                "room name {:?}: use 1-25 characters of [a-z0-9_]",
+                room.name
+            )));
+        }
+        if !seen.insert(room.name.clone()) {
+            return Err(ConfigError::Invalid(format!("room {:?} listed twice", room.name)));
+        }
+        if !twitchy_inference::style_names().contains(&room.style.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "room {:?}: unknown style {:?} (known: {})",
+                room.name,
+                room.style,
+                twitchy_inference::style_names().join(", ")
+            )));
+        }
+        room.moderators = room.moderators.iter().map(|m| m.to_ascii_lowercase()).collect();
+        rooms.push(room);
+    }
+    Ok(rooms)
+}
+
+/// Loads the rooms file named on the command line, or the built-in one.
+pub fn load_rooms(path: Option<&PathBuf>) -> Result<Vec<RoomConfig>, ConfigError> {
+    match path {
+        None => parse_rooms(DEFAULT_ROOMS_TOML),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            parse_rooms(&text)
+        }
+    }
+}
+
+/// Room names follow Twitch's login rules, loosened to allow short names.
+pub fn valid_room_name(name: &str) -> bool {
+    (1..=25).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A stable numeric id for a room without an explicit one (FNV-1a, 31 bits so every client parses it).
+pub fn derived_room_id(name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash & 0x7fff_ffff).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_rooms_have_distinct_styles() {
+        let rooms = parse_rooms(DEFAULT_ROOMS_TOML).unwrap();
+        assert_eq!(rooms.len(), 3);
+        let styles: std::collections::HashSet<_> = rooms.iter().map(|r| r.style.clone()).collect();
+        assert_eq!(styles.len(), 3);
+    }
+
+    #[test]
+    fn bad_rooms_files_are_rejected_with_a_reason() {
+        let cases = [
+            ("rooms = []", "no rooms"),
+            ("[[rooms]]\nname = \"Bad Name\"\nstyle = \"pirate\"", "room name"),
+            ("[[rooms]]\nname = \"a\"\nstyle = \"nope\"", "unknown style"),
+            ("[[rooms]]\nname = \"a\"\nstyle = \"pirate\"\n[[rooms]]\nname = \"a\"\nstyle = \"pirate\"", "twice"),
+            ("[[rooms]]\nname = \"a\"\nstyle = \"pirate\"\ncolour = 1", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let err = parse_rooms(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn derived_room_ids_are_stable_and_positive() {
+        assert_eq!(derived_room_id("lobby"), derived_room_id("lobby"));
+        assert_ne!(derived_room_id("lobby"), derived_room_id("tavern"));
+        assert!(derived_room_id("x") > 0 && derived_room_id("x") < (1 << 31));
+    }
+}

@@ -1,0 +1,150 @@
+//! Per-shard counters and the Prometheus text exposition.
+//!
+//! Each shard writes only its own [`ShardMetrics`] (relaxed atomics on its own cache lines), so counting costs no
+//! cross-core traffic; `/metrics`, served by whichever shard took the request, reads all of them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters of one shard. Only the owning shard writes them.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardMetrics {
+    pub connections: AtomicU64,
+    pub connections_accepted_total: AtomicU64,
+    pub connections_refused_total: AtomicU64,
+    pub messages_in_total: AtomicU64,
+    pub messages_rejected_total: AtomicU64,
+    pub messages_sequenced_total: AtomicU64,
+    pub messages_acked_total: AtomicU64,
+    pub messages_out_total: AtomicU64,
+    pub deliveries_total: AtomicU64,
+    pub drops_total: AtomicU64,
+    pub slow_disconnects_total: AtomicU64,
+    pub idle_disconnects_total: AtomicU64,
+    pub cross_shard_sent_total: AtomicU64,
+    pub styler_fallbacks_total: AtomicU64,
+    pub styled_llm_total: AtomicU64,
+    pub notices_total: AtomicU64,
+    pub http_requests_total: AtomicU64,
+    pub store_errors_total: AtomicU64,
+}
+
+impl ShardMetrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
+/// Viewer counts: `viewers[shard][room]`, each row written by its shard only.
+#[derive(Debug)]
+pub struct ViewerCounts {
+    rooms: usize,
+    counts: Vec<AtomicU64>,
+}
+
+impl ViewerCounts {
+    pub fn new(shards: usize, rooms: usize) -> ViewerCounts {
+        ViewerCounts { rooms, counts: (0..shards * rooms).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    pub fn set(&self, shard: usize, room: usize, viewers: u64) {
+        self.counts[shard * self.rooms + room].store(viewers, Relaxed);
+    }
+
+    /// Viewers of a room over all shards.
+    pub fn total(&self, room: usize) -> u64 {
+        self.counts.iter().skip(room).step_by(self.rooms).map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+/// Renders all shards' counters, plus process memory.
+pub fn render(shards: &[ShardMetrics], out: &mut String) {
+    let fields: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 18] = [
+        ("twitchy_connections", "gauge", "Open client connections", |m| &m.connections),
+        ("twitchy_connections_accepted_total", "counter", "Connections accepted", |m| &m.connections_accepted_total),
+        ("twitchy_connections_refused_total", "counter", "Connections refused at the limit", |m| {
+            &m.connections_refused_total
+        }),
+        ("twitchy_messages_in_total", "counter", "PRIVMSGs received from clients", |m| &m.messages_in_total),
+        ("twitchy_messages_rejected_total", "counter", "PRIVMSGs refused (limits, busy)", |m| {
+            &m.messages_rejected_total
+        }),
+        ("twitchy_messages_sequenced_total", "counter", "Messages sequenced by their home shard", |m| {
+            &m.messages_sequenced_total
+        }),
+        ("twitchy_messages_acked_total", "counter", "Messages acknowledged after being durable", |m| {
+            &m.messages_acked_total
+        }),
+        ("twitchy_messages_out_total", "counter", "Chat messages fanned out by this shard (once per message)", |m| {
+            &m.messages_out_total
+        }),
+        ("twitchy_deliveries_total", "counter", "Chat lines queued to viewers", |m| &m.deliveries_total),
+        ("twitchy_drops_total", "counter", "Chat lines not delivered because the viewer was dropped", |m| {
+            &m.drops_total
+        }),
+        ("twitchy_slow_disconnects_total", "counter", "Viewers disconnected for falling behind", |m| {
+            &m.slow_disconnects_total
+        }),
+        ("twitchy_idle_disconnects_total", "counter", "Clients dropped for not answering PING", |m| {
+            &m.idle_disconnects_total
+        }),
+        ("twitchy_cross_shard_sent_total", "counter", "Messages sent to other shards", |m| &m.cross_shard_sent_total),
+        ("twitchy_styler_fallbacks_total", "counter", "Messages styled by the local rewriter", |m| {
+            &m.styler_fallbacks_total
+        }),
+        ("twitchy_styled_llm_total", "counter", "Messages styled by the LLM", |m| &m.styled_llm_total),
+        ("twitchy_notices_total", "counter", "NOTICEs sent to clients", |m| &m.notices_total),
+        ("twitchy_http_requests_total", "counter", "HTTP requests served", |m| &m.http_requests_total),
+        ("twitchy_store_errors_total", "counter", "Messages whose storage failed", |m| &m.store_errors_total),
+    ];
+    for (name, kind, help, get) in fields {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (shard, m) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(m).load(Relaxed));
+        }
+    }
+    if let Some(rss) = resident_memory_bytes() {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+        );
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/statm`.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_shard_and_viewer_totals_add_up() {
+        let shards = [ShardMetrics::default(), ShardMetrics::default()];
+        ShardMetrics::add(&shards[1].deliveries_total, 42);
+        let mut out = String::new();
+        render(&shards, &mut out);
+        assert!(out.contains("twitchy_deliveries_total{shard=\"1\"} 42"));
+        assert!(out.contains("twitchy_deliveries_total{shard=\"0\"} 0"));
+        assert!(out.contains("process_resident_memory_bytes "));
+
+        let viewers = ViewerCounts::new(2, 3);
+        viewers.set(0, 2, 5);
+        viewers.set(1, 2, 7);
+        viewers.set(1, 0, 1);
+        assert_eq!(viewers.total(2), 12);
+        assert_eq!(viewers.total(0), 1);
+        assert_eq!(viewers.total(1), 0);
+    }
+}

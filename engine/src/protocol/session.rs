@@ -1,0 +1,1376 @@
+//! The per-connection state machine of the chat protocol.
+//!
+//! A [`Session`] takes one line at a time plus the current time in milliseconds and pushes
+//! [`Action`]s: bytes to write back, and requests for the engine (authenticate, join, part,
+//! send). The engine answers requests by calling [`Session::authenticated`],
+//! [`Session::joined`] and friends, which push further actions. The session never touches a
+//! socket or a clock, so every flow is driven deterministically by the unit tests below.
+//!
+//! Registration follows Twitch: `PASS` then `NICK` completes it, unless the client opened IRCv3
+//! capability negotiation with `CAP LS`, in which case it completes on `CAP END`. Anonymous
+//! `justinfan<digits>` nicks need no password. Lines that arrive while the engine checks a
+//! token are held (at most [`PENDING_LINES_MAX`]) and replayed once it answers, because many
+//! clients send `JOIN` right after `NICK` without waiting for the welcome.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use super::irc::{Message, ParseError};
+use super::line::{LINE_BYTES_MAX_DEFAULT, LineError};
+use super::twitch::{self, CAPABILITIES, SERVER_NAME_DEFAULT, UserState, msg_id};
+
+/// Most lines held while the engine checks a token, and most PRIVMSGs held per connection for
+/// rooms whose JOIN the engine has not confirmed yet.
+pub const PENDING_LINES_MAX: usize = 32;
+
+/// Longest `client-nonce` or `reply-parent-msg-id` passed on, in bytes; longer values are
+/// treated as absent because the nonce is echoed to every viewer.
+pub const CLIENT_TAG_BYTES_MAX: usize = 128;
+
+/// Longest room (channel) name in bytes, Twitch's login length limit.
+pub const ROOM_NAME_BYTES_MAX: usize = 25;
+
+/// Protocol limits and naming for every session on a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Name used in server prefixes (`:tmi.twitch.tv 001 ...`).
+    pub server_name: String,
+    /// Longest chat message in characters (Unicode scalar values), Twitch's 500 by default.
+    pub message_chars_max: usize,
+    /// JOINs (counting each channel of a comma list) allowed per `join_window_ms`.
+    pub joins_per_window_max: u32,
+    /// Length of the sliding JOIN rate window.
+    pub join_window_ms: u64,
+    /// Channels one connection may be in (joined or joining) at once.
+    pub rooms_joined_max: usize,
+    /// Longest accepted line in bytes, terminator excluded; also the limit the transport
+    /// should give its `LineBuffer`.
+    pub line_bytes_max: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            server_name: SERVER_NAME_DEFAULT.to_owned(),
+            message_chars_max: 500,
+            joins_per_window_max: 20,
+            join_window_ms: 10_000,
+            rooms_joined_max: 100,
+            line_bytes_max: LINE_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Who a registered (non-anonymous) connection is, as the engine's token check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub login: String,
+    pub display_name: String,
+    pub user_id: u64,
+    pub color: String,
+    pub badges: String,
+    pub is_mod: bool,
+}
+
+impl Identity {
+    /// The values USERSTATE and the send acknowledgement carry.
+    pub fn user_state(&self) -> UserState<'_> {
+        UserState {
+            login: &self.login,
+            display_name: &self.display_name,
+            color: &self.color,
+            badges: &self.badges,
+            is_mod: self.is_mod,
+        }
+    }
+}
+
+/// What the engine knows about a room when confirming a JOIN. ROOMSTATE values other than
+/// `room-id` are fixed (all chat modes off) for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomState {
+    pub room_id: u64,
+}
+
+/// What the session asks of its driver, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Bytes to write to this client: one or more complete lines.
+    Reply(Vec<u8>),
+    /// Check `token` for `login`; answer with `authenticated` or `authentication_failed`.
+    Authenticate { login: String, token: String },
+    /// Join `room` (lowercase, no `#`); answer with `joined` or `join_failed`.
+    Join { room: String },
+    /// Leave `room`, which was joined or still joining.
+    Part { room: String },
+    /// Send a chat message to a room this connection has joined (the engine confirmed it).
+    Privmsg {
+        room: String,
+        text: String,
+        client_nonce: Option<String>,
+        reply_parent_msg_id: Option<String>,
+    },
+    /// Close the connection after writing the replies before it.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    Unregistered,
+    Authenticating,
+    Anonymous,
+    Registered,
+    Closed,
+}
+
+/// Whether `name` is a valid room (channel) name: 1 to [`ROOM_NAME_BYTES_MAX`] bytes of
+/// lowercase ASCII letters, digits and `_`, which is Twitch's rule for logins.
+pub fn is_valid_room_name(name: &str) -> bool {
+    is_valid_login(name)
+}
+
+fn is_valid_login(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= ROOM_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn is_anonymous_login(login: &str) -> bool {
+    login
+        .strip_prefix("justinfan")
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `#Room` → `room`: drops one leading `#` and lowercases.
+fn normalize_room(raw: &str) -> String {
+    raw.trim()
+        .strip_prefix('#')
+        .unwrap_or(raw.trim())
+        .to_ascii_lowercase()
+}
+
+/// Returns the reply buffer at the end of `out`, starting a new one if the last action is not
+/// a reply, so consecutive replies coalesce into one write while keeping their order relative
+/// to engine requests.
+fn reply(out: &mut Vec<Action>) -> &mut Vec<u8> {
+    if !matches!(out.last(), Some(Action::Reply(_))) {
+        out.push(Action::Reply(Vec::new()));
+    }
+    match out.last_mut() {
+        Some(Action::Reply(bytes)) => bytes,
+        _ => unreachable!("a Reply action was just ensured at the end"),
+    }
+}
+
+/// A PRIVMSG held until the engine confirms the JOIN of its room.
+#[derive(Debug)]
+struct HeldPrivmsg {
+    room: String,
+    action: Action,
+}
+
+/// The protocol state of one client connection.
+#[derive(Debug)]
+pub struct Session {
+    config: Rc<SessionConfig>,
+    registration: Registration,
+    caps_tags: bool,
+    caps_commands: bool,
+    caps_membership: bool,
+    /// True between `CAP LS` and `CAP END` before registration.
+    cap_negotiating: bool,
+    pass: Option<String>,
+    nick: Option<String>,
+    identity: Option<Identity>,
+    rooms_joined: Vec<String>,
+    rooms_joining: Vec<String>,
+    /// Times of the JOINs inside the current window, oldest first; at most
+    /// `joins_per_window_max` entries.
+    join_times_ms: VecDeque<u64>,
+    /// Lines received while authenticating, with their arrival time.
+    lines_pending: VecDeque<(String, u64)>,
+    privmsgs_held: VecDeque<HeldPrivmsg>,
+}
+
+impl Session {
+    pub fn new(config: Rc<SessionConfig>) -> Session {
+        Session {
+            config,
+            registration: Registration::Unregistered,
+            caps_tags: false,
+            caps_commands: false,
+            caps_membership: false,
+            cap_negotiating: false,
+            pass: None,
+            nick: None,
+            identity: None,
+            rooms_joined: Vec::new(),
+            rooms_joining: Vec::new(),
+            join_times_ms: VecDeque::new(),
+            lines_pending: VecDeque::new(),
+            privmsgs_held: VecDeque::new(),
+        }
+    }
+
+    /// The registered identity; None for anonymous or not (yet) registered connections.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// The nick the client gave (lowercased); for registered users, their login.
+    pub fn nick(&self) -> Option<&str> {
+        self.nick.as_deref()
+    }
+
+    /// True once the welcome was sent (anonymous or authenticated).
+    pub fn is_registered(&self) -> bool {
+        matches!(
+            self.registration,
+            Registration::Anonymous | Registration::Registered
+        )
+    }
+
+    /// True for a registered `justinfan` connection.
+    pub fn is_anonymous(&self) -> bool {
+        self.registration == Registration::Anonymous
+    }
+
+    /// True after the session asked for the connection to close; later lines are ignored.
+    pub fn is_closed(&self) -> bool {
+        self.registration == Registration::Closed
+    }
+
+    pub fn wants_tags(&self) -> bool {
+        self.caps_tags
+    }
+
+    pub fn wants_commands(&self) -> bool {
+        self.caps_commands
+    }
+
+    pub fn wants_membership(&self) -> bool {
+        self.caps_membership
+    }
+
+    /// Rooms whose JOIN the engine confirmed and that were not parted since.
+    pub fn joined_rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms_joined.iter().map(String::as_str)
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.config.server_name
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The nick to address numerics to: the nick once known, `*` before.
+    fn target(&self) -> &str {
+        self.nick.as_deref().unwrap_or("*")
+    }
+
+    fn notice(&self, room: Option<&str>, id: &str, text: &str, out: &mut Vec<Action>) {
+        twitch::encode_notice(
+            room,
+            Some(id),
+            text,
+            &self.config.server_name,
+            self.caps_tags,
+            reply(out),
+        );
+    }
+
+    fn numeric(&self, code: &str, middle: &[&str], text: &str, out: &mut Vec<Action>) {
+        twitch::encode_numeric(
+            code,
+            self.target(),
+            middle,
+            text,
+            &self.config.server_name,
+            reply(out),
+        );
+    }
+
+    /// Tells the client that a line from the transport could not be read. The connection
+    /// stays open: one bad line should not cost a client its session.
+    pub fn handle_line_error(&mut self, error: LineError, out: &mut Vec<Action>) {
+        if self.is_closed() {
+            return;
+        }
+        let text = match error {
+            LineError::TooLong => "Your line was dropped because it is too long.",
+            LineError::InvalidUtf8 => "Your line was dropped because it is not valid UTF-8.",
+        };
+        self.notice(None, msg_id::INVALID_LINE, text, out);
+    }
+
+    /// Handles one line from the client (terminator optional) received at `now_ms`.
+    pub fn handle_line(&mut self, line: &str, now_ms: u64, out: &mut Vec<Action>) {
+        if self.is_closed() {
+            return;
+        }
+        if line.len() > self.config.line_bytes_max {
+            self.handle_line_error(LineError::TooLong, out);
+            return;
+        }
+        let message = match Message::parse(line) {
+            Ok(message) => message,
+            Err(ParseError::Empty) => return,
+            Err(error) => {
+                let text = format!("Your line was dropped: {error}.");
+                self.notice(None, msg_id::INVALID_LINE, &text, out);
+                return;
+            }
+        };
+        let command = message.command;
+        let is = |name: &str| command.eq_ignore_ascii_case(name);
+
+        if self.registration == Registration::Authenticating
+            && !(is("PING") || is("PONG") || is("CAP") || is("QUIT"))
+        {
+            if self.lines_pending.len() >= PENDING_LINES_MAX {
+                self.notice(
+                    None,
+                    msg_id::INVALID_LINE,
+                    "Your line was dropped because login is still in progress.",
+                    out,
+                );
+            } else {
+                self.lines_pending.push_back((line.to_owned(), now_ms));
+            }
+            return;
+        }
+
+        if is("PRIVMSG") {
+            self.handle_privmsg(&message, out);
+        } else if is("PING") {
+            let argument = message.param(0);
+            twitch::encode_pong(&self.config.server_name, argument, reply(out));
+        } else if is("PONG") {
+            // The client answering our keep-alive PING; its arrival is all that matters, and the
+            // transport already saw it.
+        } else if is("JOIN") {
+            self.handle_join(&message, now_ms, out);
+        } else if is("PART") {
+            self.handle_part(&message, out);
+        } else if is("CAP") {
+            self.handle_cap(&message, out);
+        } else if is("PASS") {
+            if self.registration == Registration::Unregistered
+                && let Some(token) = message.param(0)
+            {
+                let token = token.strip_prefix("oauth:").unwrap_or(token);
+                self.pass = Some(token.to_owned());
+            }
+        } else if is("NICK") {
+            self.handle_nick(&message, out);
+        } else if is("USER") {
+            // Twitch ignores USER; the login comes from NICK and the token.
+        } else if is("QUIT") {
+            self.registration = Registration::Closed;
+            out.push(Action::Close);
+        } else {
+            self.numeric("421", &[command], "Unknown command", out);
+        }
+    }
+
+    fn handle_cap(&mut self, message: &Message<'_>, out: &mut Vec<Action>) {
+        let subcommand = message.param(0).unwrap_or("");
+        let server = &self.config.server_name;
+        if subcommand.eq_ignore_ascii_case("LS") {
+            if self.registration == Registration::Unregistered {
+                self.cap_negotiating = true;
+            }
+            twitch::encode_cap("LS", &CAPABILITIES.join(" "), server, reply(out));
+        } else if subcommand.eq_ignore_ascii_case("REQ") {
+            let requested = message.param(1).unwrap_or("");
+            let known = |cap: &str| CAPABILITIES.contains(&cap.strip_prefix('-').unwrap_or(cap));
+            let mut caps = requested.split_ascii_whitespace().peekable();
+            // IRCv3 makes a request atomic: one unknown capability rejects all of it.
+            if caps.peek().is_none() || !requested.split_ascii_whitespace().all(known) {
+                twitch::encode_cap("NAK", requested, server, reply(out));
+                return;
+            }
+            for cap in caps {
+                let (enable, name) = match cap.strip_prefix('-') {
+                    Some(name) => (false, name),
+                    None => (true, cap),
+                };
+                match name {
+                    "twitch.tv/tags" => self.caps_tags = enable,
+                    "twitch.tv/commands" => self.caps_commands = enable,
+                    _ => self.caps_membership = enable,
+                }
+            }
+            twitch::encode_cap("ACK", requested, &self.config.server_name, reply(out));
+        } else if subcommand.eq_ignore_ascii_case("END") {
+            if self.cap_negotiating {
+                self.cap_negotiating = false;
+                if self.registration == Registration::Unregistered && self.nick.is_some() {
+                    self.try_register(out);
+                }
+            }
+        } else if subcommand.eq_ignore_ascii_case("LIST") {
+            let enabled: Vec<&str> = [self.caps_tags, self.caps_commands, self.caps_membership]
+                .into_iter()
+                .zip(CAPABILITIES)
+                .filter_map(|(on, cap)| on.then_some(cap))
+                .collect();
+            twitch::encode_cap("LIST", &enabled.join(" "), server, reply(out));
+        } else {
+            self.numeric("410", &[subcommand], "Invalid CAP command", out);
+        }
+    }
+
+    fn handle_nick(&mut self, message: &Message<'_>, out: &mut Vec<Action>) {
+        if self.registration != Registration::Unregistered {
+            // Twitch does not support nick changes; the login is fixed by the token.
+            return;
+        }
+        let Some(nick) = message.param(0).filter(|nick| !nick.is_empty()) else {
+            self.numeric("431", &[], "No nickname given", out);
+            return;
+        };
+        self.nick = Some(nick.to_ascii_lowercase());
+        if !self.cap_negotiating {
+            self.try_register(out);
+        }
+    }
+
+    fn try_register(&mut self, out: &mut Vec<Action>) {
+        let Some(nick) = self.nick.clone() else {
+            return;
+        };
+        if !is_valid_login(&nick) {
+            self.fail_authentication(out);
+            return;
+        }
+        if is_anonymous_login(&nick) {
+            self.registration = Registration::Anonymous;
+            self.pass = None;
+            twitch::encode_welcome(&nick, &self.config.server_name, reply(out));
+            return;
+        }
+        match self.pass.take() {
+            Some(token) => {
+                self.registration = Registration::Authenticating;
+                out.push(Action::Authenticate { login: nick, token });
+            }
+            None => self.fail_authentication(out),
+        }
+    }
+
+    fn fail_authentication(&mut self, out: &mut Vec<Action>) {
+        twitch::encode_authentication_failed(&self.config.server_name, reply(out));
+        out.push(Action::Close);
+        self.registration = Registration::Closed;
+        self.lines_pending.clear();
+        self.privmsgs_held.clear();
+    }
+
+    /// The engine accepted the token: sends the welcome (and GLOBALUSERSTATE with the commands
+    /// capability), then handles the lines that arrived meanwhile.
+    pub fn authenticated(&mut self, identity: Identity, out: &mut Vec<Action>) {
+        if self.registration != Registration::Authenticating {
+            return;
+        }
+        self.registration = Registration::Registered;
+        let server = &self.config.server_name;
+        let buffer = reply(out);
+        twitch::encode_welcome(&identity.login, server, buffer);
+        if self.caps_commands {
+            twitch::encode_globaluserstate(
+                &identity.user_state(),
+                identity.user_id,
+                server,
+                self.caps_tags,
+                buffer,
+            );
+        }
+        self.nick = Some(identity.login.clone());
+        self.identity = Some(identity);
+        let pending = std::mem::take(&mut self.lines_pending);
+        for (line, received_ms) in pending {
+            self.handle_line(&line, received_ms, out);
+        }
+    }
+
+    /// The engine rejected the token: Twitch's failure NOTICE, then close.
+    pub fn authentication_failed(&mut self, out: &mut Vec<Action>) {
+        if self.is_closed() {
+            return;
+        }
+        self.fail_authentication(out);
+    }
+
+    fn require_registration(&self, out: &mut Vec<Action>) -> bool {
+        if self.is_registered() {
+            return true;
+        }
+        self.numeric("451", &[], "You have not registered", out);
+        false
+    }
+
+    fn handle_join(&mut self, message: &Message<'_>, now_ms: u64, out: &mut Vec<Action>) {
+        if !self.require_registration(out) {
+            return;
+        }
+        let Some(list) = message.param(0) else {
+            self.numeric("461", &["JOIN"], "Not enough parameters", out);
+            return;
+        };
+        for raw in list.split(',').filter(|raw| !raw.trim().is_empty()) {
+            let room = normalize_room(raw);
+            if !is_valid_room_name(&room) {
+                // No room can have this name; the NOTICE goes to `*` because the name may not
+                // even be a valid parameter.
+                self.notice(
+                    None,
+                    msg_id::CHANNEL_SUSPENDED,
+                    "This channel does not exist or has been suspended.",
+                    out,
+                );
+                continue;
+            }
+            if self.rooms_joined.contains(&room) || self.rooms_joining.contains(&room) {
+                continue;
+            }
+            let window_start_ms = now_ms.saturating_sub(self.config.join_window_ms);
+            while self
+                .join_times_ms
+                .front()
+                .is_some_and(|&time_ms| time_ms <= window_start_ms)
+            {
+                self.join_times_ms.pop_front();
+            }
+            if self.join_times_ms.len() >= self.config.joins_per_window_max as usize {
+                self.notice(
+                    Some(&room),
+                    msg_id::JOIN_RATELIMIT,
+                    "Your JOIN was not processed because you are joining channels too quickly.",
+                    out,
+                );
+                continue;
+            }
+            if self.rooms_joined.len() + self.rooms_joining.len() >= self.config.rooms_joined_max {
+                let text = format!(
+                    "Your JOIN was not processed because a connection may be in at most {} channels.",
+                    self.config.rooms_joined_max
+                );
+                self.notice(Some(&room), msg_id::TOO_MANY_CHANNELS, &text, out);
+                continue;
+            }
+            self.join_times_ms.push_back(now_ms);
+            self.rooms_joining.push(room.clone());
+            out.push(Action::Join { room });
+        }
+    }
+
+    /// The engine confirmed a JOIN: echoes it with the NAMES reply, then USERSTATE and
+    /// ROOMSTATE with the commands capability, then releases PRIVMSGs held for the room.
+    /// Ignored when the room is not being joined (the client parted meanwhile).
+    pub fn joined(&mut self, room: &str, state: &RoomState, out: &mut Vec<Action>) {
+        let Some(index) = self.rooms_joining.iter().position(|joining| joining == room) else {
+            return;
+        };
+        let room = self.rooms_joining.swap_remove(index);
+        let nick = self.nick.as_deref().unwrap_or("*");
+        let server = &self.config.server_name;
+        let buffer = reply(out);
+        twitch::encode_join(nick, &room, server, buffer);
+        twitch::encode_names(nick, &room, server, buffer);
+        if self.caps_commands {
+            if let Some(identity) = &self.identity {
+                twitch::encode_userstate(
+                    &room,
+                    &identity.user_state(),
+                    server,
+                    self.caps_tags,
+                    buffer,
+                );
+            }
+            twitch::encode_roomstate(&room, state.room_id, server, self.caps_tags, buffer);
+        }
+        let held = std::mem::take(&mut self.privmsgs_held);
+        for privmsg in held {
+            if privmsg.room == room {
+                out.push(privmsg.action);
+            } else {
+                self.privmsgs_held.push_back(privmsg);
+            }
+        }
+        self.rooms_joined.push(room);
+    }
+
+    /// The engine refused a JOIN (no such room): NOTICE `msg_channel_suspended`, and PRIVMSGs
+    /// held for the room are dropped.
+    pub fn join_failed(&mut self, room: &str, out: &mut Vec<Action>) {
+        let Some(index) = self.rooms_joining.iter().position(|joining| joining == room) else {
+            return;
+        };
+        self.rooms_joining.swap_remove(index);
+        self.privmsgs_held.retain(|privmsg| privmsg.room != room);
+        self.notice(
+            Some(room),
+            msg_id::CHANNEL_SUSPENDED,
+            "This channel does not exist or has been suspended.",
+            out,
+        );
+    }
+
+    fn handle_part(&mut self, message: &Message<'_>, out: &mut Vec<Action>) {
+        if !self.require_registration(out) {
+            return;
+        }
+        let Some(list) = message.param(0) else {
+            self.numeric("461", &["PART"], "Not enough parameters", out);
+            return;
+        };
+        for raw in list.split(',') {
+            let room = normalize_room(raw);
+            if let Some(index) = self.rooms_joined.iter().position(|joined| *joined == room) {
+                self.rooms_joined.swap_remove(index);
+                let nick = self.nick.as_deref().unwrap_or("*");
+                twitch::encode_part(nick, &room, &self.config.server_name, reply(out));
+            } else if let Some(index) = self.rooms_joining.iter().position(|r| *r == room) {
+                self.rooms_joining.swap_remove(index);
+                self.privmsgs_held.retain(|privmsg| privmsg.room != room);
+            } else {
+                // Twitch ignores a PART for a channel the client is not in.
+                continue;
+            }
+            out.push(Action::Part { room });
+        }
+    }
+
+    /// PRIVMSG rules: only registered, non-anonymous users send; the text is 1 to
+    /// `message_chars_max` characters; the target is one room the connection has joined.
+    ///
+    /// Twitch accepts PRIVMSG to channels a client has not joined. This server requires the
+    /// JOIN so that the engine only ever sees messages for rooms it confirmed to exist; a
+    /// PRIVMSG for a room whose JOIN is still being confirmed is held until the answer, so
+    /// clients that send JOIN and PRIVMSG back to back keep working.
+    fn handle_privmsg(&mut self, message: &Message<'_>, out: &mut Vec<Action>) {
+        if !self.require_registration(out) {
+            return;
+        }
+        let (Some(target), Some(text)) = (message.param(0), message.param(1)) else {
+            if message.params.is_empty() {
+                self.numeric("411", &[], "No recipient given (PRIVMSG)", out);
+            } else {
+                self.numeric("412", &[], "No text to send", out);
+            }
+            return;
+        };
+        let room = normalize_room(target);
+        let room_known = is_valid_room_name(&room);
+        let notice_room = room_known.then_some(room.as_str());
+        if self.registration == Registration::Anonymous {
+            self.notice(
+                notice_room,
+                msg_id::LOGIN_REQUIRED,
+                "You must be logged in to send messages.",
+                out,
+            );
+            return;
+        }
+        if text.is_empty() {
+            self.numeric("412", &[], "No text to send", out);
+            return;
+        }
+        if text.chars().count() > self.config.message_chars_max {
+            let text = format!(
+                "Your message was not sent because it is longer than {} characters.",
+                self.config.message_chars_max
+            );
+            self.notice(notice_room, msg_id::TOO_LONG, &text, out);
+            return;
+        }
+        let joined = room_known && self.rooms_joined.contains(&room);
+        let joining = room_known && !joined && self.rooms_joining.contains(&room);
+        if !joined && !joining {
+            self.notice(
+                notice_room,
+                msg_id::NOT_JOINED,
+                "Your message was not sent because you have not joined this channel.",
+                out,
+            );
+            return;
+        }
+        let client_tag = |key: &str| {
+            message
+                .tag(key)
+                .filter(|value| !value.is_empty() && value.len() <= CLIENT_TAG_BYTES_MAX)
+                .map(|value| value.into_owned())
+        };
+        let action = Action::Privmsg {
+            room: room.clone(),
+            text: text.to_owned(),
+            client_nonce: client_tag("client-nonce"),
+            reply_parent_msg_id: client_tag("reply-parent-msg-id"),
+        };
+        if joined {
+            out.push(action);
+        } else if self.privmsgs_held.len() < PENDING_LINES_MAX {
+            self.privmsgs_held.push_back(HeldPrivmsg { room, action });
+        } else {
+            self.notice(
+                notice_room,
+                msg_id::RATELIMIT,
+                "Your message was not sent because you are sending messages too quickly.",
+                out,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session plus the actions it produced, with helpers that render replies as text.
+    struct Harness {
+        session: Session,
+        now_ms: u64,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with_config(SessionConfig::default())
+        }
+
+        fn with_config(config: SessionConfig) -> Self {
+            Harness {
+                session: Session::new(Rc::new(config)),
+                now_ms: 1_000,
+            }
+        }
+
+        fn send(&mut self, line: &str) -> Vec<Action> {
+            let mut out = Vec::new();
+            self.session.handle_line(line, self.now_ms, &mut out);
+            out
+        }
+
+        /// Sends a line and returns its replies as text, asserting there was nothing else.
+        fn send_text(&mut self, line: &str) -> String {
+            replies_only(self.send(line))
+        }
+
+        fn anonymous(caps: &str) -> Self {
+            let mut harness = Harness::new();
+            if !caps.is_empty() {
+                harness.send(&format!("CAP REQ :{caps}"));
+            }
+            harness.send("NICK justinfan4711");
+            assert!(harness.session.is_registered());
+            harness
+        }
+
+        fn registered(caps: &str) -> Self {
+            let mut harness = Harness::new();
+            if !caps.is_empty() {
+                harness.send(&format!("CAP REQ :{caps}"));
+            }
+            harness.send("PASS oauth:secret");
+            let actions = harness.send("NICK Ronni");
+            assert_eq!(
+                actions,
+                [Action::Authenticate {
+                    login: "ronni".to_owned(),
+                    token: "secret".to_owned()
+                }]
+            );
+            let mut out = Vec::new();
+            harness.session.authenticated(identity(), &mut out);
+            assert!(harness.session.is_registered());
+            harness
+        }
+
+        /// JOINs `room` and confirms it, returning the replies.
+        fn join(&mut self, room: &str) -> String {
+            let actions = self.send(&format!("JOIN #{room}"));
+            assert_eq!(actions, [Action::Join { room: room.to_owned() }]);
+            let mut out = Vec::new();
+            self.session.joined(room, &RoomState { room_id: 77 }, &mut out);
+            replies_only(out)
+        }
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            login: "ronni".to_owned(),
+            display_name: "Ronni".to_owned(),
+            user_id: 42,
+            color: "#FF0000".to_owned(),
+            badges: "moderator/1".to_owned(),
+            is_mod: true,
+        }
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).expect("replies are UTF-8")
+    }
+
+    fn replies_only(actions: Vec<Action>) -> String {
+        actions
+            .into_iter()
+            .map(|action| match action {
+                Action::Reply(bytes) => text(&bytes),
+                other => panic!("expected only replies, got {other:?}"),
+            })
+            .collect()
+    }
+
+    const WELCOME_RONNI: &str = ":tmi.twitch.tv 001 ronni :Welcome, GLHF!\r\n\
+        :tmi.twitch.tv 002 ronni :Your host is tmi.twitch.tv\r\n\
+        :tmi.twitch.tv 003 ronni :This server is rather new\r\n\
+        :tmi.twitch.tv 004 ronni :-\r\n\
+        :tmi.twitch.tv 375 ronni :-\r\n\
+        :tmi.twitch.tv 372 ronni :You are in a maze of twisty passages, all alike.\r\n\
+        :tmi.twitch.tv 376 ronni :>\r\n";
+
+    #[test]
+    fn cap_ls_req_end_with_pass_and_nick() {
+        let mut harness = Harness::new();
+        assert_eq!(
+            harness.send_text("CAP LS 302"),
+            ":tmi.twitch.tv CAP * LS :twitch.tv/tags twitch.tv/commands twitch.tv/membership\r\n"
+        );
+        assert_eq!(
+            harness.send_text("CAP REQ :twitch.tv/commands twitch.tv/tags"),
+            ":tmi.twitch.tv CAP * ACK :twitch.tv/commands twitch.tv/tags\r\n"
+        );
+        assert!(harness.send("PASS oauth:tok").is_empty());
+        // Negotiation is open, so NICK does not complete registration yet.
+        assert!(harness.send("NICK ronni").is_empty());
+        assert!(harness.send("USER ronni 0 * :Ronni").is_empty());
+        assert_eq!(
+            harness.send("CAP END"),
+            [Action::Authenticate {
+                login: "ronni".to_owned(),
+                token: "tok".to_owned()
+            }]
+        );
+        let mut out = Vec::new();
+        harness.session.authenticated(identity(), &mut out);
+        let expected = format!(
+            "{WELCOME_RONNI}@badge-info=;badges=moderator/1;color=#FF0000;display-name=Ronni;\
+             emote-sets=0;user-id=42;user-type=mod :tmi.twitch.tv GLOBALUSERSTATE\r\n"
+        );
+        assert_eq!(replies_only(out), expected);
+        assert!(harness.session.is_registered());
+        assert!(harness.session.wants_tags() && harness.session.wants_commands());
+        assert!(!harness.session.wants_membership());
+        assert_eq!(harness.session.identity(), Some(&identity()));
+        assert_eq!(harness.session.nick(), Some("ronni"));
+        assert_eq!(
+            harness.send_text("CAP LIST"),
+            ":tmi.twitch.tv CAP * LIST :twitch.tv/tags twitch.tv/commands\r\n"
+        );
+    }
+
+    #[test]
+    fn twitch_style_registration_without_cap_end() {
+        let mut harness = Harness::new();
+        harness.send("CAP REQ :twitch.tv/membership");
+        harness.send("PASS tok-without-prefix");
+        assert_eq!(
+            harness.send("NICK ronni"),
+            [Action::Authenticate {
+                login: "ronni".to_owned(),
+                token: "tok-without-prefix".to_owned()
+            }]
+        );
+        let mut out = Vec::new();
+        harness.session.authenticated(identity(), &mut out);
+        // Without the commands capability there is no GLOBALUSERSTATE.
+        assert_eq!(replies_only(out), WELCOME_RONNI);
+        assert!(harness.session.wants_membership());
+    }
+
+    #[test]
+    fn cap_req_with_unknown_capability_is_refused_whole() {
+        let mut harness = Harness::new();
+        assert_eq!(
+            harness.send_text("CAP REQ :twitch.tv/tags sasl"),
+            ":tmi.twitch.tv CAP * NAK :twitch.tv/tags sasl\r\n"
+        );
+        assert!(!harness.session.wants_tags());
+        assert_eq!(
+            harness.send_text("CAP REQ :"),
+            ":tmi.twitch.tv CAP * NAK :\r\n"
+        );
+        harness.send("CAP REQ :twitch.tv/tags twitch.tv/commands");
+        assert_eq!(
+            harness.send_text("CAP REQ :-twitch.tv/tags"),
+            ":tmi.twitch.tv CAP * ACK :-twitch.tv/tags\r\n"
+        );
+        assert!(!harness.session.wants_tags());
+        assert!(harness.session.wants_commands());
+        assert_eq!(
+            harness.send_text("CAP FOO"),
+            ":tmi.twitch.tv 410 * FOO :Invalid CAP command\r\n"
+        );
+    }
+
+    #[test]
+    fn anonymous_login_welcomes_directly_and_ignores_pass() {
+        let mut harness = Harness::new();
+        harness.send("CAP REQ :twitch.tv/tags twitch.tv/commands");
+        harness.send("PASS SCHMOOPIIE");
+        let welcome = harness.send_text("NICK justinfan12345");
+        assert!(welcome.starts_with(":tmi.twitch.tv 001 justinfan12345 :Welcome, GLHF!\r\n"));
+        assert!(welcome.ends_with(":tmi.twitch.tv 376 justinfan12345 :>\r\n"));
+        assert!(!welcome.contains("GLOBALUSERSTATE"));
+        assert!(harness.session.is_registered());
+        assert!(harness.session.is_anonymous());
+        assert_eq!(harness.session.identity(), None);
+        assert_eq!(harness.session.nick(), Some("justinfan12345"));
+    }
+
+    #[test]
+    fn anonymous_login_waits_for_cap_end_after_cap_ls() {
+        let mut harness = Harness::new();
+        harness.send("CAP LS");
+        assert!(harness.send("NICK justinfan1").is_empty());
+        assert!(!harness.session.is_registered());
+        assert!(harness.send_text("CAP END").contains(" 001 justinfan1 "));
+        assert!(harness.session.is_registered());
+    }
+
+    #[test]
+    fn authentication_failures() {
+        let fail = ":tmi.twitch.tv NOTICE * :Login authentication failed\r\n";
+        let cases: [&[&str]; 5] = [
+            &["NICK ronni"],
+            &["PASS oauth:x", "NICK bad-nick!"],
+            &["NICK justinfan"],
+            &["NICK justinfanABC"],
+            &["PASS oauth:x", "NICK this_login_is_way_too_long_for_twitch"],
+        ];
+        for lines in cases {
+            let mut harness = Harness::new();
+            let mut actions = Vec::new();
+            for line in lines {
+                actions = harness.send(line);
+            }
+            assert_eq!(
+                actions,
+                [Action::Reply(fail.as_bytes().to_vec()), Action::Close],
+                "{lines:?}"
+            );
+            assert!(harness.session.is_closed());
+            assert!(harness.send("PING").is_empty(), "closed sessions stay silent");
+        }
+
+        let mut harness = Harness::new();
+        harness.send("PASS oauth:wrong");
+        harness.send("NICK ronni");
+        let mut out = Vec::new();
+        harness.session.authentication_failed(&mut out);
+        assert_eq!(out, [Action::Reply(fail.as_bytes().to_vec()), Action::Close]);
+        // A late answer from the engine changes nothing.
+        let mut out = Vec::new();
+        harness.session.authenticated(identity(), &mut out);
+        assert!(out.is_empty());
+        assert!(!harness.session.is_registered());
+    }
+
+    #[test]
+    fn lines_sent_during_authentication_are_replayed_after_it() {
+        let mut harness = Harness::new();
+        harness.send("PASS oauth:tok");
+        harness.send("NICK ronni");
+        assert!(harness.send("JOIN #room").is_empty());
+        assert!(harness.send("PRIVMSG #room :early").is_empty());
+        // PING is answered right away even while authenticating.
+        assert_eq!(harness.send_text("PING"), "PONG :tmi.twitch.tv\r\n");
+        let mut out = Vec::new();
+        harness.session.authenticated(identity(), &mut out);
+        assert!(matches!(&out[0], Action::Reply(bytes) if text(bytes) == WELCOME_RONNI));
+        assert_eq!(
+            out[1..],
+            [Action::Join {
+                room: "room".to_owned()
+            }]
+        );
+        // The PRIVMSG waits for the JOIN confirmation.
+        let mut out = Vec::new();
+        harness.session.joined("room", &RoomState { room_id: 5 }, &mut out);
+        assert!(matches!(&out[0], Action::Reply(bytes) if text(bytes).contains(" JOIN #room\r\n")));
+        assert_eq!(
+            out[1..],
+            [Action::Privmsg {
+                room: "room".to_owned(),
+                text: "early".to_owned(),
+                client_nonce: None,
+                reply_parent_msg_id: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn too_many_lines_during_authentication_are_dropped_with_a_notice() {
+        let mut harness = Harness::new();
+        harness.send("PASS oauth:tok");
+        harness.send("NICK ronni");
+        for _ in 0..PENDING_LINES_MAX {
+            assert!(harness.send("JOIN #room").is_empty());
+        }
+        assert!(harness.send_text("JOIN #room").contains("NOTICE * :Your line was dropped"));
+    }
+
+    #[test]
+    fn commands_before_registration_get_451() {
+        let mut harness = Harness::new();
+        for line in ["JOIN #a", "PART #a", "PRIVMSG #a :hi"] {
+            assert_eq!(
+                harness.send_text(line),
+                ":tmi.twitch.tv 451 * :You have not registered\r\n",
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn ping_pong() {
+        let mut harness = Harness::new();
+        let cases = [
+            ("PING", "PONG :tmi.twitch.tv\r\n"),
+            ("PING :tmi.twitch.tv", ":tmi.twitch.tv PONG tmi.twitch.tv :tmi.twitch.tv\r\n"),
+            ("ping 123", ":tmi.twitch.tv PONG tmi.twitch.tv :123\r\n"),
+            ("PING :hello world", ":tmi.twitch.tv PONG tmi.twitch.tv :hello world\r\n"),
+            ("PONG :tmi.twitch.tv", ""),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(harness.send_text(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn server_name_is_configurable() {
+        let mut harness = Harness::with_config(SessionConfig {
+            server_name: "chat.example".to_owned(),
+            ..SessionConfig::default()
+        });
+        assert_eq!(harness.session.server_name(), "chat.example");
+        assert_eq!(harness.send_text("PING"), "PONG :chat.example\r\n");
+        assert!(harness.send_text("NICK justinfan1").starts_with(":chat.example 001 "));
+        let actions = harness.send("JOIN #r");
+        assert_eq!(actions, [Action::Join { room: "r".to_owned() }]);
+        let mut out = Vec::new();
+        harness.session.joined("r", &RoomState { room_id: 1 }, &mut out);
+        assert!(replies_only(out).starts_with(":justinfan1!justinfan1@justinfan1.chat.example JOIN #r\r\n"));
+    }
+
+    #[test]
+    fn join_reply_with_tags_and_commands() {
+        let mut harness = Harness::registered("twitch.tv/tags twitch.tv/commands");
+        assert_eq!(
+            harness.join("room"),
+            ":ronni!ronni@ronni.tmi.twitch.tv JOIN #room\r\n\
+             :ronni.tmi.twitch.tv 353 ronni = #room :ronni\r\n\
+             :ronni.tmi.twitch.tv 366 ronni #room :End of /NAMES list\r\n\
+             @badge-info=;badges=moderator/1;color=#FF0000;display-name=Ronni;emote-sets=0;mod=1;\
+             subscriber=0;user-type=mod :tmi.twitch.tv USERSTATE #room\r\n\
+             @emote-only=0;followers-only=-1;r9k=0;room-id=77;slow=0;subs-only=0 \
+             :tmi.twitch.tv ROOMSTATE #room\r\n"
+        );
+        assert_eq!(harness.session.joined_rooms().collect::<Vec<_>>(), ["room"]);
+    }
+
+    #[test]
+    fn join_reply_variants_by_capability() {
+        let mut harness = Harness::registered("twitch.tv/commands");
+        assert_eq!(
+            harness.join("room"),
+            ":ronni!ronni@ronni.tmi.twitch.tv JOIN #room\r\n\
+             :ronni.tmi.twitch.tv 353 ronni = #room :ronni\r\n\
+             :ronni.tmi.twitch.tv 366 ronni #room :End of /NAMES list\r\n\
+             :tmi.twitch.tv USERSTATE #room\r\n\
+             :tmi.twitch.tv ROOMSTATE #room\r\n"
+        );
+        let mut harness = Harness::registered("");
+        assert_eq!(
+            harness.join("room"),
+            ":ronni!ronni@ronni.tmi.twitch.tv JOIN #room\r\n\
+             :ronni.tmi.twitch.tv 353 ronni = #room :ronni\r\n\
+             :ronni.tmi.twitch.tv 366 ronni #room :End of /NAMES list\r\n"
+        );
+        // Anonymous users have no USERSTATE, but do get ROOMSTATE.
+        let mut harness = Harness::anonymous("twitch.tv/tags twitch.tv/commands");
+        let reply = harness.join("room");
+        assert!(!reply.contains("USERSTATE"));
+        assert!(reply.ends_with(":tmi.twitch.tv ROOMSTATE #room\r\n"));
+    }
+
+    #[test]
+    fn join_lists_are_split_normalised_and_deduplicated() {
+        let mut harness = Harness::registered("");
+        assert_eq!(
+            harness.send("JOIN #A,#b,,c,#a"),
+            [
+                Action::Join { room: "a".to_owned() },
+                Action::Join { room: "b".to_owned() },
+                Action::Join { room: "c".to_owned() },
+            ]
+        );
+        assert!(harness.send("JOIN #a").is_empty(), "already joining");
+        assert_eq!(
+            harness.send_text("JOIN"),
+            ":tmi.twitch.tv 461 ronni JOIN :Not enough parameters\r\n"
+        );
+    }
+
+    #[test]
+    fn unknown_or_invalid_room_gets_channel_suspended() {
+        let mut harness = Harness::registered("twitch.tv/tags");
+        harness.send("JOIN #nope");
+        let mut out = Vec::new();
+        harness.session.join_failed("nope", &mut out);
+        assert_eq!(
+            replies_only(out),
+            "@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE #nope \
+             :This channel does not exist or has been suspended.\r\n"
+        );
+        assert_eq!(harness.session.joined_rooms().count(), 0);
+        assert_eq!(
+            harness.send_text("JOIN #bad-name!"),
+            "@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE * \
+             :This channel does not exist or has been suspended.\r\n"
+        );
+        // A confirmation for a room that is not being joined is ignored.
+        let mut out = Vec::new();
+        harness.session.joined("other", &RoomState { room_id: 1 }, &mut out);
+        harness.session.join_failed("other", &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn join_rate_limit_uses_a_sliding_window() {
+        let mut harness = Harness::with_config(SessionConfig {
+            joins_per_window_max: 3,
+            join_window_ms: 10_000,
+            ..SessionConfig::default()
+        });
+        harness.send("CAP REQ :twitch.tv/tags");
+        harness.send("NICK justinfan1");
+        let actions = harness.send("JOIN #a,#b,#c,#d");
+        assert_eq!(actions.len(), 4);
+        assert_eq!(actions[..3].iter().filter(|a| matches!(a, Action::Join { .. })).count(), 3);
+        assert!(matches!(&actions[3], Action::Reply(bytes)
+            if text(bytes).starts_with("@msg-id=msg_join_ratelimit :tmi.twitch.tv NOTICE #d :")));
+        harness.now_ms += 9_999;
+        assert!(replies_only(harness.send("JOIN #d")).contains("msg_join_ratelimit"));
+        harness.now_ms += 1;
+        assert_eq!(harness.send("JOIN #d"), [Action::Join { room: "d".to_owned() }]);
+    }
+
+    #[test]
+    fn joined_channels_are_capped() {
+        let mut harness = Harness::with_config(SessionConfig {
+            rooms_joined_max: 2,
+            ..SessionConfig::default()
+        });
+        harness.send("NICK justinfan1");
+        harness.send("JOIN #a");
+        let mut out = Vec::new();
+        harness.session.joined("a", &RoomState { room_id: 1 }, &mut out);
+        harness.send("JOIN #b");
+        assert_eq!(
+            harness.send_text("JOIN #c"),
+            ":tmi.twitch.tv NOTICE #c :Your JOIN was not processed because a connection may \
+             be in at most 2 channels.\r\n"
+        );
+        // Parting frees a slot.
+        harness.send("PART #a");
+        assert_eq!(harness.send("JOIN #c"), [Action::Join { room: "c".to_owned() }]);
+    }
+
+    #[test]
+    fn part_echoes_and_forgets_the_room() {
+        let mut harness = Harness::registered("");
+        harness.join("room");
+        assert_eq!(
+            harness.send("PART #Room"),
+            [
+                Action::Reply(b":ronni!ronni@ronni.tmi.twitch.tv PART #room\r\n".to_vec()),
+                Action::Part { room: "room".to_owned() }
+            ]
+        );
+        assert_eq!(harness.session.joined_rooms().count(), 0);
+        assert!(harness.send("PART #room").is_empty(), "not joined any more");
+        // Parting while the JOIN is unconfirmed cancels it; the late confirmation is ignored.
+        harness.send("JOIN #late");
+        assert_eq!(harness.send("PART #late"), [Action::Part { room: "late".to_owned() }]);
+        let mut out = Vec::new();
+        harness.session.joined("late", &RoomState { room_id: 1 }, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(harness.session.joined_rooms().count(), 0);
+    }
+
+    #[test]
+    fn privmsg_with_client_tags() {
+        let mut harness = Harness::registered("twitch.tv/tags");
+        harness.join("room");
+        assert_eq!(
+            harness.send("@client-nonce=abc\\s1;reply-parent-msg-id=p-1 PRIVMSG #room :hello  world"),
+            [Action::Privmsg {
+                room: "room".to_owned(),
+                text: "hello  world".to_owned(),
+                client_nonce: Some("abc 1".to_owned()),
+                reply_parent_msg_id: Some("p-1".to_owned()),
+            }]
+        );
+        let long_nonce = "n".repeat(CLIENT_TAG_BYTES_MAX + 1);
+        assert_eq!(
+            harness.send(&format!("@client-nonce={long_nonce} PRIVMSG #room :x")),
+            [Action::Privmsg {
+                room: "room".to_owned(),
+                text: "x".to_owned(),
+                client_nonce: None,
+                reply_parent_msg_id: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn privmsg_length_is_counted_in_characters() {
+        let mut harness = Harness::registered("twitch.tv/tags");
+        harness.join("room");
+        let at_limit = "é".repeat(500);
+        assert!(matches!(
+            &harness.send(&format!("PRIVMSG #room :{at_limit}"))[..],
+            [Action::Privmsg { text, .. }] if *text == at_limit
+        ));
+        let over = "a".repeat(501);
+        assert_eq!(
+            harness.send_text(&format!("PRIVMSG #room :{over}")),
+            "@msg-id=msg_too_long :tmi.twitch.tv NOTICE #room \
+             :Your message was not sent because it is longer than 500 characters.\r\n"
+        );
+    }
+
+    #[test]
+    fn privmsg_refusals() {
+        let mut anonymous = Harness::anonymous("twitch.tv/tags");
+        anonymous.join("room");
+        assert_eq!(
+            anonymous.send_text("PRIVMSG #room :hi"),
+            "@msg-id=msg_login_required :tmi.twitch.tv NOTICE #room \
+             :You must be logged in to send messages.\r\n"
+        );
+
+        let mut harness = Harness::registered("twitch.tv/tags");
+        harness.join("room");
+        let cases = [
+            (
+                "PRIVMSG #elsewhere :hi",
+                "@msg-id=msg_not_joined :tmi.twitch.tv NOTICE #elsewhere \
+                 :Your message was not sent because you have not joined this channel.\r\n",
+            ),
+            (
+                "PRIVMSG #a,#b :hi",
+                "@msg-id=msg_not_joined :tmi.twitch.tv NOTICE * \
+                 :Your message was not sent because you have not joined this channel.\r\n",
+            ),
+            ("PRIVMSG #room :", ":tmi.twitch.tv 412 ronni :No text to send\r\n"),
+            ("PRIVMSG #room", ":tmi.twitch.tv 412 ronni :No text to send\r\n"),
+            ("PRIVMSG", ":tmi.twitch.tv 411 ronni :No recipient given (PRIVMSG)\r\n"),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(harness.send_text(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn privmsgs_held_for_a_failed_join_are_dropped() {
+        let mut harness = Harness::registered("");
+        harness.send("JOIN #ghost");
+        assert!(harness.send("PRIVMSG #ghost :anyone?").is_empty());
+        let mut out = Vec::new();
+        harness.session.join_failed("ghost", &mut out);
+        assert_eq!(
+            replies_only(out),
+            ":tmi.twitch.tv NOTICE #ghost :This channel does not exist or has been suspended.\r\n"
+        );
+        // A later successful JOIN does not resurrect the dropped message.
+        harness.send("JOIN #ghost");
+        let mut out = Vec::new();
+        harness.session.joined("ghost", &RoomState { room_id: 1 }, &mut out);
+        assert_eq!(out.len(), 1, "only the JOIN reply: {out:?}");
+    }
+
+    #[test]
+    fn malformed_and_unknown_lines() {
+        let mut harness = Harness::registered("twitch.tv/tags");
+        let cases = [
+            ("", ""),
+            ("   ", ""),
+            ("WHO #room", ":tmi.twitch.tv 421 ronni WHO :Unknown command\r\n"),
+            ("MODE ronni +i", ":tmi.twitch.tv 421 ronni MODE :Unknown command\r\n"),
+            (
+                ":only.a.prefix",
+                "@msg-id=msg_invalid_line :tmi.twitch.tv NOTICE * :Your line was dropped: no command.\r\n",
+            ),
+            (
+                "@bad key PRIVMSG #room :x",
+                ":tmi.twitch.tv 421 ronni key :Unknown command\r\n",
+            ),
+            (
+                "@k=v 12 #room :x",
+                "@msg-id=msg_invalid_line :tmi.twitch.tv NOTICE * \
+                 :Your line was dropped: invalid command.\r\n",
+            ),
+            (
+                "@=x PRIVMSG #room :x",
+                "@msg-id=msg_invalid_line :tmi.twitch.tv NOTICE * \
+                 :Your line was dropped: malformed tags.\r\n",
+            ),
+            (
+                "PRIVMSG #room :a\0b",
+                "@msg-id=msg_invalid_line :tmi.twitch.tv NOTICE * \
+                 :Your line was dropped: forbidden control character.\r\n",
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(harness.send_text(line), expected, "{line:?}");
+        }
+        let long_line = format!("PRIVMSG #room :{}", "a".repeat(LINE_BYTES_MAX_DEFAULT));
+        assert!(harness.send_text(&long_line).contains("too long"));
+        let mut out = Vec::new();
+        harness.session.handle_line_error(LineError::InvalidUtf8, &mut out);
+        assert!(replies_only(out).contains("not valid UTF-8"));
+        assert!(!harness.session.is_closed(), "bad lines do not end the session");
+    }
+
+    #[test]
+    fn quit_closes() {
+        let mut harness = Harness::registered("");
+        assert_eq!(harness.send("QUIT :bye"), [Action::Close]);
+        assert!(harness.session.is_closed());
+        assert!(harness.send("PING").is_empty());
+    }
+
+    #[test]
+    fn nick_after_registration_is_ignored() {
+        let mut harness = Harness::registered("");
+        assert!(harness.send("NICK other").is_empty());
+        assert_eq!(harness.session.nick(), Some("ronni"));
+        assert!(harness.send("PASS oauth:again").is_empty());
+    }
+
+    #[test]
+    fn room_names() {
+        for name in ["a", "room_1", "justinfan123", &"x".repeat(ROOM_NAME_BYTES_MAX)] {
+            assert!(is_valid_room_name(name), "{name}");
+        }
+        for name in ["", "#a", "Room", "a-b", "a b", "é", &"x".repeat(ROOM_NAME_BYTES_MAX + 1)] {
+            assert!(!is_valid_room_name(name), "{name:?}");
+        }
+    }
+}

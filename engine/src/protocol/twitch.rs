@@ -1,0 +1,658 @@
+//! Encoders for the lines a Twitch chat server sends.
+//!
+//! Every encoder appends one or more complete `\r\n`-terminated lines to the caller's buffer and
+//! allocates nothing else: tag values are escaped straight into the buffer and numbers are
+//! formatted on the stack. Room names are passed without the leading `#` (one is tolerated), as
+//! the session hands them to the engine. `with_tags` says whether the client ACKed
+//! `twitch.tv/tags`; without it, lines carry no tags, exactly like Twitch.
+
+use super::irc::{push_middle, push_tag, push_trailing};
+
+/// The server name Twitch uses in prefixes; configurable per deployment.
+pub const SERVER_NAME_DEFAULT: &str = "tmi.twitch.tv";
+
+/// The capabilities this server offers, in the order `CAP LS` lists them.
+pub const CAPABILITIES: [&str; 3] = ["twitch.tv/tags", "twitch.tv/commands", "twitch.tv/membership"];
+
+/// `msg-id` values for NOTICE lines.
+///
+/// Where Twitch has an id for the situation, it is used verbatim so existing clients react as
+/// they do on Twitch. Where Twitch has none (usually because Twitch drops the line silently), the
+/// id is new but follows Twitch's `msg_` naming, and the doc comment says so.
+pub mod msg_id {
+    /// Twitch's id: the sender exceeded the per-user message rate.
+    pub const RATELIMIT: &str = "msg_ratelimit";
+    /// Twitch's id for a JOIN or PRIVMSG to a channel that does not exist (or is suspended).
+    pub const CHANNEL_SUSPENDED: &str = "msg_channel_suspended";
+    /// Not a Twitch id: Twitch silently drops messages longer than 500 characters, and none of
+    /// its ids (`msg_rejected` means "held by AutoMod") describes the situation honestly.
+    pub const TOO_LONG: &str = "msg_too_long";
+    /// Not a Twitch id: Twitch silently ignores PRIVMSG from anonymous (`justinfan`) users. A
+    /// distinct id lets a client prompt for a login instead of guessing.
+    pub const LOGIN_REQUIRED: &str = "msg_login_required";
+    /// Not a Twitch id: the message could not be made durable in time (storage is overloaded)
+    /// and was not sent; the client may send it again.
+    pub const TRY_AGAIN: &str = "msg_try_again";
+    /// Not a Twitch id: the connection sent JOINs faster than its JOIN rate limit; Twitch drops
+    /// such JOINs silently. Kept apart from [`RATELIMIT`], which clients read as "message not
+    /// sent".
+    pub const JOIN_RATELIMIT: &str = "msg_join_ratelimit";
+    /// Not a Twitch id: the connection has joined as many channels as it may.
+    pub const TOO_MANY_CHANNELS: &str = "msg_too_many_channels";
+    /// Not a Twitch id: PRIVMSG to a channel the connection has not joined. Twitch accepts
+    /// those; this server requires the JOIN first so that every message targets a room the
+    /// engine has already confirmed to exist.
+    pub const NOT_JOINED: &str = "msg_not_joined";
+    /// Not a Twitch id: the line could not be read (too long, not UTF-8, malformed tags or no
+    /// command). Twitch drops or disconnects on such lines without explanation.
+    pub const INVALID_LINE: &str = "msg_invalid_line";
+}
+
+/// One chat message as delivered to viewers.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatLine<'a> {
+    pub id: &'a str,
+    /// Room name without `#`.
+    pub room: &'a str,
+    pub room_id: u64,
+    pub user_id: u64,
+    pub login: &'a str,
+    pub display_name: &'a str,
+    /// `#RRGGBB` or empty.
+    pub color: &'a str,
+    /// Twitch badge list, e.g. `moderator/1,subscriber/12`.
+    pub badges: &'a str,
+    pub is_mod: bool,
+    /// The styled text viewers see.
+    pub text: &'a str,
+    /// The text as the sender wrote it, carried in the `twitchy/original` tag.
+    pub original: &'a str,
+    pub client_nonce: Option<&'a str>,
+    pub sent_unix_ms: u64,
+    /// True when replayed from history on JOIN; adds `historical=1`.
+    pub historical: bool,
+}
+
+/// The per-user values carried by USERSTATE and GLOBALUSERSTATE.
+#[derive(Debug, Clone, Copy)]
+pub struct UserState<'a> {
+    pub login: &'a str,
+    pub display_name: &'a str,
+    pub color: &'a str,
+    pub badges: &'a str,
+    pub is_mod: bool,
+}
+
+/// Writes a tag section into a line, or nothing when tags are off.
+struct TagWriter<'o> {
+    out: &'o mut Vec<u8>,
+    enabled: bool,
+    first: bool,
+}
+
+impl<'o> TagWriter<'o> {
+    fn new(out: &'o mut Vec<u8>, enabled: bool) -> Self {
+        TagWriter {
+            out,
+            enabled,
+            first: true,
+        }
+    }
+
+    fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        if self.enabled {
+            push_tag(self.out, self.first, key, value);
+            self.first = false;
+        }
+        self
+    }
+
+    fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        let mut digits = [0u8; 20];
+        self.str(key, format_u64(value, &mut digits))
+    }
+
+    fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.str(key, if value { "1" } else { "0" })
+    }
+
+    /// Ends the tag section with the space that separates it from the prefix.
+    fn finish(&mut self) {
+        if self.enabled && !self.first {
+            self.out.push(b' ');
+        }
+    }
+}
+
+/// Formats `value` in decimal into `buffer` without allocating.
+fn format_u64(mut value: u64, buffer: &mut [u8; 20]) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buffer[start..]).unwrap_or("0")
+}
+
+fn push_server_prefix(out: &mut Vec<u8>, server: &str) {
+    out.push(b':');
+    push_middle(out, server);
+    out.push(b' ');
+}
+
+/// `:login!login@login.<server> `
+fn push_user_prefix(out: &mut Vec<u8>, login: &str, server: &str) {
+    out.push(b':');
+    push_middle(out, login);
+    out.push(b'!');
+    push_middle(out, login);
+    out.push(b'@');
+    push_middle(out, login);
+    out.push(b'.');
+    push_middle(out, server);
+    out.push(b' ');
+}
+
+fn push_room(out: &mut Vec<u8>, room: &str) {
+    out.push(b'#');
+    push_middle(out, room.strip_prefix('#').unwrap_or(room));
+}
+
+/// Whether a badge list holds a subscriber (or founder) badge, which Twitch mirrors in the
+/// `subscriber` tag.
+fn has_subscriber_badge(badges: &str) -> bool {
+    badges
+        .split(',')
+        .any(|badge| badge.starts_with("subscriber/") || badge.starts_with("founder/"))
+}
+
+fn user_type(is_mod: bool) -> &'static str {
+    if is_mod { "mod" } else { "" }
+}
+
+/// A delivered chat message: tagged PRIVMSG from `login!login@login.<server>`.
+pub fn encode_privmsg(line: &ChatLine<'_>, server: &str, with_tags: bool, out: &mut Vec<u8>) {
+    let mut tags = TagWriter::new(out, with_tags);
+    tags.str("badge-info", "").str("badges", line.badges);
+    if let Some(nonce) = line.client_nonce {
+        tags.str("client-nonce", nonce);
+    }
+    tags.str("color", line.color)
+        .str("display-name", line.display_name)
+        .str("emotes", "")
+        .bool("first-msg", false)
+        .str("flags", "");
+    if line.historical {
+        tags.str("historical", "1");
+    }
+    tags.str("id", line.id)
+        .bool("mod", line.is_mod)
+        .bool("returning-chatter", false)
+        .u64("room-id", line.room_id)
+        .bool("subscriber", has_subscriber_badge(line.badges))
+        .u64("tmi-sent-ts", line.sent_unix_ms)
+        .bool("turbo", false)
+        .str("twitchy/original", line.original)
+        .u64("user-id", line.user_id)
+        .str("user-type", user_type(line.is_mod))
+        .finish();
+    push_user_prefix(out, line.login, server);
+    out.extend_from_slice(b"PRIVMSG ");
+    push_room(out, line.room);
+    out.extend_from_slice(b" :");
+    push_trailing(out, line.text);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn userstate_tags(tags: &mut TagWriter<'_>, user: &UserState<'_>) {
+    tags.str("badge-info", "")
+        .str("badges", user.badges)
+        .str("color", user.color)
+        .str("display-name", user.display_name)
+        .str("emote-sets", "0")
+        .bool("mod", user.is_mod)
+        .bool("subscriber", has_subscriber_badge(user.badges))
+        .str("user-type", user_type(user.is_mod));
+}
+
+/// `USERSTATE #room`, sent after a JOIN.
+pub fn encode_userstate(
+    room: &str,
+    user: &UserState<'_>,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    let mut tags = TagWriter::new(out, with_tags);
+    userstate_tags(&mut tags, user);
+    tags.finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"USERSTATE ");
+    push_room(out, room);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The acknowledgement of a durable message: `USERSTATE #room` with the usual tags plus
+/// `id=<message id>` and the sender's `client-nonce`, so a client can match it to what it sent.
+pub fn encode_ack(
+    room: &str,
+    user: &UserState<'_>,
+    message_id: &str,
+    client_nonce: Option<&str>,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    let mut tags = TagWriter::new(out, with_tags);
+    userstate_tags(&mut tags, user);
+    if let Some(nonce) = client_nonce {
+        tags.str("client-nonce", nonce);
+    }
+    tags.str("id", message_id).finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"USERSTATE ");
+    push_room(out, room);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `GLOBALUSERSTATE`, sent after a registered (non-anonymous) login.
+pub fn encode_globaluserstate(
+    user: &UserState<'_>,
+    user_id: u64,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    TagWriter::new(out, with_tags)
+        .str("badge-info", "")
+        .str("badges", user.badges)
+        .str("color", user.color)
+        .str("display-name", user.display_name)
+        .str("emote-sets", "0")
+        .u64("user-id", user_id)
+        .str("user-type", user_type(user.is_mod))
+        .finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"GLOBALUSERSTATE\r\n");
+}
+
+/// `ROOMSTATE #room`. Only `room-id` varies for now; the chat modes are all off.
+pub fn encode_roomstate(room: &str, room_id: u64, server: &str, with_tags: bool, out: &mut Vec<u8>) {
+    TagWriter::new(out, with_tags)
+        .bool("emote-only", false)
+        .str("followers-only", "-1")
+        .bool("r9k", false)
+        .u64("room-id", room_id)
+        .str("slow", "0")
+        .bool("subs-only", false)
+        .finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"ROOMSTATE ");
+    push_room(out, room);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `NOTICE <target> :text`, with `msg-id` when tags are on; `target` None means `*`.
+pub fn encode_notice(
+    target: Option<&str>,
+    msg_id: Option<&str>,
+    text: &str,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    if let Some(msg_id) = msg_id {
+        TagWriter::new(out, with_tags).str("msg-id", msg_id).finish();
+    }
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"NOTICE ");
+    match target {
+        Some(room) => push_room(out, room),
+        None => out.push(b'*'),
+    }
+    out.extend_from_slice(b" :");
+    push_trailing(out, text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Twitch's reply to a bad PASS: `:<server> NOTICE * :Login authentication failed`, without
+/// tags; the connection is closed after it.
+pub fn encode_authentication_failed(server: &str, out: &mut Vec<u8>) {
+    encode_notice(None, None, "Login authentication failed", server, false, out);
+}
+
+/// `:<server> RECONNECT`: asks the client to reconnect (sent before a restart).
+pub fn encode_reconnect(server: &str, out: &mut Vec<u8>) {
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"RECONNECT\r\n");
+}
+
+/// The server's keep-alive: `PING :<server>`.
+pub fn encode_ping(server: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"PING :");
+    push_trailing(out, server);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The answer to a client PING: `PONG :<server>` for a bare `PING`, or
+/// `:<server> PONG <server> :<argument>` when the PING carried one.
+pub fn encode_pong(server: &str, argument: Option<&str>, out: &mut Vec<u8>) {
+    match argument {
+        None => {
+            out.extend_from_slice(b"PONG :");
+            push_trailing(out, server);
+        }
+        Some(argument) => {
+            push_server_prefix(out, server);
+            out.extend_from_slice(b"PONG ");
+            push_middle(out, server);
+            out.extend_from_slice(b" :");
+            push_trailing(out, argument);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A numeric reply `:<server> <code> <target> [middle...] :text`.
+pub fn encode_numeric(
+    code: &str,
+    target: &str,
+    middle: &[&str],
+    text: &str,
+    server: &str,
+    out: &mut Vec<u8>,
+) {
+    push_server_prefix(out, server);
+    push_middle(out, code);
+    out.push(b' ');
+    push_middle(out, target);
+    for param in middle {
+        out.push(b' ');
+        push_middle(out, param);
+    }
+    out.extend_from_slice(b" :");
+    push_trailing(out, text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The welcome burst Twitch sends on login: numerics 001–004 and the MOTD 375/372/376.
+pub fn encode_welcome(nick: &str, server: &str, out: &mut Vec<u8>) {
+    encode_numeric("001", nick, &[], "Welcome, GLHF!", server, out);
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"002 ");
+    push_middle(out, nick);
+    out.extend_from_slice(b" :Your host is ");
+    push_trailing(out, server);
+    out.extend_from_slice(b"\r\n");
+    encode_numeric("003", nick, &[], "This server is rather new", server, out);
+    encode_numeric("004", nick, &[], "-", server, out);
+    encode_numeric("375", nick, &[], "-", server, out);
+    encode_numeric(
+        "372",
+        nick,
+        &[],
+        "You are in a maze of twisty passages, all alike.",
+        server,
+        out,
+    );
+    encode_numeric("376", nick, &[], ">", server, out);
+}
+
+/// `:<server> CAP * <subcommand> :<capabilities>` (LS, ACK, NAK, LIST).
+pub fn encode_cap(subcommand: &str, capabilities: &str, server: &str, out: &mut Vec<u8>) {
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"CAP * ");
+    push_middle(out, subcommand);
+    out.extend_from_slice(b" :");
+    push_trailing(out, capabilities);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The echo of the client's own JOIN: `:nick!nick@nick.<server> JOIN #room`.
+pub fn encode_join(nick: &str, room: &str, server: &str, out: &mut Vec<u8>) {
+    push_user_prefix(out, nick, server);
+    out.extend_from_slice(b"JOIN ");
+    push_room(out, room);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The echo of the client's own PART: `:nick!nick@nick.<server> PART #room`.
+pub fn encode_part(nick: &str, room: &str, server: &str, out: &mut Vec<u8>) {
+    push_user_prefix(out, nick, server);
+    out.extend_from_slice(b"PART ");
+    push_room(out, room);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The NAMES reply after a JOIN, listing only the client itself as Twitch does:
+/// `:nick.<server> 353 nick = #room :nick` and `:nick.<server> 366 nick #room :End of /NAMES list`.
+pub fn encode_names(nick: &str, room: &str, server: &str, out: &mut Vec<u8>) {
+    for code in [&b"353"[..], b"366"] {
+        out.push(b':');
+        push_middle(out, nick);
+        out.push(b'.');
+        push_middle(out, server);
+        out.push(b' ');
+        out.extend_from_slice(code);
+        out.push(b' ');
+        push_middle(out, nick);
+        if code == b"353" {
+            out.extend_from_slice(b" = ");
+            push_room(out, room);
+            out.extend_from_slice(b" :");
+            push_trailing(out, nick);
+        } else {
+            out.push(b' ');
+            push_room(out, room);
+            out.extend_from_slice(b" :End of /NAMES list");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::irc::Message;
+
+    const SERVER: &str = SERVER_NAME_DEFAULT;
+
+    fn text(out: &[u8]) -> &str {
+        std::str::from_utf8(out).expect("encoders write UTF-8")
+    }
+
+    fn chat_line() -> ChatLine<'static> {
+        ChatLine {
+            id: "b34ccfc7-4977-403a-8a94-33c6bac34fb8",
+            room: "ronni",
+            room_id: 1337,
+            user_id: 42,
+            login: "ronni",
+            display_name: "Ronni Q",
+            color: "#0D4200",
+            badges: "moderator/1,subscriber/12",
+            is_mod: true,
+            text: "skibidi; rizz \\ ohio",
+            original: "hello; world",
+            client_nonce: Some("nonce 1"),
+            sent_unix_ms: 1_507_246_572_675,
+            historical: false,
+        }
+    }
+
+    #[test]
+    fn privmsg_with_tags_exact() {
+        let mut out = Vec::new();
+        encode_privmsg(&chat_line(), SERVER, true, &mut out);
+        assert_eq!(
+            text(&out),
+            "@badge-info=;badges=moderator/1,subscriber/12;client-nonce=nonce\\s1;color=#0D4200;\
+             display-name=Ronni\\sQ;emotes=;first-msg=0;flags=;id=b34ccfc7-4977-403a-8a94-33c6bac34fb8;\
+             mod=1;returning-chatter=0;room-id=1337;subscriber=1;tmi-sent-ts=1507246572675;turbo=0;\
+             twitchy/original=hello\\:\\sworld;user-id=42;user-type=mod \
+             :ronni!ronni@ronni.tmi.twitch.tv PRIVMSG #ronni :skibidi; rizz \\ ohio\r\n"
+        );
+    }
+
+    #[test]
+    fn privmsg_parses_back() {
+        let mut line = chat_line();
+        line.historical = true;
+        line.client_nonce = None;
+        line.is_mod = false;
+        line.badges = "";
+        line.text = "multi\r\nline";
+        let mut out = Vec::new();
+        encode_privmsg(&line, "chat.example", true, &mut out);
+        let message = Message::parse(text(&out)).unwrap();
+        assert_eq!(message.prefix, Some("ronni!ronni@ronni.chat.example"));
+        assert_eq!(message.command, "PRIVMSG");
+        assert_eq!(message.params, ["#ronni", "multi  line"]);
+        assert_eq!(message.tag("historical").as_deref(), Some("1"));
+        assert_eq!(message.tag("client-nonce"), None);
+        assert_eq!(message.tag("twitchy/original").as_deref(), Some("hello; world"));
+        assert_eq!(message.tag("mod").as_deref(), Some("0"));
+        assert_eq!(message.tag("subscriber").as_deref(), Some("0"));
+        assert_eq!(message.tag("user-type").as_deref(), Some(""));
+        assert_eq!(message.tag("tmi-sent-ts").as_deref(), Some("1507246572675"));
+    }
+
+    #[test]
+    fn privmsg_without_tags() {
+        let mut out = Vec::new();
+        encode_privmsg(&chat_line(), SERVER, false, &mut out);
+        assert_eq!(
+            text(&out),
+            ":ronni!ronni@ronni.tmi.twitch.tv PRIVMSG #ronni :skibidi; rizz \\ ohio\r\n"
+        );
+    }
+
+    #[test]
+    fn ack_carries_id_and_nonce() {
+        let user = UserState {
+            login: "ronni",
+            display_name: "Ronni",
+            color: "",
+            badges: "",
+            is_mod: false,
+        };
+        let mut out = Vec::new();
+        encode_ack("#ronni", &user, "msg-1", Some("n;1"), SERVER, true, &mut out);
+        assert_eq!(
+            text(&out),
+            "@badge-info=;badges=;color=;display-name=Ronni;emote-sets=0;mod=0;subscriber=0;\
+             user-type=;client-nonce=n\\:1;id=msg-1 :tmi.twitch.tv USERSTATE #ronni\r\n"
+        );
+        out.clear();
+        encode_ack("ronni", &user, "msg-1", None, SERVER, false, &mut out);
+        assert_eq!(text(&out), ":tmi.twitch.tv USERSTATE #ronni\r\n");
+    }
+
+    #[test]
+    fn notice_variants() {
+        let mut out = Vec::new();
+        encode_notice(
+            Some("room"),
+            Some(msg_id::RATELIMIT),
+            "Slow down.",
+            SERVER,
+            true,
+            &mut out,
+        );
+        assert_eq!(
+            text(&out),
+            "@msg-id=msg_ratelimit :tmi.twitch.tv NOTICE #room :Slow down.\r\n"
+        );
+        out.clear();
+        encode_notice(None, Some(msg_id::RATELIMIT), "x", SERVER, false, &mut out);
+        assert_eq!(text(&out), ":tmi.twitch.tv NOTICE * :x\r\n");
+        out.clear();
+        encode_authentication_failed(SERVER, &mut out);
+        assert_eq!(
+            text(&out),
+            ":tmi.twitch.tv NOTICE * :Login authentication failed\r\n"
+        );
+    }
+
+    #[test]
+    fn fixed_lines() {
+        let cases: [(fn(&mut Vec<u8>), &str); 6] = [
+            (|out| encode_reconnect(SERVER, out), ":tmi.twitch.tv RECONNECT\r\n"),
+            (|out| encode_ping(SERVER, out), "PING :tmi.twitch.tv\r\n"),
+            (|out| encode_pong(SERVER, None, out), "PONG :tmi.twitch.tv\r\n"),
+            (
+                |out| encode_pong(SERVER, Some("abc 1"), out),
+                ":tmi.twitch.tv PONG tmi.twitch.tv :abc 1\r\n",
+            ),
+            (
+                |out| encode_join("bob", "room", SERVER, out),
+                ":bob!bob@bob.tmi.twitch.tv JOIN #room\r\n",
+            ),
+            (
+                |out| encode_names("bob", "room", SERVER, out),
+                ":bob.tmi.twitch.tv 353 bob = #room :bob\r\n\
+                 :bob.tmi.twitch.tv 366 bob #room :End of /NAMES list\r\n",
+            ),
+        ];
+        for (encode, expected) in cases {
+            let mut out = Vec::new();
+            encode(&mut out);
+            assert_eq!(text(&out), expected);
+        }
+    }
+
+    #[test]
+    fn welcome_matches_twitch() {
+        let mut out = Vec::new();
+        encode_welcome("bob", SERVER, &mut out);
+        assert_eq!(
+            text(&out),
+            ":tmi.twitch.tv 001 bob :Welcome, GLHF!\r\n\
+             :tmi.twitch.tv 002 bob :Your host is tmi.twitch.tv\r\n\
+             :tmi.twitch.tv 003 bob :This server is rather new\r\n\
+             :tmi.twitch.tv 004 bob :-\r\n\
+             :tmi.twitch.tv 375 bob :-\r\n\
+             :tmi.twitch.tv 372 bob :You are in a maze of twisty passages, all alike.\r\n\
+             :tmi.twitch.tv 376 bob :>\r\n"
+        );
+    }
+
+    #[test]
+    fn state_lines() {
+        let user = UserState {
+            login: "bob",
+            display_name: "Bob",
+            color: "#FF0000",
+            badges: "founder/0",
+            is_mod: false,
+        };
+        let mut out = Vec::new();
+        encode_roomstate("room", 7, SERVER, true, &mut out);
+        encode_userstate("room", &user, SERVER, true, &mut out);
+        encode_globaluserstate(&user, 99, SERVER, true, &mut out);
+        encode_roomstate("room", 7, SERVER, false, &mut out);
+        assert_eq!(
+            text(&out),
+            "@emote-only=0;followers-only=-1;r9k=0;room-id=7;slow=0;subs-only=0 \
+             :tmi.twitch.tv ROOMSTATE #room\r\n\
+             @badge-info=;badges=founder/0;color=#FF0000;display-name=Bob;emote-sets=0;mod=0;\
+             subscriber=1;user-type= :tmi.twitch.tv USERSTATE #room\r\n\
+             @badge-info=;badges=founder/0;color=#FF0000;display-name=Bob;emote-sets=0;\
+             user-id=99;user-type= :tmi.twitch.tv GLOBALUSERSTATE\r\n\
+             :tmi.twitch.tv ROOMSTATE #room\r\n"
+        );
+    }
+
+    #[test]
+    fn formats_numbers() {
+        for value in [0, 7, 10, 1_234_567_890, u64::MAX] {
+            let mut digits = [0u8; 20];
+            assert_eq!(format_u64(value, &mut digits), value.to_string());
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Starting and stopping the whole server: storage, styler, listeners, one glommio executor per shard.
+//!
+//! Start order: storage → styler → listeners (bound here, one `SO_REUSEPORT` socket per shard per port, so the
+//! kernel spreads connections over shards) → shards. Stop order is the reverse: shards stop accepting, finish the
+//! messages they sequenced (acks included), tell clients to `RECONNECT`, exit; then storage flushes and stops.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use twitchy_inference::StylerConfig;
+use twitchy_storage::{CoalescerConfig, StorageService, StoreConfig};
+
+use crate::config::{derived_room_id, load_rooms, Args};
+use crate::conn::{self, LocalNotify, Transport, CLOSE_GRACE_MS};
+use crate::metrics::{ShardMetrics, ViewerCounts};
+use crate::shard::{Shard, ShardMsg, Shared, INBOUND_CHANNEL_MESSAGES_MAX};
+
+/// Pending connections per listening socket.
+pub const LISTEN_BACKLOG: i32 = 1024;
+/// How long shutdown waits for in-flight messages to become durable.
+pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 5_000;
+
+/// Addresses the server listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub irc: SocketAddr,
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// Binds `count` sockets to one address with `SO_REUSEPORT`; port 0 is resolved by the first.
+fn bind_group(addr: SocketAddr, count: usize) -> anyhow::Result<(SocketAddr, Vec<OwnedFd>)> {
+    let first = bind_one(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let actual = first.local_addr()?.as_socket().context("not an inet socket")?;
+    let mut fds = vec![OwnedFd::from(first)];
+    for _ in 1..count {
+        fds.push(OwnedFd::from(bind_one(actual).with_context(|| format!("cannot listen on {actual}"))?));
+    }
+    Ok((actual, fds))
+}
+
+#[derive(Debug)]
+struct StallReporter {
+    threshold: Duration,
+}
+
+/// Reports tasks that run past the preemption budget by more than the threshold (logged as warnings with the
+/// stalled task's backtrace by glommio's default handler).
+impl glommio::StallDetectionHandler for StallReporter {
+    fn threshold(&self, _queue: glommio::TaskQueueHandle, _expected: Duration) -> Option<Duration> {
+        Some(self.threshold)
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("shards", &self.shard_count).finish_non_exhaustive()
+    }
+}
+
+enum Event {
+    Ready(usize, Result<(), String>),
+    Exited(usize),
+    Signal(i32),
+}
+
+/// Runs the server until SIGINT or SIGTERM; `on_ready` is called with the bound addresses once every shard serves.
+pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
+    let rooms = load_rooms(args.config.as_ref())?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let shard_count = if args.shards == 0 { cores } else { args.shards };
+    if shard_count > usize::from(twitchy_storage::id::SHARD_ID_MAX) + 1 {
+        bail!("at most {} shards", twitchy_storage::id::SHARD_ID_MAX + 1);
+    }
+
+    let store_config = match args.store.as_str() {
+        "scylla" => {
+            if args.scylla_nodes.is_empty() {
+                bail!("--store scylla needs --scylla-nodes");
+            }
+            StoreConfig::Scylla {
+                nodes: args.scylla_nodes.clone(),
+                keyspace: args.scylla_keyspace.clone(),
+                replication_factor: args.scylla_replication_factor,
+            }
+        }
+        _ => StoreConfig::Embedded { dir: args.data_dir.clone() },
+    };
+    let store = twitchy_storage::open_store(&store_config).context("cannot open the store")?;
+    let storage = StorageService::start(
+        store,
+        CoalescerConfig {
+            batch_wait_us_max: args.storage_batch_wait_us,
+            queue_messages_max: args.storage_queue_messages_max,
+            ..CoalescerConfig::default()
+        },
+    );
+
+    let styler_factory = twitchy_inference::styler_factory(StylerConfig {
+        vllm_endpoints: args.vllm.clone(),
+        model: args.vllm_model.clone(),
+        deadline_ms: args.style_deadline_ms,
+        ..StylerConfig::default()
+    });
+
+    let (http_addr, http_fds) = bind_group(args.http, shard_count)?;
+    let (irc_addr, irc_fds) = bind_group(args.irc, shard_count)?;
+
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..shard_count).map(|_| flume::bounded::<ShardMsg>(INBOUND_CHANNEL_MESSAGES_MAX)).unzip();
+    let room_ids = rooms.iter().map(|r| r.id.unwrap_or_else(|| derived_room_id(&r.name))).collect();
+    let room_index = rooms.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+    let shared = Arc::new(Shared {
+        metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
+        viewers: ViewerCounts::new(shard_count, rooms.len()),
+        rooms,
+        room_ids,
+        room_index,
+        shard_count,
+        storage: storage.handle(),
+        styler_factory,
+        inbound: senders.clone(),
+        args: args.clone(),
+    });
+
+    let (events, event_rx) = mpsc::channel::<Event>();
+    let drained = Arc::new(AtomicUsize::new(0));
+    let mut executors = Vec::new();
+    for (index, ((receiver, http_fd), irc_fd)) in receivers.into_iter().zip(http_fds).zip(irc_fds).enumerate() {
+        let shared = shared.clone();
+        let events = events.clone();
+        let drained = drained.clone();
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(index % cores))
+            .name(&format!("shard-{index}"))
+            .io_memory(args.io_memory_kib * 1024);
+        if args.detect_stalls_ms > 0 {
+            builder = builder.detect_stalls(Some(Box::new(StallReporter {
+                threshold: Duration::from_millis(args.detect_stalls_ms),
+            })));
+        }
+        let handle = builder
+            .spawn(move || async move {
+                let exited = events.clone();
+                shard_main(index, shared, receiver, http_fd, irc_fd, events, drained).await;
+                let _ = exited.send(Event::Exited(index));
+            })
+            .map_err(|err| anyhow::anyhow!("cannot start shard {index}: {err}"))?;
+        executors.push(handle);
+    }
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let signal_handle = signals.handle();
+    let signal_events = events.clone();
+    let signal_thread = std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = signal_events.send(Event::Signal(signal));
+        }
+    });
+
+    let mut ready = 0;
+    let mut failure = None;
+    while ready < shard_count && failure.is_none() {
+        match event_rx.recv() {
+            Ok(Event::Ready(_, Ok(()))) => ready += 1,
+            Ok(Event::Ready(shard, Err(err))) => failure = Some(format!("shard {shard} failed to start: {err}")),
+            Ok(Event::Exited(shard)) => failure = Some(format!("shard {shard} exited during start")),
+            Ok(Event::Signal(_)) => failure = Some("interrupted during start".into()),
+            Err(_) => failure = Some("all shards exited".into()),
+        }
+    }
+    if failure.is_none() {
+        on_ready(Bound { http: http_addr, irc: irc_addr });
+        loop {
+            match event_rx.recv() {
+                Ok(Event::Signal(signal)) => {
+                    log::info!("signal {signal}: shutting down");
+                    break;
+                }
+                Ok(Event::Exited(shard)) => {
+                    failure = Some(format!("shard {shard} exited unexpectedly"));
+                    break;
+                }
+                Ok(Event::Ready(..)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    for sender in &senders {
+        let _ = sender.send_timeout(ShardMsg::Shutdown, Duration::from_secs(5));
+    }
+    for handle in executors {
+        let _ = handle.join();
+    }
+    signal_handle.close();
+    let _ = signal_thread.join();
+    drop(shared);
+    storage.shutdown().context("storage did not shut down cleanly")?;
+    log::info!("stopped");
+    match failure {
+        Some(reason) => bail!(reason),
+        None => Ok(()),
+    }
+}
+
+async fn shard_main(
+    index: usize,
+    shared: Arc<Shared>,
+    inbound: flume::Receiver<ShardMsg>,
+    http_fd: OwnedFd,
+    irc_fd: OwnedFd,
+    events: mpsc::Sender<Event>,
+    drained: Arc<AtomicUsize>,
+) {
+    let shard_count = shared.shard_count;
+    let shard = Shard::new(index, shared);
+    if let Err(err) = shard.load_history().await {
+        let _ = events.send(Event::Ready(index, Err(err.to_string())));
+        return;
+    }
+    shard.start_pumps();
+
+    // SAFETY: the descriptors are bound, listening TCP sockets created for this shard and owned by nobody else.
+    let http_listener = unsafe { TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
+    // SAFETY: as above.
+    let irc_listener = unsafe { TcpListener::from_raw_fd(irc_fd.into_raw_fd()) };
+    let http_accept = glommio::spawn_local(accept_loop(shard.clone(), http_listener, true));
+    let irc_accept = glommio::spawn_local(accept_loop(shard.clone(), irc_listener, false));
+
+    let stop = Rc::new(LocalNotify::default());
+    let inbound_shard = shard.clone();
+    let inbound_stop = stop.clone();
+    let _inbound_task = glommio::spawn_local(async move {
+        while let Ok(msg) = inbound.recv_async().await {
+            if matches!(msg, ShardMsg::Shutdown) {
+                inbound_shard.shutting_down.set(true);
+                inbound_stop.notify();
+            } else {
+                inbound_shard.handle(msg);
+            }
+        }
+    });
+    let _ = events.send(Event::Ready(index, Ok(())));
+
+    stop.wait().await;
+    // Stop accepting: dropping the accept tasks closes this shard's listening sockets.
+    drop(http_accept);
+    drop(irc_accept);
+    // Finish what this shard sequenced, then wait for every shard to do the same so that acks from other homes
+    // still reach this shard's clients.
+    let drain = shard.drain_in_flight();
+    let timeout = glommio::timer::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX));
+    futures_lite::future::or(drain, timeout).await;
+    drained.fetch_add(1, Ordering::SeqCst);
+    let mut waited_ms = 0;
+    while drained.load(Ordering::SeqCst) < shard_count && waited_ms < SHUTDOWN_DRAIN_MS_MAX {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        waited_ms += 10;
+    }
+    // Let the last cross-shard acks land, then tell every client to reconnect and let writers flush.
+    glommio::timer::sleep(Duration::from_millis(50)).await;
+    for conn in shard.all_conns() {
+        conn.shutdown_with_reconnect();
+    }
+    let mut waited_ms = 0;
+    while !shard.all_conns().is_empty() && waited_ms < CLOSE_GRACE_MS + 500 {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        waited_ms += 20;
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, http: bool) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let shard = shard.clone();
+                if http {
+                    glommio::spawn_local(crate::http::serve(shard, stream)).detach();
+                } else {
+                    let _ = stream.set_nodelay(true);
+                    glommio::spawn_local(conn::serve(shard, stream, Transport::Tcp, bytes::Bytes::new())).detach();
+                }
+            }
+            Err(err) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                log::warn!("accept failed: {err}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The local rule-based styler: the default [`Styler`], and the fallback of the vLLM client.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::metrics::{FallbackReason, SharedMetrics, ShardMetrics};
+use crate::{STYLED_CHARS_MAX, Styled, StyledBy, Styler, StylerConfig, StylerFactory, sanitize, style};
+
+/// What an unknown style returns: the sanitised text, or an ellipsis when nothing of it is left, so the result is
+/// never empty.
+pub(crate) fn unstyled(text: &str) -> String {
+    let out = sanitize::sanitize_text(text, STYLED_CHARS_MAX);
+    if out.is_empty() { "…".to_owned() } else { out }
+}
+
+/// Styles every message with the local rewriter; resolves immediately.
+#[derive(Debug)]
+pub struct LocalStyler {
+    metrics: Arc<ShardMetrics>,
+}
+
+impl LocalStyler {
+    pub(crate) fn new(metrics: Arc<ShardMetrics>) -> Self {
+        LocalStyler { metrics }
+    }
+
+    /// The local rewrite of a message, counted as a fallback for `reason`.
+    pub(crate) fn rewrite(&self, style_index: Option<usize>, text: &str, seed: u64, reason: FallbackReason) -> Styled {
+        self.metrics.fallback(reason);
+        let text = match style_index {
+            Some(index) => style::local_rewrite_indexed(index, text, seed),
+            None => unstyled(text),
+        };
+        Styled { text, by: StyledBy::Local }
+    }
+}
+
+impl Styler for LocalStyler {
+    fn style(&self, style: &str, text: &str, seed: u64) -> Pin<Box<dyn Future<Output = Styled>>> {
+        let styled = match style::style_index(style) {
+            Some(index) => self.rewrite(Some(index), text, seed, FallbackReason::Disabled),
+            None => self.rewrite(None, text, seed, FallbackReason::UnknownStyle),
+        };
+        Box::pin(std::future::ready(styled))
+    }
+}
+
+/// The factory used when no endpoints are configured.
+#[derive(Debug)]
+pub(crate) struct LocalStylerFactory {
+    metrics: SharedMetrics,
+}
+
+impl LocalStylerFactory {
+    pub(crate) fn new(config: &StylerConfig) -> Self {
+        LocalStylerFactory { metrics: SharedMetrics::new(config.vllm_endpoints.clone()) }
+    }
+}
+
+impl StylerFactory for LocalStylerFactory {
+    fn local_styler(&self, shard: usize) -> Rc<dyn Styler> {
+        Rc::new(LocalStyler::new(self.metrics.register(shard)))
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+}

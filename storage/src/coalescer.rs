@@ -1,0 +1,504 @@
+//! The coalescing writer and the read pool: the only place where store calls (blocking IO) happen.
+//!
+//! Shards call [`StorageHandle::append`], which moves the record into a bounded flume channel with `try_send` and
+//! returns an [`AppendAck`] future at once. One writer thread drains the channel into batches — at most
+//! `batch_messages_max` messages or `batch_bytes_max` bytes, gathered for at most `batch_wait_us_max` after the
+//! first message of the batch arrived — hands each batch to [`Store::append_messages`] (which makes it durable) and
+//! only then completes the batch's acknowledgements. While one batch is being written and fsynced, the next one
+//! queues up in the channel, so under load the batch size grows with the fsync latency and one fsync covers
+//! thousands of messages (group commit). When the channel is full, `append` fails with [`StorageError::Busy`]
+//! without writing anything: memory stays bounded by `queue_messages_max` and the shard tells the sender to try
+//! again.
+//!
+//! Reads and account operations go over a second bounded channel to `read_threads` blocking threads and come back
+//! on oneshot channels. Both the acknowledgement and the reply channels are `futures-channel` oneshots, which wake
+//! whatever executor polled them, so shards running glommio can await them.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use crate::error::{Result, StorageError};
+use crate::id::MessageId;
+use crate::metrics::WriterMetrics;
+use crate::record::{AccountRecord, MessageRecord};
+use crate::Store;
+
+/// Largest room name, in bytes, that the stores accept. Room names are Twitch logins (at most 25 characters); the
+/// limit keeps keys small and bounded.
+pub const ROOM_BYTES_MAX: usize = 255;
+
+/// Read requests that may wait for a read thread before `Busy` is returned.
+const READ_QUEUE_REQUESTS_MAX: usize = 4096;
+
+/// Limits of the coalescing writer and the read pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoalescerConfig {
+    /// Most messages in one durable batch.
+    pub batch_messages_max: usize,
+    /// Most (estimated) bytes in one durable batch.
+    pub batch_bytes_max: usize,
+    /// How long the writer keeps gathering after the first message of a batch arrived, in microseconds.
+    pub batch_wait_us_max: u64,
+    /// Capacity of the append channel; beyond it [`StorageHandle::append`] returns [`StorageError::Busy`].
+    pub queue_messages_max: usize,
+    /// Threads serving reads and account operations (they block on the store).
+    pub read_threads: usize,
+}
+
+impl Default for CoalescerConfig {
+    fn default() -> Self {
+        CoalescerConfig {
+            batch_messages_max: 4096,
+            batch_bytes_max: 4 << 20,
+            batch_wait_us_max: 500,
+            queue_messages_max: 65_536,
+            read_threads: 2,
+        }
+    }
+}
+
+/// Estimated size of a record in a batch: its strings plus the fixed fields and per-record framing.
+pub(crate) fn record_bytes(r: &MessageRecord) -> usize {
+    64 + r.room.len()
+        + r.login.len()
+        + r.display_name.len()
+        + r.color.len()
+        + r.badges.len()
+        + r.text.len()
+        + r.original.len()
+        + r.styled_by.len()
+}
+
+/// Decides when a batch being gathered is complete. Sans-IO: the caller passes the time, so the window logic is
+/// tested without sleeping.
+#[derive(Debug, Clone)]
+pub(crate) struct Gather {
+    messages_max: usize,
+    bytes_max: usize,
+    wait: Duration,
+    messages: usize,
+    bytes: usize,
+    deadline: Option<Instant>,
+}
+
+impl Gather {
+    pub(crate) fn new(config: &CoalescerConfig) -> Gather {
+        Gather {
+            messages_max: config.batch_messages_max.max(1),
+            bytes_max: config.batch_bytes_max.max(1),
+            wait: Duration::from_micros(config.batch_wait_us_max),
+            messages: 0,
+            bytes: 0,
+            deadline: None,
+        }
+    }
+
+    /// Counts one more message of `bytes`; the first message of a batch opens the time window at `now`.
+    pub(crate) fn push(&mut self, bytes: usize, now: Instant) {
+        if self.messages == 0 {
+            self.deadline = Some(now + self.wait);
+        }
+        self.messages += 1;
+        self.bytes += bytes;
+    }
+
+    /// The batch must be written now because a size limit is reached. A single message larger than
+    /// `batch_bytes_max` still forms a batch of its own.
+    pub(crate) fn is_full(&self) -> bool {
+        self.messages >= self.messages_max || self.bytes >= self.bytes_max
+    }
+
+    /// When the time window closes; `None` while the batch is empty.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The window has closed at `now`.
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.messages = 0;
+        self.bytes = 0;
+        self.deadline = None;
+    }
+}
+
+struct Pending {
+    record: MessageRecord,
+    ack: oneshot::Sender<Result<()>>,
+}
+
+enum WriterItem {
+    Append(Pending),
+    /// Sent once by [`StorageService::shutdown`] after the closed flag is set: write what is queued, then exit.
+    Stop,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum ReadRequest {
+    Recent { room: String, limit: usize, reply: Reply<Vec<MessageRecord>> },
+    Before { room: String, before: Option<MessageId>, limit: usize, reply: Reply<Vec<MessageRecord>> },
+    CreateAccount { account: AccountRecord, reply: Reply<()> },
+    Account { login: String, reply: Reply<Option<AccountRecord>> },
+    PutToken { token_sha256: [u8; 32], login: String, reply: Reply<()> },
+    LoginForToken { token_sha256: [u8; 32], reply: Reply<Option<String>> },
+    /// One per read thread, sent by [`StorageService::shutdown`].
+    Stop,
+}
+
+struct Shared {
+    /// Set by shutdown before the stop items are queued; checked by every handle call.
+    closed: AtomicBool,
+    metrics: WriterMetrics,
+}
+
+/// Resolves `Ok(())` once the record is durable, or with the error of its batch. If the writer went away without
+/// writing the record (the service shut down first), it resolves `Err(Closed)`. Works on any executor.
+#[must_use = "an append is only durable once its acknowledgement resolves Ok"]
+#[derive(Debug)]
+pub struct AppendAck {
+    rx: oneshot::Receiver<Result<()>>,
+}
+
+impl Future for AppendAck {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(Err(StorageError::Closed)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A cheap, cloneable entry point to the storage threads; safe to use from any thread or shard.
+#[derive(Clone)]
+pub struct StorageHandle {
+    writer_tx: flume::Sender<WriterItem>,
+    read_tx: flume::Sender<ReadRequest>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StorageHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageHandle")
+            .field("queue_depth", &self.writer_tx.len())
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl StorageHandle {
+    /// Queues a message for the next durable batch. Never blocks. `Err(Busy)` when the queue is full and
+    /// `Err(Closed)` after shutdown; in both cases nothing was written.
+    pub fn append(&self, record: MessageRecord) -> Result<AppendAck> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        check_room(&record.room)?;
+        let (ack, rx) = oneshot::channel();
+        match self.writer_tx.try_send(WriterItem::Append(Pending { record, ack })) {
+            Ok(()) => Ok(AppendAck { rx }),
+            Err(flume::TrySendError::Full(_)) => {
+                self.shared.metrics.record_busy();
+                Err(StorageError::Busy)
+            }
+            Err(flume::TrySendError::Disconnected(_)) => Err(StorageError::Closed),
+        }
+    }
+
+    /// The room's newest `limit` messages, oldest first.
+    pub async fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>> {
+        check_room(room)?;
+        self.request(|reply| ReadRequest::Recent { room: room.to_owned(), limit, reply }).await
+    }
+
+    /// Up to `limit` messages with id `< before` (all if `None`), newest first.
+    pub async fn messages_before(
+        &self,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        check_room(room)?;
+        self.request(|reply| ReadRequest::Before { room: room.to_owned(), before, limit, reply }).await
+    }
+
+    /// Creates an account durably; `AlreadyExists` if the login is taken.
+    pub async fn create_account(&self, account: AccountRecord) -> Result<()> {
+        self.request(|reply| ReadRequest::CreateAccount { account, reply }).await
+    }
+
+    /// Looks an account up by login.
+    pub async fn account(&self, login: &str) -> Result<Option<AccountRecord>> {
+        self.request(|reply| ReadRequest::Account { login: login.to_owned(), reply }).await
+    }
+
+    /// Records a session token (its SHA-256) for a login, durably.
+    pub async fn put_token(&self, token_sha256: [u8; 32], login: &str) -> Result<()> {
+        self.request(|reply| ReadRequest::PutToken { token_sha256, login: login.to_owned(), reply }).await
+    }
+
+    /// The login a token (by its SHA-256) belongs to.
+    pub async fn login_for_token(&self, token_sha256: [u8; 32]) -> Result<Option<String>> {
+        self.request(|reply| ReadRequest::LoginForToken { token_sha256, reply }).await
+    }
+
+    /// Prometheus text for the writer's counters, histograms and queue depth.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render(self.writer_tx.len())
+    }
+
+    /// Messages waiting for the writer right now.
+    pub fn queue_depth(&self) -> usize {
+        self.writer_tx.len()
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> ReadRequest) -> Result<T> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.read_tx.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(_)) => {
+                self.shared.metrics.record_busy();
+                return Err(StorageError::Busy);
+            }
+            Err(flume::TrySendError::Disconnected(_)) => return Err(StorageError::Closed),
+        }
+        rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+}
+
+fn check_room(room: &str) -> Result<()> {
+    if room.is_empty() || room.len() > ROOM_BYTES_MAX {
+        return Err(StorageError::Invalid(format!("room name must be 1..={ROOM_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+/// The running writer and read threads. Dropping it shuts it down like [`StorageService::shutdown`].
+pub struct StorageService {
+    handle: StorageHandle,
+    writer: Option<JoinHandle<Result<()>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for StorageService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageService").field("handle", &self.handle).field("readers", &self.readers.len()).finish()
+    }
+}
+
+impl StorageService {
+    /// Spawns the writer thread and `config.read_threads` read threads (at least one) over `store`.
+    pub fn start(store: Arc<dyn Store>, config: CoalescerConfig) -> StorageService {
+        let (writer_tx, writer_rx) = flume::bounded(config.queue_messages_max.max(1));
+        let (read_tx, read_rx) = flume::bounded(READ_QUEUE_REQUESTS_MAX);
+        let shared = Arc::new(Shared { closed: AtomicBool::new(false), metrics: WriterMetrics::default() });
+        let read_threads = config.read_threads.max(1);
+        let writer = {
+            let store = Arc::clone(&store);
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("storage-writer".into())
+                .spawn(move || run_writer(&*store, writer_rx, &config, &shared))
+                .expect("spawning the storage writer thread")
+        };
+        let readers = (0..read_threads)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let rx = read_rx.clone();
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("storage-read-{i}"))
+                    .spawn(move || run_reader(&*store, rx, &shared))
+                    .expect("spawning a storage read thread")
+            })
+            .collect();
+        StorageService { handle: StorageHandle { writer_tx, read_tx, shared }, writer: Some(writer), readers }
+    }
+
+    /// A handle for a shard (clone it freely).
+    pub fn handle(&self) -> StorageHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting new appends, writes and acknowledges everything already queued, joins the threads. Returns
+    /// the first error of a batch written during the drain, if any.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let Some(writer) = self.writer.take() else { return Ok(()) };
+        self.handle.shared.closed.store(true, Ordering::Release);
+        // A blocking send is fine here: the writer keeps draining, so room for the stop item appears.
+        let _ = self.handle.writer_tx.send(WriterItem::Stop);
+        for _ in 0..self.readers.len() {
+            let _ = self.handle.read_tx.send(ReadRequest::Stop);
+        }
+        let mut result = match writer.join() {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Io("storage writer thread panicked".into())),
+        };
+        for reader in self.readers.drain(..) {
+            if reader.join().is_err() && result.is_ok() {
+                result = Err(StorageError::Io("storage read thread panicked".into()));
+            }
+        }
+        result
+    }
+}
+
+impl Drop for StorageService {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::error!("storage shutdown: {e}");
+        }
+    }
+}
+
+/// The writer thread: gather, write, fsync (inside the store), acknowledge; repeat.
+fn run_writer(
+    store: &dyn Store,
+    rx: flume::Receiver<WriterItem>,
+    config: &CoalescerConfig,
+    shared: &Shared,
+) -> Result<()> {
+    let mut gather = Gather::new(config);
+    let mut records: Vec<MessageRecord> = Vec::with_capacity(config.batch_messages_max.clamp(1, 65_536));
+    let mut acks: Vec<oneshot::Sender<Result<()>>> = Vec::with_capacity(records.capacity());
+    let mut stopping = false;
+    let mut drain_result = Ok(());
+    // Once the store panicked its state is unknown: nothing more is acknowledged.
+    let mut poisoned = false;
+    loop {
+        // Wait for the first message of the next batch; once stopping, only take what is already queued.
+        let first = if stopping { rx.try_recv().ok() } else { rx.recv().ok() };
+        let Some(first) = first else { break };
+        let WriterItem::Append(pending) = first else {
+            stopping = true;
+            continue;
+        };
+        gather.reset();
+        gather.push(record_bytes(&pending.record), Instant::now());
+        records.push(pending.record);
+        acks.push(pending.ack);
+        while !gather.is_full() {
+            let next = if stopping {
+                rx.try_recv().ok()
+            } else {
+                let deadline = gather.deadline().expect("a batch with a message has a deadline");
+                match rx.recv_deadline(deadline) {
+                    Ok(item) => Some(item),
+                    Err(flume::RecvTimeoutError::Timeout) => None,
+                    Err(flume::RecvTimeoutError::Disconnected) => {
+                        stopping = true;
+                        None
+                    }
+                }
+            };
+            match next {
+                Some(WriterItem::Append(p)) => {
+                    let now = Instant::now();
+                    gather.push(record_bytes(&p.record), now);
+                    records.push(p.record);
+                    acks.push(p.ack);
+                    // Under load `recv_deadline` keeps returning queued items immediately; this check ends the
+                    // batch when the window has passed anyway.
+                    if gather.is_due(now) {
+                        break;
+                    }
+                }
+                Some(WriterItem::Stop) => stopping = true,
+                None => break,
+            }
+        }
+        let result = if poisoned {
+            Err(StorageError::Io("the store failed earlier; writes are refused".into()))
+        } else {
+            let started = Instant::now();
+            match std::panic::catch_unwind(AssertUnwindSafe(|| store.append_messages(&records))) {
+                Ok(Ok(())) => {
+                    shared.metrics.record_batch(records.len(), started.elapsed().as_micros() as u64);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    poisoned = true;
+                    Err(StorageError::Io("the store panicked while writing".into()))
+                }
+            }
+        };
+        if let Err(e) = &result {
+            shared.metrics.record_error();
+            log::error!("storage: batch of {} messages failed, not acknowledged: {e}", records.len());
+            if stopping && drain_result.is_ok() {
+                drain_result = Err(e.clone());
+            }
+        }
+        records.clear();
+        for ack in acks.drain(..) {
+            // The receiver may be gone (the shard stopped waiting); the record is durable regardless.
+            let _ = ack.send(result.clone());
+        }
+    }
+    drain_result
+}
+
+/// A read thread: serve requests until told to stop.
+fn run_reader(store: &dyn Store, rx: flume::Receiver<ReadRequest>, shared: &Shared) {
+    fn reply<T>(shared: &Shared, tx: Reply<T>, result: Result<T>) {
+        if matches!(result, Err(StorageError::Io(_) | StorageError::Corrupt(_))) {
+            shared.metrics.record_error();
+        }
+        let _ = tx.send(result);
+    }
+    while let Ok(request) = rx.recv() {
+        // A panicking store must not take the thread (and with it the read capacity) down: the caller gets an
+        // error and the thread serves the next request.
+        let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            match request {
+                ReadRequest::Recent { room, limit, reply: tx } => reply(shared, tx, store.recent_messages(&room, limit)),
+                ReadRequest::Before { room, before, limit, reply: tx } => {
+                    reply(shared, tx, store.messages_before(&room, before, limit))
+                }
+                ReadRequest::CreateAccount { account, reply: tx } => {
+                    reply(shared, tx, store.create_account(&account))
+                }
+                ReadRequest::Account { login, reply: tx } => reply(shared, tx, store.account(&login)),
+                ReadRequest::PutToken { token_sha256, login, reply: tx } => {
+                    reply(shared, tx, store.put_token(token_sha256, &login))
+                }
+                ReadRequest::LoginForToken { token_sha256, reply: tx } => {
+                    reply(shared, tx, store.login_for_token(token_sha256))
+                }
+                ReadRequest::Stop => return false,
+            }
+            true
+        }));
+        match served {
+            Ok(true) => {}
+            Ok(false) => break,
+            // The reply sender was dropped during unwinding, so the caller sees `Closed`.
+            Err(_) => {
+                shared.metrics.record_error();
+                log::error!("storage: the store panicked while serving a read");
+            }
+        }
+    }
+}

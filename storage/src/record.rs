@@ -1,0 +1,43 @@
+//! The records the store keeps. Encoded with rkyv where a store holds bytes, so reads are zero-copy.
+
+use crate::id::MessageId;
+
+/// One chat message as stored and replayed (history on join, history pages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MessageRecord {
+    /// Time-ordered id; also the message's server timestamp (`MessageId::unix_ms`).
+    pub id: MessageId,
+    /// Room name without the leading `#`, lowercase.
+    pub room: String,
+    /// Numeric account id of the sender.
+    pub user_id: u64,
+    /// Sender's login (lowercase).
+    pub login: String,
+    /// Sender's display name.
+    pub display_name: String,
+    /// Sender's name color as `#RRGGBB`, or empty.
+    pub color: String,
+    /// Twitch `badges` tag value, e.g. `moderator/1`, or empty.
+    pub badges: String,
+    /// The styled (skibidified) text that viewers see.
+    pub text: String,
+    /// The text as the sender typed it.
+    pub original: String,
+    /// How the text was styled: `llm` or `local`.
+    pub styled_by: String,
+}
+
+/// A registered account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AccountRecord {
+    /// Lowercase login, `[a-z0-9_]{4,25}`.
+    pub login: String,
+    pub user_id: u64,
+    /// Argon2 hash in PHC string form.
+    pub password_hash: String,
+    /// Name color `#RRGGBB`.
+    pub color: String,
+    pub created_unix_ms: u64,
+}

@@ -1,0 +1,147 @@
+//! The embedded store through the coalescing writer: ordering, paging, accounts, persistence across reopen.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{block_on, message, messages};
+use twitchy_storage::{
+    AccountRecord, CoalescerConfig, EmbeddedStore, MessageId, MessageIdGen, StorageError, StorageService, Store,
+    StoreConfig, open_store,
+};
+
+fn account(login: &str, user_id: u64) -> AccountRecord {
+    AccountRecord {
+        login: login.into(),
+        user_id,
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$salt{user_id}$hash"),
+        color: "#00FF7F".into(),
+        created_unix_ms: 1_700_000_000_000 + user_id,
+    }
+}
+
+#[test]
+fn history_is_ordered_paged_and_per_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::Embedded { dir: dir.path().join("data") }).unwrap();
+    let service = StorageService::start(store, CoalescerConfig::default());
+    let h = service.handle();
+
+    // Rooms whose names are prefixes of each other must not see each other's messages.
+    let a = messages("ab", 0, 1_700_000_000_000, 300);
+    let b = messages("a", 1, 1_700_000_000_000, 50);
+    let c = messages("abc", 2, 1_700_000_000_000, 20);
+    let acks: Vec<_> = a.iter().chain(&b).chain(&c).map(|m| h.append(m.clone()).unwrap()).collect();
+    for ack in acks {
+        block_on(ack).unwrap();
+    }
+
+    let recent = block_on(h.recent_messages("ab", 100)).unwrap();
+    assert_eq!(recent, a[200..].to_vec(), "recent is the newest 100, oldest first");
+    assert_eq!(block_on(h.recent_messages("a", 1000)).unwrap(), b);
+    assert_eq!(block_on(h.recent_messages("abc", 1000)).unwrap(), c);
+    assert!(block_on(h.recent_messages("nobody", 10)).unwrap().is_empty());
+    assert!(block_on(h.recent_messages("ab", 0)).unwrap().is_empty());
+
+    // Page backwards through "ab" 64 at a time and get every message exactly once, newest first.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = block_on(h.messages_before("ab", before, 64)).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.windows(2).all(|w| w[0].id > w[1].id), "a page is newest first");
+        before = Some(page.last().unwrap().id);
+        seen.extend(page);
+    }
+    seen.reverse();
+    assert_eq!(seen, a);
+
+    // `before` is exclusive and works with an id that was never stored.
+    let page = block_on(h.messages_before("ab", Some(a[10].id), 5)).unwrap();
+    assert_eq!(page, a[5..10].iter().rev().cloned().collect::<Vec<_>>());
+    let between = MessageId(a[10].id.0 + 1);
+    assert_eq!(block_on(h.messages_before("ab", Some(between), 1)).unwrap(), vec![a[10].clone()]);
+    assert!(block_on(h.messages_before("ab", Some(MessageId(0)), 5)).unwrap().is_empty());
+
+    service.shutdown().unwrap();
+}
+
+#[test]
+fn acknowledged_messages_and_accounts_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = messages("forsen", 0, 1_700_000_000_000, 1000);
+    {
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let service = StorageService::start(store, CoalescerConfig::default());
+        let h = service.handle();
+        let acks: Vec<_> = written.iter().map(|m| h.append(m.clone()).unwrap()).collect();
+        for ack in acks {
+            block_on(ack).unwrap();
+        }
+        block_on(h.create_account(account("alice", 1))).unwrap();
+        block_on(h.put_token([7; 32], "alice")).unwrap();
+        service.shutdown().unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.recent_messages("forsen", 5000).unwrap(), written);
+    assert_eq!(store.account("alice").unwrap(), Some(account("alice", 1)));
+    assert_eq!(store.login_for_token([7; 32]).unwrap().as_deref(), Some("alice"));
+}
+
+#[test]
+fn accounts_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let service = StorageService::start(store, CoalescerConfig { read_threads: 4, ..CoalescerConfig::default() });
+    let h = service.handle();
+
+    assert_eq!(block_on(h.account("alice")).unwrap(), None);
+    block_on(h.create_account(account("alice", 1))).unwrap();
+    assert_eq!(block_on(h.create_account(account("alice", 2))), Err(StorageError::AlreadyExists));
+    assert_eq!(block_on(h.account("alice")).unwrap(), Some(account("alice", 1)), "the first account is kept");
+
+    // Many threads racing to create the same login: exactly one wins.
+    let winners: usize = std::thread::scope(|s| {
+        let joins: Vec<_> = (0..8)
+            .map(|i| {
+                let h = h.clone();
+                s.spawn(move || block_on(h.create_account(account("bob_race", 100 + i))).is_ok() as usize)
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).sum()
+    });
+    assert_eq!(winners, 1);
+
+    assert_eq!(block_on(h.login_for_token([1; 32])).unwrap(), None);
+    block_on(h.put_token([1; 32], "alice")).unwrap();
+    block_on(h.put_token([2; 32], "bob_race")).unwrap();
+    assert_eq!(block_on(h.login_for_token([1; 32])).unwrap().as_deref(), Some("alice"));
+    assert_eq!(block_on(h.login_for_token([2; 32])).unwrap().as_deref(), Some("bob_race"));
+    service.shutdown().unwrap();
+}
+
+#[test]
+fn bad_room_names_are_rejected_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let service = StorageService::start(store.clone(), CoalescerConfig::default());
+    let h = service.handle();
+    let mut ids = MessageIdGen::new(0, 0);
+    let long = "x".repeat(twitchy_storage::ROOM_BYTES_MAX + 1);
+    for room in ["", long.as_str()] {
+        assert!(matches!(h.append(message(ids.next_id(1), room, 1)), Err(StorageError::Invalid(_))));
+        assert!(matches!(block_on(h.recent_messages(room, 10)), Err(StorageError::Invalid(_))));
+        assert!(matches!(store.append_messages(&[message(ids.next_id(1), room, 1)]), Err(StorageError::Invalid(_))));
+    }
+    // Odd but valid names (bytes that are separators elsewhere, the longest name) work.
+    let max = "y".repeat(twitchy_storage::ROOM_BYTES_MAX);
+    for room in ["a\0b", "\u{ff}\u{ff}", max.as_str()] {
+        let m = message(ids.next_id(2), room, 2);
+        block_on(h.append(m.clone()).unwrap()).unwrap();
+        assert_eq!(block_on(h.recent_messages(room, 10)).unwrap(), vec![m]);
+    }
+    assert!(block_on(h.recent_messages("a", 10)).unwrap().is_empty());
+    service.shutdown().unwrap();
+}
