@@ -94,6 +94,11 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 1 << 20)]
     pub outbound_queue_bytes_max: usize,
 
+    /// Kernel send buffer per client socket (SO_SNDBUF), bytes; 0 keeps the kernel's autotuning. A small buffer
+    /// bounds kernel memory per connection and makes `--outbound-queue-bytes-max` the real limit on lag.
+    #[arg(long, env = "TWITCHY_SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
+    pub socket_send_buffer_bytes: usize,
+
     /// Connections one shard accepts; more are refused.
     #[arg(long, env = "TWITCHY_CONNECTIONS_PER_SHARD_MAX", default_value_t = 20_000)]
     pub connections_per_shard_max: usize,

@@ -289,6 +289,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, http: bool) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                let send_buffer_bytes = shard.shared.args.socket_send_buffer_bytes;
+                if send_buffer_bytes > 0 {
+                    set_send_buffer(&stream, send_buffer_bytes);
+                }
                 let shard = shard.clone();
                 if http {
                     glommio::spawn_local(crate::http::serve(shard, stream)).detach();
@@ -303,5 +307,23 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, http: bool) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+fn set_send_buffer(stream: &glommio::net::TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        log::warn!("SO_SNDBUF: {}", std::io::Error::last_os_error());
     }
 }

@@ -25,6 +25,9 @@
     roomsRefreshMs: 10000,
     historyPageMessagesMax: 50,
     ackWaitMs: 15000,
+    // How long an acknowledged own message waits for its styled echo before asking the HTTP API.
+    echoWaitMs: 400,
+    ownLookupMessagesMax: 50,
     idlePingMs: 60000,
     pongWaitMs: 20000,
     toastMs: 3500,
@@ -546,6 +549,8 @@
   function resetLines() {
     state.renderQueue = [];
     ui.lines.replaceChildren();
+    // Ids only deduplicate within one view of a room: rejoining a room shows its history again.
+    state.seenIds.clear();
     state.oldestId = null;
     state.noOlder = false;
     state.unseenBelow = 0;
@@ -666,10 +671,14 @@
     line.classList.toggle('failed', entry.status === 'failed');
     if (entry.id) line.dataset.id = entry.id;
     line.dataset.nonce = entry.nonce;
+    if (entry.status === 'failed' && entry.failMsgId) line.dataset.msgId = entry.failMsgId;
+    else delete line.dataset.msgId;
     const status = line.querySelector('.status');
     if (status) {
       status.textContent = entry.status === 'failed' && entry.reason ? `not sent: ${entry.reason}` : OWN_STATUS_TEXT[entry.status];
-      status.title = entry.status === 'pending' ? 'Waiting for the server to confirm' : '';
+      if (entry.status === 'pending') status.title = 'Waiting for the server to confirm';
+      else if (entry.status === 'failed') status.title = entry.failText || entry.reason;
+      else status.title = '';
     }
     if (entry.styled !== null) {
       const body = line.querySelector('.text');
@@ -725,6 +734,25 @@
     updateLoadOlder();
   }
 
+  // Without echo-message the server does not send a user's own PRIVMSG back, so the styled text
+  // is read from the room's recent history by the acknowledged id.
+  async function fetchOwnStyled(entry) {
+    if (entry.styled !== null || !entry.id) return;
+    try {
+      const url = `/api/rooms/${encodeURIComponent(entry.room)}/messages?limit=${LIMITS.ownLookupMessagesMax}`;
+      const response = await fetch(url, { headers: { Accept: 'application/json' } });
+      if (!response.ok) return;
+      const body = await response.json();
+      const found = (Array.isArray(body?.messages) ? body.messages : []).find((m) => m && String(m.id) === entry.id);
+      if (found && entry.styled === null && typeof found.text === 'string') {
+        entry.styled = found.text;
+        applyOwnStatus(entry);
+      }
+    } catch (_) {
+      // The typed text stays on screen; only the styled version is missing.
+    }
+  }
+
   function sendChat(rawText) {
     const text = oneLine(rawText).trim();
     if (!text) return false;
@@ -745,7 +773,19 @@
     const me = /^\/me\s+(.+)$/i.exec(text);
     if (me) body = `\u0001ACTION ${me[1]}\u0001`;
     const nonce = randomNonce();
-    const entry = { nonce, room: state.room, text: body, status: 'pending', styled: null, id: null, el: null, timer: 0, reason: '' };
+    const entry = {
+      nonce,
+      room: state.room,
+      text: body,
+      status: 'pending',
+      styled: null,
+      id: null,
+      el: null,
+      timer: 0,
+      reason: '',
+      failMsgId: '',
+      failText: '',
+    };
     entry.timer = setTimeout(() => {
       if (entry.status === 'pending') setOwnStatus(entry, 'failed', 'no confirmation from the server');
     }, LIMITS.ackWaitMs);
@@ -800,6 +840,10 @@
       socket.onopen = () => {
         if (gen !== generation) return;
         rawSend('CAP REQ :twitch.tv/tags twitch.tv/commands twitch.tv/membership');
+        // Asked separately because a CAP REQ is all-or-nothing: a server without IRCv3
+        // echo-message refuses only this line, and own messages then get their styled text from
+        // the HTTP API instead of the echo.
+        rawSend('CAP REQ :echo-message');
         if (state.auth) {
           nick = state.auth.username;
           rawSend(`PASS oauth:${state.auth.token}`);
@@ -1019,6 +1063,7 @@
           rememberId(entry.id);
         }
         setOwnStatus(entry, 'acked');
+        if (entry.styled === null) setTimeout(() => fetchOwnStyled(entry), LIMITS.echoWaitMs);
         return;
       }
       if (room === state.room) applyMe(msg.tags);
@@ -1077,8 +1122,14 @@
       const nonce = msg.tags['client-nonce'];
       let entry = nonce ? state.own.get(nonce) : null;
       if (!entry && msgId.startsWith('msg_')) entry = newestUnechoedPending(state.room);
-      if (entry && entry.status === 'pending') setOwnStatus(entry, 'failed', describeNotice(msgId, text));
-      addSystemLine(text || msgId, 'error', msgId || 'notice');
+      if (entry && entry.status === 'pending') {
+        // The refused line itself says why; the full text goes above the input box.
+        entry.failMsgId = msgId;
+        entry.failText = describeNotice(msgId, text);
+        setOwnStatus(entry, 'failed', shortReason(msgId, text));
+      } else {
+        addSystemLine(text || msgId, 'error', msgId || 'notice');
+      }
       if (entry || msgId.startsWith('msg_')) showComposerError(describeNotice(msgId, text), msgId || 'notice');
     }
 
@@ -1094,6 +1145,19 @@
 
     return { connect, restart, switchRoom, send: rawSend, isReady, reconnectNow };
   })();
+
+  function shortReason(msgId, text) {
+    switch (msgId) {
+      case 'msg_ratelimit':
+        return 'sending too fast';
+      case 'msg_too_long':
+        return 'too long';
+      case 'msg_login_required':
+        return 'log in first';
+      default:
+        return text || msgId;
+    }
+  }
 
   function describeNotice(msgId, text) {
     switch (msgId) {
@@ -1244,6 +1308,7 @@
         state.me = { displayName: '', color: '', badges: [] };
         saveAuth(state.auth);
         ui.dialog.close();
+        ui.authUsername.value = username;
         ui.authPassword.value = '';
         renderAuth();
         toast(mode === 'signup' ? `Welcome, ${username}!` : `Logged in as ${username}`);

@@ -2,13 +2,24 @@
 //!
 //! (Full internals doc below is completed with the vLLM client.)
 
+mod admission;
+mod batcher;
+mod breaker;
+mod cache;
+mod error;
+mod factory;
+pub mod http;
+mod llm;
+mod local;
+mod metrics;
+pub mod openai;
 pub mod rt;
 pub mod sanitize;
 mod style;
 
-mod local;
-mod metrics;
-
+pub use error::{Error, ErrorKind};
+pub use factory::ClusterStylerFactory;
+pub use llm::LlmStyler;
 pub use local::LocalStyler;
 pub use metrics::{FallbackReason, MetricsTotals};
 pub use sanitize::{Garbage, sanitize_completion, sanitize_text};
@@ -77,6 +88,60 @@ pub struct StylerConfig {
     pub batch_wait_us_max: u64,
     /// Most tokens a completion may generate.
     pub max_tokens: u32,
+    /// Sampling temperature sent with every request.
+    pub temperature: f32,
+    /// How a batch goes to an endpoint: one request with a list of prompts, or one request per prompt.
+    pub batch_mode: BatchMode,
+    /// Most requests one shard keeps in flight to one endpoint (each holds one keep-alive connection). With
+    /// [`BatchMode::Concurrent`] this bounds the prompts in flight, so it should be near the admission limit.
+    pub requests_in_flight_per_endpoint_max: usize,
+    /// A request that has not been answered after this long fails (and counts against the endpoint's breaker).
+    pub request_timeout_ms: u64,
+    /// Longest wait for a TCP connection to an endpoint.
+    pub connect_timeout_ms: u64,
+    /// Largest response body accepted from an endpoint.
+    pub response_bytes_max: usize,
+    /// How often each shard probes each endpoint's `/health`.
+    pub health_interval_ms: u64,
+    /// A health probe that has not been answered after this long fails.
+    pub health_timeout_ms: u64,
+    /// Consecutive failed requests that open an endpoint's circuit breaker.
+    pub breaker_failures_max: u32,
+    /// Shortest time a breaker stays open before a health probe may half-open it.
+    pub breaker_open_ms: u64,
+    /// Admission control keeps the age of completed prompts under this share of the deadline, in percent.
+    pub admission_target_percent: u64,
+    /// The admission limit (outstanding prompts per shard) at start.
+    pub admission_prompts_initial: usize,
+    /// The admission limit never grows beyond this many outstanding prompts per shard.
+    pub admission_prompts_max: usize,
+    /// Distinct messages whose completions each shard caches (each with a slot per style); 0 disables the cache.
+    pub cache_entries_max: usize,
+    /// Longest prompt, in bytes, sent to the model. With a byte-level tokenizer a prompt of `n` bytes is at most
+    /// `n` tokens, so `prompt_bytes_max + max_tokens` below the served context length means no request is rejected
+    /// for length; longer messages get the local rewrite.
+    pub prompt_bytes_max: usize,
+}
+
+/// How a batch of prompts goes to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchMode {
+    /// One `/v1/completions` request whose `prompt` is the list of the batch's prompts.
+    List,
+    /// One request per prompt, all in flight at once on separate keep-alive connections.
+    Concurrent,
+}
+
+impl std::str::FromStr for BatchMode {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        match text {
+            "list" => Ok(BatchMode::List),
+            "concurrent" => Ok(BatchMode::Concurrent),
+            other => Err(Error::new(ErrorKind::InvalidConfig, format!("batch mode {other:?} (list|concurrent)"))),
+        }
+    }
 }
 
 impl Default for StylerConfig {
@@ -88,6 +153,21 @@ impl Default for StylerConfig {
             batch_prompts_max: 32,
             batch_wait_us_max: 2_000,
             max_tokens: 40,
+            temperature: 0.8,
+            batch_mode: BatchMode::List,
+            requests_in_flight_per_endpoint_max: 8,
+            request_timeout_ms: 1_000,
+            connect_timeout_ms: 200,
+            response_bytes_max: 1 << 20,
+            health_interval_ms: 500,
+            health_timeout_ms: 300,
+            breaker_failures_max: 3,
+            breaker_open_ms: 1_000,
+            admission_target_percent: 70,
+            admission_prompts_initial: 16,
+            admission_prompts_max: 1_024,
+            cache_entries_max: 4_096,
+            prompt_bytes_max: 440,
         }
     }
 }
@@ -112,7 +192,41 @@ pub fn local_rewrite(style: &str, text: &str, seed: u64) -> String {
     }
 }
 
-/// Builds the styler factory the engine hands to its shards.
+/// Builds the styler factory the engine hands to its shards. Invalid endpoint URLs are logged and left out (call
+/// [`StylerConfig::validate`] at config load to reject them instead); with no valid endpoint the factory styles
+/// locally.
 pub fn styler_factory(config: StylerConfig) -> std::sync::Arc<dyn StylerFactory> {
-    std::sync::Arc::new(local::LocalStylerFactory::new(&config))
+    std::sync::Arc::new(factory::ClusterStylerFactory::new(config))
+}
+
+impl StylerConfig {
+    /// Checks every value: endpoint URLs parse, limits are non-zero where zero makes no sense.
+    pub fn validate(&self) -> Result<(), Error> {
+        for url in &self.vllm_endpoints {
+            http::EndpointUrl::parse(url)?;
+        }
+        let invalid = |what: &str| Err(Error::new(ErrorKind::InvalidConfig, format!("{what} must be positive")));
+        if self.deadline_ms == 0 {
+            return invalid("deadline_ms");
+        }
+        if self.batch_prompts_max == 0 {
+            return invalid("batch_prompts_max");
+        }
+        if self.max_tokens == 0 {
+            return invalid("max_tokens");
+        }
+        if self.requests_in_flight_per_endpoint_max == 0 {
+            return invalid("requests_in_flight_per_endpoint_max");
+        }
+        if self.admission_prompts_max == 0 {
+            return invalid("admission_prompts_max");
+        }
+        if self.model.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidConfig, "model must be named"));
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(Error::new(ErrorKind::InvalidConfig, "temperature must be within 0..=2"));
+        }
+        Ok(())
+    }
 }

@@ -2,11 +2,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::metrics::{FallbackReason, SharedMetrics, ShardMetrics};
-use crate::{STYLED_CHARS_MAX, Styled, StyledBy, Styler, StylerConfig, StylerFactory, sanitize, style};
+use crate::metrics::{FallbackReason, ShardMetrics};
+use crate::{STYLED_CHARS_MAX, Styled, StyledBy, Styler, sanitize, style};
 
 /// What an unknown style returns: the sanitised text, or an ellipsis when nothing of it is left, so the result is
 /// never empty.
@@ -44,27 +43,5 @@ impl Styler for LocalStyler {
             None => self.rewrite(None, text, seed, FallbackReason::UnknownStyle),
         };
         Box::pin(std::future::ready(styled))
-    }
-}
-
-/// The factory used when no endpoints are configured.
-#[derive(Debug)]
-pub(crate) struct LocalStylerFactory {
-    metrics: SharedMetrics,
-}
-
-impl LocalStylerFactory {
-    pub(crate) fn new(config: &StylerConfig) -> Self {
-        LocalStylerFactory { metrics: SharedMetrics::new(config.vllm_endpoints.clone()) }
-    }
-}
-
-impl StylerFactory for LocalStylerFactory {
-    fn local_styler(&self, shard: usize) -> Rc<dyn Styler> {
-        Rc::new(LocalStyler::new(self.metrics.register(shard)))
-    }
-
-    fn metrics_text(&self) -> String {
-        self.metrics.render()
     }
 }

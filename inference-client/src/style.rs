@@ -287,6 +287,11 @@ pub(crate) fn local_rewrite_indexed(style_index: usize, text: &str, seed: u64) -
     out
 }
 
+/// The length in bytes of the prompt [`prompt`] builds, without building it.
+pub(crate) fn prompt_len(style_index: usize, sanitized_text: &str) -> usize {
+    STYLES[style_index].prompt_template.len() - PROMPT_MESSAGE_SLOT.len() + sanitized_text.len()
+}
+
 /// Builds the completion prompt for a sanitised message.
 pub(crate) fn prompt(style_index: usize, sanitized_text: &str) -> String {
     let template = STYLES[style_index].prompt_template;
@@ -424,5 +429,6 @@ mod tests {
         let prompt = prompt(1, "hi there");
         assert!(prompt.contains("Message: hi there\nRewritten:"));
         assert!(prompt.ends_with("Rewritten:"));
+        assert_eq!(prompt.len(), prompt_len(1, "hi there"));
     }
 }

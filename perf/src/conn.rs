@@ -393,6 +393,70 @@ mod tests {
     }
 
     #[test]
+    fn websocket_client_talks_to_a_tungstenite_server() {
+        use tungstenite::Message;
+        use tungstenite::handshake::server::{Request, Response};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut ws = tungstenite::accept_hdr(stream, |req: &Request, mut resp: Response| {
+                let asked = req
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                assert_eq!(asked, "irc");
+                resp.headers_mut()
+                    .insert("sec-websocket-protocol", "irc".parse().unwrap());
+                Ok(resp)
+            })
+            .unwrap();
+            ws.send(Message::text("PING :x\r\n:a 001 b :hi")).unwrap();
+            ws.read().unwrap()
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let target = Target {
+                name: "t".into(),
+                http: addr,
+                irc: None,
+                pid: None,
+                log: None,
+            };
+            let mut conn = Conn::open(&target, Transport::Ws, None).await.unwrap();
+            let mut lines = Vec::new();
+            while lines.len() < 2 {
+                assert!(conn.fill(READ_CHUNK_BYTES).await.unwrap());
+                while let Some(line) = conn.next_line().unwrap() {
+                    lines.push(String::from_utf8(line.to_vec()).unwrap());
+                }
+            }
+            // The second line had no terminator: the frame's end ends it.
+            assert_eq!(lines, ["PING :x", ":a 001 b :hi"]);
+            conn.queue_line("PONG :x");
+            conn.flush().await.unwrap();
+        });
+        assert_eq!(server.join().unwrap(), Message::text("PONG :x"));
+        // Plain TCP needs an irc= address.
+        let target = Target {
+            name: "t".into(),
+            http: addr,
+            irc: None,
+            pid: None,
+            log: None,
+        };
+        let err = runtime
+            .block_on(Conn::open(&target, Transport::Tcp, None))
+            .unwrap_err();
+        assert!(err.to_string().contains("irc="), "{err}");
+    }
+
+    #[test]
     fn reads_own_process_figures() {
         assert!(proc_rss_bytes(std::process::id()).unwrap() > 0);
         assert!(proc_cpu_s(std::process::id()).is_some());

@@ -810,7 +810,7 @@ pub async fn run_memory(
     let ratios = results
         .iter()
         .skip(1)
-        .filter(|t| results[0].bytes_per_connection > 0.0)
+        .filter(|_| results[0].bytes_per_connection > 0.0)
         .map(|t| {
             (
                 t.target.clone(),
@@ -914,7 +914,8 @@ async fn memory_target(
     tokio::time::sleep(Duration::from_millis(settle_ms)).await;
     let (rss_after, _) = read_rss(target).await?;
     let gauge = match conn::metrics(target.http).await {
-        Ok(text) => crate::http::prometheus_sum(&text, "twitchy_connections"),
+        Ok(text) => crate::http::prometheus_sum(&text, "twitchy_connections")
+            .or_else(|| crate::http::prometheus_sum(&text, "naive_connections")),
         Err(_) => None,
     };
     let open_count = open.len() as u64;

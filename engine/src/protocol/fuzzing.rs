@@ -106,9 +106,14 @@ impl Driver {
         check_parse(line);
         self.now_ms += 7;
         let was_closed = self.session.is_closed();
-        self.session.handle_line(line, self.now_ms, &mut self.actions);
+        self.session
+            .handle_line(line, self.now_ms, &mut self.actions);
         if was_closed {
-            assert!(self.actions.is_empty(), "a closed session produced {:?}", self.actions);
+            assert!(
+                self.actions.is_empty(),
+                "a closed session produced {:?}",
+                self.actions
+            );
         }
         self.settle();
     }
@@ -185,7 +190,10 @@ fn check_reply(bytes: &[u8]) {
     let text = std::str::from_utf8(bytes).expect("replies are UTF-8");
     assert!(text.ends_with("\r\n"), "unterminated reply {text:?}");
     for line in text[..text.len() - 2].split("\r\n") {
-        assert!(!line.contains(['\r', '\n', '\0']), "stray control byte in {line:?}");
+        assert!(
+            !line.contains(['\r', '\n', '\0']),
+            "stray control byte in {line:?}"
+        );
         if let Err(error) = Message::parse(line) {
             panic!("reply line {line:?} does not parse: {error}");
         }
@@ -208,13 +216,23 @@ fn check_parse(line: &str) {
             (key, value)
         })
         .collect();
-    let tag_refs: Vec<(&str, &str)> = tags.iter().map(|(key, value)| (*key, value.as_ref())).collect();
+    let tag_refs: Vec<(&str, &str)> = tags
+        .iter()
+        .map(|(key, value)| (*key, value.as_ref()))
+        .collect();
     let (middle, trailing) = match message.params.split_last() {
         Some((last, middle)) => (middle, Some(*last)),
         None => (&[][..], None),
     };
     let mut out = Vec::new();
-    irc::encode(&mut out, &tag_refs, message.prefix, message.command, middle, trailing);
+    irc::encode(
+        &mut out,
+        &tag_refs,
+        message.prefix,
+        message.command,
+        middle,
+        trailing,
+    );
     let encoded = std::str::from_utf8(&out).expect("encoder writes UTF-8");
     let reparsed = Message::parse(encoded)
         .unwrap_or_else(|error| panic!("re-encoded {encoded:?} does not parse: {error}"));
@@ -222,7 +240,11 @@ fn check_parse(line: &str) {
     assert_eq!(reparsed.command, message.command, "{encoded:?}");
     assert_eq!(reparsed.params, message.params, "{encoded:?}");
     for (key, _) in message.raw_tags() {
-        assert_eq!(reparsed.tag(key), message.tag(key), "tag {key} of {encoded:?}");
+        assert_eq!(
+            reparsed.tag(key),
+            message.tag(key),
+            "tag {key} of {encoded:?}"
+        );
     }
 }
 

@@ -54,7 +54,8 @@ impl LineBuffer {
     pub fn push(&mut self, bytes: &[u8]) {
         // Reclaim the already-consumed prefix before growing, so a long-lived connection keeps
         // a buffer the size of its longest read rather than of its whole history.
-        if self.start > 0 && (self.start == self.buffer.len() || self.start >= self.buffer.len() / 2)
+        if self.start > 0
+            && (self.start == self.buffer.len() || self.start >= self.buffer.len() / 2)
         {
             self.buffer.drain(..self.start);
             self.scanned -= self.start;
@@ -217,7 +218,11 @@ mod tests {
             buffer.push(b"NG :x\r\n");
             assert_eq!(buffer.next_line(), Some(Ok("PING :x".to_owned())));
         }
-        assert!(buffer.buffer.capacity() < 1024, "capacity {}", buffer.buffer.capacity());
+        assert!(
+            buffer.buffer.capacity() < 1024,
+            "capacity {}",
+            buffer.buffer.capacity()
+        );
     }
 
     #[test]
@@ -225,13 +230,20 @@ mod tests {
         let cases: [(&str, &[&str]); 6] = [
             ("PING", &["PING"]),
             ("PING\r\n", &["PING"]),
-            ("CAP REQ :a\r\nPASS x\r\nNICK y", &["CAP REQ :a", "PASS x", "NICK y"]),
+            (
+                "CAP REQ :a\r\nPASS x\r\nNICK y",
+                &["CAP REQ :a", "PASS x", "NICK y"],
+            ),
             ("a\nb\r\n\r\nc\r", &["a", "b", "c"]),
             ("", &[]),
             ("\r\n\r\n", &[]),
         ];
         for (frame, expected) in cases {
-            assert_eq!(split_frame_lines(frame).collect::<Vec<_>>(), expected, "{frame:?}");
+            assert_eq!(
+                split_frame_lines(frame).collect::<Vec<_>>(),
+                expected,
+                "{frame:?}"
+            );
         }
     }
 }

@@ -259,6 +259,40 @@ impl Session {
         self.rooms_joined.iter().map(String::as_str)
     }
 
+    /// Rooms whose JOIN was requested from the engine but not yet answered. On disconnect the
+    /// engine must leave these as well as [`Session::joined_rooms`].
+    pub fn joining_rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms_joining.iter().map(String::as_str)
+    }
+
+    /// Appends the acknowledgement of a durable message (USERSTATE with `id` and the
+    /// `client-nonce`) when this client can receive it: it must be registered and have the
+    /// commands capability, as USERSTATE is a Twitch command. Returns whether a line was written.
+    pub fn encode_ack(
+        &self,
+        room: &str,
+        message_id: &str,
+        client_nonce: Option<&str>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(identity) = &self.identity else {
+            return false;
+        };
+        if !self.caps_commands {
+            return false;
+        }
+        twitch::encode_ack(
+            room,
+            &identity.user_state(),
+            message_id,
+            client_nonce,
+            &self.config.server_name,
+            self.caps_tags,
+            out,
+        );
+        true
+    }
+
     pub fn server_name(&self) -> &str {
         &self.config.server_name
     }
@@ -573,7 +607,11 @@ impl Session {
     /// ROOMSTATE with the commands capability, then releases PRIVMSGs held for the room.
     /// Ignored when the room is not being joined (the client parted meanwhile).
     pub fn joined(&mut self, room: &str, state: &RoomState, out: &mut Vec<Action>) {
-        let Some(index) = self.rooms_joining.iter().position(|joining| joining == room) else {
+        let Some(index) = self
+            .rooms_joining
+            .iter()
+            .position(|joining| joining == room)
+        else {
             return;
         };
         let room = self.rooms_joining.swap_remove(index);
@@ -608,16 +646,20 @@ impl Session {
     /// The engine refused a JOIN (no such room): NOTICE `msg_channel_suspended`, and PRIVMSGs
     /// held for the room are dropped.
     pub fn join_failed(&mut self, room: &str, out: &mut Vec<Action>) {
-        let Some(index) = self.rooms_joining.iter().position(|joining| joining == room) else {
+        let Some(index) = self
+            .rooms_joining
+            .iter()
+            .position(|joining| joining == room)
+        else {
             return;
         };
         self.rooms_joining.swap_remove(index);
         self.privmsgs_held.retain(|privmsg| privmsg.room != room);
-        self.notice(
-            Some(room),
-            msg_id::CHANNEL_SUSPENDED,
-            "This channel does not exist or has been suspended.",
-            out,
+        twitch::encode_channel_suspended_notice(
+            room,
+            &self.config.server_name,
+            self.caps_tags,
+            reply(out),
         );
     }
 
@@ -793,9 +835,15 @@ mod tests {
         /// JOINs `room` and confirms it, returning the replies.
         fn join(&mut self, room: &str) -> String {
             let actions = self.send(&format!("JOIN #{room}"));
-            assert_eq!(actions, [Action::Join { room: room.to_owned() }]);
+            assert_eq!(
+                actions,
+                [Action::Join {
+                    room: room.to_owned()
+                }]
+            );
             let mut out = Vec::new();
-            self.session.joined(room, &RoomState { room_id: 77 }, &mut out);
+            self.session
+                .joined(room, &RoomState { room_id: 77 }, &mut out);
             replies_only(out)
         }
     }
@@ -964,7 +1012,10 @@ mod tests {
                 "{lines:?}"
             );
             assert!(harness.session.is_closed());
-            assert!(harness.send("PING").is_empty(), "closed sessions stay silent");
+            assert!(
+                harness.send("PING").is_empty(),
+                "closed sessions stay silent"
+            );
         }
 
         let mut harness = Harness::new();
@@ -972,7 +1023,10 @@ mod tests {
         harness.send("NICK ronni");
         let mut out = Vec::new();
         harness.session.authentication_failed(&mut out);
-        assert_eq!(out, [Action::Reply(fail.as_bytes().to_vec()), Action::Close]);
+        assert_eq!(
+            out,
+            [Action::Reply(fail.as_bytes().to_vec()), Action::Close]
+        );
         // A late answer from the engine changes nothing.
         let mut out = Vec::new();
         harness.session.authenticated(identity(), &mut out);
@@ -1000,7 +1054,9 @@ mod tests {
         );
         // The PRIVMSG waits for the JOIN confirmation.
         let mut out = Vec::new();
-        harness.session.joined("room", &RoomState { room_id: 5 }, &mut out);
+        harness
+            .session
+            .joined("room", &RoomState { room_id: 5 }, &mut out);
         assert!(matches!(&out[0], Action::Reply(bytes) if text(bytes).contains(" JOIN #room\r\n")));
         assert_eq!(
             out[1..],
@@ -1021,7 +1077,11 @@ mod tests {
         for _ in 0..PENDING_LINES_MAX {
             assert!(harness.send("JOIN #room").is_empty());
         }
-        assert!(harness.send_text("JOIN #room").contains("NOTICE * :Your line was dropped"));
+        assert!(
+            harness
+                .send_text("JOIN #room")
+                .contains("NOTICE * :Your line was dropped")
+        );
     }
 
     #[test]
@@ -1041,9 +1101,15 @@ mod tests {
         let mut harness = Harness::new();
         let cases = [
             ("PING", "PONG :tmi.twitch.tv\r\n"),
-            ("PING :tmi.twitch.tv", ":tmi.twitch.tv PONG tmi.twitch.tv :tmi.twitch.tv\r\n"),
+            (
+                "PING :tmi.twitch.tv",
+                ":tmi.twitch.tv PONG tmi.twitch.tv :tmi.twitch.tv\r\n",
+            ),
             ("ping 123", ":tmi.twitch.tv PONG tmi.twitch.tv :123\r\n"),
-            ("PING :hello world", ":tmi.twitch.tv PONG tmi.twitch.tv :hello world\r\n"),
+            (
+                "PING :hello world",
+                ":tmi.twitch.tv PONG tmi.twitch.tv :hello world\r\n",
+            ),
             ("PONG :tmi.twitch.tv", ""),
         ];
         for (line, expected) in cases {
@@ -1059,12 +1125,26 @@ mod tests {
         });
         assert_eq!(harness.session.server_name(), "chat.example");
         assert_eq!(harness.send_text("PING"), "PONG :chat.example\r\n");
-        assert!(harness.send_text("NICK justinfan1").starts_with(":chat.example 001 "));
+        assert!(
+            harness
+                .send_text("NICK justinfan1")
+                .starts_with(":chat.example 001 ")
+        );
         let actions = harness.send("JOIN #r");
-        assert_eq!(actions, [Action::Join { room: "r".to_owned() }]);
+        assert_eq!(
+            actions,
+            [Action::Join {
+                room: "r".to_owned()
+            }]
+        );
         let mut out = Vec::new();
-        harness.session.joined("r", &RoomState { room_id: 1 }, &mut out);
-        assert!(replies_only(out).starts_with(":justinfan1!justinfan1@justinfan1.chat.example JOIN #r\r\n"));
+        harness
+            .session
+            .joined("r", &RoomState { room_id: 1 }, &mut out);
+        assert!(
+            replies_only(out)
+                .starts_with(":justinfan1!justinfan1@justinfan1.chat.example JOIN #r\r\n")
+        );
     }
 
     #[test]
@@ -1114,9 +1194,15 @@ mod tests {
         assert_eq!(
             harness.send("JOIN #A,#b,,c,#a"),
             [
-                Action::Join { room: "a".to_owned() },
-                Action::Join { room: "b".to_owned() },
-                Action::Join { room: "c".to_owned() },
+                Action::Join {
+                    room: "a".to_owned()
+                },
+                Action::Join {
+                    room: "b".to_owned()
+                },
+                Action::Join {
+                    room: "c".to_owned()
+                },
             ]
         );
         assert!(harness.send("JOIN #a").is_empty(), "already joining");
@@ -1145,7 +1231,9 @@ mod tests {
         );
         // A confirmation for a room that is not being joined is ignored.
         let mut out = Vec::new();
-        harness.session.joined("other", &RoomState { room_id: 1 }, &mut out);
+        harness
+            .session
+            .joined("other", &RoomState { room_id: 1 }, &mut out);
         harness.session.join_failed("other", &mut out);
         assert!(out.is_empty());
     }
@@ -1161,13 +1249,24 @@ mod tests {
         harness.send("NICK justinfan1");
         let actions = harness.send("JOIN #a,#b,#c,#d");
         assert_eq!(actions.len(), 4);
-        assert_eq!(actions[..3].iter().filter(|a| matches!(a, Action::Join { .. })).count(), 3);
+        assert_eq!(
+            actions[..3]
+                .iter()
+                .filter(|a| matches!(a, Action::Join { .. }))
+                .count(),
+            3
+        );
         assert!(matches!(&actions[3], Action::Reply(bytes)
             if text(bytes).starts_with("@msg-id=msg_join_ratelimit :tmi.twitch.tv NOTICE #d :")));
         harness.now_ms += 9_999;
         assert!(replies_only(harness.send("JOIN #d")).contains("msg_join_ratelimit"));
         harness.now_ms += 1;
-        assert_eq!(harness.send("JOIN #d"), [Action::Join { room: "d".to_owned() }]);
+        assert_eq!(
+            harness.send("JOIN #d"),
+            [Action::Join {
+                room: "d".to_owned()
+            }]
+        );
     }
 
     #[test]
@@ -1179,7 +1278,9 @@ mod tests {
         harness.send("NICK justinfan1");
         harness.send("JOIN #a");
         let mut out = Vec::new();
-        harness.session.joined("a", &RoomState { room_id: 1 }, &mut out);
+        harness
+            .session
+            .joined("a", &RoomState { room_id: 1 }, &mut out);
         harness.send("JOIN #b");
         assert_eq!(
             harness.send_text("JOIN #c"),
@@ -1188,7 +1289,12 @@ mod tests {
         );
         // Parting frees a slot.
         harness.send("PART #a");
-        assert_eq!(harness.send("JOIN #c"), [Action::Join { room: "c".to_owned() }]);
+        assert_eq!(
+            harness.send("JOIN #c"),
+            [Action::Join {
+                room: "c".to_owned()
+            }]
+        );
     }
 
     #[test]
@@ -1199,16 +1305,25 @@ mod tests {
             harness.send("PART #Room"),
             [
                 Action::Reply(b":ronni!ronni@ronni.tmi.twitch.tv PART #room\r\n".to_vec()),
-                Action::Part { room: "room".to_owned() }
+                Action::Part {
+                    room: "room".to_owned()
+                }
             ]
         );
         assert_eq!(harness.session.joined_rooms().count(), 0);
         assert!(harness.send("PART #room").is_empty(), "not joined any more");
         // Parting while the JOIN is unconfirmed cancels it; the late confirmation is ignored.
         harness.send("JOIN #late");
-        assert_eq!(harness.send("PART #late"), [Action::Part { room: "late".to_owned() }]);
+        assert_eq!(
+            harness.send("PART #late"),
+            [Action::Part {
+                room: "late".to_owned()
+            }]
+        );
         let mut out = Vec::new();
-        harness.session.joined("late", &RoomState { room_id: 1 }, &mut out);
+        harness
+            .session
+            .joined("late", &RoomState { room_id: 1 }, &mut out);
         assert!(out.is_empty());
         assert_eq!(harness.session.joined_rooms().count(), 0);
     }
@@ -1218,7 +1333,8 @@ mod tests {
         let mut harness = Harness::registered("twitch.tv/tags");
         harness.join("room");
         assert_eq!(
-            harness.send("@client-nonce=abc\\s1;reply-parent-msg-id=p-1 PRIVMSG #room :hello  world"),
+            harness
+                .send("@client-nonce=abc\\s1;reply-parent-msg-id=p-1 PRIVMSG #room :hello  world"),
             [Action::Privmsg {
                 room: "room".to_owned(),
                 text: "hello  world".to_owned(),
@@ -1278,9 +1394,18 @@ mod tests {
                 "@msg-id=msg_not_joined :tmi.twitch.tv NOTICE * \
                  :Your message was not sent because you have not joined this channel.\r\n",
             ),
-            ("PRIVMSG #room :", ":tmi.twitch.tv 412 ronni :No text to send\r\n"),
-            ("PRIVMSG #room", ":tmi.twitch.tv 412 ronni :No text to send\r\n"),
-            ("PRIVMSG", ":tmi.twitch.tv 411 ronni :No recipient given (PRIVMSG)\r\n"),
+            (
+                "PRIVMSG #room :",
+                ":tmi.twitch.tv 412 ronni :No text to send\r\n",
+            ),
+            (
+                "PRIVMSG #room",
+                ":tmi.twitch.tv 412 ronni :No text to send\r\n",
+            ),
+            (
+                "PRIVMSG",
+                ":tmi.twitch.tv 411 ronni :No recipient given (PRIVMSG)\r\n",
+            ),
         ];
         for (line, expected) in cases {
             assert_eq!(harness.send_text(line), expected, "{line}");
@@ -1301,7 +1426,9 @@ mod tests {
         // A later successful JOIN does not resurrect the dropped message.
         harness.send("JOIN #ghost");
         let mut out = Vec::new();
-        harness.session.joined("ghost", &RoomState { room_id: 1 }, &mut out);
+        harness
+            .session
+            .joined("ghost", &RoomState { room_id: 1 }, &mut out);
         assert_eq!(out.len(), 1, "only the JOIN reply: {out:?}");
     }
 
@@ -1311,8 +1438,14 @@ mod tests {
         let cases = [
             ("", ""),
             ("   ", ""),
-            ("WHO #room", ":tmi.twitch.tv 421 ronni WHO :Unknown command\r\n"),
-            ("MODE ronni +i", ":tmi.twitch.tv 421 ronni MODE :Unknown command\r\n"),
+            (
+                "WHO #room",
+                ":tmi.twitch.tv 421 ronni WHO :Unknown command\r\n",
+            ),
+            (
+                "MODE ronni +i",
+                ":tmi.twitch.tv 421 ronni MODE :Unknown command\r\n",
+            ),
             (
                 ":only.a.prefix",
                 "@msg-id=msg_invalid_line :tmi.twitch.tv NOTICE * :Your line was dropped: no command.\r\n",
@@ -1343,9 +1476,14 @@ mod tests {
         let long_line = format!("PRIVMSG #room :{}", "a".repeat(LINE_BYTES_MAX_DEFAULT));
         assert!(harness.send_text(&long_line).contains("too long"));
         let mut out = Vec::new();
-        harness.session.handle_line_error(LineError::InvalidUtf8, &mut out);
+        harness
+            .session
+            .handle_line_error(LineError::InvalidUtf8, &mut out);
         assert!(replies_only(out).contains("not valid UTF-8"));
-        assert!(!harness.session.is_closed(), "bad lines do not end the session");
+        assert!(
+            !harness.session.is_closed(),
+            "bad lines do not end the session"
+        );
     }
 
     #[test]
@@ -1365,11 +1503,55 @@ mod tests {
     }
 
     #[test]
+    fn joining_rooms_are_listed_until_answered() {
+        let mut harness = Harness::registered("");
+        harness.send("JOIN #a,#b");
+        let mut joining: Vec<&str> = harness.session.joining_rooms().collect();
+        joining.sort_unstable();
+        assert_eq!(joining, ["a", "b"]);
+        let mut out = Vec::new();
+        harness.session.joined("a", &RoomState { room_id: 1 }, &mut out);
+        assert_eq!(harness.session.joining_rooms().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(harness.session.joined_rooms().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn ack_follows_capabilities() {
+        let mut out = Vec::new();
+        let harness = Harness::registered("twitch.tv/tags twitch.tv/commands");
+        assert!(harness.session.encode_ack("room", "m-1", Some("n-1"), &mut out));
+        assert_eq!(
+            text(&out),
+            "@badge-info=;badges=moderator/1;color=#FF0000;display-name=Ronni;emote-sets=0;mod=1;\
+             subscriber=0;user-type=mod;client-nonce=n-1;id=m-1 :tmi.twitch.tv USERSTATE #room\r\n"
+        );
+        out.clear();
+        let harness = Harness::registered("twitch.tv/tags");
+        assert!(!harness.session.encode_ack("room", "m-1", None, &mut out));
+        let harness = Harness::anonymous("twitch.tv/tags twitch.tv/commands");
+        assert!(!harness.session.encode_ack("room", "m-1", None, &mut out));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn room_names() {
-        for name in ["a", "room_1", "justinfan123", &"x".repeat(ROOM_NAME_BYTES_MAX)] {
+        for name in [
+            "a",
+            "room_1",
+            "justinfan123",
+            &"x".repeat(ROOM_NAME_BYTES_MAX),
+        ] {
             assert!(is_valid_room_name(name), "{name}");
         }
-        for name in ["", "#a", "Room", "a-b", "a b", "é", &"x".repeat(ROOM_NAME_BYTES_MAX + 1)] {
+        for name in [
+            "",
+            "#a",
+            "Room",
+            "a-b",
+            "a b",
+            "é",
+            &"x".repeat(ROOM_NAME_BYTES_MAX + 1),
+        ] {
             assert!(!is_valid_room_name(name), "{name:?}");
         }
     }

@@ -103,8 +103,7 @@ pub fn is_valid_tag_key(key: &str) -> bool {
 
 /// Whether a raw (still escaped) tag value is well-formed: no byte that the wire forbids.
 pub fn is_valid_raw_tag_value(raw: &str) -> bool {
-    !raw
-        .bytes()
+    !raw.bytes()
         .any(|b| matches!(b, b'\0' | b'\r' | b'\n' | b';' | b' '))
 }
 
@@ -196,7 +195,14 @@ mod tests {
 
     #[test]
     fn tag_keys() {
-        for key in ["id", "badge-info", "+client-nonce", "twitchy/original", "example.com/x-y", "a_b"] {
+        for key in [
+            "id",
+            "badge-info",
+            "+client-nonce",
+            "twitchy/original",
+            "example.com/x-y",
+            "a_b",
+        ] {
             assert!(is_valid_tag_key(key), "{key} should be valid");
         }
         for key in ["", "+", "a b", "a=b", "/x", "vendor/", "é"] {

@@ -12,7 +12,11 @@ use super::irc::{push_middle, push_tag, push_trailing};
 pub const SERVER_NAME_DEFAULT: &str = "tmi.twitch.tv";
 
 /// The capabilities this server offers, in the order `CAP LS` lists them.
-pub const CAPABILITIES: [&str; 3] = ["twitch.tv/tags", "twitch.tv/commands", "twitch.tv/membership"];
+pub const CAPABILITIES: [&str; 3] = [
+    "twitch.tv/tags",
+    "twitch.tv/commands",
+    "twitch.tv/membership",
+];
 
 /// `msg-id` values for NOTICE lines.
 ///
@@ -171,6 +175,16 @@ fn has_subscriber_badge(badges: &str) -> bool {
         .any(|badge| badge.starts_with("subscriber/") || badge.starts_with("founder/"))
 }
 
+/// Twitch always sends a non-empty `display-name`, and some client libraries reject an empty
+/// one, so an empty display name falls back to the login.
+fn display_name<'a>(display_name: &'a str, login: &'a str) -> &'a str {
+    if display_name.is_empty() {
+        login
+    } else {
+        display_name
+    }
+}
+
 fn user_type(is_mod: bool) -> &'static str {
     if is_mod { "mod" } else { "" }
 }
@@ -183,7 +197,7 @@ pub fn encode_privmsg(line: &ChatLine<'_>, server: &str, with_tags: bool, out: &
         tags.str("client-nonce", nonce);
     }
     tags.str("color", line.color)
-        .str("display-name", line.display_name)
+        .str("display-name", display_name(line.display_name, line.login))
         .str("emotes", "")
         .bool("first-msg", false)
         .str("flags", "");
@@ -213,7 +227,7 @@ fn userstate_tags(tags: &mut TagWriter<'_>, user: &UserState<'_>) {
     tags.str("badge-info", "")
         .str("badges", user.badges)
         .str("color", user.color)
-        .str("display-name", user.display_name)
+        .str("display-name", display_name(user.display_name, user.login))
         .str("emote-sets", "0")
         .bool("mod", user.is_mod)
         .bool("subscriber", has_subscriber_badge(user.badges))
@@ -272,7 +286,7 @@ pub fn encode_globaluserstate(
         .str("badge-info", "")
         .str("badges", user.badges)
         .str("color", user.color)
-        .str("display-name", user.display_name)
+        .str("display-name", display_name(user.display_name, user.login))
         .str("emote-sets", "0")
         .u64("user-id", user_id)
         .str("user-type", user_type(user.is_mod))
@@ -282,7 +296,13 @@ pub fn encode_globaluserstate(
 }
 
 /// `ROOMSTATE #room`. Only `room-id` varies for now; the chat modes are all off.
-pub fn encode_roomstate(room: &str, room_id: u64, server: &str, with_tags: bool, out: &mut Vec<u8>) {
+pub fn encode_roomstate(
+    room: &str,
+    room_id: u64,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
     TagWriter::new(out, with_tags)
         .bool("emote-only", false)
         .str("followers-only", "-1")
@@ -307,7 +327,9 @@ pub fn encode_notice(
     out: &mut Vec<u8>,
 ) {
     if let Some(msg_id) = msg_id {
-        TagWriter::new(out, with_tags).str("msg-id", msg_id).finish();
+        TagWriter::new(out, with_tags)
+            .str("msg-id", msg_id)
+            .finish();
     }
     push_server_prefix(out, server);
     out.extend_from_slice(b"NOTICE ");
@@ -320,10 +342,59 @@ pub fn encode_notice(
     out.extend_from_slice(b"\r\n");
 }
 
+/// `NOTICE #room` for a message refused by the per-user rate limit (`msg_ratelimit`, with
+/// Twitch's text).
+pub fn encode_ratelimit_notice(room: &str, server: &str, with_tags: bool, out: &mut Vec<u8>) {
+    encode_notice(
+        Some(room),
+        Some(msg_id::RATELIMIT),
+        "Your message was not sent because you are sending messages too quickly.",
+        server,
+        with_tags,
+        out,
+    );
+}
+
+/// `NOTICE #room` for a message that could not be stored in time (`msg_try_again`).
+pub fn encode_try_again_notice(room: &str, server: &str, with_tags: bool, out: &mut Vec<u8>) {
+    encode_notice(
+        Some(room),
+        Some(msg_id::TRY_AGAIN),
+        "Your message was not sent because the server is busy. Please try again.",
+        server,
+        with_tags,
+        out,
+    );
+}
+
+/// `NOTICE #room` for a room that does not exist (`msg_channel_suspended`).
+pub fn encode_channel_suspended_notice(
+    room: &str,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    encode_notice(
+        Some(room),
+        Some(msg_id::CHANNEL_SUSPENDED),
+        "This channel does not exist or has been suspended.",
+        server,
+        with_tags,
+        out,
+    );
+}
+
 /// Twitch's reply to a bad PASS: `:<server> NOTICE * :Login authentication failed`, without
 /// tags; the connection is closed after it.
 pub fn encode_authentication_failed(server: &str, out: &mut Vec<u8>) {
-    encode_notice(None, None, "Login authentication failed", server, false, out);
+    encode_notice(
+        None,
+        None,
+        "Login authentication failed",
+        server,
+        false,
+        out,
+    );
 }
 
 /// `:<server> RECONNECT`: asks the client to reconnect (sent before a restart).
@@ -462,6 +533,8 @@ mod tests {
 
     const SERVER: &str = SERVER_NAME_DEFAULT;
 
+    type Encoder = fn(&mut Vec<u8>);
+
     fn text(out: &[u8]) -> &str {
         std::str::from_utf8(out).expect("encoders write UTF-8")
     }
@@ -515,7 +588,10 @@ mod tests {
         assert_eq!(message.params, ["#ronni", "multi  line"]);
         assert_eq!(message.tag("historical").as_deref(), Some("1"));
         assert_eq!(message.tag("client-nonce"), None);
-        assert_eq!(message.tag("twitchy/original").as_deref(), Some("hello; world"));
+        assert_eq!(
+            message.tag("twitchy/original").as_deref(),
+            Some("hello; world")
+        );
         assert_eq!(message.tag("mod").as_deref(), Some("0"));
         assert_eq!(message.tag("subscriber").as_deref(), Some("0"));
         assert_eq!(message.tag("user-type").as_deref(), Some(""));
@@ -542,7 +618,15 @@ mod tests {
             is_mod: false,
         };
         let mut out = Vec::new();
-        encode_ack("#ronni", &user, "msg-1", Some("n;1"), SERVER, true, &mut out);
+        encode_ack(
+            "#ronni",
+            &user,
+            "msg-1",
+            Some("n;1"),
+            SERVER,
+            true,
+            &mut out,
+        );
         assert_eq!(
             text(&out),
             "@badge-info=;badges=;color=;display-name=Ronni;emote-sets=0;mod=0;subscriber=0;\
@@ -581,10 +665,16 @@ mod tests {
 
     #[test]
     fn fixed_lines() {
-        let cases: [(fn(&mut Vec<u8>), &str); 6] = [
-            (|out| encode_reconnect(SERVER, out), ":tmi.twitch.tv RECONNECT\r\n"),
+        let cases: [(Encoder, &str); 6] = [
+            (
+                |out| encode_reconnect(SERVER, out),
+                ":tmi.twitch.tv RECONNECT\r\n",
+            ),
             (|out| encode_ping(SERVER, out), "PING :tmi.twitch.tv\r\n"),
-            (|out| encode_pong(SERVER, None, out), "PONG :tmi.twitch.tv\r\n"),
+            (
+                |out| encode_pong(SERVER, None, out),
+                "PONG :tmi.twitch.tv\r\n",
+            ),
             (
                 |out| encode_pong(SERVER, Some("abc 1"), out),
                 ":tmi.twitch.tv PONG tmi.twitch.tv :abc 1\r\n",
@@ -653,6 +743,183 @@ mod tests {
         for value in [0, 7, 10, 1_234_567_890, u64::MAX] {
             let mut digits = [0u8; 20];
             assert_eq!(format_u64(value, &mut digits), value.to_string());
+        }
+    }
+}
+
+/// Our lines as an existing Twitch client library reads them: each must parse into the typed
+/// message the library expects from Twitch, with the fields it exposes to applications.
+#[cfg(test)]
+mod client_compatibility {
+    use super::*;
+    use twitch_irc::message::{IRCMessage, ServerMessage};
+
+    fn parse_one(bytes: &[u8]) -> ServerMessage {
+        let line = std::str::from_utf8(bytes).expect("UTF-8");
+        let line = line.strip_suffix("\r\n").expect("one terminated line");
+        assert!(!line.contains("\r\n"), "expected one line: {line:?}");
+        let irc = IRCMessage::parse(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        ServerMessage::try_from(irc).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    fn user() -> UserState<'static> {
+        UserState {
+            login: "ronni",
+            display_name: "",
+            color: "#0D4200",
+            badges: "moderator/1,subscriber/12",
+            is_mod: true,
+        }
+    }
+
+    #[test]
+    fn privmsg() {
+        let line = ChatLine {
+            id: "b34ccfc7-4977-403a-8a94-33c6bac34fb8",
+            room: "ronni",
+            room_id: 1337,
+            user_id: 42,
+            login: "ronni",
+            display_name: "Ronni",
+            color: "#0D4200",
+            badges: "moderator/1,subscriber/12",
+            is_mod: true,
+            text: "skibidi; rizz",
+            original: "hello; world",
+            client_nonce: Some("nonce 1"),
+            sent_unix_ms: 1_507_246_572_675,
+            historical: true,
+        };
+        let mut out = Vec::new();
+        encode_privmsg(&line, SERVER_NAME_DEFAULT, true, &mut out);
+        let ServerMessage::Privmsg(message) = parse_one(&out) else {
+            panic!("not a PRIVMSG: {out:?}");
+        };
+        assert_eq!(message.channel_login, "ronni");
+        assert_eq!(message.channel_id, "1337");
+        assert_eq!(message.message_text, "skibidi; rizz");
+        assert_eq!(message.sender.id, "42");
+        assert_eq!(message.sender.login, "ronni");
+        assert_eq!(message.sender.name, "Ronni");
+        assert_eq!(message.message_id, line.id);
+        assert_eq!(
+            message.server_timestamp.timestamp_millis(),
+            1_507_246_572_675
+        );
+        assert_eq!(message.badges.len(), 2);
+        assert!(message.name_color.is_some());
+        assert_eq!(
+            message.source.tags.0.get("twitchy/original"),
+            Some(&"hello; world".to_owned())
+        );
+    }
+
+    #[test]
+    fn state_lines() {
+        let mut out = Vec::new();
+        encode_userstate("ronni", &user(), SERVER_NAME_DEFAULT, true, &mut out);
+        let ServerMessage::UserState(userstate) = parse_one(&out) else {
+            panic!("not a USERSTATE");
+        };
+        assert_eq!(userstate.channel_login, "ronni");
+        assert_eq!(
+            userstate.user_name, "ronni",
+            "empty display names fall back to the login"
+        );
+
+        out.clear();
+        encode_ack(
+            "ronni",
+            &user(),
+            "m-1",
+            Some("n"),
+            SERVER_NAME_DEFAULT,
+            true,
+            &mut out,
+        );
+        let ServerMessage::UserState(ack) = parse_one(&out) else {
+            panic!("not a USERSTATE");
+        };
+        assert_eq!(ack.source.tags.0.get("id"), Some(&"m-1".to_owned()));
+
+        out.clear();
+        encode_globaluserstate(&user(), 42, SERVER_NAME_DEFAULT, true, &mut out);
+        let ServerMessage::GlobalUserState(global) = parse_one(&out) else {
+            panic!("not a GLOBALUSERSTATE");
+        };
+        assert_eq!(global.user_id, "42");
+
+        out.clear();
+        encode_roomstate("ronni", 1337, SERVER_NAME_DEFAULT, true, &mut out);
+        let ServerMessage::RoomState(roomstate) = parse_one(&out) else {
+            panic!("not a ROOMSTATE");
+        };
+        assert_eq!(roomstate.channel_login, "ronni");
+        assert_eq!(roomstate.channel_id, "1337");
+        assert_eq!(roomstate.emote_only, Some(false));
+        assert_eq!(roomstate.subscribers_only, Some(false));
+    }
+
+    #[test]
+    fn control_lines() {
+        let mut out = Vec::new();
+        encode_ratelimit_notice("ronni", SERVER_NAME_DEFAULT, true, &mut out);
+        let ServerMessage::Notice(notice) = parse_one(&out) else {
+            panic!("not a NOTICE");
+        };
+        assert_eq!(notice.channel_login.as_deref(), Some("ronni"));
+        assert_eq!(notice.message_id.as_deref(), Some(msg_id::RATELIMIT));
+
+        out.clear();
+        encode_authentication_failed(SERVER_NAME_DEFAULT, &mut out);
+        let ServerMessage::Notice(notice) = parse_one(&out) else {
+            panic!("not a NOTICE");
+        };
+        assert_eq!(notice.channel_login, None);
+        assert_eq!(notice.message_text, "Login authentication failed");
+
+        out.clear();
+        encode_join("ronni", "room", SERVER_NAME_DEFAULT, &mut out);
+        let ServerMessage::Join(join) = parse_one(&out) else {
+            panic!("not a JOIN");
+        };
+        assert_eq!(
+            (join.channel_login.as_str(), join.user_login.as_str()),
+            ("room", "ronni")
+        );
+
+        out.clear();
+        encode_part("ronni", "room", SERVER_NAME_DEFAULT, &mut out);
+        assert!(matches!(parse_one(&out), ServerMessage::Part(_)));
+
+        type Encoder = fn(&mut Vec<u8>);
+        type Check = fn(&ServerMessage) -> bool;
+        let fixed: [(Encoder, Check); 4] = [
+            (
+                |out| encode_ping(SERVER_NAME_DEFAULT, out),
+                |m| matches!(m, ServerMessage::Ping(_)),
+            ),
+            (
+                |out| encode_pong(SERVER_NAME_DEFAULT, None, out),
+                |m| matches!(m, ServerMessage::Pong(_)),
+            ),
+            (
+                |out| encode_pong(SERVER_NAME_DEFAULT, Some("tmi.twitch.tv"), out),
+                |m| matches!(m, ServerMessage::Pong(_)),
+            ),
+            (
+                |out| encode_reconnect(SERVER_NAME_DEFAULT, out),
+                |m| matches!(m, ServerMessage::Reconnect(_)),
+            ),
+        ];
+        for (encode, is_expected) in fixed {
+            let mut out = Vec::new();
+            encode(&mut out);
+            assert!(
+                is_expected(&parse_one(&out)),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Starts the real `twitchy` binary on ephemeral ports for integration tests, and stops it (by pid) on drop.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

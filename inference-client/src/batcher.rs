@@ -1,0 +1,96 @@
+//! Micro-batching, sans IO: prompts gather until a batch is full or its first prompt has waited long enough.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A FIFO of items that leave in batches of at most `batch_items_max`, no later than `batch_wait_max` after the
+/// oldest one arrived.
+#[derive(Debug)]
+pub(crate) struct Batcher<T> {
+    queue: VecDeque<(Instant, T)>,
+    batch_items_max: usize,
+    batch_wait_max: Duration,
+}
+
+impl<T> Batcher<T> {
+    pub(crate) fn new(batch_items_max: usize, batch_wait_max: Duration) -> Self {
+        assert!(batch_items_max > 0, "a batch holds at least one item");
+        Batcher { queue: VecDeque::new(), batch_items_max, batch_wait_max }
+    }
+
+    pub(crate) fn push(&mut self, now: Instant, item: T) {
+        self.queue.push_back((now, item));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(crate) fn batch_items_max(&self) -> usize {
+        self.batch_items_max
+    }
+
+    /// When the next batch is due: `None` when empty, the oldest arrival when a full batch is waiting.
+    pub(crate) fn due_at(&self) -> Option<Instant> {
+        let (oldest, _) = self.queue.front()?;
+        if self.queue.len() >= self.batch_items_max { Some(*oldest) } else { Some(*oldest + self.batch_wait_max) }
+    }
+
+    /// Whether a batch is due at `now`.
+    #[cfg(test)]
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
+        self.due_at().is_some_and(|due| due <= now)
+    }
+
+    /// Takes the oldest items, at most `items_max` (and at most a batch), with their arrival times.
+    pub(crate) fn take(&mut self, items_max: usize) -> Vec<(Instant, T)> {
+        let count = self.queue.len().min(self.batch_items_max).min(items_max);
+        self.queue.drain(..count).collect()
+    }
+
+    /// Removes the items `keep` rejects and returns how many went.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+        let before = self.queue.len();
+        self.queue.retain(|(_, item)| keep(item));
+        before - self.queue.len()
+    }
+
+    /// Empties the queue.
+    pub(crate) fn drain_all(&mut self) -> Vec<T> {
+        self.queue.drain(..).map(|(_, item)| item).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_batches_leave_at_once_partial_ones_after_the_wait() {
+        let start = Instant::now();
+        let wait = Duration::from_micros(2_000);
+        let mut batcher = Batcher::new(3, wait);
+        assert_eq!(batcher.due_at(), None);
+        assert!(!batcher.is_due(start));
+        batcher.push(start, 1);
+        batcher.push(start + Duration::from_micros(500), 2);
+        assert_eq!(batcher.due_at(), Some(start + wait));
+        assert!(!batcher.is_due(start + Duration::from_micros(1_999)));
+        assert!(batcher.is_due(start + wait));
+        batcher.push(start + Duration::from_micros(600), 3);
+        batcher.push(start + Duration::from_micros(700), 4);
+        // Full: due as soon as the oldest arrived.
+        assert_eq!(batcher.due_at(), Some(start));
+        let batch: Vec<i32> = batcher.take(usize::MAX).into_iter().map(|(_, item)| item).collect();
+        assert_eq!(batch, vec![1, 2, 3]);
+        assert_eq!(batcher.due_at(), Some(start + Duration::from_micros(700) + wait));
+        assert_eq!(batcher.take(0).len(), 0);
+        assert_eq!(batcher.retain(|item| *item != 4), 1);
+        assert!(batcher.is_empty());
+    }
+}

@@ -1,0 +1,465 @@
+//! Writes `perf/RESULTS.md` from the summaries a run left in `perf/out/`
+//! and the estimates criterion left under `target/criterion/`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::stats::{MemorySummary, RunSummary};
+
+/// End-to-end p99 the engine must stay under at the seed's average load.
+pub const AVERAGE_P99_US_TARGET: u64 = 10_000;
+
+/// Criterion benchmarks deeper than this below the criterion folder are not
+/// looked for.
+const CRITERION_DEPTH_MAX: usize = 6;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchFigure {
+    pub group: String,
+    pub function: String,
+    pub mean_ns: f64,
+    /// Elements (or bytes) per iteration, when the bench declared them.
+    pub per_iteration: Option<(String, f64)>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CriterionBenchmark {
+    group_id: String,
+    function_id: Option<String>,
+    value_str: Option<String>,
+    throughput: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CriterionEstimate {
+    point_estimate: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct CriterionEstimates {
+    mean: CriterionEstimate,
+}
+
+fn find_new_dirs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > CRITERION_DEPTH_MAX {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "new") {
+            out.push(path);
+        } else {
+            find_new_dirs(&path, depth + 1, out);
+        }
+    }
+}
+
+/// Every criterion benchmark under `dir` whose estimates were written at or
+/// after `since_unix_s`.
+pub fn criterion_figures(dir: &Path, since_unix_s: u64) -> Vec<BenchFigure> {
+    let mut dirs = Vec::new();
+    find_new_dirs(dir, 0, &mut dirs);
+    let mut figures = Vec::new();
+    for new in dirs {
+        let estimates_path = new.join("estimates.json");
+        let fresh = std::fs::metadata(&estimates_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|d| d.as_secs() >= since_unix_s);
+        if !fresh {
+            continue;
+        }
+        let (Ok(bench), Ok(estimates)) = (
+            std::fs::read(new.join("benchmark.json")),
+            std::fs::read(&estimates_path),
+        ) else {
+            continue;
+        };
+        let (Ok(bench), Ok(estimates)) = (
+            serde_json::from_slice::<CriterionBenchmark>(&bench),
+            serde_json::from_slice::<CriterionEstimates>(&estimates),
+        ) else {
+            continue;
+        };
+        let per_iteration = bench.throughput.as_ref().and_then(|t| {
+            let (kind, value) = t.as_object()?.iter().next()?;
+            Some((kind.clone(), value.as_f64()?))
+        });
+        let mut function = bench.function_id.unwrap_or_default();
+        if let Some(value) = bench.value_str {
+            function = format!("{function}/{value}");
+        }
+        figures.push(BenchFigure {
+            group: bench.group_id,
+            function,
+            mean_ns: estimates.mean.point_estimate,
+            per_iteration,
+        });
+    }
+    figures.sort_by(|a, b| (&a.group, &a.function).cmp(&(&b.group, &b.function)));
+    figures
+}
+
+fn is_baseline(function: &str) -> bool {
+    let f = function.to_ascii_lowercase();
+    f.contains("std") || f.contains("naive") || f.contains("baseline")
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB memory, Linux {kernel}")
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+/// Renders RESULTS.md.
+pub fn render(
+    runs: &[RunSummary],
+    memory: &[MemorySummary],
+    benches: &[BenchFigure],
+    commands: &[String],
+    quick: bool,
+) -> String {
+    let mut md = String::new();
+    md.push_str("# Twitchy Chat performance results\n\n");
+    md.push_str("Regenerated by `perf/run-all.sh`");
+    if quick {
+        md.push_str(" `--quick` (short runs: figures are indicative only)");
+    }
+    let _ = write!(
+        md,
+        "; do not edit by hand.\n\n**Machine:** {}. The load generator runs on the same machine as the \
+         servers, one thread; the machine is shared, so compare figures as ratios within one run.\n\n",
+        machine()
+    );
+    if !commands.is_empty() {
+        md.push_str("## Commands\n\n```\n");
+        for c in commands {
+            md.push_str(c);
+            md.push('\n');
+        }
+        md.push_str("```\n\n");
+    }
+    md.push_str("## Targets\n\n");
+    let mut checks = Vec::new();
+    for run in runs {
+        let Some(first) = run.targets.first() else {
+            continue;
+        };
+        let saturating = run.scenario.name == "peak";
+        if !saturating {
+            checks.push(format!(
+                "- {} `{}`: messages lost {} (target 0): **{}**",
+                first.target,
+                run.scenario.name,
+                first.lost,
+                if first.lost == 0 { "met" } else { "missed" }
+            ));
+        }
+        if run.scenario.name == "average" {
+            checks.push(format!(
+                "- {} `average`: p99 end-to-end {} ms (target < {} ms): **{}**",
+                first.target,
+                ms(first.latency.p99_us),
+                ms(AVERAGE_P99_US_TARGET),
+                if first.latency.p99_us < AVERAGE_P99_US_TARGET && first.latency.count > 0 {
+                    "met"
+                } else {
+                    "missed"
+                }
+            ));
+        }
+        if run.scenario.name == "fanout" {
+            checks.push(format!(
+                "- {} `fanout`: {:.0} deliveries/s",
+                first.target, first.deliveries_per_s
+            ));
+        }
+    }
+    if checks.is_empty() {
+        md.push_str("No scenario results found.\n\n");
+    } else {
+        md.push_str(&checks.join("\n"));
+        md.push_str("\n\n");
+    }
+    md.push_str("## Scenarios\n\n");
+    for run in runs {
+        let s = &run.scenario;
+        let _ = writeln!(
+            md,
+            "### {}\n\n{} rooms × ({} senders, {} viewers, {} slow viewers), {:.0} messages/s offered for \
+             {:.1} s over {:?}, connect concurrency {}.\n",
+            s.name,
+            s.rooms,
+            s.senders_per_room,
+            s.viewers_per_room,
+            s.slow_viewers_per_room,
+            s.rate_msgs_per_s,
+            s.duration_ms as f64 / 1000.0,
+            s.transport,
+            if s.connect_concurrency == 0 {
+                "unlimited".to_string()
+            } else {
+                s.connect_concurrency.to_string()
+            }
+        );
+        md.push_str(
+            "| target | joined | connect p99 ms | sent/s | acked | deliveries/s | lost | p50 ms | p99 ms | \
+             p99.9 ms | max ms | ack p99 ms | server CPU s | stalls | NOTICEs | disconnected |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for t in &run.targets {
+            let notices: Vec<String> = t.notices.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            let disconnected: Vec<String> = t
+                .disconnected
+                .iter()
+                .map(|(k, v)| format!("{k}:{v}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {}/{} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                t.target,
+                t.connect.ok,
+                t.connect.attempted,
+                ms(t.connect.time.p99_us),
+                t.sends_per_s,
+                t.acked,
+                t.deliveries_per_s,
+                t.lost,
+                ms(t.latency.p50_us),
+                ms(t.latency.p99_us),
+                ms(t.latency.p999_us),
+                ms(t.latency.max_us),
+                ms(t.ack_latency.p99_us),
+                t.server.cpu_s.map_or("-".into(), |c| format!("{c:.2}")),
+                t.server.stalls.map_or("-".into(), |c| c.to_string()),
+                notices.join(" "),
+                disconnected.join(" "),
+            );
+        }
+        for r in &run.ratios {
+            let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}×"));
+            let _ = writeln!(
+                md,
+                "\n{} vs {}: deliveries/s {}, p99 latency {}, p50 latency {}, server CPU per delivery {}.",
+                r.versus,
+                r.target,
+                fmt(r.deliveries_per_s),
+                fmt(r.latency_p99),
+                fmt(r.latency_p50),
+                fmt(r.server_cpu_per_delivery)
+            );
+        }
+        for t in &run.targets {
+            if let Some(sample) = t.server.stall_samples.first() {
+                let _ = writeln!(md, "\n{} stall sample: `{}`", t.target, sample.replace('`', "'"));
+            }
+            if let Some(reason) = t.connect.failure_samples.first() {
+                let _ = writeln!(md, "\n{} connect failure sample: `{}`", t.target, reason.replace('`', "'"));
+            }
+        }
+        let _ = writeln!(md, "\nReport: `perf/out/{}.html`.\n", s.name);
+    }
+    if !memory.is_empty() {
+        md.push_str("## Server memory per idle connection\n\n");
+        for m in memory {
+            let _ = writeln!(
+                md,
+                "{} idle connections, each joined to a room.\n\n| target | open | failed | RSS before MiB | \
+                 RSS after MiB | bytes/connection | source |\n|---|---|---|---|---|---|---|",
+                m.connections
+            );
+            for t in &m.targets {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {} |",
+                    t.target,
+                    t.connections_open,
+                    t.connect_failed,
+                    t.rss_bytes_before as f64 / 1048576.0,
+                    t.rss_bytes_after as f64 / 1048576.0,
+                    t.bytes_per_connection,
+                    t.rss_source
+                );
+            }
+            for (target, ratio) in &m.ratios {
+                let _ = writeln!(
+                    md,
+                    "\n{target} uses {ratio:.2}× the memory per connection of {}.",
+                    m.targets.first().map_or("", |t| t.target.as_str())
+                );
+            }
+            md.push('\n');
+        }
+    }
+    md.push_str("## Benchmarks (criterion)\n\n");
+    if benches.is_empty() {
+        md.push_str("No criterion results from this run.\n");
+    } else {
+        md.push_str(
+            "Ratios are against the group's baseline (a function named std, naive or baseline) \
+             measured in the same run; above 1 is faster than the baseline.\n\n\
+             | group | function | mean | throughput | vs baseline |\n|---|---|---|---|---|\n",
+        );
+        for b in benches {
+            let baseline = benches
+                .iter()
+                .find(|o| o.group == b.group && is_baseline(&o.function));
+            let throughput = b.per_iteration.as_ref().map_or("-".into(), |(kind, n)| {
+                let per_s = n / (b.mean_ns / 1e9);
+                let unit = if kind == "Bytes" { "B/s" } else { "elem/s" };
+                format!("{:.3e} {unit}", per_s)
+            });
+            let mean = if b.mean_ns >= 1e6 {
+                format!("{:.2} ms", b.mean_ns / 1e6)
+            } else if b.mean_ns >= 1e3 {
+                format!("{:.2} µs", b.mean_ns / 1e3)
+            } else {
+                format!("{:.1} ns", b.mean_ns)
+            };
+            let ratio = baseline.map_or("-".into(), |base| format!("{:.2}×", base.mean_ns / b.mean_ns));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                b.group, b.function, mean, throughput, ratio
+            );
+        }
+    }
+    md
+}
+
+/// Reads every summary JSON in `out` (scenario runs and memory runs).
+pub fn read_summaries(out: &Path) -> (Vec<RunSummary>, Vec<MemorySummary>) {
+    let mut runs = Vec::new();
+    let mut memory = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if let Ok(run) = serde_json::from_slice::<RunSummary>(&bytes) {
+            runs.push(run);
+        } else if let Ok(m) = serde_json::from_slice::<MemorySummary>(&bytes) {
+            memory.push(m);
+        }
+    }
+    // Keep the presets in their documented order.
+    let order = |name: &str| {
+        crate::scenario::PRESETS
+            .iter()
+            .position(|p| *p == name)
+            .unwrap_or(usize::MAX)
+    };
+    runs.sort_by_key(|r| order(&r.scenario.name));
+    (runs, memory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Scenario;
+    use crate::stats::{LatencySummary, TargetSummary};
+
+    fn target(name: &str, lost: u64, p99_us: u64) -> TargetSummary {
+        TargetSummary {
+            target: name.into(),
+            lost,
+            latency: LatencySummary {
+                count: 10,
+                p99_us,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn renders_target_checks_honestly() {
+        let run = |name: &str, t: TargetSummary| RunSummary {
+            kind: "scenario".into(),
+            scenario: Scenario::preset(name, true).unwrap(),
+            started_unix_s: 0,
+            targets: vec![t],
+            ratios: Vec::new(),
+        };
+        let md = render(
+            &[
+                run("average", target("twitchy", 0, 12_000)),
+                run("fanout", target("twitchy", 3, 1_000)),
+            ],
+            &[],
+            &[],
+            &["perf/run-all.sh".into()],
+            true,
+        );
+        assert!(md.contains("twitchy `average`: messages lost 0 (target 0): **met**"));
+        assert!(md.contains("p99 end-to-end 12.00 ms (target < 10.00 ms): **missed**"));
+        assert!(md.contains("twitchy `fanout`: messages lost 3 (target 0): **missed**"));
+        assert!(md.contains("perf/run-all.sh"));
+    }
+
+    #[test]
+    fn reads_fresh_criterion_estimates_with_throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("cross_shard/flume/new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(
+            new.join("benchmark.json"),
+            r#"{"group_id":"cross_shard","function_id":"flume","value_str":null,"throughput":{"Elements":1000}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            new.join("estimates.json"),
+            r#"{"mean":{"point_estimate":2000000.0}}"#,
+        )
+        .unwrap();
+        let figures = criterion_figures(dir.path(), 0);
+        assert_eq!(figures.len(), 1);
+        assert_eq!(figures[0].function, "flume");
+        assert_eq!(figures[0].per_iteration, Some(("Elements".into(), 1000.0)));
+        assert!(criterion_figures(dir.path(), u64::MAX).is_empty());
+        let md = render(&[], &[], &figures, &[], false);
+        assert!(md.contains("5.000e5 elem/s"), "{md}");
+    }
+}

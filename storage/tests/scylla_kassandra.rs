@@ -1,0 +1,323 @@
+//! The ScyllaDB store's schema creation and write path over real CQL (protocol v4), against an in-process
+//! `kassandra` node on 127.0.0.1 and an ephemeral port.
+//!
+//! The node ignores `ORDER BY`, `LIMIT` and clustering-column ranges, so reads are not tested here; they are
+//! tested against a real cluster in `scylla_cluster.rs`. What is checked here is what the store sends: the
+//! keyspace and tables, every acknowledged message in its `(room, bucket)` partition exactly once with all its
+//! columns, and the bucket and epoch index rows.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use kassandra::KassandraSession;
+use kassandra::cql::value::CqlValue;
+use kassandra::frame::consistency::Consistency;
+use kassandra::frame::request::Request;
+use kassandra::frame::request::batch::{BatchStatement, BatchType};
+use kassandra::frame::value::FrameValue;
+use kassandra::frame::request::query::Query;
+use kassandra::frame::response::Response;
+use kassandra::frame::response::result::QueryResult;
+use kassandra::frame::{request_stream, response_sink};
+
+mod common;
+
+use common::{block_on, message};
+use twitchy_storage::scylla_store::{BUCKETS_PER_EPOCH, bucket_of, epoch_of};
+use twitchy_storage::{
+    CoalescerConfig, MessageId, MessageIdGen, MessageRecord, ScyllaStore, StorageService, Store, StoreConfig,
+    open_store,
+};
+
+/// What the node saw of one BATCH request.
+#[derive(Debug, Clone)]
+struct SeenBatch {
+    unlogged: bool,
+    local_quorum: bool,
+    statements: usize,
+    /// The distinct values bound to the first two markers (room and bucket of a message insert).
+    partitions: BTreeSet<(Vec<u8>, Vec<u8>)>,
+}
+
+type Shared = (Mutex<KassandraSession>, Mutex<Vec<SeenBatch>>);
+
+/// An in-memory CQL node served on its own thread; dropped, it stops serving.
+struct Node {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    fn start() -> Node {
+        let shared: Arc<Shared> = Arc::new((Mutex::new(KassandraSession::new()), Mutex::new(Vec::new())));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = Arc::clone(&shared);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        tokio::task::spawn_local(serve_client(stream, Arc::clone(&served)));
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        Node { addr, shared, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Runs a CQL statement directly on the node (bypassing the network) and returns its rows.
+    fn rows(&self, cql: &str) -> Vec<Vec<Option<CqlValue>>> {
+        let mut query = Query::simple(cql).unwrap();
+        // One page with everything: the node's default page is 500 rows.
+        query.parameters.result_page_size = Some(usize::MAX);
+        let mut session = self.shared.0.lock().unwrap();
+        match session.process(query).unwrap() {
+            QueryResult::Rows(rows) => rows.rows.into_iter().map(|r| r.columns).collect(),
+            other => panic!("{cql}: expected rows, got {other:?}"),
+        }
+    }
+
+    /// Every BATCH request the node has answered so far.
+    fn batches(&self) -> Vec<SeenBatch> {
+        self.shared.1.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One client connection: decode request frames, answer each from the shared session.
+async fn serve_client(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    let (mut read, mut write) = stream.split();
+    let mut requests = request_stream(&mut read);
+    let mut responses = response_sink(&mut write);
+    while let Some(Ok((frame, opcode, data))) = requests.next().await {
+        let response = match Request::deserialize(opcode, &data, frame.flags) {
+            Ok(request) => answer(&shared, request),
+            Err(e) => Response::Error(e),
+        };
+        if responses.send((response, frame.stream)).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn answer(shared: &Shared, request: Request<'_>) -> Response {
+    if let Request::Batch(b) = &request {
+        let bytes = |v: &FrameValue<'_>| match v {
+            FrameValue::Some(b) => b.to_vec(),
+            FrameValue::Null | FrameValue::NotSet => Vec::new(),
+        };
+        let partitions = b
+            .statements
+            .iter()
+            .map(|s| match s {
+                BatchStatement::Query { values, .. } | BatchStatement::Prepared { values, .. } => {
+                    (bytes(&values[0]), bytes(&values[1]))
+                }
+            })
+            .collect();
+        shared.1.lock().unwrap().push(SeenBatch {
+            unlogged: matches!(b.batch_type, BatchType::Unlogged),
+            local_quorum: matches!(b.consistency, Consistency::LocalQuorum),
+            statements: b.statements.len(),
+            partitions,
+        });
+    }
+    let mut s = shared.0.lock().unwrap();
+    let result = match request {
+        Request::StartUp(_) | Request::Register { .. } => return Response::Ready,
+        Request::Options => return Response::options(),
+        Request::Query(q) => s.process(q),
+        Request::Prepare(q) => s.prepare(q),
+        Request::Execute(e) => s.execute(e),
+        Request::Batch(b) => s.process_batch(b),
+        Request::AuthResponse => {
+            return Response::Error(kassandra::frame::response::error::Error::new(
+                kassandra::error::DbError::ProtocolError,
+                "authentication is not supported",
+            ));
+        }
+    };
+    match result {
+        Ok(r) => Response::Result(r),
+        Err(e) => Response::Error(e),
+    }
+}
+
+fn text(v: &Option<CqlValue>) -> String {
+    match v {
+        Some(CqlValue::Text(s)) => s.clone(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+fn bigint(v: &Option<CqlValue>) -> i64 {
+    match v {
+        Some(CqlValue::BigInt(n)) => *n,
+        other => panic!("expected bigint, got {other:?}"),
+    }
+}
+
+fn blob(v: &Option<CqlValue>) -> Vec<u8> {
+    match v {
+        Some(CqlValue::Blob(b)) => b.clone(),
+        other => panic!("expected blob, got {other:?}"),
+    }
+}
+
+#[test]
+fn schema_is_created_on_first_start_and_reopening_keeps_it() {
+    let node = Node::start();
+    let config = StoreConfig::Scylla { nodes: vec![node.addr.to_string()], keyspace: "chat".into(), replication_factor: 1 };
+    let store = open_store(&config).unwrap();
+    let tables: BTreeSet<String> = node
+        .rows("SELECT keyspace_name, table_name FROM system_schema.tables")
+        .iter()
+        .filter(|r| text(&r[0]) == "chat")
+        .map(|r| text(&r[1]))
+        .collect();
+    let expected: BTreeSet<String> =
+        ["accounts", "messages", "room_buckets", "room_epochs", "tokens"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(tables, expected);
+    let keyspaces = node.rows("SELECT keyspace_name FROM system_schema.keyspaces");
+    assert!(keyspaces.iter().any(|r| text(&r[0]) == "chat"));
+
+    // Writing then connecting again (IF NOT EXISTS everywhere) must neither fail nor lose data.
+    let mut ids = MessageIdGen::new(0, 0);
+    let m = message(ids.next_id(1_700_000_000_000), "forsen", 1);
+    store.append_messages(std::slice::from_ref(&m)).unwrap();
+    drop(store);
+    let _again = open_store(&config).unwrap();
+    assert_eq!(node.rows("SELECT id FROM chat.messages").len(), 1);
+}
+
+#[test]
+fn bad_configuration_is_an_error_not_a_panic() {
+    let node = Node::start();
+    let addr = node.addr.to_string();
+    for (nodes, keyspace, rf) in [
+        (vec![addr.clone()], "bad keyspace;", 1),
+        (vec![addr.clone()], "chat", 0),
+        (vec![], "chat", 1),
+    ] {
+        let err = ScyllaStore::connect(&nodes, keyspace, rf).unwrap_err();
+        assert!(matches!(err, twitchy_storage::StorageError::Invalid(_)), "{err}");
+    }
+    // Nothing listens on a port that was just freed: a clear IO error.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let err = ScyllaStore::connect(&[free.to_string()], "chat", 1).unwrap_err();
+    assert!(matches!(err, twitchy_storage::StorageError::Io(_)), "{err}");
+}
+
+#[test]
+fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
+    let node = Node::start();
+    let store = Arc::new(ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap());
+    // Small batches so that many coalesced batches, partitions and index-cache hits are exercised.
+    let config = CoalescerConfig { batch_messages_max: 64, ..CoalescerConfig::default() };
+    let service = StorageService::start(store, config);
+    let h = service.handle();
+
+    // Three rooms, messages spread over several one-second buckets, including a bucket on each side of an epoch
+    // boundary, and one long message so a partition spans several UNLOGGED batches.
+    let epoch_edge_ms = (BUCKETS_PER_EPOCH as u64 * 1700) * 1000;
+    let mut written: Vec<MessageRecord> = Vec::new();
+    let mut gens: Vec<MessageIdGen> = (0..3).map(|shard| MessageIdGen::new(0, shard)).collect();
+    for n in 0..900u64 {
+        let room = ["forsen", "xqc", "a"][(n % 3) as usize];
+        let ms = epoch_edge_ms - 2_500 + n * 7;
+        let mut m = message(gens[(n % 3) as usize].next_id(ms), room, n);
+        if n == 450 {
+            m.text = "long ".repeat(20_000);
+        }
+        written.push(m);
+    }
+    let acks: Vec<_> = written.iter().map(|m| h.append(m.clone()).unwrap()).collect();
+    for ack in acks {
+        block_on(ack).unwrap();
+    }
+    service.shutdown().unwrap();
+
+    // Every message exactly once, in the partition its id says, with every column intact.
+    let rows = node.rows(
+        "SELECT room, bucket, id, user_id, login, display_name, color, badges, body, original, styled_by \
+         FROM chat.messages",
+    );
+    assert_eq!(rows.len(), written.len());
+    let by_id: HashMap<Vec<u8>, &MessageRecord> = written.iter().map(|m| (m.id.to_be_bytes().to_vec(), m)).collect();
+    let mut seen = BTreeSet::new();
+    for r in &rows {
+        let id = blob(&r[2]);
+        let m = by_id.get(&id).expect("a stored id was written");
+        assert!(seen.insert(id.clone()), "stored once");
+        assert_eq!(text(&r[0]), m.room);
+        assert_eq!(bigint(&r[1]), bucket_of(m.id));
+        assert_eq!(MessageId::from_be_bytes(id.try_into().unwrap()), m.id);
+        assert_eq!(bigint(&r[3]) as u64, m.user_id);
+        let strings: Vec<String> = r[4..].iter().map(text).collect();
+        assert_eq!(
+            strings,
+            [&m.login, &m.display_name, &m.color, &m.badges, &m.text, &m.original, &m.styled_by].map(|s| s.clone())
+        );
+    }
+
+    // Batches were UNLOGGED, at LOCAL_QUORUM, and each covered one partition; a long message split a partition.
+    let batches = node.batches();
+    assert!(!batches.is_empty());
+    for b in &batches {
+        assert!(b.unlogged && b.local_quorum, "{b:?}");
+        assert_eq!(b.partitions.len(), 1, "one partition per batch: {b:?}");
+    }
+    assert!(batches.iter().map(|b| b.statements).sum::<usize>() <= written.len());
+    assert!(batches.iter().any(|b| b.statements > 10), "coalescing produced multi-row batches");
+
+    // The index names exactly the non-empty buckets and epochs of each room.
+    let want_buckets: BTreeSet<(String, i64, i64)> =
+        written.iter().map(|m| (m.room.clone(), epoch_of(bucket_of(m.id)), bucket_of(m.id))).collect();
+    let got_buckets: BTreeSet<(String, i64, i64)> = node
+        .rows("SELECT room, epoch, bucket FROM chat.room_buckets")
+        .iter()
+        .map(|r| (text(&r[0]), bigint(&r[1]), bigint(&r[2])))
+        .collect();
+    assert_eq!(got_buckets, want_buckets);
+    let epochs: BTreeSet<i64> = want_buckets.iter().map(|(_, e, _)| *e).collect();
+    assert_eq!(epochs.len(), 2, "the messages straddle an epoch boundary");
+    let want_epochs: BTreeSet<(String, i64)> = want_buckets.iter().map(|(r, e, _)| (r.clone(), *e)).collect();
+    let got_epochs: BTreeSet<(String, i64)> =
+        node.rows("SELECT room, epoch FROM chat.room_epochs").iter().map(|r| (text(&r[0]), bigint(&r[1]))).collect();
+    assert_eq!(got_epochs, want_epochs);
+}
+
+#[test]
+fn tokens_are_written_over_cql() {
+    let node = Node::start();
+    let store = ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap();
+    store.put_token([9; 32], "alice").unwrap();
+    let rows = node.rows("SELECT token, login FROM chat.tokens");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(blob(&rows[0][0]), vec![9; 32]);
+    assert_eq!(text(&rows[0][1]), "alice");
+}
