@@ -501,6 +501,7 @@ fn notice_bad_line(shard: &Shard, conn: &Conn, err: LineError) {
 async fn handle_line(shard: &Rc<Shard>, conn: &Rc<Conn>, line: &str) {
     let mut actions = Vec::new();
     conn.session.borrow_mut().handle_line(line, unix_ms(), &mut actions);
+    conn.echo.set(conn.session.borrow().wants_echo());
     let mut queue: VecDeque<Action> = actions.into();
     while let Some(action) = queue.pop_front() {
         match action {

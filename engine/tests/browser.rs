@@ -29,17 +29,22 @@ const WAIT: Duration = Duration::from_secs(15);
 const RECONNECT_WAIT: Duration = Duration::from_secs(45);
 
 /// A message that would inject markup if the page ever used innerHTML with chat text.
-const HTML_PAYLOAD: &str =
-    r#"<img src=x onerror="window.__pwned=true"><b>bold</b><script>window.__pwned=true</script> & &amp; done"#;
+const HTML_PAYLOAD: &str = r#"<img src=x onerror="window.__pwned=true"><b>bold</b><script>window.__pwned=true</script> & &amp; done"#;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// The chat lines as data: one object per message line, oldest first.
@@ -73,21 +78,38 @@ const FIND_LINE_JS: &str = r#"
 "#;
 
 async fn lines(browser: &Browser) -> Vec<Value> {
-    browser.js(READ_LINES_JS, vec![]).await.as_array().cloned().unwrap_or_default()
+    browser
+        .js(READ_LINES_JS, vec![])
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn wait_connected(browser: &Browser, what: &str) {
     browser
-        .wait_js(what, WAIT, "return document.getElementById('conn').dataset.state === 'open'", vec![])
+        .wait_js(
+            what,
+            WAIT,
+            "return document.getElementById('conn').dataset.state === 'open'",
+            vec![],
+        )
         .await;
 }
 
 fn originals(lines: &[Value]) -> Vec<String> {
-    lines.iter().map(|l| l["original"].as_str().unwrap_or_default().to_owned()).collect()
+    lines
+        .iter()
+        .map(|l| l["original"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 fn assert_unique_ids(lines: &[Value]) {
-    let mut ids: Vec<&str> = lines.iter().filter_map(|l| l["id"].as_str()).filter(|id| !id.is_empty()).collect();
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["id"].as_str())
+        .filter(|id| !id.is_empty())
+        .collect();
     let total = ids.len();
     ids.sort_unstable();
     ids.dedup();
@@ -392,6 +414,7 @@ fn account_send_acknowledgement_and_errors() {
         browser.type_active("taken_name\u{E004}good-password-1\u{E007}").await;
         let taken = browser.wait_js("the taken-username error", WAIT, auth_error, vec![]).await;
         assert!(taken.as_str().unwrap().contains("taken"), "{taken}");
+        browser.screenshot("signup-error.png").await;
 
         browser.js(clear_auth, vec![]).await;
         browser.type_active("viewer_bob\u{E004}short\u{E007}").await;
@@ -533,6 +556,7 @@ fn account_send_acknowledgement_and_errors() {
         assert_eq!(over["counter"], json!("501/500"), "{over}");
         assert!(over["error"].as_str().unwrap().contains("limit is 500"), "{over}");
         assert_eq!(over["disabled"], json!(true), "{over}");
+        browser.screenshot("over-limit.png").await;
         browser.type_into("#input", "\u{E007}").await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(browser.js(own_count, vec![]).await, before, "a 501-character message is not sent");
@@ -601,6 +625,29 @@ fn account_send_acknowledgement_and_errors() {
         let shot = browser.screenshot("chat-signed-in.png").await;
         eprintln!("screenshot: {}", shot.display());
 
+        // A token the server refuses (NOTICE * :Login authentication failed) drops the page back
+        // to reading as a guest, and says why.
+        browser
+            .js(
+                r#"localStorage.setItem('twitchy.auth', JSON.stringify({ username: 'viewer_bob', token: 'not-a-real-token' }));"#,
+                vec![],
+            )
+            .await;
+        browser.client.refresh().await.expect("reload");
+        let expired = browser
+            .wait_js(
+                "the guest view after a refused token",
+                WAIT,
+                r#"const line = [...document.querySelectorAll('#lines .line.system')]
+                       .find((l) => l.textContent.includes('log in again'));
+                   return line && !document.getElementById('guest-bar').hidden
+                       && document.getElementById('conn').dataset.state === 'open'
+                       && localStorage.getItem('twitchy.auth') === null ? line.textContent : null;"#,
+                vec![],
+            )
+            .await;
+        assert!(expired.as_str().unwrap().contains("authentication failed"), "{expired}");
+
         browser.close().await;
         drop(server);
     });
@@ -612,7 +659,16 @@ fn account_send_acknowledgement_and_errors() {
 fn reconnects_after_server_restart() {
     let _serial = serial();
     runtime().block_on(async {
-        let mut server = TestServer::start(&["--shards", "2"]);
+        // The server PINGs after 1 s of silence and drops a client silent for 3 s, so a page that
+        // did not answer PING with PONG would lose its connection during the pause below.
+        let mut server = TestServer::start(&[
+            "--shards",
+            "2",
+            "--idle-ping-secs",
+            "1",
+            "--idle-timeout-secs",
+            "3",
+        ]);
         let token = register(server.http, "carol_caster", "carol-password-1");
         let proxy = FrontProxy::start(server.http);
         {
@@ -625,6 +681,18 @@ fn reconnects_after_server_restart() {
         browser.goto(&proxy.url("/")).await;
         wait_connected(&browser, "the first connection").await;
         browser.wait_js("history before the restart", WAIT, FIND_LINE_JS, vec![json!("before the restart")]).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let kept = browser
+            .js(
+                r#"return {
+                       state: document.getElementById('conn').dataset.state,
+                       banner: !document.getElementById('banner').hidden,
+                       lost: [...document.querySelectorAll('#lines .line.system')].some((l) => /lost|timed out|Reconnect/.test(l.textContent)),
+                   };"#,
+                vec![],
+            )
+            .await;
+        assert_eq!(kept, json!({ "state": "open", "banner": false, "lost": false }), "the page answers the server's PING");
 
         server.stop();
         let banner = browser

@@ -387,3 +387,54 @@ fn graceful_shutdown_tells_clients_to_reconnect() {
     viewer.expect("RECONNECT", |l| l.ends_with("RECONNECT"));
     sender.expect("RECONNECT", |l| l.ends_with("RECONNECT"));
 }
+
+#[test]
+fn idle_clients_are_pinged_and_dead_ones_dropped() {
+    let server = TestServer::start(&["--shards", "2", "--idle-ping-secs", "1", "--idle-timeout-secs", "3"]);
+    let mut alive = Irc::tcp(server.irc);
+    alive.login_anonymous();
+    let mut dead = Irc::tcp(server.irc);
+    dead.login_anonymous();
+    // The live client answers PINGs; the dead one reads them but never answers.
+    let mut dead_pinged = false;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(5_500) {
+        if let Some(line) = alive.next_line(Duration::from_millis(100)) {
+            if line.starts_with("PING") {
+                alive.send("PONG :tmi.twitch.tv");
+            }
+        }
+        if let Some(line) = dead.next_line(Duration::from_millis(1)) {
+            dead_pinged |= line == "PING :tmi.twitch.tv";
+        }
+    }
+    assert!(dead_pinged, "the server pinged the idle client");
+    alive.send("PING :still-here");
+    alive.expect("PONG", |l| l.ends_with(":still-here"));
+    while dead.next_line(Duration::from_secs(3)).is_some() {}
+    assert!(dead.closed, "the silent client was dropped");
+    let dropped: u64 = metric(server.http, "twitchy_idle_disconnects_total").iter().sum();
+    assert_eq!(dropped, 1);
+}
+
+#[test]
+fn echo_message_capability_returns_own_messages() {
+    let server = TestServer::start(&["--shards", "2"]);
+    let token = register(server.http, "echoer", PASSWORD);
+    let mut sender = Irc::ws(server.http);
+    sender.send("CAP REQ :echo-message");
+    sender.expect("ACK", |l| l.ends_with("ACK :echo-message"));
+    sender.login("echoer", &token);
+    sender.join("globe");
+    sender.send("@client-nonce=e1 PRIVMSG #globe :hear myself");
+    let own = sender.expect("own PRIVMSG", privmsg_in("globe"));
+    assert_eq!(tag(&own, "client-nonce").as_deref(), Some("e1"));
+    sender.expect("ack", is_ack);
+    // Twitch's command conventions: ". text" sends text; "/ban" is not a command we run.
+    sender.send("PRIVMSG #globe :. dotted");
+    let dotted = sender.expect("dotted PRIVMSG", privmsg_in("globe"));
+    assert_eq!(tag(&dotted, "twitchy/original").as_deref(), Some("dotted"));
+    sender.send("PRIVMSG #globe :/ban somebody");
+    let notice = sender.expect("NOTICE", |l| l.contains(" NOTICE "));
+    assert_eq!(tag(&notice, "msg-id").as_deref(), Some("unrecognized_cmd"));
+}

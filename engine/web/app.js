@@ -624,7 +624,7 @@
 
     let text = m.text ?? '';
     let action = false;
-    const actionMatch = /^\u0001ACTION (.*)\u0001?$/s.exec(text);
+    const actionMatch = /^\u0001ACTION (.*?)\u0001?$/s.exec(text);
     if (actionMatch) {
       text = actionMatch[1];
       action = true;
@@ -682,7 +682,7 @@
     }
     if (entry.styled !== null) {
       const body = line.querySelector('.text');
-      const action = /^\u0001ACTION (.*)\u0001?$/s.exec(entry.styled);
+      const action = /^\u0001ACTION (.*?)\u0001?$/s.exec(entry.styled);
       body.textContent = action ? action[1] : entry.styled;
       if (entry.styled !== entry.text) {
         line.classList.add('has-original');

@@ -55,13 +55,22 @@ impl Admission {
 
     /// Prompts that completed, failed or were dropped no longer count.
     pub(crate) fn release(&mut self, prompts: usize) {
-        assert!(prompts <= self.outstanding, "released more prompts than were admitted");
+        assert!(
+            prompts <= self.outstanding,
+            "released more prompts than were admitted"
+        );
         self.outstanding -= prompts;
     }
 
     /// A batch's response arrived at `now`; its oldest prompt was admitted at `oldest_admitted`. `outstanding_at_send`
     /// is how many prompts were outstanding when it was sent, which says whether the limit was the constraint.
-    pub(crate) fn on_batch_done(&mut self, now: Instant, oldest_admitted: Instant, prompts: usize, outstanding_at_send: usize) {
+    pub(crate) fn on_batch_done(
+        &mut self,
+        now: Instant,
+        oldest_admitted: Instant,
+        prompts: usize,
+        outstanding_at_send: usize,
+    ) {
         let age = now.saturating_duration_since(oldest_admitted);
         if age > self.target {
             self.decrease(now, age);
@@ -76,7 +85,10 @@ impl Admission {
     }
 
     fn decrease(&mut self, now: Instant, age: Duration) {
-        if self.last_decrease.is_some_and(|last| now.saturating_duration_since(last) < age) {
+        if self
+            .last_decrease
+            .is_some_and(|last| now.saturating_duration_since(last) < age)
+        {
             return;
         }
         self.limit = (self.limit * DECREASE_FACTOR).max(self.limit_min);
@@ -120,13 +132,21 @@ mod tests {
         admission.on_batch_done(now, now - Duration::from_millis(150), 10, 20);
         let shrunk = admission.limit();
         assert!(shrunk < before, "{shrunk} < {before}");
-        admission.on_batch_done(now + Duration::from_millis(20), now - Duration::from_millis(150), 10, 20);
+        admission.on_batch_done(
+            now + Duration::from_millis(20),
+            now - Duration::from_millis(150),
+            10,
+            20,
+        );
         assert_eq!(admission.limit(), shrunk);
         admission.on_deadline_missed(now + Duration::from_millis(200), Duration::from_millis(150));
         assert!(admission.limit() < shrunk);
         // Never below one, never above the maximum.
         for step in 0..100 {
-            admission.on_deadline_missed(now + Duration::from_secs(1 + step), Duration::from_millis(150));
+            admission.on_deadline_missed(
+                now + Duration::from_secs(1 + step),
+                Duration::from_millis(150),
+            );
         }
         assert_eq!(admission.limit(), 1);
         for _ in 0..10_000 {

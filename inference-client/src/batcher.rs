@@ -15,7 +15,11 @@ pub(crate) struct Batcher<T> {
 impl<T> Batcher<T> {
     pub(crate) fn new(batch_items_max: usize, batch_wait_max: Duration) -> Self {
         assert!(batch_items_max > 0, "a batch holds at least one item");
-        Batcher { queue: VecDeque::new(), batch_items_max, batch_wait_max }
+        Batcher {
+            queue: VecDeque::new(),
+            batch_items_max,
+            batch_wait_max,
+        }
     }
 
     pub(crate) fn push(&mut self, now: Instant, item: T) {
@@ -38,7 +42,11 @@ impl<T> Batcher<T> {
     /// When the next batch is due: `None` when empty, the oldest arrival when a full batch is waiting.
     pub(crate) fn due_at(&self) -> Option<Instant> {
         let (oldest, _) = self.queue.front()?;
-        if self.queue.len() >= self.batch_items_max { Some(*oldest) } else { Some(*oldest + self.batch_wait_max) }
+        if self.queue.len() >= self.batch_items_max {
+            Some(*oldest)
+        } else {
+            Some(*oldest + self.batch_wait_max)
+        }
     }
 
     /// Whether a batch is due at `now`.
@@ -86,9 +94,16 @@ mod tests {
         batcher.push(start + Duration::from_micros(700), 4);
         // Full: due as soon as the oldest arrived.
         assert_eq!(batcher.due_at(), Some(start));
-        let batch: Vec<i32> = batcher.take(usize::MAX).into_iter().map(|(_, item)| item).collect();
+        let batch: Vec<i32> = batcher
+            .take(usize::MAX)
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect();
         assert_eq!(batch, vec![1, 2, 3]);
-        assert_eq!(batcher.due_at(), Some(start + Duration::from_micros(700) + wait));
+        assert_eq!(
+            batcher.due_at(),
+            Some(start + Duration::from_micros(700) + wait)
+        );
         assert_eq!(batcher.take(0).len(), 0);
         assert_eq!(batcher.retain(|item| *item != 4), 1);
         assert!(batcher.is_empty());

@@ -92,7 +92,9 @@ impl Breaker {
     pub(crate) fn wants_probe(&self, now: Instant) -> bool {
         match self.state {
             BreakerState::Closed => true,
-            BreakerState::Open => self.opened_at.is_none_or(|opened| now >= opened + self.open_min),
+            BreakerState::Open => self
+                .opened_at
+                .is_none_or(|opened| now >= opened + self.open_min),
             BreakerState::HalfOpen => false,
         }
     }
@@ -133,7 +135,11 @@ mod tests {
         breaker.on_success();
         breaker.on_failure(start);
         breaker.on_failure(start);
-        assert_eq!(breaker.state(), BreakerState::Closed, "failures must be consecutive");
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "failures must be consecutive"
+        );
         breaker.on_failure(start);
         assert_eq!(breaker.state(), BreakerState::Open);
         assert!(!breaker.admits() && !breaker.is_healthy());

@@ -16,7 +16,11 @@ pub(crate) struct CompletionCache {
 
 impl CompletionCache {
     pub(crate) fn new(entries_max: usize) -> Self {
-        CompletionCache { entries: HashMap::new(), order: VecDeque::new(), entries_max }
+        CompletionCache {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            entries_max,
+        }
     }
 
     pub(crate) fn get(&self, style_index: usize, text: &str) -> Option<Rc<str>> {
@@ -32,7 +36,9 @@ impl CompletionCache {
             return;
         }
         while self.entries.len() >= self.entries_max {
-            let Some(oldest) = self.order.pop_front() else { break };
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
             self.entries.remove(&oldest);
         }
         let mut slots: [Option<Rc<str>>; STYLES.len()] = Default::default();

@@ -48,7 +48,11 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
-        Error { kind, detail: detail.into(), source: None }
+        Error {
+            kind,
+            detail: detail.into(),
+            source: None,
+        }
     }
 
     pub fn with_source(
@@ -56,6 +60,10 @@ impl Error {
         detail: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Error { kind, detail: detail.into(), source: Some(source.into()) }
+        Error {
+            kind,
+            detail: detail.into(),
+            source: Some(source.into()),
+        }
     }
 }

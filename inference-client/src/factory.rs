@@ -30,7 +30,11 @@ impl ClusterStylerFactory {
             })
             .collect();
         let metrics = SharedMetrics::new(urls.iter().map(|url| url.base.clone()).collect());
-        ClusterStylerFactory { config, urls, metrics }
+        ClusterStylerFactory {
+            config,
+            urls,
+            metrics,
+        }
     }
 
     /// Sums of the main counters across shards, for tests and load tools.
@@ -45,7 +49,11 @@ impl StylerFactory for ClusterStylerFactory {
         if self.urls.is_empty() {
             Rc::new(LocalStyler::new(metrics))
         } else {
-            Rc::new(LlmStyler::start(self.config.clone(), self.urls.clone(), metrics))
+            Rc::new(LlmStyler::start(
+                self.config.clone(),
+                self.urls.clone(),
+                metrics,
+            ))
         }
     }
 

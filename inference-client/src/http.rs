@@ -32,7 +32,9 @@ impl EndpointUrl {
     /// Parses a base URL. Only plain `http` is supported: endpoints sit on a private network next to the shards.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let invalid = |why: &str| Error::new(ErrorKind::InvalidEndpoint, format!("{url:?}: {why}"));
-        let rest = url.strip_prefix("http://").ok_or_else(|| invalid("must start with http://"))?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| invalid("must start with http://"))?;
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, ""),
@@ -41,7 +43,9 @@ impl EndpointUrl {
             return Err(invalid("needs a host and no credentials"));
         }
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']').ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
             let port = match after.strip_prefix(':') {
                 Some(port) => port.parse().map_err(|_| invalid("bad port"))?,
                 None if after.is_empty() => 80,
@@ -50,7 +54,10 @@ impl EndpointUrl {
             (host.to_owned(), port)
         } else {
             match authority.rsplit_once(':') {
-                Some((host, port)) => (host.to_owned(), port.parse().map_err(|_| invalid("bad port"))?),
+                Some((host, port)) => (
+                    host.to_owned(),
+                    port.parse().map_err(|_| invalid("bad port"))?,
+                ),
                 None => (authority.to_owned(), 80),
             }
         };
@@ -69,7 +76,11 @@ impl EndpointUrl {
     }
 
     fn host_header(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// Resolves the address. An IP literal needs no lookup; a host name is looked up here, which blocks the shard
@@ -80,9 +91,20 @@ impl EndpointUrl {
         }
         (self.host.as_str(), self.port)
             .to_socket_addrs()
-            .map_err(|source| Error::with_source(ErrorKind::Connect, format!("resolving {}", self.host), source))?
+            .map_err(|source| {
+                Error::with_source(
+                    ErrorKind::Connect,
+                    format!("resolving {}", self.host),
+                    source,
+                )
+            })?
             .next()
-            .ok_or_else(|| Error::new(ErrorKind::Connect, format!("{} resolves to no address", self.host)))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Connect,
+                    format!("{} resolves to no address", self.host),
+                )
+            })
     }
 }
 
@@ -148,16 +170,30 @@ impl LocalHttpClient {
 
     /// Sends one request and reads the whole response, or fails after `timeout`. A request that times out takes
     /// its connection with it (hyper closes a connection whose response is abandoned).
-    pub async fn request(&self, method: http::Method, path: &str, body: Option<Bytes>, timeout: Duration) -> Result<Response, Error> {
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response, Error> {
         let exchange = self.exchange(method, path, body);
         let timer = async {
             glommio::timer::Timer::new(timeout).await;
-            Err(Error::new(ErrorKind::Timeout, format!("{} {path} after {} ms", self.url.base, timeout.as_millis())))
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{} {path} after {} ms", self.url.base, timeout.as_millis()),
+            ))
         };
         futures_lite::future::or(exchange, timer).await
     }
 
-    async fn exchange(&self, method: http::Method, path: &str, body: Option<Bytes>) -> Result<Response, Error> {
+    async fn exchange(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Response, Error> {
         let mut sender = self.sender().await?;
         let has_body = body.is_some();
         let mut builder = http::Request::builder()
@@ -170,15 +206,20 @@ impl LocalHttpClient {
         let request = builder
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|source| Error::with_source(ErrorKind::Http, "building request", source))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| Error::with_source(ErrorKind::Http, format!("{} {path}", self.url.base), source))?;
+        let response = sender.send_request(request).await.map_err(|source| {
+            Error::with_source(ErrorKind::Http, format!("{} {path}", self.url.base), source)
+        })?;
         let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), self.limits.response_bytes_max)
             .collect()
             .await
-            .map_err(|source| Error::with_source(ErrorKind::Http, format!("{} {path} body", self.url.base), source))?
+            .map_err(|source| {
+                Error::with_source(
+                    ErrorKind::Http,
+                    format!("{} {path} body", self.url.base),
+                    source,
+                )
+            })?
             .to_bytes();
         // The connection goes back to the pool only once the whole response was read, so it is clean for reuse.
         let mut idle = self.idle.borrow_mut();
@@ -208,12 +249,24 @@ impl LocalHttpClient {
         let timeout = Duration::from_millis(self.limits.connect_timeout_ms.max(1));
         let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
             .await
-            .map_err(|source| Error::with_source(ErrorKind::Connect, self.url.base.clone(), std::io::Error::from(source)))?;
+            .map_err(|source| {
+                Error::with_source(
+                    ErrorKind::Connect,
+                    self.url.base.clone(),
+                    std::io::Error::from(source),
+                )
+            })?;
         // Requests are small and latency-bound: send them without waiting to coalesce.
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(GlommioIo::new(stream))
             .await
-            .map_err(|source| Error::with_source(ErrorKind::Http, format!("{} handshake", self.url.base), source))?;
+            .map_err(|source| {
+                Error::with_source(
+                    ErrorKind::Http,
+                    format!("{} handshake", self.url.base),
+                    source,
+                )
+            })?;
         let open = Rc::clone(&self.connections_open);
         open.set(open.get() + 1);
         let base = self.url.base.clone();
@@ -235,14 +288,30 @@ mod tests {
     #[test]
     fn parses_endpoint_urls() {
         let url = EndpointUrl::parse("http://127.0.0.1:18000").expect("valid");
-        assert_eq!((url.host.as_str(), url.port, url.path_prefix.as_str()), ("127.0.0.1", 18000, ""));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path_prefix.as_str()),
+            ("127.0.0.1", 18000, "")
+        );
         let url = EndpointUrl::parse("http://vllm.internal/api/").expect("valid");
-        assert_eq!((url.host.as_str(), url.port, url.path_prefix.as_str()), ("vllm.internal", 80, "/api"));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path_prefix.as_str()),
+            ("vllm.internal", 80, "/api")
+        );
         let url = EndpointUrl::parse("http://[::1]:9000/x").expect("valid");
         assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
         assert_eq!(url.host_header(), "[::1]:9000");
-        for bad in ["", "127.0.0.1:1", "https://a:1", "http://", "http://a:b", "http://a:99999", "http://u@a:1",
-            "http://[::1", "http://a:1/x?y", "http://a b:1"] {
+        for bad in [
+            "",
+            "127.0.0.1:1",
+            "https://a:1",
+            "http://",
+            "http://a:b",
+            "http://a:99999",
+            "http://u@a:1",
+            "http://[::1",
+            "http://a:1/x?y",
+            "http://a b:1",
+        ] {
             let error = EndpointUrl::parse(bad).expect_err(bad);
             assert_eq!(error.kind, ErrorKind::InvalidEndpoint);
         }

@@ -1,6 +1,32 @@
-//! Skibidification for Twitchy Chat: every chat message is rewritten in its room's style before delivery.
+//! Skibidification for Twitchy Chat: every chat message is rewritten in its room's style before delivery, by a
+//! small LLM served by vLLM when it can answer in time, by a local rule-based rewriter otherwise.
 //!
-//! (Full internals doc below is completed with the vLLM client.)
+//! # Internals
+//!
+//! - [`style`](crate::style_names) tables: per style a name, a one-line description, an LLM prompt template and
+//!   the local rewriter's rules (openers, interjections, closers, emoji). [`local_rewrite`] is a pure function of
+//!   `(style, text, seed)`: it sanitises the message and dresses it without changing a word, in one allocation.
+//! - [`sanitize`]: one pass over user text or model output that drops control, bidi-override and replacement
+//!   characters, collapses whitespace and cuts at [`STYLED_CHARS_MAX`] characters on a cluster boundary; model
+//!   output is also checked for garbage (empty, too few letters, long repeats).
+//! - [`openai`]: the `/v1/completions` wire format, sans IO, tolerant of broken UTF-8 and lone surrogates.
+//! - [`http`] and [`rt`]: a shard-local hyper 1.x HTTP/1.1 client over glommio TCP with keep-alive connections.
+//! - The vLLM path ([`LlmStyler`], one per shard): a completion cache per style, admission control (an AIMD limit
+//!   on outstanding prompts that keeps their age under a share of the deadline), a micro-batcher
+//!   (`batch_prompts_max` prompts or `batch_wait_us_max`, whichever first), least-outstanding-prompts balancing
+//!   over the endpoints, a circuit breaker per endpoint with `/health` probes, and the deadline wrapper: each
+//!   message races its completion against a timer and gets the local rewrite when the timer wins. Batches go out
+//!   as one request with a list of prompts ([`BatchMode::List`]) or as one request per prompt
+//!   ([`BatchMode::Concurrent`]).
+//! - Metrics: per-shard blocks of atomics written only by their shard, rendered as Prometheus text by
+//!   [`StylerFactory::metrics_text`].
+//!
+//! Architecture invariant: `style` never waits longer than the deadline and never fails; a message is never held
+//! back for the LLM beyond its deadline, and under overload the excess goes to the local rewriter at once.
+//! Architecture invariant: the styler of a shard is shard-local (`Rc`, `RefCell`, glommio tasks, no tokio); only
+//! the factory and the metrics blocks are shared between shards.
+//! Architecture invariant: the batcher, admission control, breaker, cache, sanitiser and wire format do no IO and
+//! read no clock: they take `now` and are tested with a driven clock.
 
 mod admission;
 mod batcher;
@@ -139,7 +165,10 @@ impl std::str::FromStr for BatchMode {
         match text {
             "list" => Ok(BatchMode::List),
             "concurrent" => Ok(BatchMode::Concurrent),
-            other => Err(Error::new(ErrorKind::InvalidConfig, format!("batch mode {other:?} (list|concurrent)"))),
+            other => Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("batch mode {other:?} (list|concurrent)"),
+            )),
         }
     }
 }
@@ -152,7 +181,7 @@ impl Default for StylerConfig {
             deadline_ms: 150,
             batch_prompts_max: 32,
             batch_wait_us_max: 2_000,
-            max_tokens: 40,
+            max_tokens: 16,
             temperature: 0.8,
             batch_mode: BatchMode::List,
             requests_in_flight_per_endpoint_max: 8,
@@ -192,6 +221,16 @@ pub fn local_rewrite(style: &str, text: &str, seed: u64) -> String {
     }
 }
 
+/// The completion prompt the vLLM client sends for `text` in `style` (the text sanitised first), or `None` for an
+/// unknown style. Load tools use it to send exactly the client's prompts.
+pub fn llm_prompt(style: &str, text: &str) -> Option<String> {
+    let index = style::style_index(style)?;
+    Some(style::prompt(
+        index,
+        &sanitize::sanitize_text(text, STYLED_CHARS_MAX),
+    ))
+}
+
 /// Builds the styler factory the engine hands to its shards. Invalid endpoint URLs are logged and left out (call
 /// [`StylerConfig::validate`] at config load to reject them instead); with no valid endpoint the factory styles
 /// locally.
@@ -205,7 +244,12 @@ impl StylerConfig {
         for url in &self.vllm_endpoints {
             http::EndpointUrl::parse(url)?;
         }
-        let invalid = |what: &str| Err(Error::new(ErrorKind::InvalidConfig, format!("{what} must be positive")));
+        let invalid = |what: &str| {
+            Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("{what} must be positive"),
+            ))
+        };
         if self.deadline_ms == 0 {
             return invalid("deadline_ms");
         }
@@ -225,7 +269,10 @@ impl StylerConfig {
             return Err(Error::new(ErrorKind::InvalidConfig, "model must be named"));
         }
         if !(0.0..=2.0).contains(&self.temperature) {
-            return Err(Error::new(ErrorKind::InvalidConfig, "temperature must be within 0..=2"));
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "temperature must be within 0..=2",
+            ));
         }
         Ok(())
     }

@@ -30,7 +30,9 @@ use crate::http::{EndpointUrl, HttpLimits, LocalHttpClient};
 use crate::local::LocalStyler;
 use crate::metrics::{FallbackReason, ShardMetrics};
 use crate::openai::{CompletionParams, decode_completion_response, encode_completion_request};
-use crate::{BatchMode, ErrorKind, STYLED_CHARS_MAX, Styled, StyledBy, Styler, StylerConfig, sanitize, style};
+use crate::{
+    BatchMode, ErrorKind, STYLED_CHARS_MAX, Styled, StyledBy, Styler, StylerConfig, sanitize, style,
+};
 
 /// What a waiting message receives: a sanitised completion, or why there is none.
 type Outcome = Result<Rc<str>, FallbackReason>;
@@ -122,7 +124,11 @@ impl std::fmt::Debug for LlmStyler {
 
 impl LlmStyler {
     /// Builds the styler and starts its tasks on the current glommio executor.
-    pub(crate) fn start(config: StylerConfig, urls: Vec<EndpointUrl>, metrics: Arc<ShardMetrics>) -> Self {
+    pub(crate) fn start(
+        config: StylerConfig,
+        urls: Vec<EndpointUrl>,
+        metrics: Arc<ShardMetrics>,
+    ) -> Self {
         let limits = HttpLimits {
             connect_timeout_ms: config.connect_timeout_ms,
             connections_idle_max: config.requests_in_flight_per_endpoint_max.max(1),
@@ -144,13 +150,23 @@ impl LlmStyler {
         let deadline = Duration::from_millis(config.deadline_ms.max(1));
         let target = deadline * config.admission_target_percent.clamp(1, 100) as u32 / 100;
         let state = State {
-            batcher: Batcher::new(config.batch_prompts_max.max(1), Duration::from_micros(config.batch_wait_us_max)),
-            admission: Admission::new(config.admission_prompts_initial, config.admission_prompts_max, target),
+            batcher: Batcher::new(
+                config.batch_prompts_max.max(1),
+                Duration::from_micros(config.batch_wait_us_max),
+            ),
+            admission: Admission::new(
+                config.admission_prompts_initial,
+                config.admission_prompts_max,
+                target,
+            ),
             cache: CompletionCache::new(config.cache_entries_max),
             rotation: 0,
             stopped: false,
         };
-        metrics.admission_limit.store(state.admission.limit() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.admission_limit.store(
+            state.admission.limit() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let inner = Rc::new(Inner {
             params: CompletionParams {
                 model: config.model.clone(),
@@ -166,7 +182,11 @@ impl LlmStyler {
             dispatch: Rc::new(LocalNotify::default()),
             config,
         });
-        glommio::spawn_local(dispatcher(Rc::downgrade(&inner), Rc::clone(&inner.dispatch))).detach();
+        glommio::spawn_local(dispatcher(
+            Rc::downgrade(&inner),
+            Rc::clone(&inner.dispatch),
+        ))
+        .detach();
         glommio::spawn_local(health_checker(Rc::downgrade(&inner))).detach();
         LlmStyler { inner }
     }
@@ -194,22 +214,42 @@ impl Styler for LlmStyler {
     fn style(&self, style: &str, text: &str, seed: u64) -> Pin<Box<dyn Future<Output = Styled>>> {
         let inner = &self.inner;
         let Some(style_index) = style::style_index(style) else {
-            return ready(inner.local.rewrite(None, text, seed, FallbackReason::UnknownStyle));
+            return ready(
+                inner
+                    .local
+                    .rewrite(None, text, seed, FallbackReason::UnknownStyle),
+            );
         };
         let sanitized = sanitize::sanitize_text(text, STYLED_CHARS_MAX);
         if sanitized.is_empty() {
-            return ready(inner.local.rewrite(Some(style_index), "", seed, FallbackReason::EmptyText));
+            return ready(inner.local.rewrite(
+                Some(style_index),
+                "",
+                seed,
+                FallbackReason::EmptyText,
+            ));
         }
         let now = Instant::now();
         let mut state = inner.state.borrow_mut();
         if let Some(hit) = state.cache.get(style_index, &sanitized) {
-            inner.metrics.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            inner
+                .metrics
+                .cache_hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             inner.metrics.llm();
-            return ready(Styled { text: hit.to_string(), by: StyledBy::Llm });
+            return ready(Styled {
+                text: hit.to_string(),
+                by: StyledBy::Llm,
+            });
         }
         let reason = if style::prompt_len(style_index, &sanitized) > inner.config.prompt_bytes_max {
             Some(FallbackReason::TooLong)
-        } else if state.stopped || !inner.endpoints.iter().any(|endpoint| endpoint.breaker.borrow().is_healthy()) {
+        } else if state.stopped
+            || !inner
+                .endpoints
+                .iter()
+                .any(|endpoint| endpoint.breaker.borrow().is_healthy())
+        {
             Some(FallbackReason::Unavailable)
         } else if !state.admission.try_admit() {
             Some(FallbackReason::Overload)
@@ -218,11 +258,22 @@ impl Styler for LlmStyler {
         };
         if let Some(reason) = reason {
             drop(state);
-            return ready(inner.local.rewrite(Some(style_index), &sanitized, seed, reason));
+            return ready(
+                inner
+                    .local
+                    .rewrite(Some(style_index), &sanitized, seed, reason),
+            );
         }
         let text: Rc<str> = sanitized.into();
         let (reply, receiver) = oneshot::channel();
-        state.batcher.push(now, Pending { style_index, text: Rc::clone(&text), reply });
+        state.batcher.push(
+            now,
+            Pending {
+                style_index,
+                text: Rc::clone(&text),
+                reply,
+            },
+        );
         // The dispatcher needs waking only when a batch becomes possible or full; in between its timer covers it.
         let queued = state.batcher.len();
         if queued == 1 || queued >= state.batcher.batch_items_max() {
@@ -235,13 +286,17 @@ impl Styler for LlmStyler {
         Box::pin(async move {
             let completion = async { receiver.await.unwrap_or(Err(FallbackReason::Error)) };
             let timer = async {
-                glommio::timer::Timer::new(deadline_at.saturating_duration_since(Instant::now())).await;
+                glommio::timer::Timer::new(deadline_at.saturating_duration_since(Instant::now()))
+                    .await;
                 Err(FallbackReason::Deadline)
             };
             match futures_lite::future::or(completion, timer).await {
                 Ok(completion) => {
                     inner.metrics.llm();
-                    Styled { text: completion.to_string(), by: StyledBy::Llm }
+                    Styled {
+                        text: completion.to_string(),
+                        by: StyledBy::Llm,
+                    }
                 }
                 Err(reason) => inner.local.rewrite(Some(style_index), &text, seed, reason),
             }
@@ -277,7 +332,9 @@ impl Inner {
         if dropped > 0 {
             state.admission.release(dropped);
         }
-        let Some(due_at) = state.batcher.due_at() else { return Dispatch::Wait(None) };
+        let Some(due_at) = state.batcher.due_at() else {
+            return Dispatch::Wait(None);
+        };
         if due_at > now {
             return Dispatch::Wait(Some(due_at));
         }
@@ -293,8 +350,9 @@ impl Inner {
             if !breaker.admits() || endpoint.requests_in_flight.get() >= slots_max {
                 continue;
             }
-            if best.is_none_or(|best| endpoint.prompts_outstanding.get() < self.endpoints[best].prompts_outstanding.get())
-            {
+            if best.is_none_or(|best| {
+                endpoint.prompts_outstanding.get() < self.endpoints[best].prompts_outstanding.get()
+            }) {
                 best = Some(index);
             }
         }
@@ -322,47 +380,86 @@ impl Inner {
         self.metrics.batch_prompts.observe(batch.len() as u64);
         let outstanding_at_send = state.admission.outstanding();
         // The in-flight counts move here, not in the send tasks, so the next decision already sees them.
-        endpoint.prompts_outstanding.set(endpoint.prompts_outstanding.get() + batch.len());
+        endpoint
+            .prompts_outstanding
+            .set(endpoint.prompts_outstanding.get() + batch.len());
         let flights: Vec<Flight> = match self.config.batch_mode {
-            BatchMode::List => vec![Flight { endpoint: index, prompts: batch, outstanding_at_send }],
+            BatchMode::List => vec![Flight {
+                endpoint: index,
+                prompts: batch,
+                outstanding_at_send,
+            }],
             BatchMode::Concurrent => batch
                 .into_iter()
-                .map(|prompt| Flight { endpoint: index, prompts: vec![prompt], outstanding_at_send })
+                .map(|prompt| Flight {
+                    endpoint: index,
+                    prompts: vec![prompt],
+                    outstanding_at_send,
+                })
                 .collect(),
         };
-        endpoint.requests_in_flight.set(endpoint.requests_in_flight.get() + flights.len());
+        endpoint
+            .requests_in_flight
+            .set(endpoint.requests_in_flight.get() + flights.len());
         Dispatch::Send(flights)
     }
 
     fn publish_health(&self, index: usize) {
         let healthy = self.endpoints[index].breaker.borrow().is_healthy();
-        self.metrics.endpoints[index].healthy.store(u64::from(healthy), std::sync::atomic::Ordering::Relaxed);
+        self.metrics.endpoints[index]
+            .healthy
+            .store(u64::from(healthy), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends one flight's request and delivers the outcomes.
     async fn send(self: Rc<Self>, flight: Flight) {
-        let Flight { endpoint: index, prompts: batch, outstanding_at_send } = flight;
+        let Flight {
+            endpoint: index,
+            prompts: batch,
+            outstanding_at_send,
+        } = flight;
         let endpoint = &self.endpoints[index];
         let prompt_count = batch.len();
-        let oldest_admitted = batch.first().map_or_else(Instant::now, |(admitted, _)| *admitted);
+        let oldest_admitted = batch
+            .first()
+            .map_or_else(Instant::now, |(admitted, _)| *admitted);
 
-        let prompts: Vec<String> =
-            batch.iter().map(|(_, pending)| style::prompt(pending.style_index, &pending.text)).collect();
+        let prompts: Vec<String> = batch
+            .iter()
+            .map(|(_, pending)| style::prompt(pending.style_index, &pending.text))
+            .collect();
         let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let body = Bytes::from(encode_completion_request(&self.params, &prompt_refs));
         let sent_at = Instant::now();
-        let result = endpoint.client.request(http::Method::POST, "/v1/completions", Some(body), self.request_timeout).await;
+        let result = endpoint
+            .client
+            .request(
+                http::Method::POST,
+                "/v1/completions",
+                Some(body),
+                self.request_timeout,
+            )
+            .await;
         let now = Instant::now();
-        endpoint.requests_in_flight.set(endpoint.requests_in_flight.get() - 1);
-        endpoint.prompts_outstanding.set(endpoint.prompts_outstanding.get() - prompt_count);
+        endpoint
+            .requests_in_flight
+            .set(endpoint.requests_in_flight.get() - 1);
+        endpoint
+            .prompts_outstanding
+            .set(endpoint.prompts_outstanding.get() - prompt_count);
         let endpoint_metrics = &self.metrics.endpoints[index];
-        endpoint_metrics.latency_us.observe(now.saturating_duration_since(sent_at).as_micros() as u64);
+        endpoint_metrics
+            .latency_us
+            .observe(now.saturating_duration_since(sent_at).as_micros() as u64);
 
         let decoded = result.and_then(|response| {
             if response.status == 200 {
                 decode_completion_response(&response.body, prompt_count)
             } else {
-                Err(crate::Error::new(ErrorKind::Status(response.status), "completion request"))
+                Err(crate::Error::new(
+                    ErrorKind::Status(response.status),
+                    "completion request",
+                ))
             }
         });
         let mut state = self.state.borrow_mut();
@@ -370,30 +467,49 @@ impl Inner {
         match decoded {
             Ok(texts) => {
                 endpoint.breaker.borrow_mut().on_success();
-                state.admission.on_batch_done(now, oldest_admitted, prompt_count, outstanding_at_send);
+                state.admission.on_batch_done(
+                    now,
+                    oldest_admitted,
+                    prompt_count,
+                    outstanding_at_send,
+                );
                 for ((_, pending), raw) in batch.into_iter().zip(texts) {
-                    let outcome = match raw.map(|raw| sanitize::sanitize_completion(&raw, STYLED_CHARS_MAX)) {
+                    let outcome = match raw
+                        .map(|raw| sanitize::sanitize_completion(&raw, STYLED_CHARS_MAX))
+                    {
                         Some(Ok(clean)) => {
                             let clean: Rc<str> = clean.into();
-                            state.cache.insert(pending.style_index, Rc::clone(&pending.text), Rc::clone(&clean));
+                            state.cache.insert(
+                                pending.style_index,
+                                Rc::clone(&pending.text),
+                                Rc::clone(&clean),
+                            );
                             Ok(clean)
                         }
                         Some(Err(_)) => Err(FallbackReason::Garbage),
                         None => Err(FallbackReason::Error),
                     };
                     if pending.reply.send(outcome).is_err() {
-                        self.metrics.late_completions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.metrics
+                            .late_completions
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 if now.saturating_duration_since(oldest_admitted) > self.deadline {
-                    state.admission.on_deadline_missed(now, now.saturating_duration_since(oldest_admitted));
+                    state
+                        .admission
+                        .on_deadline_missed(now, now.saturating_duration_since(oldest_admitted));
                 }
             }
             Err(error) => {
                 log::debug!("{}: {error}", endpoint.client.url().base);
                 match error.kind {
-                    ErrorKind::Timeout => endpoint_metrics.timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    _ => endpoint_metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    ErrorKind::Timeout => endpoint_metrics
+                        .timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    _ => endpoint_metrics
+                        .errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 };
                 // A 4xx other than 408 and 429 is about the request, not the endpoint: it stays in service.
                 let endpoint_at_fault = !matches!(error.kind, ErrorKind::Status(status)
@@ -405,14 +521,19 @@ impl Inner {
                     endpoint.breaker.borrow_mut().on_success();
                 }
                 if error.kind == ErrorKind::Timeout {
-                    state.admission.on_deadline_missed(now, now.saturating_duration_since(oldest_admitted));
+                    state
+                        .admission
+                        .on_deadline_missed(now, now.saturating_duration_since(oldest_admitted));
                 }
                 for (_, pending) in batch {
                     let _ = pending.reply.send(Err(FallbackReason::Error));
                 }
             }
         }
-        self.metrics.admission_limit.store(state.admission.limit() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.admission_limit.store(
+            state.admission.limit() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         drop(state);
         self.publish_health(index);
         self.dispatch.notify();
@@ -422,13 +543,20 @@ impl Inner {
     async fn probe(self: Rc<Self>, index: usize) {
         let endpoint = &self.endpoints[index];
         let timeout = Duration::from_millis(self.config.health_timeout_ms.max(1));
-        let result = endpoint.client.request(http::Method::GET, "/health", None, timeout).await;
+        let result = endpoint
+            .client
+            .request(http::Method::GET, "/health", None, timeout)
+            .await;
         endpoint.probe_in_flight.set(false);
         let now = Instant::now();
         match result {
             Ok(response) if response.status == 200 => endpoint.breaker.borrow_mut().on_probe_ok(),
             Ok(response) => {
-                log::debug!("{} /health answered {}", endpoint.client.url().base, response.status);
+                log::debug!(
+                    "{} /health answered {}",
+                    endpoint.client.url().base,
+                    response.status
+                );
                 endpoint.breaker.borrow_mut().on_probe_failed(now);
             }
             Err(error) => {
@@ -445,7 +573,9 @@ impl Inner {
 /// Sends due batches until the styler is dropped.
 async fn dispatcher(inner: Weak<Inner>, notify: Rc<LocalNotify>) {
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         if strong.state.borrow().stopped {
             return;
         }
@@ -459,7 +589,9 @@ async fn dispatcher(inner: Weak<Inner>, notify: Rc<LocalNotify>) {
                 drop(strong);
                 match until {
                     Some(until) => {
-                        let timer = glommio::timer::Timer::new(until.saturating_duration_since(Instant::now()));
+                        let timer = glommio::timer::Timer::new(
+                            until.saturating_duration_since(Instant::now()),
+                        );
                         futures_lite::future::or(notify.wait(), async {
                             timer.await;
                         })
@@ -480,7 +612,9 @@ async fn health_checker(inner: Weak<Inner>) {
     };
     loop {
         {
-            let Some(strong) = inner.upgrade() else { return };
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
             if strong.state.borrow().stopped {
                 return;
             }

@@ -11,7 +11,11 @@ use crate::{STYLED_CHARS_MAX, Styled, StyledBy, Styler, sanitize, style};
 /// never empty.
 pub(crate) fn unstyled(text: &str) -> String {
     let out = sanitize::sanitize_text(text, STYLED_CHARS_MAX);
-    if out.is_empty() { "…".to_owned() } else { out }
+    if out.is_empty() {
+        "…".to_owned()
+    } else {
+        out
+    }
 }
 
 /// Styles every message with the local rewriter; resolves immediately.
@@ -26,13 +30,22 @@ impl LocalStyler {
     }
 
     /// The local rewrite of a message, counted as a fallback for `reason`.
-    pub(crate) fn rewrite(&self, style_index: Option<usize>, text: &str, seed: u64, reason: FallbackReason) -> Styled {
+    pub(crate) fn rewrite(
+        &self,
+        style_index: Option<usize>,
+        text: &str,
+        seed: u64,
+        reason: FallbackReason,
+    ) -> Styled {
         self.metrics.fallback(reason);
         let text = match style_index {
             Some(index) => style::local_rewrite_indexed(index, text, seed),
             None => unstyled(text),
         };
-        Styled { text, by: StyledBy::Local }
+        Styled {
+            text,
+            by: StyledBy::Local,
+        }
     }
 }
 

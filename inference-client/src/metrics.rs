@@ -66,8 +66,10 @@ impl FallbackReason {
 pub(crate) const BATCH_PROMPTS_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 /// Upper bounds of the endpoint latency histogram, in microseconds.
-pub(crate) const LATENCY_US_BUCKETS: [u64; 12] =
-    [5_000, 10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 400_000, 1_000_000, 5_000_000];
+pub(crate) const LATENCY_US_BUCKETS: [u64; 12] = [
+    5_000, 10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 150_000, 200_000, 400_000, 1_000_000,
+    5_000_000,
+];
 
 /// A fixed-bucket histogram written by one shard.
 #[derive(Debug)]
@@ -81,11 +83,19 @@ pub(crate) struct LocalHistogram<const N: usize> {
 impl<const N: usize> LocalHistogram<N> {
     fn new(bounds: &'static [u64; N]) -> Self {
         assert!(N < 13, "histogram bucket table too large");
-        LocalHistogram { bounds, counts: Default::default(), sum: AtomicU64::new(0) }
+        LocalHistogram {
+            bounds,
+            counts: Default::default(),
+            sum: AtomicU64::new(0),
+        }
     }
 
     pub(crate) fn observe(&self, value: u64) {
-        let slot = self.bounds.iter().position(|&bound| value <= bound).unwrap_or(N);
+        let slot = self
+            .bounds
+            .iter()
+            .position(|&bound| value <= bound)
+            .unwrap_or(N);
         self.counts[slot].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
@@ -170,12 +180,18 @@ pub(crate) struct SharedMetrics {
 
 impl SharedMetrics {
     pub(crate) fn new(endpoints: Vec<String>) -> Self {
-        SharedMetrics { endpoints, shards: Mutex::new(Vec::new()) }
+        SharedMetrics {
+            endpoints,
+            shards: Mutex::new(Vec::new()),
+        }
     }
 
     /// The block of `shard`, created on first use; a shard that restarts keeps counting where it left off.
     pub(crate) fn register(&self, shard: usize) -> Arc<ShardMetrics> {
-        let mut shards = self.shards.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(existing) = shards.iter().find(|block| block.shard == shard) {
             return Arc::clone(existing);
         }
@@ -185,7 +201,11 @@ impl SharedMetrics {
     }
 
     fn snapshot(&self) -> Vec<Arc<ShardMetrics>> {
-        let mut shards = self.shards.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let mut shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         shards.sort_by_key(|block| block.shard);
         shards
     }
@@ -214,28 +234,42 @@ impl SharedMetrics {
     pub(crate) fn render(&self) -> String {
         let shards = self.snapshot();
         let mut out = String::with_capacity(4096);
-        let sum = |read: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|block| read(block)).sum::<u64>();
+        let sum = |read: &dyn Fn(&ShardMetrics) -> u64| {
+            shards.iter().map(|block| read(block)).sum::<u64>()
+        };
 
         let llm = sum(&|block| block.requests_llm.load(Ordering::Relaxed));
         let local = sum(&|block| block.requests_local.load(Ordering::Relaxed));
-        out.push_str("# HELP twitchy_styler_requests_total Styled messages by who produced the text.\n");
+        out.push_str(
+            "# HELP twitchy_styler_requests_total Styled messages by who produced the text.\n",
+        );
         out.push_str("# TYPE twitchy_styler_requests_total counter\n");
         let _ = writeln!(out, "twitchy_styler_requests_total{{by=\"llm\"}} {llm}");
         let _ = writeln!(out, "twitchy_styler_requests_total{{by=\"local\"}} {local}");
 
         out.push_str("# HELP twitchy_styler_llm_share Share of styled messages produced by the LLM since start.\n");
         out.push_str("# TYPE twitchy_styler_llm_share gauge\n");
-        let share = if llm + local == 0 { 0.0 } else { llm as f64 / (llm + local) as f64 };
+        let share = if llm + local == 0 {
+            0.0
+        } else {
+            llm as f64 / (llm + local) as f64
+        };
         let _ = writeln!(out, "twitchy_styler_llm_share {share}");
 
         out.push_str("# HELP twitchy_styler_fallbacks_total Messages delivered with the local rewrite, by reason.\n");
         out.push_str("# TYPE twitchy_styler_fallbacks_total counter\n");
         for reason in FallbackReason::ALL {
             let count = sum(&|block| block.fallbacks(reason));
-            let _ = writeln!(out, "twitchy_styler_fallbacks_total{{reason=\"{}\"}} {count}", reason.as_str());
+            let _ = writeln!(
+                out,
+                "twitchy_styler_fallbacks_total{{reason=\"{}\"}} {count}",
+                reason.as_str()
+            );
         }
 
-        out.push_str("# HELP twitchy_styler_cache_hits_total Messages answered from the completion cache.\n");
+        out.push_str(
+            "# HELP twitchy_styler_cache_hits_total Messages answered from the completion cache.\n",
+        );
         out.push_str("# TYPE twitchy_styler_cache_hits_total counter\n");
         let _ = writeln!(
             out,
@@ -251,23 +285,36 @@ impl SharedMetrics {
             sum(&|block| block.late_completions.load(Ordering::Relaxed))
         );
 
-        out.push_str("# HELP twitchy_styler_batch_prompts Prompts per batch sent to an endpoint.\n");
+        out.push_str(
+            "# HELP twitchy_styler_batch_prompts Prompts per batch sent to an endpoint.\n",
+        );
         out.push_str("# TYPE twitchy_styler_batch_prompts histogram\n");
         let mut counts = [0u64; 13];
         let mut total = 0u64;
         for block in &shards {
             block.batch_prompts.add_into(&mut counts, &mut total);
         }
-        render_buckets(&mut out, "twitchy_styler_batch_prompts", "", &BATCH_PROMPTS_BUCKETS, &counts, 1.0);
+        render_buckets(
+            &mut out,
+            "twitchy_styler_batch_prompts",
+            "",
+            &BATCH_PROMPTS_BUCKETS,
+            &counts,
+            1.0,
+        );
         let _ = writeln!(out, "twitchy_styler_batch_prompts_sum {total}");
 
-        out.push_str("# HELP twitchy_styler_endpoint_latency_seconds Request latency per endpoint.\n");
+        out.push_str(
+            "# HELP twitchy_styler_endpoint_latency_seconds Request latency per endpoint.\n",
+        );
         out.push_str("# TYPE twitchy_styler_endpoint_latency_seconds histogram\n");
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let mut counts = [0u64; 13];
             let mut sum_us = 0u64;
             for block in &shards {
-                block.endpoints[index].latency_us.add_into(&mut counts, &mut sum_us);
+                block.endpoints[index]
+                    .latency_us
+                    .add_into(&mut counts, &mut sum_us);
             }
             let label = format!("endpoint=\"{}\"", escape_label(endpoint));
             render_buckets(
@@ -278,18 +325,29 @@ impl SharedMetrics {
                 &counts,
                 1e-6,
             );
-            let _ = writeln!(out, "twitchy_styler_endpoint_latency_seconds_sum{{{label}}} {}", sum_us as f64 * 1e-6);
+            let _ = writeln!(
+                out,
+                "twitchy_styler_endpoint_latency_seconds_sum{{{label}}} {}",
+                sum_us as f64 * 1e-6
+            );
         }
 
-        out.push_str("# HELP twitchy_styler_endpoint_errors_total Failed requests per endpoint, by kind.\n");
+        out.push_str(
+            "# HELP twitchy_styler_endpoint_errors_total Failed requests per endpoint, by kind.\n",
+        );
         out.push_str("# TYPE twitchy_styler_endpoint_errors_total counter\n");
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let label = escape_label(endpoint);
             let errors = sum(&|block| block.endpoints[index].errors.load(Ordering::Relaxed));
             let timeouts = sum(&|block| block.endpoints[index].timeouts.load(Ordering::Relaxed));
-            let _ = writeln!(out, "twitchy_styler_endpoint_errors_total{{endpoint=\"{label}\",kind=\"error\"}} {errors}");
-            let _ =
-                writeln!(out, "twitchy_styler_endpoint_errors_total{{endpoint=\"{label}\",kind=\"timeout\"}} {timeouts}");
+            let _ = writeln!(
+                out,
+                "twitchy_styler_endpoint_errors_total{{endpoint=\"{label}\",kind=\"error\"}} {errors}"
+            );
+            let _ = writeln!(
+                out,
+                "twitchy_styler_endpoint_errors_total{{endpoint=\"{label}\",kind=\"timeout\"}} {timeouts}"
+            );
         }
 
         out.push_str("# HELP twitchy_styler_endpoint_healthy 1 when the shard's circuit breaker admits the endpoint.\n");
@@ -306,7 +364,9 @@ impl SharedMetrics {
             }
         }
 
-        out.push_str("# HELP twitchy_styler_admission_limit_prompts Outstanding prompts a shard admits.\n");
+        out.push_str(
+            "# HELP twitchy_styler_admission_limit_prompts Outstanding prompts a shard admits.\n",
+        );
         out.push_str("# TYPE twitchy_styler_admission_limit_prompts gauge\n");
         for block in &shards {
             let _ = writeln!(
@@ -320,15 +380,29 @@ impl SharedMetrics {
     }
 }
 
-fn render_buckets(out: &mut String, name: &str, label: &str, bounds: &[u64], counts: &[u64; 13], scale: f64) {
+fn render_buckets(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    bounds: &[u64],
+    counts: &[u64; 13],
+    scale: f64,
+) {
     let separator = if label.is_empty() { "" } else { "," };
     let mut cumulative = 0u64;
     for (slot, bound) in bounds.iter().enumerate() {
         cumulative += counts[slot];
-        let _ = writeln!(out, "{name}_bucket{{{label}{separator}le=\"{}\"}} {cumulative}", *bound as f64 * scale);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}{separator}le=\"{}\"}} {cumulative}",
+            *bound as f64 * scale
+        );
     }
     cumulative += counts[bounds.len()];
-    let _ = writeln!(out, "{name}_bucket{{{label}{separator}le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{label}{separator}le=\"+Inf\"}} {cumulative}"
+    );
     if label.is_empty() {
         let _ = writeln!(out, "{name}_count {cumulative}");
     } else {
@@ -338,7 +412,10 @@ fn render_buckets(out: &mut String, name: &str, label: &str, bounds: &[u64], cou
 
 /// Escapes a Prometheus label value.
 fn escape_label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Sums of the main counters across shards.
@@ -378,7 +455,10 @@ mod tests {
         zero.endpoints[0].latency_us.observe(30_000);
         one.endpoints[0].healthy.store(0, Ordering::Relaxed);
         let text = metrics.render();
-        assert!(text.contains("twitchy_styler_requests_total{by=\"llm\"} 2\n"), "{text}");
+        assert!(
+            text.contains("twitchy_styler_requests_total{by=\"llm\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("twitchy_styler_requests_total{by=\"local\"} 1\n"));
         assert!(text.contains("twitchy_styler_fallbacks_total{reason=\"deadline\"} 1\n"));
         assert!(text.contains("twitchy_styler_batch_prompts_bucket{le=\"2\"} 0\n"));
@@ -386,8 +466,16 @@ mod tests {
         assert!(text.contains("twitchy_styler_batch_prompts_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("twitchy_styler_batch_prompts_sum 303\n"));
         assert!(text.contains("twitchy_styler_endpoint_latency_seconds_bucket{endpoint=\"http://a:1\",le=\"0.04\"} 1\n"));
-        assert!(text.contains("twitchy_styler_endpoint_healthy{endpoint=\"http://a:1\",shard=\"0\"} 1\n"));
-        assert!(text.contains("twitchy_styler_endpoint_healthy{endpoint=\"http://a:1\",shard=\"1\"} 0\n"));
+        assert!(
+            text.contains(
+                "twitchy_styler_endpoint_healthy{endpoint=\"http://a:1\",shard=\"0\"} 1\n"
+            )
+        );
+        assert!(
+            text.contains(
+                "twitchy_styler_endpoint_healthy{endpoint=\"http://a:1\",shard=\"1\"} 0\n"
+            )
+        );
         let totals = metrics.totals();
         assert_eq!(totals.llm, 2);
         assert_eq!(totals.fallback(FallbackReason::Deadline), 1);

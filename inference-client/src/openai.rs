@@ -52,13 +52,17 @@ struct Choice {
 
 /// Decodes a completion response for a request of `prompt_count` prompts: the raw text of each prompt's completion,
 /// `None` where the response has no choice for it.
-pub fn decode_completion_response(body: &[u8], prompt_count: usize) -> Result<Vec<Option<String>>, Error> {
+pub fn decode_completion_response(
+    body: &[u8],
+    prompt_count: usize,
+) -> Result<Vec<Option<String>>, Error> {
     let response: CompletionResponse = match serde_json::from_slice(body) {
         Ok(response) => response,
         Err(_) => {
             let repaired = repair_json(body);
-            serde_json::from_str(&repaired)
-                .map_err(|source| Error::new(ErrorKind::Decode, format!("completion response: {source}")))?
+            serde_json::from_str(&repaired).map_err(|source| {
+                Error::new(ErrorKind::Decode, format!("completion response: {source}"))
+            })?
         }
     };
     let mut texts = vec![None; prompt_count];
@@ -125,7 +129,11 @@ mod tests {
 
     #[test]
     fn encodes_a_list_of_prompts() {
-        let params = CompletionParams { model: "tiny".into(), max_tokens: 40, temperature: 0.5 };
+        let params = CompletionParams {
+            model: "tiny".into(),
+            max_tokens: 40,
+            temperature: 0.5,
+        };
         let body = encode_completion_request(&params, &["a \"quoted\" prompt", "b"]);
         let value: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
         assert_eq!(value["model"], "tiny");
@@ -140,7 +148,14 @@ mod tests {
         let body = br#"{"id":"x","choices":[{"index":1,"text":"second","finish_reason":"length"},
             {"index":0,"text":"first\u0017"},{"index":7,"text":"out of range"}],"usage":{}}"#;
         let texts = decode_completion_response(body, 3).expect("decodes");
-        assert_eq!(texts, vec![Some("first\u{17}".to_owned()), Some("second".to_owned()), None]);
+        assert_eq!(
+            texts,
+            vec![
+                Some("first\u{17}".to_owned()),
+                Some("second".to_owned()),
+                None
+            ]
+        );
     }
 
     #[test]
@@ -155,7 +170,14 @@ mod tests {
         let texts = decode_completion_response(&invalid_utf8, 1).expect("repaired");
         assert_eq!(texts[0].as_deref(), Some("x\u{FFFD}\u{FFFD}y"));
 
-        for bad in [&b""[..], b"{", b"null", b"{\"choices\":5}", b"\\u12", b"\\ud800\\u"] {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"null",
+            b"{\"choices\":5}",
+            b"\\u12",
+            b"\\ud800\\u",
+        ] {
             assert!(decode_completion_response(bad, 1).is_err(), "{bad:?}");
         }
     }

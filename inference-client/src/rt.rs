@@ -59,7 +59,11 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for GlommioIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> hyper::rt::Write for GlommioIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -96,7 +100,9 @@ impl hyper::rt::Timer for GlommioTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(LocalSleep::new(deadline.saturating_duration_since(Instant::now())))
+        Box::pin(LocalSleep::new(
+            deadline.saturating_duration_since(Instant::now()),
+        ))
     }
 }
 
@@ -108,11 +114,18 @@ struct LocalSleep {
 
 impl LocalSleep {
     fn new(duration: Duration) -> Self {
-        LocalSleep { timer: glommio::timer::Timer::new(duration), owner: std::thread::current().id() }
+        LocalSleep {
+            timer: glommio::timer::Timer::new(duration),
+            owner: std::thread::current().id(),
+        }
     }
 
     fn assert_owner(&self) {
-        assert_eq!(self.owner, std::thread::current().id(), "a shard-local timer left its shard");
+        assert_eq!(
+            self.owner,
+            std::thread::current().id(),
+            "a shard-local timer left its shard"
+        );
     }
 }
 

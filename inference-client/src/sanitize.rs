@@ -79,13 +79,61 @@ pub(crate) fn push_sanitized(out: &mut String, text: &str, chars_max: usize) -> 
     push_sanitized_with(out, text, chars_max, false)
 }
 
-fn push_sanitized_with(out: &mut String, text: &str, chars_max: usize, drop_replacement: bool) -> Summary {
+fn push_sanitized_with(
+    out: &mut String,
+    text: &str,
+    chars_max: usize,
+    drop_replacement: bool,
+) -> Summary {
     let start = out.len();
     let mut summary = Summary::default();
     let mut pending_space = false;
-    let mut chars = text.chars();
     let mut cut_at = None;
-    while let Some(c) = chars.next() {
+    let bytes = text.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if byte.is_ascii_graphic() {
+            // Fast path: a run of printable ASCII is copied in one go; most chat is mostly this.
+            let run_start = index;
+            while index < bytes.len() && bytes[index].is_ascii_graphic() {
+                index += 1;
+            }
+            let separator = usize::from(pending_space);
+            let fits = chars_max.saturating_sub(summary.chars + separator);
+            let run = index - run_start;
+            if fits == 0 {
+                cut_at = Some(char::from(byte));
+                break;
+            }
+            if pending_space {
+                out.push(' ');
+                summary.chars += 1;
+                summary.words += 1;
+                pending_space = false;
+            } else if summary.chars == 0 {
+                summary.words = 1;
+            }
+            // ASCII bytes are whole characters, so any byte offset in the run is a character boundary.
+            let taken = run.min(fits);
+            out.push_str(&text[run_start..run_start + taken]);
+            summary.chars += taken;
+            if taken < run {
+                cut_at = Some(char::from(bytes[run_start + taken]));
+                break;
+            }
+            continue;
+        }
+        if byte < 0x80 {
+            // ASCII space or control character: both separate words.
+            pending_space = summary.chars > 0;
+            index += 1;
+            continue;
+        }
+        let Some(c) = text[index..].chars().next() else {
+            break;
+        };
+        index += c.len_utf8();
         if is_space(c) {
             pending_space = summary.chars > 0;
             continue;
@@ -113,7 +161,9 @@ fn push_sanitized_with(out: &mut String, text: &str, chars_max: usize, drop_repl
         summary.truncated = true;
         // Back off to the start of the cluster the cut fell into, so no mark is left without its base.
         while out.len() > start {
-            let Some(last) = out[start..].chars().next_back() else { break };
+            let Some(last) = out[start..].chars().next_back() else {
+                break;
+            };
             if !(is_extend(next) || last == '\u{200D}') {
                 break;
             }
@@ -125,7 +175,10 @@ fn push_sanitized_with(out: &mut String, text: &str, chars_max: usize, drop_repl
             out.pop();
             summary.chars -= 1;
         }
-        summary.words = out[start..].split(' ').filter(|word| !word.is_empty()).count();
+        summary.words = out[start..]
+            .split(' ')
+            .filter(|word| !word.is_empty())
+            .count();
     }
     summary
 }
@@ -176,7 +229,11 @@ pub fn sanitize_completion(raw: &str, chars_max: usize) -> Result<String, Garbag
     if alphanumeric * 100 < visible * ALPHANUMERIC_PERCENT_MIN {
         return Err(Garbage::Noise);
     }
-    if unquoted.len() == out.len() { Ok(out) } else { Ok(unquoted.to_owned()) }
+    if unquoted.len() == out.len() {
+        Ok(out)
+    } else {
+        Ok(unquoted.to_owned())
+    }
 }
 
 #[cfg(test)]
@@ -212,7 +269,14 @@ mod tests {
     fn word_counts() {
         let mut out = String::new();
         let summary = push_sanitized(&mut out, "  one two\n\nthree  ", 500);
-        assert_eq!(summary, Summary { chars: 13, words: 3, truncated: false });
+        assert_eq!(
+            summary,
+            Summary {
+                chars: 13,
+                words: 3,
+                truncated: false
+            }
+        );
         out.clear();
         assert_eq!(push_sanitized(&mut out, "x", 500).words, 1);
         out.clear();
@@ -225,7 +289,11 @@ mod tests {
         let text = "e\u{301}".repeat(300);
         let out = sanitize_text(&text, 501);
         assert!(chars(&out) <= 501);
-        assert!(out.ends_with('\u{301}'), "cut inside a cluster: {:?}", out.chars().last());
+        assert!(
+            out.ends_with('\u{301}'),
+            "cut inside a cluster: {:?}",
+            out.chars().last()
+        );
         let out = sanitize_text(&text, 500);
         assert_eq!(chars(&out), 500);
 
@@ -247,16 +315,30 @@ mod tests {
 
     #[test]
     fn completions() {
-        assert_eq!(sanitize_completion(" \"Arr, hi there matey!\"\n", 500), Ok("Arr, hi there matey!".into()));
-        assert_eq!(sanitize_completion("\u{FFFD}\u{FFFD}\u{1}\u{2}", 500), Err(Garbage::Empty));
+        assert_eq!(
+            sanitize_completion(" \"Arr, hi there matey!\"\n", 500),
+            Ok("Arr, hi there matey!".into())
+        );
+        assert_eq!(
+            sanitize_completion("\u{FFFD}\u{FFFD}\u{1}\u{2}", 500),
+            Err(Garbage::Empty)
+        );
         assert_eq!(sanitize_completion("\"\"", 500), Err(Garbage::Empty));
-        assert_eq!(sanitize_completion("!!!???...,,,;;;", 500), Err(Garbage::Noise));
-        assert_eq!(sanitize_completion("lolllllllllllllllllllllll", 500), Err(Garbage::Noise));
-        assert_eq!(sanitize_completion("Hey bestie! ✨💅 Fr fr, hi bestie! No cap, slayyy. Busssin. 🤪", 500).is_ok(), true);
+        assert_eq!(
+            sanitize_completion("!!!???...,,,;;;", 500),
+            Err(Garbage::Noise)
+        );
+        assert_eq!(
+            sanitize_completion("lolllllllllllllllllllllll", 500),
+            Err(Garbage::Noise)
+        );
+        let example = "Hey bestie! ✨💅 Fr fr, hi bestie! No cap, slayyy. Busssin. 🤪";
+        assert_eq!(sanitize_completion(example, 500).as_deref(), Ok(example));
         let long = "word ".repeat(400);
         let out = sanitize_completion(&long, 500).expect("usable");
         assert!(chars(&out) <= 500);
-        let with_controls = sanitize_completion("hi\u{7}\u{8} the\u{FFFD}re\u{1b}", 500).expect("usable");
+        let with_controls =
+            sanitize_completion("hi\u{7}\u{8} the\u{FFFD}re\u{1b}", 500).expect("usable");
         assert_eq!(with_controls, "hi there");
     }
 }

@@ -33,7 +33,10 @@ const fn count_chars(text: &str) -> usize {
 }
 
 const fn p(text: &'static str) -> Piece {
-    Piece { text, chars: count_chars(text) }
+    Piece {
+        text,
+        chars: count_chars(text),
+    }
 }
 
 /// The local rewriter's rules for one style.
@@ -67,6 +70,9 @@ pub(crate) struct Style {
 /// Where the message goes in a prompt template.
 pub(crate) const PROMPT_MESSAGE_SLOT: &str = "{message}";
 
+/// The longest interjection, in bytes; checked by a test so the rewriter can build its parenthetical on the stack.
+pub(crate) const INTERJECTION_BYTES_MAX: usize = 40;
+
 /// Messages with fewer words than this get no mid-message interjection: it would swamp them.
 pub(crate) const MID_WORDS_MIN: usize = 6;
 
@@ -77,8 +83,22 @@ pub(crate) static STYLES: [Style; 4] = [
         prompt_template: "Rewrite the chat message in Gen-Z brainrot slang (bestie, fr fr, no cap, slay, bussin, \
                           emoji). Keep its meaning and its words. One line.\nMessage: {message}\nRewritten:",
         local: LocalRules {
-            openers: &[p("Hey bestie! ✨💅"), p("Okay so"), p("Not me saying"), p("Bestie,"), p("POV:"), p("Lowkey")],
-            interjections: &[p("fr fr"), p("no cap"), p("ong"), p("deadass"), p("lowkey"), p("on god")],
+            openers: &[
+                p("Hey bestie! ✨💅"),
+                p("Okay so"),
+                p("Not me saying"),
+                p("Bestie,"),
+                p("POV:"),
+                p("Lowkey"),
+            ],
+            interjections: &[
+                p("fr fr"),
+                p("no cap"),
+                p("ong"),
+                p("deadass"),
+                p("lowkey"),
+                p("on god"),
+            ],
             closers: &[
                 p("No cap, slayyy."),
                 p("Busssin."),
@@ -89,7 +109,16 @@ pub(crate) static STYLES: [Style; 4] = [
                 p("Rizz unlocked."),
                 p("Skibidi."),
             ],
-            emoji: &[p("🤪"), p("💀"), p("✨"), p("😭"), p("🔥"), p("💅"), p("🗿"), p("👀")],
+            emoji: &[
+                p("🤪"),
+                p("💀"),
+                p("✨"),
+                p("😭"),
+                p("🔥"),
+                p("💅"),
+                p("🗿"),
+                p("👀"),
+            ],
             closers_max: 2,
             terminal: '!',
         },
@@ -100,8 +129,21 @@ pub(crate) static STYLES: [Style; 4] = [
         prompt_template: "Rewrite the chat message as a pirate would say it (arr, matey, ye, aye). Keep its meaning and \
                           its words. One line.\nMessage: {message}\nRewritten:",
         local: LocalRules {
-            openers: &[p("Arr!"), p("Ahoy, matey!"), p("Avast!"), p("Yo-ho-ho!"), p("Shiver me timbers!"), p("Aye,")],
-            interjections: &[p("arr"), p("me hearty"), p("by Davy Jones' locker"), p("savvy"), p("blow me down")],
+            openers: &[
+                p("Arr!"),
+                p("Ahoy, matey!"),
+                p("Avast!"),
+                p("Yo-ho-ho!"),
+                p("Shiver me timbers!"),
+                p("Aye,"),
+            ],
+            interjections: &[
+                p("arr"),
+                p("me hearty"),
+                p("by Davy Jones' locker"),
+                p("savvy"),
+                p("blow me down"),
+            ],
             closers: &[
                 p("Savvy?"),
                 p("Arr!"),
@@ -121,8 +163,21 @@ pub(crate) static STYLES: [Style; 4] = [
         prompt_template: "Rewrite the chat message in the English of Shakespeare (thou, thee, hark, prithee, forsooth). \
                           Keep its meaning and its words. One line.\nMessage: {message}\nRewritten:",
         local: LocalRules {
-            openers: &[p("Hark!"), p("Prithee, hear me:"), p("Lo!"), p("Good morrow!"), p("Verily,"), p("Attend:")],
-            interjections: &[p("forsooth"), p("i' faith"), p("marry"), p("by my troth"), p("prithee")],
+            openers: &[
+                p("Hark!"),
+                p("Prithee, hear me:"),
+                p("Lo!"),
+                p("Good morrow!"),
+                p("Verily,"),
+                p("Attend:"),
+            ],
+            interjections: &[
+                p("forsooth"),
+                p("i' faith"),
+                p("marry"),
+                p("by my troth"),
+                p("prithee"),
+            ],
             closers: &[
                 p("Forsooth."),
                 p("So quoth I."),
@@ -150,7 +205,12 @@ pub(crate) static STYLES: [Style; 4] = [
                 p("Key takeaway:"),
                 p("FYI:"),
             ],
-            interjections: &[p("synergy-wise"), p("going forward"), p("at the end of the day"), p("as per the roadmap")],
+            interjections: &[
+                p("synergy-wise"),
+                p("going forward"),
+                p("at the end of the day"),
+                p("as per the roadmap"),
+            ],
             closers: &[
                 p("Let's take this offline."),
                 p("Let's align on next steps."),
@@ -167,7 +227,12 @@ pub(crate) static STYLES: [Style; 4] = [
 ];
 
 /// The names of all styles, in table order.
-pub(crate) static STYLE_NAMES: [&str; 4] = [STYLES[0].name, STYLES[1].name, STYLES[2].name, STYLES[3].name];
+pub(crate) static STYLE_NAMES: [&str; 4] = [
+    STYLES[0].name,
+    STYLES[1].name,
+    STYLES[2].name,
+    STYLES[3].name,
+];
 
 /// Finds a style's index by name.
 pub(crate) fn style_index(name: &str) -> Option<usize> {
@@ -206,8 +271,13 @@ pub(crate) fn local_rewrite_indexed(style_index: usize, text: &str, seed: u64) -
     let interjection = rules.interjections[rng.below(rules.interjections.len())];
     let closer_first = rules.closers[rng.below(rules.closers.len())];
     let mut closer_second = rules.closers[rng.below(rules.closers.len())];
-    let wants_second = rules.closers_max > 1 && rng.below(2) == 1 && closer_second.text != closer_first.text;
-    let emoji = if rules.emoji.is_empty() { None } else { Some(rules.emoji[rng.below(rules.emoji.len())]) };
+    let wants_second =
+        rules.closers_max > 1 && rng.below(2) == 1 && closer_second.text != closer_first.text;
+    let emoji = if rules.emoji.is_empty() {
+        None
+    } else {
+        Some(rules.emoji[rng.below(rules.emoji.len())])
+    };
     let mid_shift = rng.below(3);
 
     let mut out = String::with_capacity(text.len() + 96);
@@ -258,13 +328,23 @@ pub(crate) fn local_rewrite_indexed(style_index: usize, text: &str, seed: u64) -
         if let Some(offset) = segment[middle..].iter().position(|&byte| byte == b' ') {
             // "word, interjection, word": the commas make it a parenthetical that never changes the words around it.
             let at = text_start + middle + offset;
-            out.insert_str(at, ",");
-            out.insert_str(at, interjection.text);
-            out.insert_str(at, ", ");
+            let mut parenthetical = [0u8; INTERJECTION_BYTES_MAX + 3];
+            let length = interjection.text.len() + 3;
+            parenthetical[..2].copy_from_slice(b", ");
+            parenthetical[2..length - 1].copy_from_slice(interjection.text.as_bytes());
+            parenthetical[length - 1] = b',';
+            // The buffer holds ASCII punctuation around a whole `&str`, so it is UTF-8; one insert moves the tail once.
+            if let Ok(parenthetical) = std::str::from_utf8(&parenthetical[..length]) {
+                out.insert_str(at, parenthetical);
+            }
         }
     }
     if keep_closer {
-        if out[text_start..].chars().next_back().is_some_and(char::is_alphanumeric) {
+        if out[text_start..]
+            .chars()
+            .next_back()
+            .is_some_and(char::is_alphanumeric)
+        {
             out.push(rules.terminal);
         }
         out.push(' ');
@@ -326,22 +406,53 @@ mod tests {
 
     fn assert_invariants(input: &str, output: &str) {
         assert!(!output.is_empty(), "empty rewrite of {input:?}");
-        assert!(output.chars().count() <= STYLED_CHARS_MAX, "too long: {} chars", output.chars().count());
-        assert!(!output.chars().any(char::is_control), "control character in {output:?}");
+        assert!(
+            output.chars().count() <= STYLED_CHARS_MAX,
+            "too long: {} chars",
+            output.chars().count()
+        );
+        assert!(
+            !output.chars().any(char::is_control),
+            "control character in {output:?}"
+        );
         assert!(!output.contains('\u{202E}'), "bidi override in {output:?}");
         assert_eq!(output, output.trim(), "untrimmed rewrite {output:?}");
     }
 
     #[test]
     fn every_style_has_rules_and_a_prompt_slot() {
-        assert_eq!(STYLE_NAMES, ["brainrot", "pirate", "shakespeare", "corporate"]);
+        assert_eq!(
+            STYLE_NAMES,
+            ["brainrot", "pirate", "shakespeare", "corporate"]
+        );
         for style in &STYLES {
-            assert!(style.prompt_template.contains(PROMPT_MESSAGE_SLOT), "{}", style.name);
+            assert!(
+                style.prompt_template.contains(PROMPT_MESSAGE_SLOT),
+                "{}",
+                style.name
+            );
             assert!(!style.local.openers.is_empty() && !style.local.closers.is_empty());
             assert!(!style.local.interjections.is_empty());
-            for piece in style.local.openers.iter().chain(style.local.closers).chain(style.local.interjections) {
+            assert!(
+                style
+                    .local
+                    .interjections
+                    .iter()
+                    .all(|piece| piece.text.len() <= INTERJECTION_BYTES_MAX)
+            );
+            for piece in style
+                .local
+                .openers
+                .iter()
+                .chain(style.local.closers)
+                .chain(style.local.interjections)
+            {
                 assert_eq!(piece.chars, piece.text.chars().count());
-                assert_eq!(piece.text, sanitize_text(piece.text, STYLED_CHARS_MAX), "decoration needs sanitising");
+                assert_eq!(
+                    piece.text,
+                    sanitize_text(piece.text, STYLED_CHARS_MAX),
+                    "decoration needs sanitising"
+                );
             }
         }
     }
@@ -359,14 +470,29 @@ mod tests {
         for (index, style) in STYLES.iter().enumerate() {
             for input in inputs {
                 let output = local_rewrite_indexed(index, input, 42);
-                assert_eq!(output, local_rewrite_indexed(index, input, 42), "not deterministic");
+                assert_eq!(
+                    output,
+                    local_rewrite_indexed(index, input, 42),
+                    "not deterministic"
+                );
                 assert_invariants(input, &output);
                 assert_words_survive(input, &output);
-                assert_ne!(output, sanitize_text(input, STYLED_CHARS_MAX), "{} added no style", style.name);
+                assert_ne!(
+                    output,
+                    sanitize_text(input, STYLED_CHARS_MAX),
+                    "{} added no style",
+                    style.name
+                );
             }
-            let variants: std::collections::HashSet<String> =
-                (0..64).map(|seed| local_rewrite_indexed(index, "hi there", seed)).collect();
-            assert!(variants.len() >= 8, "{} has only {} variants", style.name, variants.len());
+            let variants: std::collections::HashSet<String> = (0..64)
+                .map(|seed| local_rewrite_indexed(index, "hi there", seed))
+                .collect();
+            assert!(
+                variants.len() >= 8,
+                "{} has only {} variants",
+                style.name,
+                variants.len()
+            );
         }
         let pirate = local_rewrite_indexed(1, "hi there", 7);
         let corporate = local_rewrite_indexed(3, "hi there", 7);
@@ -377,7 +503,10 @@ mod tests {
     fn long_messages_keep_the_words_and_the_limit() {
         let exactly = "x".repeat(STYLED_CHARS_MAX);
         let output = local_rewrite_indexed(0, &exactly, 1);
-        assert_eq!(output, exactly, "a full-length message leaves no room for style");
+        assert_eq!(
+            output, exactly,
+            "a full-length message leaves no room for style"
+        );
         let over = "word ".repeat(200);
         let output = local_rewrite_indexed(2, &over, 1);
         assert_invariants(&over, &output);
@@ -404,23 +533,30 @@ mod tests {
     #[test]
     fn randomized_inputs_hold_the_invariants() {
         const PALETTE: &[char] = &[
-            'a', 'b', 'Z', ' ', ' ', ' ', '\t', '\n', '\u{0}', '\u{7f}', '\u{85}', 'é', '\u{301}', '\u{200D}', '\u{FE0F}',
-            '👍', '🏽', '🔥', 'ש', 'ל', 'ع', '\u{202E}', '\u{2067}', '\u{FFFD}', '中', '\u{2028}', '"', '\\',
+            'a', 'b', 'Z', ' ', ' ', ' ', '\t', '\n', '\u{0}', '\u{7f}', '\u{85}', 'é', '\u{301}',
+            '\u{200D}', '\u{FE0F}', '👍', '🏽', '🔥', 'ש', 'ל', 'ع', '\u{202E}', '\u{2067}',
+            '\u{FFFD}', '中', '\u{2028}', '"', '\\',
         ];
         let seed = 0x5EED_u64;
         let mut rng = SplitMix64::new(seed);
         for case in 0..3_000 {
             let len = rng.below(700);
-            let input: String = (0..len).map(|_| PALETTE[rng.below(PALETTE.len())]).collect();
+            let input: String = (0..len)
+                .map(|_| PALETTE[rng.below(PALETTE.len())])
+                .collect();
             let style = rng.below(STYLES.len());
             let output = local_rewrite_indexed(style, &input, rng.next_u64());
             let check = std::panic::catch_unwind(|| {
                 assert_invariants(&input, &output);
-                if sanitize_text(&input, STYLED_CHARS_MAX).chars().count() < STYLED_CHARS_MAX - 100 {
+                if sanitize_text(&input, STYLED_CHARS_MAX).chars().count() < STYLED_CHARS_MAX - 100
+                {
                     assert_words_survive(&input, &output);
                 }
             });
-            assert!(check.is_ok(), "randomized case {case} failed (generator seed {seed:#x}): {input:?}");
+            assert!(
+                check.is_ok(),
+                "randomized case {case} failed (generator seed {seed:#x}): {input:?}"
+            );
         }
     }
 

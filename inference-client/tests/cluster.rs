@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use fake_server::{FakeServer, Mode, dead_url};
 use glommio::{LocalExecutorBuilder, Placement};
 use twitchy_inference::{
-    BatchMode, ClusterStylerFactory, FallbackReason, Styled, StyledBy, Styler, StylerConfig, StylerFactory,
+    BatchMode, ClusterStylerFactory, FallbackReason, Styled, StyledBy, Styler, StylerConfig,
+    StylerFactory,
 };
 
 /// Time a message may take beyond its deadline: timer wake-up and scheduling on a loaded two-core machine.
@@ -42,7 +43,11 @@ fn config(endpoints: Vec<String>) -> StylerConfig {
 }
 
 /// Styles every message concurrently on the current shard; returns each result with the time it took.
-async fn style_all(styler: &Rc<dyn Styler>, style: &str, messages: &[String]) -> Vec<(Styled, Duration)> {
+async fn style_all(
+    styler: &Rc<dyn Styler>,
+    style: &str,
+    messages: &[String],
+) -> Vec<(Styled, Duration)> {
     let tasks: Vec<_> = messages
         .iter()
         .enumerate()
@@ -60,13 +65,19 @@ async fn style_all(styler: &Rc<dyn Styler>, style: &str, messages: &[String]) ->
 }
 
 fn messages(prefix: &str, count: usize) -> Vec<String> {
-    (0..count).map(|index| format!("{prefix} message number {index}")).collect()
+    (0..count)
+        .map(|index| format!("{prefix} message number {index}"))
+        .collect()
 }
 
 fn assert_clean(styled: &Styled) {
     assert!(!styled.text.is_empty());
     assert!(styled.text.chars().count() <= twitchy_inference::STYLED_CHARS_MAX);
-    assert!(!styled.text.chars().any(char::is_control), "control character in {:?}", styled.text);
+    assert!(
+        !styled.text.chars().any(char::is_control),
+        "control character in {:?}",
+        styled.text
+    );
 }
 
 #[test]
@@ -89,7 +100,11 @@ fn batches_prompts_into_one_request() {
         assert_eq!(styled.text, format!("styled: {message}"));
     }
     assert!(second.iter().all(|(styled, _)| styled.by == StyledBy::Llm));
-    assert_eq!(server.batch_sizes(), vec![8, 3], "one full batch, then one after the wait");
+    assert_eq!(
+        server.batch_sizes(),
+        vec![8, 3],
+        "one full batch, then one after the wait"
+    );
 }
 
 #[test]
@@ -119,7 +134,10 @@ fn slow_endpoint_falls_back_at_the_deadline_and_late_completions_fill_the_cache(
     server.set_delay_ms(300);
     let url = server.url();
     let (results, cached, totals) = on_shard(move || async move {
-        let factory = ClusterStylerFactory::new(StylerConfig { deadline_ms: 100, ..config(vec![url]) });
+        let factory = ClusterStylerFactory::new(StylerConfig {
+            deadline_ms: 100,
+            ..config(vec![url])
+        });
         let styler = factory.local_styler(0);
         let results = style_all(&styler, "shakespeare", &messages("slow", 5)).await;
         // The completions arrive 200 ms after the deadline; they are discarded but remembered.
@@ -131,12 +149,24 @@ fn slow_endpoint_falls_back_at_the_deadline_and_late_completions_fill_the_cache(
         assert_eq!(styled.by, StyledBy::Local);
         assert_clean(styled);
         assert!(styled.text.contains("slow message number"));
-        assert!(*elapsed >= Duration::from_millis(95), "fell back before the deadline: {elapsed:?}");
-        assert!(*elapsed <= Duration::from_millis(100 + DEADLINE_SLACK_MS), "late fallback: {elapsed:?}");
+        assert!(
+            *elapsed >= Duration::from_millis(95),
+            "fell back before the deadline: {elapsed:?}"
+        );
+        assert!(
+            *elapsed <= Duration::from_millis(100 + DEADLINE_SLACK_MS),
+            "late fallback: {elapsed:?}"
+        );
     }
     assert_eq!(totals.fallback(FallbackReason::Deadline), 5);
     assert_eq!(totals.late_completions, 5);
-    assert_eq!(cached[0].0, Styled { text: "styled: slow message number 0".into(), by: StyledBy::Llm });
+    assert_eq!(
+        cached[0].0,
+        Styled {
+            text: "styled: slow message number 0".into(),
+            by: StyledBy::Llm
+        }
+    );
     assert_eq!(totals.cache_hits, 1);
     assert_eq!(server.prompts(), 5, "the cache hit cost no request");
 }
@@ -159,25 +189,36 @@ fn failing_endpoint_opens_the_breaker_and_recovers() {
             let styler = factory.local_styler(0);
             let mut reasons = Vec::new();
             for index in 0..2 {
-                let (styled, elapsed) = style_all(&styler, "brainrot", &messages(&format!("fail{index}"), 1))
-                    .await
-                    .remove(0);
+                let (styled, elapsed) =
+                    style_all(&styler, "brainrot", &messages(&format!("fail{index}"), 1))
+                        .await
+                        .remove(0);
                 assert_eq!(styled.by, StyledBy::Local);
-                assert!(elapsed < Duration::from_millis(400), "an error falls back at once, not at the deadline");
+                assert!(
+                    elapsed < Duration::from_millis(400),
+                    "an error falls back at once, not at the deadline"
+                );
             }
             reasons.push(factory.totals().fallback(FallbackReason::Error));
-            let (styled, _) = style_all(&styler, "brainrot", &messages("open", 1)).await.remove(0);
+            let (styled, _) = style_all(&styler, "brainrot", &messages("open", 1))
+                .await
+                .remove(0);
             assert_eq!(styled.by, StyledBy::Local);
             reasons.push(factory.totals().fallback(FallbackReason::Unavailable));
             let text = factory.metrics_text();
-            assert!(text.contains(",shard=\"0\"} 0\n"), "breaker open shows as unhealthy:\n{text}");
+            assert!(
+                text.contains(",shard=\"0\"} 0\n"),
+                "breaker open shows as unhealthy:\n{text}"
+            );
             // The endpoint comes back: probe, trial, closed.
             tx.send(()).expect("main thread listens");
             back_rx.recv().expect("main thread answers");
             let started = Instant::now();
             let mut recovered = false;
             while started.elapsed() < Duration::from_secs(5) {
-                let (styled, _) = style_all(&styler, "brainrot", &messages("back", 1)).await.remove(0);
+                let (styled, _) = style_all(&styler, "brainrot", &messages("back", 1))
+                    .await
+                    .remove(0);
                 if styled.by == StyledBy::Llm {
                     recovered = true;
                     break;
@@ -219,7 +260,13 @@ fn garbage_completions_fall_back_and_dirty_ones_are_cleaned() {
         assert_clean(styled);
     }
     assert_eq!(totals.fallback(FallbackReason::Garbage), 2);
-    assert_eq!(dirty[0].0, Styled { text: "[31m styled: dirty message number 0".into(), by: StyledBy::Llm });
+    assert_eq!(
+        dirty[0].0,
+        Styled {
+            text: "[31m styled: dirty message number 0".into(),
+            by: StyledBy::Llm
+        }
+    );
     assert_eq!(malformed[0].0.by, StyledBy::Local);
     assert_eq!(totals.fallback(FallbackReason::Error), 1);
 }
@@ -245,12 +292,21 @@ fn hung_endpoint_times_out_and_opens_the_breaker() {
     });
     for (styled, elapsed) in &first {
         assert_eq!(styled.by, StyledBy::Local);
-        assert!(*elapsed <= Duration::from_millis(100 + DEADLINE_SLACK_MS), "{elapsed:?}");
+        assert!(
+            *elapsed <= Duration::from_millis(100 + DEADLINE_SLACK_MS),
+            "{elapsed:?}"
+        );
     }
     let (styled, elapsed) = &after[0];
     assert_eq!(styled.by, StyledBy::Local);
-    assert!(*elapsed < Duration::from_millis(50), "an open breaker answers at once: {elapsed:?}");
-    assert!(text.contains("twitchy_styler_fallbacks_total{reason=\"unavailable\"} 1\n"), "{text}");
+    assert!(
+        *elapsed < Duration::from_millis(50),
+        "an open breaker answers at once: {elapsed:?}"
+    );
+    assert!(
+        text.contains("twitchy_styler_fallbacks_total{reason=\"unavailable\"} 1\n"),
+        "{text}"
+    );
     assert!(text.contains("kind=\"timeout\"} 1\n"), "{text}");
 }
 
@@ -275,8 +331,11 @@ fn cluster_prefers_the_fast_endpoint_and_skips_the_dead_one() {
         for round in 0..40 {
             for index in 0..4 {
                 let started = Instant::now();
-                let future = styler.style("brainrot", &format!("round {round} message {index}"), index);
-                tasks.push(glommio::spawn_local(async move { (future.await, started.elapsed()) }));
+                let future =
+                    styler.style("brainrot", &format!("round {round} message {index}"), index);
+                tasks.push(glommio::spawn_local(async move {
+                    (future.await, started.elapsed())
+                }));
             }
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
@@ -287,11 +346,24 @@ fn cluster_prefers_the_fast_endpoint_and_skips_the_dead_one() {
         (results, factory.totals(), factory.metrics_text())
     });
     assert_eq!(results.len(), 160);
-    assert!(results.iter().all(|(styled, _)| styled.by == StyledBy::Llm), "{totals:?}");
-    assert!(fast.prompts() > 2 * slow.prompts(), "fast {} slow {}", fast.prompts(), slow.prompts());
+    assert!(
+        results.iter().all(|(styled, _)| styled.by == StyledBy::Llm),
+        "{totals:?}"
+    );
+    assert!(
+        fast.prompts() > 2 * slow.prompts(),
+        "fast {} slow {}",
+        fast.prompts(),
+        slow.prompts()
+    );
     assert!(slow.prompts() > 0, "the slow endpoint still serves");
     assert_eq!(fast.prompts() + slow.prompts(), 160);
-    assert!(text.contains(&format!("twitchy_styler_endpoint_healthy{{endpoint=\"{dead}\",shard=\"0\"}} 0\n")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "twitchy_styler_endpoint_healthy{{endpoint=\"{dead}\",shard=\"0\"}} 0\n"
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -302,15 +374,21 @@ fn overload_sheds_to_local_and_keeps_latency_inside_the_deadline() {
     server.set_capacity(2_000);
     let url = server.url();
     let (results, totals) = on_shard(move || async move {
-        let factory = ClusterStylerFactory::new(StylerConfig { deadline_ms: 150, ..config(vec![url]) });
+        let factory = ClusterStylerFactory::new(StylerConfig {
+            deadline_ms: 150,
+            ..config(vec![url])
+        });
         let styler = factory.local_styler(0);
         // Offer about 5,000 messages per second for one second: ten times what the server finishes.
         let mut tasks = Vec::new();
         for burst in 0..100 {
             for index in 0..50 {
                 let started = Instant::now();
-                let future = styler.style("pirate", &format!("burst {burst} message {index}"), index);
-                tasks.push(glommio::spawn_local(async move { (future.await, started.elapsed()) }));
+                let future =
+                    styler.style("pirate", &format!("burst {burst} message {index}"), index);
+                tasks.push(glommio::spawn_local(async move {
+                    (future.await, started.elapsed())
+                }));
             }
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
@@ -321,10 +399,23 @@ fn overload_sheds_to_local_and_keeps_latency_inside_the_deadline() {
         (results, factory.totals())
     });
     assert_eq!(results.len(), 5_000);
-    let worst = results.iter().map(|(_, elapsed)| *elapsed).max().unwrap_or_default();
-    assert!(worst <= Duration::from_millis(150 + DEADLINE_SLACK_MS), "worst latency {worst:?}");
-    assert!(totals.fallback(FallbackReason::Overload) > 1_000, "{totals:?}");
-    assert!(totals.llm > 100, "the LLM kept working under overload: {totals:?}");
+    let worst = results
+        .iter()
+        .map(|(_, elapsed)| *elapsed)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        worst <= Duration::from_millis(150 + DEADLINE_SLACK_MS),
+        "worst latency {worst:?}"
+    );
+    assert!(
+        totals.fallback(FallbackReason::Overload) > 1_000,
+        "{totals:?}"
+    );
+    assert!(
+        totals.llm > 100,
+        "the LLM kept working under overload: {totals:?}"
+    );
     assert!(
         totals.fallback(FallbackReason::Deadline) < totals.llm,
         "admission keeps most admitted prompts inside the deadline: {totals:?}"
@@ -340,7 +431,10 @@ fn killed_endpoint_mid_run_still_delivers_inside_the_deadline() {
     let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
     let shard = std::thread::spawn(move || {
         on_shard(move || async move {
-            let factory = ClusterStylerFactory::new(StylerConfig { deadline_ms: 150, ..config(vec![url]) });
+            let factory = ClusterStylerFactory::new(StylerConfig {
+                deadline_ms: 150,
+                ..config(vec![url])
+            });
             let styler = factory.local_styler(0);
             let mut tasks = Vec::new();
             for round in 0..50 {
@@ -349,8 +443,14 @@ fn killed_endpoint_mid_run_still_delivers_inside_the_deadline() {
                 }
                 for index in 0..10 {
                     let started = Instant::now();
-                    let future = styler.style("shakespeare", &format!("round {round} message {index}"), index);
-                    tasks.push(glommio::spawn_local(async move { (future.await, started.elapsed()) }));
+                    let future = styler.style(
+                        "shakespeare",
+                        &format!("round {round} message {index}"),
+                        index,
+                    );
+                    tasks.push(glommio::spawn_local(async move {
+                        (future.await, started.elapsed())
+                    }));
                 }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
@@ -367,7 +467,10 @@ fn killed_endpoint_mid_run_still_delivers_inside_the_deadline() {
     assert_eq!(results.len(), 500);
     for (styled, elapsed) in &results {
         assert_clean(styled);
-        assert!(*elapsed <= Duration::from_millis(150 + DEADLINE_SLACK_MS), "{elapsed:?}");
+        assert!(
+            *elapsed <= Duration::from_millis(150 + DEADLINE_SLACK_MS),
+            "{elapsed:?}"
+        );
     }
     assert!(totals.llm > 0 && totals.local > 0, "{totals:?}");
     assert_eq!(totals.llm + totals.local, 500);
@@ -385,7 +488,13 @@ fn unknown_style_empty_and_oversized_messages_stay_local() {
         let long = styler.style("pirate", &"long words ".repeat(40), 1).await;
         (unknown, empty, long, factory.totals())
     });
-    assert_eq!(unknown, Styled { text: "hi there".into(), by: StyledBy::Local });
+    assert_eq!(
+        unknown,
+        Styled {
+            text: "hi there".into(),
+            by: StyledBy::Local
+        }
+    );
     assert_eq!(empty.by, StyledBy::Local);
     assert_clean(&empty);
     assert_eq!(long.by, StyledBy::Local);
@@ -401,9 +510,15 @@ fn dropping_the_styler_resolves_queued_messages_locally() {
     let server = FakeServer::start();
     let url = server.url();
     let results = on_shard(move || async move {
-        let factory = ClusterStylerFactory::new(StylerConfig { batch_wait_us_max: 400_000, ..config(vec![url]) });
+        let factory = ClusterStylerFactory::new(StylerConfig {
+            batch_wait_us_max: 400_000,
+            ..config(vec![url])
+        });
         let styler = factory.local_styler(0);
-        let futures: Vec<_> = messages("queued", 3).iter().map(|message| styler.style("pirate", message, 1)).collect();
+        let futures: Vec<_> = messages("queued", 3)
+            .iter()
+            .map(|message| styler.style("pirate", message, 1))
+            .collect();
         drop(styler);
         let mut results = Vec::new();
         for future in futures {
@@ -430,12 +545,21 @@ fn local_only_factory_styles_locally_and_reports_metrics() {
                 let styled = styler.style("brainrot", "hi there", seed).await;
                 assert_eq!(styled.by, StyledBy::Local);
                 assert!(styled.text.contains("hi there"));
-                assert_eq!(styled.text, twitchy_inference::local_rewrite("brainrot", "hi there", seed));
+                assert_eq!(
+                    styled.text,
+                    twitchy_inference::local_rewrite("brainrot", "hi there", seed)
+                );
             }
             factory.metrics_text()
         }
     });
-    assert!(text.contains("twitchy_styler_requests_total{by=\"local\"} 5\n"), "{text}");
-    assert!(text.contains("twitchy_styler_fallbacks_total{reason=\"disabled\"} 5\n"), "{text}");
+    assert!(
+        text.contains("twitchy_styler_requests_total{by=\"local\"} 5\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("twitchy_styler_fallbacks_total{reason=\"disabled\"} 5\n"),
+        "{text}"
+    );
     assert!(text.contains("twitchy_styler_llm_share 0\n"), "{text}");
 }

@@ -57,8 +57,8 @@ impl Scenario {
             viewers_per_room: 20,
             slow_viewers_per_room: 0,
             rate_msgs_per_s: 417.0,
-            duration_ms: if quick { 4_000 } else { 20_000 },
-            drain_ms_max: 3_000,
+            duration_ms: if quick { 3_000 } else { 20_000 },
+            drain_ms_max: if quick { 1_500 } else { 3_000 },
             message_bytes: 60,
             connect_concurrency: 64,
             connect_timeout_ms: 10_000,
@@ -74,7 +74,7 @@ impl Scenario {
                 senders_per_room: 10,
                 viewers_per_room: 2,
                 rate_msgs_per_s: 41_667.0,
-                duration_ms: if quick { 2_000 } else { 10_000 },
+                duration_ms: if quick { 1_500 } else { 10_000 },
                 ..base
             },
             // One room, thousands of viewers: measures deliveries/s.
@@ -83,7 +83,7 @@ impl Scenario {
                 senders_per_room: 2,
                 viewers_per_room: if quick { 500 } else { 2_000 },
                 rate_msgs_per_s: 20.0,
-                duration_ms: if quick { 3_000 } else { 15_000 },
+                duration_ms: if quick { 2_000 } else { 15_000 },
                 ..base
             },
             "many-rooms" => Scenario {
@@ -91,7 +91,7 @@ impl Scenario {
                 senders_per_room: 1,
                 viewers_per_room: 5,
                 rate_msgs_per_s: if quick { 100.0 } else { 400.0 },
-                duration_ms: if quick { 3_000 } else { 15_000 },
+                duration_ms: if quick { 2_000 } else { 15_000 },
                 ..base
             },
             // Every viewer connects at the same moment, then light traffic.
@@ -99,7 +99,7 @@ impl Scenario {
                 senders_per_room: 1,
                 viewers_per_room: if quick { 300 } else { 1_000 },
                 rate_msgs_per_s: 30.0,
-                duration_ms: if quick { 2_000 } else { 10_000 },
+                duration_ms: if quick { 1_500 } else { 10_000 },
                 connect_concurrency: 0,
                 connect_timeout_ms: 30_000,
                 ..base

@@ -502,3 +502,85 @@ fn run_reader(store: &dyn Store, rx: flume::Receiver<ReadRequest>, shared: &Shar
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(messages: usize, bytes: usize, wait_us: u64) -> CoalescerConfig {
+        CoalescerConfig {
+            batch_messages_max: messages,
+            batch_bytes_max: bytes,
+            batch_wait_us_max: wait_us,
+            ..CoalescerConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_window_opens_at_the_first_message_and_does_not_slide() {
+        let t0 = Instant::now();
+        let mut g = Gather::new(&config(100, 1 << 20, 500));
+        assert_eq!(g.deadline(), None);
+        assert!(!g.is_due(t0 + Duration::from_secs(10)), "an empty batch is never due");
+        g.push(100, t0);
+        assert_eq!(g.deadline(), Some(t0 + Duration::from_micros(500)));
+        g.push(100, t0 + Duration::from_micros(400));
+        assert_eq!(g.deadline(), Some(t0 + Duration::from_micros(500)), "later messages do not extend it");
+        assert!(!g.is_due(t0 + Duration::from_micros(499)));
+        assert!(g.is_due(t0 + Duration::from_micros(500)));
+        assert!(!g.is_full());
+        g.reset();
+        assert_eq!(g.deadline(), None);
+        g.push(1, t0 + Duration::from_secs(1));
+        assert_eq!(g.deadline(), Some(t0 + Duration::from_secs(1) + Duration::from_micros(500)));
+    }
+
+    #[test]
+    fn size_limits_close_a_batch() {
+        let now = Instant::now();
+        let mut by_count = Gather::new(&config(3, 1 << 20, 500));
+        for i in 0..3 {
+            assert!(!by_count.is_full(), "{i}");
+            by_count.push(10, now);
+        }
+        assert!(by_count.is_full());
+
+        let mut by_bytes = Gather::new(&config(100, 1000, 500));
+        by_bytes.push(600, now);
+        assert!(!by_bytes.is_full());
+        by_bytes.push(400, now);
+        assert!(by_bytes.is_full());
+
+        // One message larger than the byte limit is a batch on its own.
+        let mut huge = Gather::new(&config(100, 1000, 500));
+        huge.push(5000, now);
+        assert!(huge.is_full());
+
+        // Zero limits are treated as one, so the writer always makes progress.
+        let mut zero = Gather::new(&config(0, 0, 0));
+        zero.push(1, now);
+        assert!(zero.is_full());
+        assert!(zero.is_due(now));
+    }
+
+    #[test]
+    fn record_size_estimate_counts_every_string() {
+        let mut r = MessageRecord {
+            id: MessageId(1),
+            room: "r".into(),
+            user_id: 1,
+            login: String::new(),
+            display_name: String::new(),
+            color: String::new(),
+            badges: String::new(),
+            text: String::new(),
+            original: String::new(),
+            styled_by: String::new(),
+        };
+        let base = record_bytes(&r);
+        r.text = "x".repeat(100);
+        r.original = "y".repeat(50);
+        r.badges = "b".repeat(7);
+        assert_eq!(record_bytes(&r), base + 157);
+    }
+}

@@ -119,12 +119,10 @@ impl<'a> Message<'a> {
 
     /// Iterates over the raw `(key, value)` pairs of the tag section; a key without `=` has an
     /// empty value.
-    pub fn raw_tags(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
-        self.tags
-            .unwrap_or("")
-            .split(';')
-            .filter(|item| !item.is_empty())
-            .map(|item| item.split_once('=').unwrap_or((item, "")))
+    pub fn raw_tags(&self) -> RawTags<'a> {
+        RawTags {
+            rest: self.tags.unwrap_or(""),
+        }
     }
 
     /// The unescaped value of tag `key`; the last occurrence wins, as IRCv3 asks.
@@ -144,24 +142,56 @@ impl<'a> Message<'a> {
 /// Whether `bytes` holds NUL, CR or LF. Written as a fold without early exit so the compiler
 /// can vectorize it; lines are short, so scanning to the end costs less than branching per byte.
 fn has_line_breaking_byte(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .fold(false, |found, &b| found | (b == b'\0') | (b == b'\r') | (b == b'\n'))
+    bytes.iter().fold(false, |found, &b| {
+        found | (b == b'\0') | (b == b'\r') | (b == b'\n')
+    })
 }
 
-fn validate_tags(raw_tags: &str) -> Result<(), ParseError> {
-    for item in raw_tags.split(';') {
-        // An empty item (`a=1;;b=2` or a trailing `;`) carries nothing; tolerate it like most
-        // servers do.
-        if item.is_empty() {
-            continue;
-        }
-        let (key, value) = item.split_once('=').unwrap_or((item, ""));
-        if !is_valid_tag_key(key) || !is_valid_raw_tag_value(value) {
-            return Err(ParseError::MalformedTags);
+/// Iterator over the `(key, raw value)` pairs of a tag section, skipping empty items.
+///
+/// It works on bytes: `;` and `=` are ASCII, so every split falls on a character boundary.
+#[derive(Debug, Clone)]
+pub struct RawTags<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for RawTags<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.rest.is_empty() {
+                return None;
+            }
+            let bytes = self.rest.as_bytes();
+            let end = bytes.iter().position(|&b| b == b';').unwrap_or(bytes.len());
+            let item = &self.rest[..end];
+            self.rest = self.rest.get(end + 1..).unwrap_or("");
+            // An empty item (`a=1;;b=2` or a trailing `;`) carries nothing; tolerate it like
+            // most servers do.
+            if item.is_empty() {
+                continue;
+            }
+            return Some(match item.as_bytes().iter().position(|&b| b == b'=') {
+                Some(equals) => (&item[..equals], &item[equals + 1..]),
+                None => (item, ""),
+            });
         }
     }
-    Ok(())
+}
+
+/// Checks every key. Values need no check here: the tag section ends at the first space,
+/// items end at `;`, and `parse` has already refused NUL, CR and LF anywhere in the line.
+fn validate_tags(raw_tags: &str) -> Result<(), ParseError> {
+    let all_keys_valid = RawTags { rest: raw_tags }.all(|(key, value)| {
+        debug_assert!(is_valid_raw_tag_value(value));
+        is_valid_tag_key(key)
+    });
+    if all_keys_valid {
+        Ok(())
+    } else {
+        Err(ParseError::MalformedTags)
+    }
 }
 
 /// Appends `text` with every byte in `forbidden` replaced by `replacement`, so that no caller

@@ -84,7 +84,14 @@ impl LineBuffer {
                     self.start = self.buffer.len();
                     return None;
                 }
-                if self.buffer.len() - self.start > self.line_bytes_max {
+                // A line of exactly `line_bytes_max` bytes may be waiting for the `\n` of its
+                // `\r\n`, so a pending `\r` does not count against the limit.
+                let pending = &self.buffer[self.start..];
+                let pending_bytes_max = match pending.last() {
+                    Some(b'\r') => self.line_bytes_max + 1,
+                    _ => self.line_bytes_max,
+                };
+                if pending.len() > pending_bytes_max {
                     self.start = self.buffer.len();
                     self.skipping = true;
                     return Some(Err(LineError::TooLong));
@@ -181,6 +188,19 @@ mod tests {
         assert_eq!(buffer.buffered_bytes(), 0);
         buffer.push(b"xyz\r\nPING\r\n");
         assert_eq!(drain(&mut buffer), vec![Ok("PING".to_owned())]);
+    }
+
+    #[test]
+    fn line_at_the_limit_split_inside_its_terminator() {
+        let mut buffer = LineBuffer::new(4);
+        buffer.push(b"1234\r");
+        assert_eq!(buffer.next_line(), None);
+        buffer.push(b"\n");
+        assert_eq!(buffer.next_line(), Some(Ok("1234".to_owned())));
+        buffer.push(b"1234");
+        assert_eq!(buffer.next_line(), None);
+        buffer.push(b"5");
+        assert_eq!(buffer.next_line(), Some(Err(LineError::TooLong)));
     }
 
     #[test]

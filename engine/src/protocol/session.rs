@@ -123,6 +123,27 @@ enum Registration {
     Closed,
 }
 
+/// The one capability granted beyond Twitch's three.
+pub const ECHO_MESSAGE_CAP: &str = "echo-message";
+
+/// What a PRIVMSG's text is, after Twitch's chat-command conventions.
+#[derive(Debug, PartialEq, Eq)]
+enum ChatText<'a> {
+    /// Text to send. `". text"` and `"/ text"` are Twitch's way to send text that could look like a command
+    /// (client libraries such as twitch-irc prefix every message with `". "`): the prefix is removed.
+    Plain(&'a str),
+    /// `/word` or `.word`: a chat command, none of which this server runs.
+    Command(&'a str),
+}
+
+fn chat_command(text: &str) -> ChatText<'_> {
+    match text.as_bytes() {
+        [b'.' | b'/', b' ', ..] => ChatText::Plain(&text[2..]),
+        [b'.' | b'/', c, ..] if c.is_ascii_alphabetic() => ChatText::Command(text.split(' ').next().unwrap_or(text)),
+        _ => ChatText::Plain(text),
+    }
+}
+
 /// Whether `name` is a valid room (channel) name: 1 to [`ROOM_NAME_BYTES_MAX`] bytes of
 /// lowercase ASCII letters, digits and `_`, which is Twitch's rule for logins.
 pub fn is_valid_room_name(name: &str) -> bool {
@@ -179,6 +200,9 @@ pub struct Session {
     caps_tags: bool,
     caps_commands: bool,
     caps_membership: bool,
+    /// IRCv3 `echo-message`: the client wants its own PRIVMSGs delivered back. Not advertised in `CAP LS` (whose
+    /// reply is Twitch's exact list) but granted on request, e.g. to the web client.
+    caps_echo: bool,
     /// True between `CAP LS` and `CAP END` before registration.
     cap_negotiating: bool,
     pass: Option<String>,
@@ -202,6 +226,7 @@ impl Session {
             caps_tags: false,
             caps_commands: false,
             caps_membership: false,
+            caps_echo: false,
             cap_negotiating: false,
             pass: None,
             nick: None,
@@ -252,6 +277,11 @@ impl Session {
 
     pub fn wants_membership(&self) -> bool {
         self.caps_membership
+    }
+
+    /// Whether the client asked for its own messages back (IRCv3 `echo-message`).
+    pub fn wants_echo(&self) -> bool {
+        self.caps_echo
     }
 
     /// Rooms whose JOIN the engine confirmed and that were not parted since.
@@ -421,7 +451,10 @@ impl Session {
             twitch::encode_cap("LS", &CAPABILITIES.join(" "), server, reply(out));
         } else if subcommand.eq_ignore_ascii_case("REQ") {
             let requested = message.param(1).unwrap_or("");
-            let known = |cap: &str| CAPABILITIES.contains(&cap.strip_prefix('-').unwrap_or(cap));
+            let known = |cap: &str| {
+                let name = cap.strip_prefix('-').unwrap_or(cap);
+                CAPABILITIES.contains(&name) || name == ECHO_MESSAGE_CAP
+            };
             let mut caps = requested.split_ascii_whitespace().peekable();
             // IRCv3 makes a request atomic: one unknown capability rejects all of it.
             if caps.peek().is_none() || !requested.split_ascii_whitespace().all(known) {
@@ -436,6 +469,7 @@ impl Session {
                 match name {
                     "twitch.tv/tags" => self.caps_tags = enable,
                     "twitch.tv/commands" => self.caps_commands = enable,
+                    ECHO_MESSAGE_CAP => self.caps_echo = enable,
                     _ => self.caps_membership = enable,
                 }
             }
@@ -448,9 +482,9 @@ impl Session {
                 }
             }
         } else if subcommand.eq_ignore_ascii_case("LIST") {
-            let enabled: Vec<&str> = [self.caps_tags, self.caps_commands, self.caps_membership]
+            let enabled: Vec<&str> = [self.caps_tags, self.caps_commands, self.caps_membership, self.caps_echo]
                 .into_iter()
-                .zip(CAPABILITIES)
+                .zip(CAPABILITIES.into_iter().chain([ECHO_MESSAGE_CAP]))
                 .filter_map(|(on, cap)| on.then_some(cap))
                 .collect();
             twitch::encode_cap("LIST", &enabled.join(" "), server, reply(out));
@@ -719,6 +753,14 @@ impl Session {
             );
             return;
         }
+        let text = match chat_command(text) {
+            ChatText::Plain(text) => text,
+            ChatText::Command(command) => {
+                let text = format!("Unrecognized command: {command}");
+                self.notice(notice_room, msg_id::UNRECOGNIZED_CMD, &text, out);
+                return;
+            }
+        };
         if text.is_empty() {
             self.numeric("412", &[], "No text to send", out);
             return;
@@ -1510,7 +1552,9 @@ mod tests {
         joining.sort_unstable();
         assert_eq!(joining, ["a", "b"]);
         let mut out = Vec::new();
-        harness.session.joined("a", &RoomState { room_id: 1 }, &mut out);
+        harness
+            .session
+            .joined("a", &RoomState { room_id: 1 }, &mut out);
         assert_eq!(harness.session.joining_rooms().collect::<Vec<_>>(), ["b"]);
         assert_eq!(harness.session.joined_rooms().collect::<Vec<_>>(), ["a"]);
     }
@@ -1519,7 +1563,11 @@ mod tests {
     fn ack_follows_capabilities() {
         let mut out = Vec::new();
         let harness = Harness::registered("twitch.tv/tags twitch.tv/commands");
-        assert!(harness.session.encode_ack("room", "m-1", Some("n-1"), &mut out));
+        assert!(
+            harness
+                .session
+                .encode_ack("room", "m-1", Some("n-1"), &mut out)
+        );
         assert_eq!(
             text(&out),
             "@badge-info=;badges=moderator/1;color=#FF0000;display-name=Ronni;emote-sets=0;mod=1;\
@@ -1554,5 +1602,39 @@ mod tests {
         ] {
             assert!(!is_valid_room_name(name), "{name:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod chat_command_tests {
+    use super::*;
+
+    #[test]
+    fn twitch_command_prefixes() {
+        let cases = [
+            (". hello", ChatText::Plain("hello")),
+            ("/ hello", ChatText::Plain("hello")),
+            ("/ban someone", ChatText::Command("/ban")),
+            (".color red", ChatText::Command(".color")),
+            ("...", ChatText::Plain("...")),
+            ("./", ChatText::Plain("./")),
+            ("/", ChatText::Plain("/")),
+            ("hello", ChatText::Plain("hello")),
+            ("/é", ChatText::Plain("/é")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(chat_command(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn echo_message_is_granted_on_request() {
+        let mut session = Session::new(Rc::new(SessionConfig::default()));
+        let mut out = Vec::new();
+        session.handle_line("CAP REQ :echo-message", 0, &mut out);
+        assert!(session.wants_echo());
+        assert!(matches!(&out[0], Action::Reply(bytes) if bytes.ends_with(b"ACK :echo-message\r\n")));
+        session.handle_line("CAP REQ :-echo-message", 0, &mut out);
+        assert!(!session.wants_echo());
     }
 }

@@ -24,6 +24,8 @@ pub const CAPABILITIES: [&str; 3] = [
 /// they do on Twitch. Where Twitch has none (usually because Twitch drops the line silently), the
 /// id is new but follows Twitch's `msg_` naming, and the doc comment says so.
 pub mod msg_id {
+    /// Twitch's id for a chat command the server does not run (`/ban`, `.color`, ...).
+    pub const UNRECOGNIZED_CMD: &str = "unrecognized_cmd";
     /// Twitch's id: the sender exceeded the per-user message rate.
     pub const RATELIMIT: &str = "msg_ratelimit";
     /// Twitch's id for a JOIN or PRIVMSG to a channel that does not exist (or is suspended).

@@ -73,7 +73,13 @@ impl FrontProxy {
                 }
             })
         };
-        FrontProxy { addr, backend, stopping, connections, accept_thread: Some(accept_thread) }
+        FrontProxy {
+            addr,
+            backend,
+            stopping,
+            connections,
+            accept_thread: Some(accept_thread),
+        }
     }
 
     /// Points new connections at `backend` (existing ones stay where they are).
@@ -92,7 +98,12 @@ impl Drop for FrontProxy {
         self.stopping.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
-        for stream in self.connections.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for stream in self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             let _ = stream.shutdown(Shutdown::Both);
         }
         if let Some(thread) = self.accept_thread.take() {
@@ -104,7 +115,10 @@ impl Drop for FrontProxy {
 /// Copies bytes both ways; when either side ends, both sockets are shut down so the other side
 /// sees the close too.
 fn pipe(client: TcpStream, server: TcpStream) {
-    let pairs = [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
+    let pairs = [
+        (client.try_clone(), server.try_clone()),
+        (server.try_clone(), client.try_clone()),
+    ];
     for (from, to) in pairs {
         let (Ok(mut from), Ok(mut to)) = (from, to) else {
             let _ = client.shutdown(Shutdown::Both);
@@ -121,7 +135,11 @@ fn pipe(client: TcpStream, server: TcpStream) {
 
 /// Sends `POST path` with a JSON body and returns the status code and the JSON body (Null when
 /// the body is empty or not JSON).
-pub fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
     request_json(addr, "POST", path, Some(body))
 }
 
@@ -137,8 +155,11 @@ fn request_json(
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to server");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -146,8 +167,14 @@ fn request_json(
     );
     stream.write_all(request.as_bytes()).expect("send request");
     let mut response = Vec::new();
-    stream.take(HTTP_RESPONSE_BYTES_MAX as u64).read_to_end(&mut response).expect("read response");
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("end of response headers");
+    stream
+        .take(HTTP_RESPONSE_BYTES_MAX as u64)
+        .read_to_end(&mut response)
+        .expect("read response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of response headers");
     let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
     let status: u16 = head
         .split_whitespace()
@@ -158,16 +185,20 @@ fn request_json(
     if head.contains("transfer-encoding: chunked") {
         payload = dechunk(&payload);
     }
-    (status, serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 fn dechunk(mut input: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&input[..line_end]);
         let size_hex = size_text.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else { break };
+        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
+            break;
+        };
         input = &input[line_end + 2..];
         if size == 0 || input.len() < size {
             break;
@@ -180,8 +211,14 @@ fn dechunk(mut input: &[u8]) -> Vec<u8> {
 
 /// Registers an account over the HTTP API and returns its token.
 pub fn register(addr: SocketAddr, username: &str, password: &str) -> String {
-    let (status, body) =
-        post_json(addr, "/api/register", &serde_json::json!({ "username": username, "password": password }));
+    let (status, body) = post_json(
+        addr,
+        "/api/register",
+        &serde_json::json!({ "username": username, "password": password }),
+    );
     assert_eq!(status, 201, "register {username}: {body}");
-    body["token"].as_str().unwrap_or_else(|| panic!("no token in {body}")).to_owned()
+    body["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {body}"))
+        .to_owned()
 }

@@ -54,7 +54,12 @@ impl IrcLine {
             params.push(param.to_owned());
             rest = after;
         }
-        (!command.is_empty()).then(|| IrcLine { tags, prefix, command: command.to_ascii_uppercase(), params })
+        (!command.is_empty()).then(|| IrcLine {
+            tags,
+            prefix,
+            command: command.to_ascii_uppercase(),
+            params,
+        })
     }
 
     pub fn tag(&self, key: &str) -> Option<&str> {
@@ -94,12 +99,23 @@ impl IrcClient {
     /// Connects to `ws://<http>/` with the `irc` subprotocol and logs in: with `PASS oauth:<token>`
     /// when `auth` is given, else as an anonymous `justinfan`.
     pub fn connect(http: SocketAddr, auth: Option<(&str, &str)>) -> IrcClient {
-        let stream = TcpStream::connect_timeout(&http, Duration::from_secs(5)).expect("connect websocket");
-        stream.set_read_timeout(Some(Duration::from_millis(READ_POLL_MS))).expect("read timeout");
-        let mut request = format!("ws://{http}/").into_client_request().expect("request");
-        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("irc"));
+        let stream =
+            TcpStream::connect_timeout(&http, Duration::from_secs(5)).expect("connect websocket");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(READ_POLL_MS)))
+            .expect("read timeout");
+        let mut request = format!("ws://{http}/")
+            .into_client_request()
+            .expect("request");
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("irc"));
         let (ws, _response) = tungstenite::client(request, stream).expect("websocket handshake");
-        let mut client = IrcClient { ws, nonce_counter: 0, backlog: Vec::new() };
+        let mut client = IrcClient {
+            ws,
+            nonce_counter: 0,
+            backlog: Vec::new(),
+        };
         client.send("CAP REQ :twitch.tv/tags twitch.tv/commands twitch.tv/membership");
         match auth {
             Some((user, token)) => {
@@ -108,19 +124,24 @@ impl IrcClient {
             }
             None => client.send("NICK justinfan48213"),
         }
-        client.expect(Duration::from_secs(10), "welcome 001", |l| l.command == "001");
+        client.expect(Duration::from_secs(10), "welcome 001", |l| {
+            l.command == "001"
+        });
         client
     }
 
     pub fn send(&mut self, line: &str) {
-        self.ws.send(Message::text(format!("{line}\r\n"))).expect("websocket send");
+        self.ws
+            .send(Message::text(format!("{line}\r\n")))
+            .expect("websocket send");
     }
 
     /// Joins `room` and waits for the ROOMSTATE that confirms it.
     pub fn join(&mut self, room: &str) {
         self.send(&format!("JOIN #{room}"));
         self.expect(Duration::from_secs(10), "ROOMSTATE after JOIN", |l| {
-            l.command == "ROOMSTATE" && l.params.first().map(String::as_str) == Some(&format!("#{room}"))
+            l.command == "ROOMSTATE"
+                && l.params.first().map(String::as_str) == Some(&format!("#{room}"))
         });
     }
 
@@ -146,11 +167,18 @@ impl IrcClient {
             }
             l.command == "USERSTATE" && l.tag("client-nonce") == Some(nonce)
         });
-        ack.tag("id").expect("acknowledgement carries id").to_owned()
+        ack.tag("id")
+            .expect("acknowledgement carries id")
+            .to_owned()
     }
 
     /// Reads lines until one matches `pred` (answering PINGs), or panics after `timeout`.
-    pub fn expect(&mut self, timeout: Duration, what: &str, mut pred: impl FnMut(&IrcLine) -> bool) -> IrcLine {
+    pub fn expect(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(&IrcLine) -> bool,
+    ) -> IrcLine {
         if let Some(found) = self.backlog.iter().position(&mut pred) {
             return self.backlog.remove(found);
         }
@@ -163,7 +191,10 @@ impl IrcClient {
                 self.backlog.push(line);
             }
         }
-        panic!("timed out after {timeout:?} waiting for {what}; received: {:#?}", self.backlog);
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; received: {:#?}",
+            self.backlog
+        );
     }
 
     /// Reads whatever arrives within one poll interval.
@@ -172,7 +203,9 @@ impl IrcClient {
         match self.ws.read() {
             Ok(Message::Text(text)) => {
                 for raw in text.as_str().split("\r\n").filter(|l| !l.is_empty()) {
-                    let Some(line) = IrcLine::parse(raw) else { continue };
+                    let Some(line) = IrcLine::parse(raw) else {
+                        continue;
+                    };
                     if line.command == "PING" {
                         let arg = line.params.last().cloned().unwrap_or_default();
                         self.send(&format!("PONG :{arg}"));
@@ -182,7 +215,10 @@ impl IrcClient {
             }
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => panic!("websocket read failed: {e}"),
         }
         // Keep the backlog bounded: only recent lines matter to the tests.

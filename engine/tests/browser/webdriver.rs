@@ -16,23 +16,36 @@ const DRIVER_START_TIMEOUT_MS: u64 = 20_000;
 /// Interval between two checks of a waited-for condition in the page.
 const POLL_INTERVAL_MS: u64 = 100;
 
-const CHROMIUM_CANDIDATES: &[&str] = &["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"];
+const CHROMIUM_CANDIDATES: &[&str] = &[
+    "/usr/bin/chromium",
+    "/usr/bin/chromium-browser",
+    "/usr/bin/google-chrome",
+];
 const DRIVER_CANDIDATES: &[&str] = &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"];
 
 fn find_executable(env_key: &str, candidates: &[&str], name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env_key) {
         return Some(PathBuf::from(path));
     }
-    candidates.iter().map(PathBuf::from).find(|p| p.is_file()).or_else(|| {
-        let paths = std::env::var_os("PATH")?;
-        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file())
-    })
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| {
+            let paths = std::env::var_os("PATH")?;
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+        })
 }
 
 /// Where screenshots and failure dumps go: `target/browser-artifacts/`.
 pub fn artifacts_dir() -> PathBuf {
     let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = target_tmp.parent().unwrap_or(target_tmp).join("browser-artifacts");
+    let dir = target_tmp
+        .parent()
+        .unwrap_or(target_tmp)
+        .join("browser-artifacts");
     std::fs::create_dir_all(&dir).expect("create artifacts dir");
     dir
 }
@@ -86,7 +99,9 @@ impl Browser {
             .stderr(Stdio::null())
             // Its own process group, so the browser it starts can be killed with it.
             .process_group(0);
-        let child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", driver.display()));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", driver.display()));
         let driver_process = DriverProcess { child };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let started = Instant::now();
@@ -115,18 +130,29 @@ impl Browser {
         ];
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
-        capabilities.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": chromium, "args": args }),
+        );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client = ClientBuilder::new(connector)
             .capabilities(capabilities)
             .connect(&format!("http://{addr}"))
             .await
             .unwrap_or_else(|e| panic!("start a Chromium session through chromedriver: {e}"));
-        Browser { client, name: name.to_owned(), _driver: driver_process, _profile: profile }
+        Browser {
+            client,
+            name: name.to_owned(),
+            _driver: driver_process,
+            _profile: profile,
+        }
     }
 
     pub async fn goto(&self, url: &str) {
-        self.client.goto(url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page and returns its value.
@@ -138,7 +164,13 @@ impl Browser {
     }
 
     /// Polls `script` until it returns something truthy (not null/false/0/""), and returns that.
-    pub async fn wait_js(&self, what: &str, timeout: Duration, script: &str, args: Vec<Value>) -> Value {
+    pub async fn wait_js(
+        &self,
+        what: &str,
+        timeout: Duration,
+        script: &str,
+        args: Vec<Value>,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let value = self.js(script, args.clone()).await;
@@ -153,7 +185,10 @@ impl Browser {
                 return value;
             }
             if Instant::now() > deadline {
-                self.fail::<()>(&format!("timed out after {timeout:?} waiting for: {what} (last value {value})")).await;
+                self.fail::<()>(&format!(
+                    "timed out after {timeout:?} waiting for: {what} (last value {value})"
+                ))
+                .await;
             }
             tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
         }
@@ -188,7 +223,8 @@ impl Browser {
             Err(e) => self.fail(&format!("active element: {e}")).await,
         };
         if let Err(e) = element.send_keys(keys).await {
-            self.fail::<()>(&format!("type into the focused element: {e}")).await;
+            self.fail::<()>(&format!("type into the focused element: {e}"))
+                .await;
         }
     }
 
@@ -211,7 +247,10 @@ impl Browser {
         };
         let page_text = self
             .client
-            .execute("return document.body ? document.body.innerText : ''", vec![])
+            .execute(
+                "return document.body ? document.body.innerText : ''",
+                vec![],
+            )
             .await
             .map(|v| v.as_str().unwrap_or_default().to_owned())
             .unwrap_or_default();
@@ -219,12 +258,20 @@ impl Browser {
             let lines: Vec<&str> = page_text.lines().collect();
             lines[lines.len().saturating_sub(60)..].join("\n")
         };
-        panic!("[{}] {message}\nscreenshot: {shot:?}\npage text (tail):\n{tail}", self.name);
+        panic!(
+            "[{}] {message}\nscreenshot: {shot:?}\npage text (tail):\n{tail}",
+            self.name
+        );
     }
 
     /// Ends the session; Chromium exits, then chromedriver is killed on drop.
     pub async fn close(self) {
-        let Browser { client, _driver, _profile, .. } = self;
+        let Browser {
+            client,
+            _driver,
+            _profile,
+            ..
+        } = self;
         let _ = client.close().await;
         drop(_driver);
         drop(_profile);

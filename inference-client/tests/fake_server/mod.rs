@@ -56,7 +56,9 @@ pub struct FakeServer {
 impl FakeServer {
     pub fn start() -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
         shared.health_ok.store(true, Ordering::SeqCst);
@@ -78,7 +80,11 @@ impl FakeServer {
             }
             // The listener drops here: new connections are refused, like a dead process's port.
         });
-        FakeServer { addr, shared, acceptor: Some(acceptor) }
+        FakeServer {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -96,7 +102,9 @@ impl FakeServer {
     /// Serves one request at a time, each taking `delay_ms` plus `per_prompt_us` per prompt: a server with a
     /// capacity of about `1e6 / per_prompt_us` prompts per second for large batches.
     pub fn set_capacity(&self, per_prompt_us: u64) {
-        self.shared.per_prompt_us.store(per_prompt_us, Ordering::SeqCst);
+        self.shared
+            .per_prompt_us
+            .store(per_prompt_us, Ordering::SeqCst);
         self.shared.serial.store(true, Ordering::SeqCst);
     }
 
@@ -182,7 +190,11 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         }
         let (status, response) = if request_line.starts_with("GET /health") {
             shared.health_requests.fetch_add(1, Ordering::SeqCst);
-            if shared.health_ok.load(Ordering::SeqCst) { (200, String::new()) } else { (503, String::new()) }
+            if shared.health_ok.load(Ordering::SeqCst) {
+                (200, String::new())
+            } else {
+                (503, String::new())
+            }
         } else if request_line.starts_with("POST /v1/completions") {
             match complete(&body, &shared) {
                 Some(answer) => answer,
@@ -205,7 +217,9 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             response.len()
         );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(response.as_bytes()).is_err() {
+        if writer.write_all(head.as_bytes()).is_err()
+            || writer.write_all(response.as_bytes()).is_err()
+        {
             return;
         }
     }
@@ -214,12 +228,17 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
 fn complete(body: &[u8], shared: &Shared) -> Option<(u16, String)> {
     let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let prompts: Vec<String> = match &request["prompt"] {
-        serde_json::Value::Array(items) => items.iter().map(|item| item.as_str().unwrap_or("").to_owned()).collect(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().unwrap_or("").to_owned())
+            .collect(),
         serde_json::Value::String(prompt) => vec![prompt.clone()],
         _ => Vec::new(),
     };
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    shared.prompts.fetch_add(prompts.len() as u64, Ordering::SeqCst);
+    shared
+        .prompts
+        .fetch_add(prompts.len() as u64, Ordering::SeqCst);
     shared.batch_sizes.lock().unwrap().push(prompts.len());
     let delay = Duration::from_millis(shared.delay_ms.load(Ordering::SeqCst))
         + Duration::from_micros(shared.per_prompt_us.load(Ordering::SeqCst) * prompts.len() as u64);
@@ -251,11 +270,17 @@ fn complete(body: &[u8], shared: &Shared) -> Option<(u16, String)> {
                 .to_owned();
             let text = match mode {
                 m if m == Mode::Garbage as u8 => "\u{1}\u{FFFD}\u{7}\u{1b}\u{FFFD}".to_owned(),
-                m if m == Mode::Dirty as u8 => format!("\u{1b}[31m styled:\u{7} {message}\u{FFFD}\n"),
+                m if m == Mode::Dirty as u8 => {
+                    format!("\u{1b}[31m styled:\u{7} {message}\u{FFFD}\n")
+                }
                 _ => format!(" styled: {message}"),
             };
             serde_json::json!({"index": index, "text": text, "finish_reason": "stop"})
         })
         .collect();
-    Some((200, serde_json::json!({"id": "cmpl-fake", "object": "text_completion", "choices": choices}).to_string()))
+    Some((
+        200,
+        serde_json::json!({"id": "cmpl-fake", "object": "text_completion", "choices": choices})
+            .to_string(),
+    ))
 }

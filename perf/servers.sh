@@ -1,0 +1,76 @@
+# Shared by perf/run-all.sh and perf/flamegraph.sh: start servers by pid,
+# wait for their ready line, stop them by pid. Source it; do not run it.
+
+# start_server NAME COMMAND...
+# Starts COMMAND with stdout in $OUT_DIR/NAME.stdout and stderr in
+# $OUT_DIR/NAME.log, waits for its "ready" line and sets NAME_PID,
+# NAME_HTTP (host:port), NAME_IRC (host:port) and NAME_TARGET (a
+# twitchy-perf --target spec).
+start_server() {
+    local name=$1
+    shift
+    local stdout="$OUT_DIR/$name.stdout" log="$OUT_DIR/$name.log"
+    : >"$stdout"
+    : >"$log"
+    "$@" >"$stdout" 2>"$log" &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    local ready=""
+    for _ in $(seq 1 300); do
+        ready=$(grep -m1 ' ready http=' "$stdout" || true)
+        [ -n "$ready" ] && break
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited before it was ready; its log:" >&2
+            tail -20 "$log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    if [ -z "$ready" ]; then
+        echo "$name was not ready within 30 s; its log:" >&2
+        tail -20 "$log" >&2
+        return 1
+    fi
+    local http irc
+    http=$(sed -E 's|.* http=http://([^/ ]+)/.*|\1|' <<<"$ready")
+    irc=$(sed -E 's|.* irc=([^ ]+).*|\1|' <<<"$ready")
+    printf -v "${name}_PID" '%s' "$pid"
+    printf -v "${name}_HTTP" '%s' "$http"
+    printf -v "${name}_IRC" '%s' "$irc"
+    printf -v "${name}_TARGET" '%s' "$name=$http,irc=$irc,pid=$pid,log=$log"
+    echo "$name ready (pid $pid): http=$http irc=$irc" >&2
+}
+
+# Stops every server this script started, by pid: SIGTERM, then SIGKILL.
+stop_servers() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    STARTED_PIDS=()
+}
+
+STARTED_PIDS=()
+
+# Rate limits high enough that load runs measure the server, not its
+# per-user limit (20 messages / 30 s by default).
+LOAD_RATE_LIMIT_ARGS=(--rate-limit-messages 1000000 --rate-limit-window-ms 1000)
+
+# twitchy_args DATA_DIR: the engine's flags for load runs, with the stall
+# detector on when this build has the flag.
+twitchy_args() {
+    local args=(--http 127.0.0.1:0 --irc 127.0.0.1:0 --data-dir "$1" --shards "${TWITCHY_SHARDS:-2}"
+        "${LOAD_RATE_LIMIT_ARGS[@]}")
+    if target/release/twitchy --help 2>/dev/null | grep -q -- '--detect-stalls-ms'; then
+        args+=(--detect-stalls-ms "${TWITCHY_DETECT_STALLS_MS:-10}")
+    fi
+    printf '%s\n' "${args[@]}"
+}

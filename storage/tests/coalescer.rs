@@ -1,0 +1,403 @@
+//! The coalescing writer over stores that are slow, failing or panicking on purpose.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use common::{block_on, messages};
+use twitchy_storage::{
+    AccountRecord, CoalescerConfig, MessageId, MessageRecord, StorageError, StorageService, Store,
+};
+
+/// An in-memory store that records every batch it was given.
+#[derive(Default)]
+struct MemoryStore {
+    messages: Mutex<Vec<MessageRecord>>,
+    batch_sizes: Mutex<Vec<usize>>,
+}
+
+impl Store for MemoryStore {
+    fn append_messages(&self, batch: &[MessageRecord]) -> twitchy_storage::Result<()> {
+        self.batch_sizes.lock().unwrap().push(batch.len());
+        self.messages.lock().unwrap().extend_from_slice(batch);
+        Ok(())
+    }
+    fn recent_messages(&self, room: &str, limit: usize) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        let all: Vec<_> = self.messages.lock().unwrap().iter().filter(|m| m.room == room).cloned().collect();
+        Ok(all[all.len().saturating_sub(limit)..].to_vec())
+    }
+    fn messages_before(
+        &self,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        let mut all: Vec<_> = self
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.room == room && before.is_none_or(|b| m.id < b))
+            .cloned()
+            .collect();
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
+    fn create_account(&self, _: &AccountRecord) -> twitchy_storage::Result<()> {
+        Ok(())
+    }
+    fn account(&self, _: &str) -> twitchy_storage::Result<Option<AccountRecord>> {
+        Ok(None)
+    }
+    fn put_token(&self, _: [u8; 32], _: &str) -> twitchy_storage::Result<()> {
+        Ok(())
+    }
+    fn login_for_token(&self, _: [u8; 32]) -> twitchy_storage::Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// Wraps a store; `append_messages` announces that it was entered, then waits until the gate is opened.
+struct GatedStore {
+    inner: MemoryStore,
+    /// Once the gate opens, fail instead of writing.
+    fail_after_gate: std::sync::atomic::AtomicBool,
+    open: Mutex<bool>,
+    opened: Condvar,
+    entered: flume::Sender<usize>,
+}
+
+impl GatedStore {
+    fn new() -> (Arc<GatedStore>, flume::Receiver<usize>) {
+        let (entered, rx) = flume::unbounded();
+        let store = GatedStore {
+            inner: MemoryStore::default(),
+            fail_after_gate: Default::default(),
+            open: Mutex::new(false), opened: Condvar::new(), entered };
+        (Arc::new(store), rx)
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Store for GatedStore {
+    fn append_messages(&self, batch: &[MessageRecord]) -> twitchy_storage::Result<()> {
+        let _ = self.entered.send(batch.len());
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        drop(open);
+        if self.fail_after_gate.load(Ordering::SeqCst) {
+            return Err(StorageError::Io("injected write failure".into()));
+        }
+        self.inner.append_messages(batch)
+    }
+    fn recent_messages(&self, room: &str, limit: usize) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        self.inner.recent_messages(room, limit)
+    }
+    fn messages_before(
+        &self,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        self.inner.messages_before(room, before, limit)
+    }
+    fn create_account(&self, a: &AccountRecord) -> twitchy_storage::Result<()> {
+        self.inner.create_account(a)
+    }
+    fn account(&self, l: &str) -> twitchy_storage::Result<Option<AccountRecord>> {
+        self.inner.account(l)
+    }
+    fn put_token(&self, t: [u8; 32], l: &str) -> twitchy_storage::Result<()> {
+        self.inner.put_token(t, l)
+    }
+    fn login_for_token(&self, t: [u8; 32]) -> twitchy_storage::Result<Option<String>> {
+        self.inner.login_for_token(t)
+    }
+}
+
+/// Fails every batch from the `fail_from`-th on (counting from zero), the way a full disk or a poisoned journal
+/// does; reads panic when `panic_reads` is set.
+struct FailingStore {
+    inner: MemoryStore,
+    batches: AtomicUsize,
+    fail_from: usize,
+    panic_writes: bool,
+    panic_reads: bool,
+}
+
+impl FailingStore {
+    fn new(fail_from: usize) -> FailingStore {
+        FailingStore {
+            inner: MemoryStore::default(),
+            batches: AtomicUsize::new(0),
+            fail_from,
+            panic_writes: false,
+            panic_reads: false,
+        }
+    }
+}
+
+impl Store for FailingStore {
+    fn append_messages(&self, batch: &[MessageRecord]) -> twitchy_storage::Result<()> {
+        if self.batches.fetch_add(1, Ordering::SeqCst) >= self.fail_from {
+            if self.panic_writes {
+                panic!("injected panic in append_messages");
+            }
+            return Err(StorageError::Io("No space left on device (os error 28)".into()));
+        }
+        self.inner.append_messages(batch)
+    }
+    fn recent_messages(&self, room: &str, limit: usize) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        if self.panic_reads && room == "boom" {
+            panic!("injected panic in recent_messages");
+        }
+        self.inner.recent_messages(room, limit)
+    }
+    fn messages_before(
+        &self,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        self.inner.messages_before(room, before, limit)
+    }
+    fn create_account(&self, a: &AccountRecord) -> twitchy_storage::Result<()> {
+        self.inner.create_account(a)
+    }
+    fn account(&self, l: &str) -> twitchy_storage::Result<Option<AccountRecord>> {
+        self.inner.account(l)
+    }
+    fn put_token(&self, t: [u8; 32], l: &str) -> twitchy_storage::Result<()> {
+        self.inner.put_token(t, l)
+    }
+    fn login_for_token(&self, t: [u8; 32]) -> twitchy_storage::Result<Option<String>> {
+        self.inner.login_for_token(t)
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_full_queue_answers_busy_and_memory_stays_bounded() {
+    let (store, entered) = GatedStore::new();
+    let config = CoalescerConfig { queue_messages_max: 8, batch_wait_us_max: 0, ..CoalescerConfig::default() };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 20);
+
+    let mut acks = vec![h.append(msgs[0].clone()).unwrap()];
+    // The writer now holds message 0 inside the (stalled) store, so the queue has all 8 slots free.
+    assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+    for m in &msgs[1..9] {
+        acks.push(h.append(m.clone()).unwrap());
+    }
+    assert_eq!(h.queue_depth(), 8);
+    for m in &msgs[9..12] {
+        assert_eq!(h.append(m.clone()).unwrap_err(), StorageError::Busy);
+    }
+    let text = h.metrics_text();
+    assert_eq!(metric(&text, "twitchy_storage_busy_rejections_total"), 3.0);
+    assert_eq!(metric(&text, "twitchy_storage_queue_depth"), 8.0);
+
+    store.open();
+    for ack in acks {
+        block_on(ack).unwrap();
+    }
+    // Rejected messages were not written; accepted ones were, in order.
+    assert_eq!(*store.inner.messages.lock().unwrap(), msgs[..9].to_vec());
+    // With room again, appends are accepted.
+    block_on(h.append(msgs[12].clone()).unwrap()).unwrap();
+    service.shutdown().unwrap();
+}
+
+#[test]
+fn batches_close_on_size_bytes_and_time() {
+    // Count limit: 1 message stalls the writer, 25 queue up, then drain as 10 + 10 + 5 (the last closed by the
+    // time window).
+    let (store, entered) = GatedStore::new();
+    let config = CoalescerConfig { batch_messages_max: 10, batch_wait_us_max: 50_000, ..CoalescerConfig::default() };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 26);
+    let mut acks = vec![h.append(msgs[0].clone()).unwrap()];
+    assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+    acks.extend(msgs[1..].iter().map(|m| h.append(m.clone()).unwrap()));
+    store.open();
+    for ack in acks {
+        block_on(ack).unwrap();
+    }
+    assert_eq!(*store.inner.batch_sizes.lock().unwrap(), vec![1, 10, 10, 5]);
+    let text = h.metrics_text();
+    assert_eq!(metric(&text, "twitchy_storage_batches_total"), 4.0);
+    assert_eq!(metric(&text, "twitchy_storage_messages_total"), 26.0);
+    assert_eq!(metric(&text, "twitchy_storage_batch_messages_bucket{le=\"1\"}"), 1.0);
+    assert_eq!(metric(&text, "twitchy_storage_batch_messages_bucket{le=\"8\"}"), 2.0);
+    assert_eq!(metric(&text, "twitchy_storage_batch_messages_bucket{le=\"16\"}"), 4.0);
+    service.shutdown().unwrap();
+
+    // Byte limit: messages of ~1.1 KB with a 3000-byte limit make batches of three.
+    let (store, entered) = GatedStore::new();
+    let config = CoalescerConfig { batch_bytes_max: 3000, batch_wait_us_max: 50_000, ..CoalescerConfig::default() };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    let mut msgs = messages("forsen", 0, 1_700_000_000_000, 10);
+    for m in &mut msgs {
+        m.text = "x".repeat(1000);
+    }
+    let mut acks = vec![h.append(msgs[0].clone()).unwrap()];
+    assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+    acks.extend(msgs[1..].iter().map(|m| h.append(m.clone()).unwrap()));
+    store.open();
+    for ack in acks {
+        block_on(ack).unwrap();
+    }
+    assert_eq!(*store.inner.batch_sizes.lock().unwrap(), vec![1, 3, 3, 3]);
+    service.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_writes_everything_queued_then_refuses() {
+    let (store, entered) = GatedStore::new();
+    let service = StorageService::start(store.clone(), CoalescerConfig::default());
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 100);
+    let mut acks = vec![h.append(msgs[0].clone()).unwrap()];
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    acks.extend(msgs[1..].iter().map(|m| h.append(m.clone()).unwrap()));
+
+    let stopper = std::thread::spawn(move || service.shutdown());
+    // Shutdown waits for the stalled batch; once the store moves, everything queued is written and acknowledged.
+    while h.append(msgs[0].clone()).is_ok() {
+        std::thread::yield_now();
+    }
+    assert_eq!(h.append(msgs[0].clone()).unwrap_err(), StorageError::Closed);
+    store.open();
+    stopper.join().unwrap().unwrap();
+    for ack in acks {
+        block_on(ack).unwrap();
+    }
+    let stored = store.inner.messages.lock().unwrap().clone();
+    assert!(stored.len() >= 100, "everything acknowledged before shutdown is stored");
+    assert_eq!(stored[..100].to_vec(), msgs);
+    assert_eq!(block_on(h.recent_messages("forsen", 10)).unwrap_err(), StorageError::Closed);
+    assert_eq!(block_on(h.account("alice")).unwrap_err(), StorageError::Closed);
+}
+
+#[test]
+fn a_failing_store_fails_its_batches_and_keeps_what_was_acknowledged() {
+    let store = Arc::new(FailingStore::new(3));
+    let config = CoalescerConfig { batch_messages_max: 10, ..CoalescerConfig::default() };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 100);
+
+    // One batch at a time, so batch boundaries are known: batches 0..3 succeed, the rest fail.
+    let mut acked = Vec::new();
+    for (i, chunk) in msgs.chunks(10).enumerate() {
+        let acks: Vec<_> = chunk.iter().map(|m| h.append(m.clone()).unwrap()).collect();
+        for (m, ack) in chunk.iter().zip(acks) {
+            match block_on(ack) {
+                Ok(()) => acked.push(m.clone()),
+                Err(e) => {
+                    assert!(i >= 3, "batch {i} failed: {e}");
+                    assert!(matches!(e, StorageError::Io(ref s) if s.contains("No space left")), "{e}");
+                }
+            }
+        }
+    }
+    assert_eq!(acked, msgs[..30].to_vec(), "exactly the batches before the failure were acknowledged");
+    assert_eq!(*store.inner.messages.lock().unwrap(), acked);
+    let text = h.metrics_text();
+    assert_eq!(metric(&text, "twitchy_storage_errors_total"), 7.0);
+    assert_eq!(metric(&text, "twitchy_storage_messages_total"), 30.0);
+    // Reads keep working from what was stored.
+    assert_eq!(block_on(h.recent_messages("forsen", 100)).unwrap(), acked);
+
+    // The store stays failed: later appends are refused too, and shutdown still completes.
+    let ack = h.append(msgs[0].clone()).unwrap();
+    assert!(matches!(block_on(ack), Err(StorageError::Io(_))));
+    let _ = service.shutdown();
+}
+
+#[test]
+fn a_batch_failing_during_shutdown_is_reported_by_shutdown() {
+    let (store, entered) = GatedStore::new();
+    store.fail_after_gate.store(true, Ordering::SeqCst);
+    // A long window: the writer is still gathering the second batch when the stop item arrives, so that batch
+    // is written as part of the shutdown drain.
+    let config = CoalescerConfig { batch_wait_us_max: 10_000_000, ..CoalescerConfig::default() };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 2);
+    let first = h.append(msgs[0].clone()).unwrap();
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    let second = h.append(msgs[1].clone()).unwrap();
+    let stopper = std::thread::spawn(move || service.shutdown());
+    while h.append(msgs[0].clone()).is_ok() {
+        std::thread::yield_now();
+    }
+    store.open();
+    assert!(matches!(stopper.join().unwrap(), Err(StorageError::Io(_))));
+    assert!(matches!(block_on(first), Err(StorageError::Io(_))));
+    assert!(matches!(block_on(second), Err(StorageError::Io(_))));
+    assert!(store.inner.messages.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_panicking_store_fails_acks_without_taking_the_service_down() {
+    let store = Arc::new(FailingStore { panic_writes: true, panic_reads: true, ..FailingStore::new(1) });
+    let service = StorageService::start(store.clone(), CoalescerConfig { read_threads: 1, ..CoalescerConfig::default() });
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 3);
+    block_on(h.append(msgs[0].clone()).unwrap()).unwrap();
+    assert!(matches!(block_on(h.append(msgs[1].clone()).unwrap()), Err(StorageError::Io(_))));
+    // After a panic the store's state is unknown: nothing more is acknowledged, and the store is not called again.
+    assert!(matches!(block_on(h.append(msgs[2].clone()).unwrap()), Err(StorageError::Io(_))));
+    assert_eq!(store.batches.load(Ordering::SeqCst), 2);
+    // A panicking read fails that request; the single read thread survives and serves the next one.
+    assert!(block_on(h.recent_messages("boom", 1)).is_err());
+    assert_eq!(block_on(h.recent_messages("forsen", 10)).unwrap(), msgs[..1].to_vec());
+    assert_eq!(metric(&h.metrics_text(), "twitchy_storage_errors_total"), 3.0);
+    service.shutdown().unwrap();
+}
+
+#[test]
+fn acks_resolve_on_another_thread_and_dropped_acks_are_harmless() {
+    let store = Arc::new(MemoryStore::default());
+    let service = StorageService::start(store.clone(), CoalescerConfig::default());
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 1000);
+    std::thread::scope(|s| {
+        for part in msgs.chunks(250) {
+            let h = h.clone();
+            s.spawn(move || {
+                let acks: Vec<_> = part.iter().map(|m| h.append(m.clone()).unwrap()).collect();
+                // Half the callers stop waiting; their messages are still written.
+                for (i, ack) in acks.into_iter().enumerate() {
+                    if i % 2 == 0 {
+                        block_on(ack).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    service.shutdown().unwrap();
+    let mut stored = store.messages.lock().unwrap().clone();
+    stored.sort_by_key(|m| m.id);
+    assert_eq!(stored, msgs);
+}
