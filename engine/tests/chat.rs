@@ -438,3 +438,56 @@ fn echo_message_capability_returns_own_messages() {
     let notice = sender.expect("NOTICE", |l| l.contains(" NOTICE "));
     assert_eq!(tag(&notice, "msg-id").as_deref(), Some("unrecognized_cmd"));
 }
+
+#[test]
+fn rooms_file_sets_styles_and_moderators() {
+    let dir = tempfile::tempdir().unwrap();
+    let rooms = dir.path().join("rooms.toml");
+    std::fs::write(
+        &rooms,
+        "[[rooms]]\nname = \"boardroom\"\nstyle = \"corporate\"\nmoderators = [\"Boss\"]\n\n[[rooms]]\nname = \"deck\"\nstyle = \"pirate\"\nid = 4242\n",
+    )
+    .unwrap();
+    let server = TestServer::start(&["--shards", "2", "--config", rooms.to_str().unwrap(), "--rate-limit-messages", "2"]);
+    let listed = http(server.http, "GET", "/api/rooms", None).json();
+    let names: Vec<(&str, &str)> =
+        listed.as_array().unwrap().iter().map(|r| (r["name"].as_str().unwrap(), r["style"].as_str().unwrap())).collect();
+    assert_eq!(names, [("boardroom", "corporate"), ("deck", "pirate")]);
+    assert_eq!(listed[1]["id"], 4242);
+
+    let boss = register(server.http, "boss", PASSWORD);
+    let mut viewer = Irc::tcp(server.irc);
+    viewer.login_anonymous();
+    viewer.join("boardroom");
+    let mut sender = Irc::tcp(server.irc);
+    sender.login("boss", &boss);
+    sender.join("boardroom");
+    // Moderators get the higher limit (100 per window) instead of 2.
+    for i in 0..5 {
+        sender.send(&format!("PRIVMSG #boardroom :quarterly update {i}"));
+        sender.expect("ack", is_ack);
+    }
+    let line = viewer.expect("PRIVMSG", privmsg_in("boardroom"));
+    assert_eq!(tag(&line, "mod").as_deref(), Some("1"));
+    assert_eq!(tag(&line, "badges").as_deref(), Some("moderator/1"));
+}
+
+#[test]
+fn help_documents_every_option_with_its_environment_variable() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_twitchy")).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in ["--http", "--irc", "--data-dir", "--shards", "--config", "--store", "--scylla-nodes", "--vllm"] {
+        assert!(help.contains(option), "{option} missing from --help");
+    }
+    for env in ["TWITCHY_HTTP", "TWITCHY_IRC", "TWITCHY_DATA_DIR", "TWITCHY_SHARDS", "TWITCHY_CONFIG", "TWITCHY_VLLM"] {
+        assert!(help.contains(env), "{env} missing from --help");
+    }
+    // A bad rooms file is a clear error, not a panic.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_twitchy"))
+        .args(["--config", "/nonexistent/rooms.toml", "--http", "127.0.0.1:0", "--irc", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot read /nonexistent/rooms.toml"));
+}
