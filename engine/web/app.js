@@ -471,7 +471,8 @@
     const previous = state.room;
     state.room = name;
     if (location.hash !== `#${name}`) history.replaceState(null, '', `#${name}`);
-    resetLines();
+    // The first room keeps what was said before it was chosen (e.g. a refused login).
+    if (previous) resetLines();
     renderRooms();
     addSystemLine(`Joining #${name}…`);
     conn.switchRoom(previous, name);
@@ -1283,8 +1284,9 @@
       ui.authUsername.focus();
       return;
     }
-    const pwLength = charCount(password);
-    if (pwLength < 8 || pwLength > 128) {
+    // The server counts password length in UTF-8 bytes.
+    const pwBytes = new TextEncoder().encode(password).length;
+    if (pwBytes < 8 || pwBytes > 128) {
       authFail('Passwords must be 8 to 128 characters long.');
       ui.authPassword.focus();
       return;

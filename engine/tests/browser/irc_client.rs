@@ -11,6 +11,8 @@ use tungstenite::{Message, WebSocket};
 
 /// How long one blocking read waits before the caller's deadline is checked again.
 const READ_POLL_MS: u64 = 200;
+/// Longest wait for the server's answer to the WebSocket upgrade.
+const HANDSHAKE_TIMEOUT_SECS: u64 = 30;
 
 /// One parsed IRC line: unescaped tags, command and parameters (the trailing one included).
 #[derive(Debug, Clone)]
@@ -101,8 +103,9 @@ impl IrcClient {
     pub fn connect(http: SocketAddr, auth: Option<(&str, &str)>) -> IrcClient {
         let stream =
             TcpStream::connect_timeout(&http, Duration::from_secs(5)).expect("connect websocket");
+        // A plain blocking handshake (bounded by a long timeout); short polling reads come after.
         stream
-            .set_read_timeout(Some(Duration::from_millis(READ_POLL_MS)))
+            .set_read_timeout(Some(Duration::from_secs(HANDSHAKE_TIMEOUT_SECS)))
             .expect("read timeout");
         let mut request = format!("ws://{http}/")
             .into_client_request()
@@ -111,6 +114,9 @@ impl IrcClient {
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("irc"));
         let (ws, _response) = tungstenite::client(request, stream).expect("websocket handshake");
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(READ_POLL_MS)))
+            .expect("read timeout");
         let mut client = IrcClient {
             ws,
             nonce_counter: 0,
@@ -124,7 +130,7 @@ impl IrcClient {
             }
             None => client.send("NICK justinfan48213"),
         }
-        client.expect(Duration::from_secs(10), "welcome 001", |l| {
+        client.expect(Duration::from_secs(30), "welcome 001", |l| {
             l.command == "001"
         });
         client
@@ -139,7 +145,7 @@ impl IrcClient {
     /// Joins `room` and waits for the ROOMSTATE that confirms it.
     pub fn join(&mut self, room: &str) {
         self.send(&format!("JOIN #{room}"));
-        self.expect(Duration::from_secs(10), "ROOMSTATE after JOIN", |l| {
+        self.expect(Duration::from_secs(30), "ROOMSTATE after JOIN", |l| {
             l.command == "ROOMSTATE"
                 && l.params.first().map(String::as_str) == Some(&format!("#{room}"))
         });
@@ -161,7 +167,7 @@ impl IrcClient {
 
     /// Waits for the USERSTATE acknowledgement carrying `nonce`; returns the message id.
     pub fn wait_ack(&mut self, nonce: &str) -> String {
-        let ack = self.expect(Duration::from_secs(20), "USERSTATE acknowledgement", |l| {
+        let ack = self.expect(Duration::from_secs(30), "USERSTATE acknowledgement", |l| {
             if l.command == "NOTICE" {
                 panic!("server refused a test message: {l:?}");
             }

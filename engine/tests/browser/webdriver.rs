@@ -25,7 +25,9 @@ const DRIVER_CANDIDATES: &[&str] = &["/usr/bin/chromedriver", "/usr/lib/chromium
 
 fn find_executable(env_key: &str, candidates: &[&str], name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env_key) {
-        return Some(PathBuf::from(path));
+        // An explicit choice is final: a wrong path is reported as missing, not replaced.
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     candidates
         .iter()
