@@ -26,7 +26,7 @@ perf_pid=""
 cleanup() {
     [ -n "$perf_pid" ] && kill -INT "$perf_pid" 2>/dev/null || true
     stop_servers
-    rm -rf "$DATA_DIR"
+    rm -rf "$DATA_DIR" "$DATA_DIR.rooms.toml"
 }
 trap cleanup EXIT
 

@@ -64,11 +64,32 @@ STARTED_PIDS=()
 # per-user limit (20 messages / 30 s by default).
 LOAD_RATE_LIMIT_ARGS=(--rate-limit-messages 1000000 --rate-limit-window-ms 1000)
 
+# Rooms the engine serves during load runs: its three built-in rooms first
+# (the seed's scenarios use them), then enough for the many-rooms scenario,
+# whose load generator takes the listed rooms before inventing names.
+PERF_ROOMS=200
+
+# write_rooms_file PATH: the rooms file (TOML) for load runs.
+write_rooms_file() {
+    local styles=(brainrot pirate shakespeare) i
+    {
+        printf '[[rooms]]\nname = "lobby"\nstyle = "brainrot"\n\n'
+        printf '[[rooms]]\nname = "tavern"\nstyle = "pirate"\n\n'
+        printf '[[rooms]]\nname = "globe"\nstyle = "shakespeare"\n\n'
+        for i in $(seq 3 $((PERF_ROOMS - 1))); do
+            printf '[[rooms]]\nname = "perf_room_%d"\nstyle = "%s"\n\n' "$i" "${styles[$((i % 3))]}"
+        done
+    } >"$1"
+}
+
 # twitchy_args DATA_DIR: the engine's flags for load runs, with the stall
-# detector on when this build has the flag.
+# detector on when this build has the flag. Writes the rooms file into
+# DATA_DIR's parent folder.
 twitchy_args() {
+    local rooms_file="$1.rooms.toml"
+    write_rooms_file "$rooms_file"
     local args=(--http 127.0.0.1:0 --irc 127.0.0.1:0 --data-dir "$1" --shards "${TWITCHY_SHARDS:-2}"
-        "${LOAD_RATE_LIMIT_ARGS[@]}")
+        --config "$rooms_file" "${LOAD_RATE_LIMIT_ARGS[@]}")
     if target/release/twitchy --help 2>/dev/null | grep -q -- '--detect-stalls-ms'; then
         args+=(--detect-stalls-ms "${TWITCHY_DETECT_STALLS_MS:-10}")
     fi

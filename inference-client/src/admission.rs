@@ -1,11 +1,17 @@
 //! Admission control, sans IO: a shard admits a prompt only while its outstanding prompts (queued or in flight) are
 //! below a limit that tracks what the cluster finishes inside the deadline.
 //!
-//! The limit moves by additive increase, multiplicative decrease on the age of each batch's oldest prompt when its
-//! response arrives: younger than the target (a share of the deadline) and the limit was in use → grow by about one
-//! prompt per limit's worth of completions; older than the target → shrink by a fifth, at most once per that age,
-//! so one slow batch does not collapse it. Under overload the limit settles where completions take about the target,
-//! which keeps the LLM busy and the latency flat; the excess goes to the local rewriter at once instead of queueing.
+//! The limit moves on the age of each batch's oldest prompt when its response arrives (additive increase,
+//! multiplicative decrease):
+//! - younger than the target (a share of the deadline) while the limit was in use: grow by one prompt per limit's
+//!   worth of completions, up to four when they come back in a fraction of the target;
+//! - older than the target: shrink by a fifth or, for a larger overshoot, in proportion (at most by half), at most
+//!   once per that age, so one slow batch does not collapse it;
+//! - until latency first reaches half the target, grow by one per completed prompt instead (slow start, doubling
+//!   per round trip), so a long deadline does not take minutes of additive steps to reach the server's capacity.
+//!
+//! Under overload the limit settles where completions take about the target, which keeps the LLM busy and the
+//! latency flat; the excess goes to the local rewriter at once instead of queueing.
 
 use std::time::{Duration, Instant};
 
@@ -17,10 +23,18 @@ pub(crate) struct Admission {
     target: Duration,
     last_decrease: Option<Instant>,
     outstanding: usize,
+    /// Whether latency has never overshot the target yet.
+    slow_start: bool,
 }
 
-/// The limit shrinks to this share of itself when latency overshoots.
+/// The limit shrinks to at most this share of itself when latency overshoots the target...
 const DECREASE_FACTOR: f64 = 0.8;
+
+/// ...and to no less than this share, however far it overshoots.
+const DECREASE_FACTOR_MIN: f64 = 0.5;
+
+/// The most prompts the limit grows by per limit's worth of completions, when they come back far below the target.
+const ADDITIVE_STEPS_MAX: f64 = 4.0;
 
 impl Admission {
     pub(crate) fn new(limit_initial: usize, limit_max: usize, target: Duration) -> Self {
@@ -32,6 +46,7 @@ impl Admission {
             target,
             last_decrease: None,
             outstanding: 0,
+            slow_start: true,
         }
     }
 
@@ -74,8 +89,23 @@ impl Admission {
         let age = now.saturating_duration_since(oldest_admitted);
         if age > self.target {
             self.decrease(now, age);
-        } else if outstanding_at_send as f64 >= self.limit * 0.5 {
-            self.limit = (self.limit + prompts as f64 / self.limit).min(self.limit_max);
+            return;
+        }
+        if age > self.target / 2 {
+            // Half the target used: close enough to the knee that doubling would overshoot it.
+            self.slow_start = false;
+        }
+        if outstanding_at_send as f64 >= self.limit * 0.5 {
+            // Far below the target the additive step is larger (up to four prompts per limit's worth), so a long
+            // deadline is reached in seconds; near it the step is one.
+            let headroom = (self.target.as_secs_f64() / age.as_secs_f64().max(1e-6))
+                .clamp(1.0, ADDITIVE_STEPS_MAX);
+            let step = if self.slow_start {
+                prompts as f64
+            } else {
+                prompts as f64 / self.limit * headroom
+            };
+            self.limit = (self.limit + step).min(self.limit_max);
         }
     }
 
@@ -91,8 +121,12 @@ impl Admission {
         {
             return;
         }
-        self.limit = (self.limit * DECREASE_FACTOR).max(self.limit_min);
+        // The further past the target, the deeper the cut: a limit twice too high halves at once.
+        let factor = (self.target.as_secs_f64() / age.as_secs_f64().max(f64::MIN_POSITIVE))
+            .clamp(DECREASE_FACTOR_MIN, DECREASE_FACTOR);
+        self.limit = (self.limit * factor).max(self.limit_min);
         self.last_decrease = Some(now);
+        self.slow_start = false;
     }
 }
 
@@ -112,17 +146,50 @@ mod tests {
     }
 
     #[test]
+    fn slow_start_doubles_until_the_first_overshoot() {
+        let start = Instant::now();
+        let mut admission = Admission::new(10, 1_000, Duration::from_millis(100));
+        // One round trip's worth of fast completions doubles the limit.
+        admission.on_batch_done(start, start, 10, 10);
+        assert_eq!(admission.limit(), 20);
+        admission.on_batch_done(start, start, 20, 20);
+        assert_eq!(admission.limit(), 40);
+        // Half the target used: slow start ends, growth turns additive.
+        admission.on_batch_done(start + Duration::from_millis(60), start, 40, 40);
+        assert_eq!(admission.limit(), 41);
+        // An overshoot by half cuts the limit to two thirds.
+        admission.on_batch_done(start + Duration::from_millis(150), start, 41, 41);
+        assert_eq!(admission.limit(), 27);
+        let later = start + Duration::from_secs(1);
+        admission.on_batch_done(later, later - Duration::from_millis(90), 27, 27);
+        assert_eq!(admission.limit(), 28);
+        // Far below the target the additive step is up to four.
+        admission.on_batch_done(later, later, 28, 28);
+        assert_eq!(admission.limit(), 32);
+        // A far larger overshoot halves it, no more.
+        admission.on_deadline_missed(later + Duration::from_secs(1), Duration::from_secs(1));
+        assert_eq!(admission.limit(), 16);
+    }
+
+    #[test]
     fn grows_while_fast_and_used_shrinks_when_slow() {
         let start = Instant::now();
         let target = Duration::from_millis(100);
         let mut admission = Admission::new(10, 40, target);
-        // Fast batches while the limit is in use: about +1 per limit's worth of prompts.
-        let mut now = start;
+        // Leave slow start with one overshoot, then grow additively.
+        admission.on_deadline_missed(start, Duration::from_millis(120));
+        assert_eq!(admission.limit(), 8);
+        let mut now = start + Duration::from_millis(200);
         for _ in 0..10 {
             now += Duration::from_millis(10);
             admission.on_batch_done(now, now - Duration::from_millis(50), 10, 10);
         }
-        assert!(admission.limit() >= 17, "limit {}", admission.limit());
+        // At half the target the step is two prompts per limit's worth of completions.
+        assert!(
+            (19..=21).contains(&admission.limit()),
+            "limit {}",
+            admission.limit()
+        );
         // Fast batches while mostly idle say nothing about capacity.
         let before = admission.limit();
         admission.on_batch_done(now, now, 1, 1);

@@ -107,9 +107,15 @@ impl Breaker {
         }
     }
 
-    /// A health probe failed: the endpoint is down whatever the requests said.
-    pub(crate) fn on_probe_failed(&mut self, now: Instant) {
-        self.open(now);
+    /// A health probe failed. A refused connection is definitive: the endpoint is down whatever the requests
+    /// said. A slow or unhappy answer from an endpoint in service counts as one failed request, since a busy server
+    /// may answer its health check late and should not be dropped for that alone.
+    pub(crate) fn on_probe_failed(&mut self, now: Instant, definitive: bool) {
+        if self.state == BreakerState::Closed && !definitive {
+            self.on_failure(now);
+        } else {
+            self.open(now);
+        }
     }
 
     fn open(&mut self, now: Instant) {
@@ -165,8 +171,16 @@ mod tests {
         breaker.on_success();
         assert_eq!(breaker.state(), BreakerState::Closed);
         assert!(breaker.admits());
-        // A failed probe opens a closed breaker at once.
-        breaker.on_probe_failed(later);
+        // A slow probe counts as one failure; a refused one opens a closed breaker at once.
+        breaker.on_probe_failed(later, false);
+        breaker.on_probe_failed(later, false);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        breaker.on_probe_failed(later, false);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        breaker.on_probe_ok();
+        breaker.on_dispatch();
+        breaker.on_success();
+        breaker.on_probe_failed(later, true);
         assert_eq!(breaker.state(), BreakerState::Open);
     }
 }

@@ -194,21 +194,50 @@ impl LocalHttpClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Response, Error> {
-        let mut sender = self.sender().await?;
         let has_body = body.is_some();
-        let mut builder = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.url.path_prefix))
-            .header(http::header::HOST, &self.host_header);
-        if has_body {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let request = builder
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|source| Error::with_source(ErrorKind::Http, "building request", source))?;
-        let response = sender.send_request(request).await.map_err(|source| {
-            Error::with_source(ErrorKind::Http, format!("{} {path}", self.url.base), source)
-        })?;
+        let (mut sender, reused) = self.sender().await?;
+        let body = body.unwrap_or_default();
+        let build = |body: Bytes| {
+            let mut builder = http::Request::builder()
+                .method(method.clone())
+                .uri(format!("{}{path}", self.url.path_prefix))
+                .header(http::header::HOST, &self.host_header);
+            if has_body {
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            builder
+                .body(Full::new(body))
+                .map_err(|source| Error::with_source(ErrorKind::Http, "building request", source))
+        };
+        let request = build(body.clone())?;
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            // A pooled connection the server closed while it sat idle (its keep-alive timeout) fails before the
+            // request was processed: that is no fault of the endpoint, so the request goes once more on a fresh
+            // connection.
+            Err(error)
+                if reused
+                    && (error.is_canceled()
+                        || error.is_incomplete_message()
+                        || error.is_closed()) =>
+            {
+                log::debug!(
+                    "{}: pooled connection was closed ({error}); retrying",
+                    self.url.base
+                );
+                sender = self.connect().await?;
+                sender.send_request(build(body)?).await.map_err(|source| {
+                    Error::with_source(ErrorKind::Http, format!("{} {path}", self.url.base), source)
+                })?
+            }
+            Err(source) => {
+                return Err(Error::with_source(
+                    ErrorKind::Http,
+                    format!("{} {path}", self.url.base),
+                    source,
+                ));
+            }
+        };
         let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), self.limits.response_bytes_max)
             .collect()
@@ -229,8 +258,9 @@ impl LocalHttpClient {
         Ok(Response { status, body })
     }
 
-    /// A connection ready for a request: an idle one if any is still alive, else a new one.
-    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, Error> {
+    /// A connection ready for a request, and whether it came from the pool: an idle one if any is still alive,
+    /// else a new one.
+    async fn sender(&self) -> Result<(SendRequest<Full<Bytes>>, bool), Error> {
         loop {
             let candidate = self.idle.borrow_mut().pop();
             let Some(mut sender) = candidate else { break };
@@ -238,10 +268,10 @@ impl LocalHttpClient {
                 continue;
             }
             if sender.ready().await.is_ok() {
-                return Ok(sender);
+                return Ok((sender, true));
             }
         }
-        self.connect().await
+        Ok((self.connect().await?, false))
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Error> {

@@ -184,7 +184,7 @@ impl Default for StylerConfig {
             max_tokens: 16,
             temperature: 0.8,
             batch_mode: BatchMode::List,
-            requests_in_flight_per_endpoint_max: 8,
+            requests_in_flight_per_endpoint_max: 16,
             request_timeout_ms: 1_000,
             connect_timeout_ms: 200,
             response_bytes_max: 1 << 20,
@@ -192,7 +192,7 @@ impl Default for StylerConfig {
             health_timeout_ms: 300,
             breaker_failures_max: 3,
             breaker_open_ms: 1_000,
-            admission_target_percent: 70,
+            admission_target_percent: 85,
             admission_prompts_initial: 16,
             admission_prompts_max: 1_024,
             cache_entries_max: 4_096,
@@ -275,5 +275,81 @@ impl StylerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation() {
+        assert!(StylerConfig::default().validate().is_ok());
+        let with_endpoints = StylerConfig {
+            vllm_endpoints: vec!["http://127.0.0.1:18000".into(), "http://[::1]:9/v".into()],
+            ..StylerConfig::default()
+        };
+        assert!(with_endpoints.validate().is_ok());
+        let bad_url = StylerConfig {
+            vllm_endpoints: vec!["ftp://x".into()],
+            ..StylerConfig::default()
+        };
+        assert_eq!(
+            bad_url.validate().map_err(|error| error.kind),
+            Err(ErrorKind::InvalidEndpoint)
+        );
+        for bad in [
+            StylerConfig {
+                deadline_ms: 0,
+                ..StylerConfig::default()
+            },
+            StylerConfig {
+                batch_prompts_max: 0,
+                ..StylerConfig::default()
+            },
+            StylerConfig {
+                max_tokens: 0,
+                ..StylerConfig::default()
+            },
+            StylerConfig {
+                model: String::new(),
+                ..StylerConfig::default()
+            },
+            StylerConfig {
+                temperature: f32::NAN,
+                ..StylerConfig::default()
+            },
+        ] {
+            assert_eq!(
+                bad.validate().map_err(|error| error.kind),
+                Err(ErrorKind::InvalidConfig),
+                "{bad:?}"
+            );
+        }
+        assert_eq!("list".parse::<BatchMode>().ok(), Some(BatchMode::List));
+        assert_eq!(
+            "concurrent".parse::<BatchMode>().ok(),
+            Some(BatchMode::Concurrent)
+        );
+        assert!("both".parse::<BatchMode>().is_err());
+    }
+
+    #[test]
+    fn public_style_table() {
+        assert_eq!(
+            style_names(),
+            ["brainrot", "pirate", "shakespeare", "corporate"]
+        );
+        for name in style_names() {
+            assert!(
+                style_description(name)
+                    .is_some_and(|line| !line.is_empty() && !line.contains('\n'))
+            );
+            let prompt = llm_prompt(name, "hi\nthere").expect("known style");
+            assert!(prompt.contains("Message: hi there\n"), "{prompt}");
+        }
+        assert_eq!(style_description("klingon"), None);
+        assert_eq!(llm_prompt("klingon", "hi"), None);
+        assert_eq!(local_rewrite("klingon", "\u{0}", 1), "…");
     }
 }

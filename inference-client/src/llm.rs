@@ -557,11 +557,12 @@ impl Inner {
                     endpoint.client.url().base,
                     response.status
                 );
-                endpoint.breaker.borrow_mut().on_probe_failed(now);
+                endpoint.breaker.borrow_mut().on_probe_failed(now, false);
             }
             Err(error) => {
                 log::debug!("{} /health: {error}", endpoint.client.url().base);
-                endpoint.breaker.borrow_mut().on_probe_failed(now);
+                let refused = error.kind == ErrorKind::Connect;
+                endpoint.breaker.borrow_mut().on_probe_failed(now, refused);
                 endpoint.client.close_idle();
             }
         }

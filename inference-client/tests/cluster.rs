@@ -108,6 +108,34 @@ fn batches_prompts_into_one_request() {
 }
 
 #[test]
+fn connections_closed_by_the_server_as_they_are_reused_cost_nothing() {
+    let server = FakeServer::start();
+    server.set_close_reused(true);
+    let url = server.url();
+    let (results, totals) = on_shard(move || async move {
+        let factory = ClusterStylerFactory::new(StylerConfig {
+            // Health probes would open fresh connections; only completion requests should use the pool here.
+            health_interval_ms: 60_000,
+            ..config(vec![url])
+        });
+        let styler = factory.local_styler(0);
+        let mut results = Vec::new();
+        for round in 0..10 {
+            results.extend(
+                style_all(&styler, "pirate", &messages(&format!("closed{round}"), 2)).await,
+            );
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        (results, factory.totals())
+    });
+    assert!(
+        results.iter().all(|(styled, _)| styled.by == StyledBy::Llm),
+        "{totals:?}"
+    );
+    assert_eq!(server.requests(), 10);
+}
+
+#[test]
 fn concurrent_mode_sends_one_request_per_prompt() {
     let server = FakeServer::start();
     let url = server.url();

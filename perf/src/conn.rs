@@ -387,7 +387,13 @@ mod tests {
         assert_eq!(t.log, Some(PathBuf::from("/tmp/x.log")));
         let bare: Target = "n=127.0.0.1:1".parse().unwrap();
         assert_eq!((bare.irc, bare.pid), (None, None));
-        for bad in ["", "=1.2.3.4:5", "x=nothost", "x=127.0.0.1:1,bogus=1", "x=127.0.0.1:1,pid=a"] {
+        for bad in [
+            "",
+            "=1.2.3.4:5",
+            "x=nothost",
+            "x=127.0.0.1:1,bogus=1",
+            "x=127.0.0.1:1,pid=a",
+        ] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }
     }
@@ -400,7 +406,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
-            let mut ws = tungstenite::accept_hdr(stream, |req: &Request, mut resp: Response| {
+            #[allow(clippy::result_large_err)] // The callback's signature is tungstenite's.
+            let negotiate = |req: &Request, mut resp: Response| {
                 let asked = req
                     .headers()
                     .get("sec-websocket-protocol")
@@ -411,8 +418,8 @@ mod tests {
                 resp.headers_mut()
                     .insert("sec-websocket-protocol", "irc".parse().unwrap());
                 Ok(resp)
-            })
-            .unwrap();
+            };
+            let mut ws = tungstenite::accept_hdr(stream, negotiate).unwrap();
             ws.send(Message::text("PING :x\r\n:a 001 b :hi")).unwrap();
             ws.read().unwrap()
         });

@@ -69,7 +69,10 @@ pub fn request(method: &str, host: &str, path: &str, json_body: Option<&str>) ->
     out.into_bytes()
 }
 
-fn parse_headers(head: &str) -> Result<(&str, Vec<(String, String)>), HttpError> {
+/// Header names and values in the order received.
+type Headers = Vec<(String, String)>;
+
+fn parse_headers(head: &str) -> Result<(&str, Headers), HttpError> {
     let mut lines = head.split("\r\n");
     let first = lines.next().unwrap_or("");
     let mut headers = Vec::new();
@@ -95,7 +98,9 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
 pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Response>, HttpError> {
     let Some(head) = head_len(buf)? else {
         return if eof {
-            Err(HttpError::Malformed("connection closed inside the head".into()))
+            Err(HttpError::Malformed(
+                "connection closed inside the head".into(),
+            ))
         } else {
             Ok(None)
         };

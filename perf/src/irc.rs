@@ -133,11 +133,13 @@ impl<'a> Line<'a> {
         if self.tags.is_empty() {
             return None;
         }
-        self.tags.split(';').find_map(|kv| match kv.split_once('=') {
-            Some((k, v)) if k == key => Some(v),
-            None if kv == key => Some(""),
-            _ => None,
-        })
+        self.tags
+            .split(';')
+            .find_map(|kv| match kv.split_once('=') {
+                Some((k, v)) if k == key => Some(v),
+                None if kv == key => Some(""),
+                _ => None,
+            })
     }
 
     /// The nick part of the prefix (`nick!user@host`).

@@ -47,15 +47,20 @@ const STOP_GRACE_MS: u64 = 2_000;
 /// ordinary chat rather than one repeated token.
 const WORDS: &[&str] = &[
     "hello", "chat", "that", "play", "was", "amazing", "lol", "no", "way", "he", "did", "it",
-    "again", "what", "a", "clutch", "gg", "wp", "let's", "go", "this", "stream", "is", "so", "good",
+    "again", "what", "a", "clutch", "gg", "wp", "let's", "go", "this", "stream", "is", "so",
+    "good",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     /// A full-speed viewer; the index is its slot in the delivery counters.
-    Viewer { slot: usize },
+    Viewer {
+        slot: usize,
+    },
     SlowViewer,
-    Sender { sender: u32 },
+    Sender {
+        sender: u32,
+    },
 }
 
 impl Role {
@@ -240,25 +245,63 @@ fn log_len(target: &Target) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len())
 }
 
-/// Lines with "stall" the server logged since `from` bytes into its log.
-fn stalls_since(target: &Target, from: Option<u64>) -> (Option<u64>, Vec<String>) {
+/// Stall-detector reports the server logged since `from` bytes into its log.
+fn stalls_since(target: &Target, from: Option<u64>) -> Stalls {
     let (Some(path), Some(from)) = (target.log.as_ref(), from) else {
-        return (None, Vec::new());
+        return Stalls::default();
     };
     let Ok(bytes) = std::fs::read(path) else {
-        return (None, Vec::new());
+        return Stalls::default();
     };
-    let new = String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or(&[]));
-    let stalls: Vec<&str> = new
-        .lines()
-        .filter(|l| l.to_ascii_lowercase().contains("stall"))
-        .collect();
-    let samples = stalls
-        .iter()
-        .take(3)
-        .map(|l| l.chars().take(240).collect())
-        .collect();
-    (Some(stalls.len() as u64), samples)
+    scan_stalls(&String::from_utf8_lossy(
+        bytes.get(from as usize..).unwrap_or(&[]),
+    ))
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Stalls {
+    count: Option<u64>,
+    ms_max: Option<f64>,
+    samples: Vec<String>,
+}
+
+/// Counts glommio stall-detector lines (`[stall-detector -- executor N]
+/// task queue Q went over-budget: 12.3ms ...`) and finds the worst overage.
+/// The backtrace lines that follow each report are not counted.
+fn scan_stalls(log: &str) -> Stalls {
+    let mut stalls = Stalls {
+        count: Some(0),
+        ..Stalls::default()
+    };
+    for line in log.lines().filter(|l| l.contains("stall-detector")) {
+        *stalls.count.get_or_insert(0) += 1;
+        let overage_ms = line
+            .split_once("over-budget:")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(parse_duration_ms);
+        if let Some(ms) = overage_ms {
+            stalls.ms_max = Some(stalls.ms_max.map_or(ms, |m: f64| m.max(ms)));
+        }
+        if stalls.samples.len() < 3 {
+            let short = line.split(" Backtrace").next().unwrap_or(line);
+            stalls.samples.push(short.chars().take(240).collect());
+        }
+    }
+    stalls
+}
+
+/// Parses a Debug-printed `Duration` such as `591.7ms`, `12µs` or `1.2s`.
+fn parse_duration_ms(text: &str) -> Option<f64> {
+    let text = text.trim_end_matches(['.', ',', ')']);
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let value: f64 = text[..split].parse().ok()?;
+    match &text[split..] {
+        "ns" => Some(value / 1e6),
+        "µs" | "us" => Some(value / 1e3),
+        "ms" => Some(value),
+        "s" => Some(value * 1e3),
+        _ => None,
+    }
 }
 
 async fn run_target(
@@ -400,7 +443,7 @@ async fn run_target(
     let drain_ms = drain_began.elapsed().as_millis() as u64;
     let (cpu_after, rss_after) = server_figures(target);
     let loadgen_cpu_s = conn::self_cpu_s() - loadgen_cpu_before;
-    let (stalls, stall_samples) = stalls_since(target, log_from);
+    let stalls = stalls_since(target, log_from);
 
     shared.state.borrow_mut().stopping = true;
     let _ = stop_tx.send(true);
@@ -466,8 +509,9 @@ async fn run_target(
             cpu_s: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
             rss_bytes_before: rss_before,
             rss_bytes_after: rss_after,
-            stalls,
-            stall_samples,
+            stalls: stalls.count,
+            stall_ms_max: stalls.ms_max,
+            stall_samples: stalls.samples,
         },
         timeline: st.rec.timeline(),
     })
@@ -567,14 +611,13 @@ fn handle_line(
             let token = line.param(0).unwrap_or("tmi.twitch.tv");
             replies.push(format!("PONG :{token}"));
         }
-        "366" => {
+        "366"
             if line
                 .params
                 .iter()
-                .any(|p| p.trim_start_matches('#') == channel)
-            {
-                return Event::Joined;
-            }
+                .any(|p| p.trim_start_matches('#') == channel) =>
+        {
+            return Event::Joined;
         }
         "NOTICE" => {
             let id = line.tag("msg-id").unwrap_or("none").to_string();
@@ -769,6 +812,10 @@ async fn connection(
                 if conn.queued_bytes() > 0 && conn.flush().await.is_err() {
                     break;
                 }
+                // Under a flood every socket is always readable; yielding
+                // after each batch keeps the timers (senders, the drain, the
+                // progress bar) on time instead of behind a long run of reads.
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -885,7 +932,9 @@ async fn memory_target(
                     if !conn.fill(READ_CHUNK_BYTES).await? {
                         anyhow::bail!("closed before JOIN completed");
                     }
-                    while let Some(bytes) = conn.next_line().map_err(|_| anyhow!("line too long"))? {
+                    while let Some(bytes) =
+                        conn.next_line().map_err(|_| anyhow!("line too long"))?
+                    {
                         let text = String::from_utf8_lossy(bytes);
                         if let Some(line) = Line::parse(&text)
                             && line.command == "366"
@@ -950,6 +999,25 @@ mod tests {
         }
         assert_ne!(message_text(1, 60), message_text(2, 60));
         assert!(!message_text(5, 60).contains(['\r', '\n']));
+    }
+
+    #[test]
+    fn finds_stall_reports_and_the_worst_overage() {
+        let log = "[2026 WARN  glommio::executor::stall] [stall-detector -- executor 1] task queue default \
+                   went over-budget: 15.2ms (budget: 110ms). Backtrace:    0: x\n\
+                   3: glommio::executor::stall::handler\n\
+                   [2026 WARN  glommio::executor::stall] [stall-detector -- executor 2] task queue default \
+                   went over-budget: 591.717373ms (budget: 110ms). Backtrace: 0: y\n\
+                   [2026 INFO twitchy] unrelated\n";
+        let stalls = scan_stalls(log);
+        assert_eq!(stalls.count, Some(2));
+        assert_eq!(stalls.ms_max, Some(591.717373));
+        assert_eq!(stalls.samples.len(), 2);
+        assert!(stalls.samples[1].ends_with("(budget: 110ms)."));
+        assert_eq!(scan_stalls("nothing here\n").count, Some(0));
+        assert_eq!(parse_duration_ms("1.5s"), Some(1500.0));
+        assert_eq!(parse_duration_ms("250µs"), Some(0.25));
+        assert_eq!(parse_duration_ms("abc"), None);
     }
 
     #[test]

@@ -180,7 +180,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let scenario = scenario_from(&args)?;
             let fd_limit = twitchy_perf::conn::raise_fd_limit();
-            let needed = u64::from(scenario.viewers() + scenario.senders()) * args.targets.len() as u64;
+            let needed =
+                u64::from(scenario.viewers() + scenario.senders()) * args.targets.len() as u64;
             if needed + 100 > fd_limit {
                 anyhow::bail!(
                     "{needed} connections need more than this process's open-file limit {fd_limit}; \
@@ -239,10 +240,7 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&args.out)?;
             let json = serde_json::to_string_pretty(&summary)?;
             write_file(args.out.join("memory.json"), &json)?;
-            write_file(
-                args.out.join("memory.html"),
-                &report::memory_html(&summary),
-            )?;
+            write_file(args.out.join("memory.html"), &report::memory_html(&summary))?;
             println!("{json}");
         }
         Command::Results(args) => {

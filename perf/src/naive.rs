@@ -78,7 +78,9 @@ impl Writer {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking connection thread must not take the server down with it.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[derive(Debug, Default)]
@@ -496,7 +498,9 @@ fn handle_command(
                     .push((session.id, nick.clone(), writer.clone()));
                 session.rooms.insert(name.clone());
                 writer.send(&format!(":{nick}!{nick}@{nick}.tmi.twitch.tv JOIN #{name}"))?;
-                writer.send(&format!(":{nick}.tmi.twitch.tv 353 {nick} = #{name} :{nick}"))?;
+                writer.send(&format!(
+                    ":{nick}.tmi.twitch.tv 353 {nick} = #{name} :{nick}"
+                ))?;
                 writer.send(&format!(
                     ":{nick}.tmi.twitch.tv 366 {nick} #{name} :End of /NAMES list"
                 ))?;
@@ -513,7 +517,11 @@ fn handle_command(
             Ok(())
         }
         "PART" => {
-            let name = line.param(0).unwrap_or("").trim_start_matches('#').to_string();
+            let name = line
+                .param(0)
+                .unwrap_or("")
+                .trim_start_matches('#')
+                .to_string();
             let mut hub = lock(&server.hub);
             if let Some(room) = hub.rooms.get_mut(&name) {
                 room.members.retain(|(id, _, _)| *id != session.id);
@@ -528,7 +536,9 @@ fn handle_command(
         }
         "PONG" => Ok(()),
         "QUIT" => Err(io::ErrorKind::ConnectionAborted.into()),
-        other => writer.send(&format!(":tmi.twitch.tv 421 {nick} {other} :Unknown command")),
+        other => writer.send(&format!(
+            ":tmi.twitch.tv 421 {nick} {other} :Unknown command"
+        )),
     }
 }
 
@@ -559,7 +569,10 @@ fn privmsg(
     let mut hub = lock(&server.hub);
     let window = Duration::from_millis(server.config.rate_limit_window_ms);
     let recent = hub.recent_sends.entry(user.clone()).or_default();
-    while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+    while recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > window)
+    {
         recent.pop_front();
     }
     if recent.len() >= server.config.rate_limit_messages as usize {
@@ -616,7 +629,13 @@ mod tests {
         for ok in ["abcd", "tp_sender_12", "a123456789012345678901234"] {
             assert!(valid_username(ok), "{ok}");
         }
-        for bad in ["abc", "ABCD", "with space", "a1234567890123456789012345", "ünï"] {
+        for bad in [
+            "abc",
+            "ABCD",
+            "with space",
+            "a1234567890123456789012345",
+            "ünï",
+        ] {
             assert!(!valid_username(bad), "{bad}");
         }
     }

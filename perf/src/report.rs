@@ -233,11 +233,14 @@ fn color(i: usize) -> String {
     PALETTE[i % PALETTE.len()].to_string()
 }
 
+/// Picks one figure out of a timeline point.
+type PointValue = fn(&crate::stats::TimelinePoint) -> u64;
+
 /// p50/p99/p99.9/max per second for every target.
 pub fn latency_over_time_svg(run: &RunSummary) -> String {
     let mut series = Vec::new();
     for (i, t) in run.targets.iter().enumerate() {
-        let pick: [(&str, &str, fn(&crate::stats::TimelinePoint) -> u64); 4] = [
+        let pick: [(&str, &str, PointValue); 4] = [
             ("p50", "", |p| p.latency_us_p50),
             ("p99", "6,3", |p| p.latency_us_p99),
             ("p99.9", "2,3", |p| p.latency_us_p999),
@@ -341,7 +344,7 @@ fn target_row(t: &TargetSummary) -> String {
         .collect();
     format!(
         "<tr><td>{}</td><td>{}/{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{:.0}</td>\
-         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+         <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         escape(&t.target),
         t.connect.ok,
         t.connect.attempted,
@@ -358,6 +361,11 @@ fn target_row(t: &TargetSummary) -> String {
         micros_label(t.ack_latency.p99_us as f64),
         escape(&notices.join(", ")),
         escape(&disconnected.join(", ")),
+        match (t.server.stalls, t.server.stall_ms_max) {
+            (Some(c), Some(ms)) => format!("{c} (max {ms:.0} ms)"),
+            (Some(c), None) => c.to_string(),
+            _ => "-".into(),
+        },
     )
 }
 
@@ -375,7 +383,7 @@ pub fn run_html(run: &RunSummary) -> String {
     html.push_str(
         "<table><tr><th>target</th><th>joined</th><th>sent</th><th>sends/s</th><th>acked</th>\
          <th>deliveries</th><th>deliveries/s</th><th>lost</th><th>p50</th><th>p99</th>\
-         <th>p99.9</th><th>max</th><th>ack p99</th><th>NOTICEs</th><th>disconnected</th></tr>",
+         <th>p99.9</th><th>max</th><th>ack p99</th><th>NOTICEs</th><th>disconnected</th><th>server stalls</th></tr>",
     );
     for t in &run.targets {
         html.push_str(&target_row(t));
@@ -384,7 +392,7 @@ pub fn run_html(run: &RunSummary) -> String {
     if !run.ratios.is_empty() {
         html.push_str("<h2>Ratios</h2><ul>");
         for r in &run.ratios {
-            let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}×"));
+            let fmt = crate::stats::format_ratio;
             let _ = write!(
                 html,
                 "<li>{v} vs {t}: deliveries/s {}, p99 latency {}, p50 latency {}, server CPU per delivery {}</li>",

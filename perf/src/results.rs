@@ -19,6 +19,8 @@ const CRITERION_DEPTH_MAX: usize = 6;
 pub struct BenchFigure {
     pub group: String,
     pub function: String,
+    /// The benchmark's parameter (criterion's `value_str`), if any.
+    pub parameter: Option<String>,
     pub mean_ns: f64,
     /// Elements (or bytes) per iteration, when the bench declared them.
     pub per_iteration: Option<(String, f64)>,
@@ -94,18 +96,17 @@ pub fn criterion_figures(dir: &Path, since_unix_s: u64) -> Vec<BenchFigure> {
             let (kind, value) = t.as_object()?.iter().next()?;
             Some((kind.clone(), value.as_f64()?))
         });
-        let mut function = bench.function_id.unwrap_or_default();
-        if let Some(value) = bench.value_str {
-            function = format!("{function}/{value}");
-        }
         figures.push(BenchFigure {
             group: bench.group_id,
-            function,
+            function: bench.function_id.unwrap_or_default(),
+            parameter: bench.value_str,
             mean_ns: estimates.mean.point_estimate,
             per_iteration,
         });
     }
-    figures.sort_by(|a, b| (&a.group, &a.function).cmp(&(&b.group, &b.function)));
+    figures.sort_by(|a, b| {
+        (&a.group, &a.parameter, &a.function).cmp(&(&b.group, &b.parameter, &b.function))
+    });
     figures
 }
 
@@ -266,13 +267,23 @@ pub fn render(
                 ms(t.latency.max_us),
                 ms(t.ack_latency.p99_us),
                 t.server.cpu_s.map_or("-".into(), |c| format!("{c:.2}")),
-                t.server.stalls.map_or("-".into(), |c| c.to_string()),
+                match (t.server.stalls, t.server.stall_ms_max) {
+                    (Some(c), Some(ms)) => format!("{c} (max {ms:.0} ms)"),
+                    (Some(c), None) => c.to_string(),
+                    _ => "-".into(),
+                },
                 notices.join(" "),
                 disconnected.join(" "),
             );
         }
+        if !run.ratios.is_empty() {
+            md.push_str(
+                "\nRatios say how many times better the first target did: its deliveries/s over the \
+                 other's, the other's latency or CPU per delivery over its own.\n",
+            );
+        }
         for r in &run.ratios {
-            let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}×"));
+            let fmt = crate::stats::format_ratio;
             let _ = writeln!(
                 md,
                 "\n{} vs {}: deliveries/s {}, p99 latency {}, p50 latency {}, server CPU per delivery {}.",
@@ -286,10 +297,20 @@ pub fn render(
         }
         for t in &run.targets {
             if let Some(sample) = t.server.stall_samples.first() {
-                let _ = writeln!(md, "\n{} stall sample: `{}`", t.target, sample.replace('`', "'"));
+                let _ = writeln!(
+                    md,
+                    "\n{} stall sample: `{}`",
+                    t.target,
+                    sample.replace('`', "'")
+                );
             }
             if let Some(reason) = t.connect.failure_samples.first() {
-                let _ = writeln!(md, "\n{} connect failure sample: `{}`", t.target, reason.replace('`', "'"));
+                let _ = writeln!(
+                    md,
+                    "\n{} connect failure sample: `{}`",
+                    t.target,
+                    reason.replace('`', "'")
+                );
             }
         }
         let _ = writeln!(md, "\nReport: `perf/out/{}.html`.\n", s.name);
@@ -336,9 +357,10 @@ pub fn render(
              | group | function | mean | throughput | vs baseline |\n|---|---|---|---|---|\n",
         );
         for b in benches {
-            let baseline = benches
-                .iter()
-                .find(|o| o.group == b.group && is_baseline(&o.function));
+            // The baseline is measured with the same parameter in the same group.
+            let baseline = benches.iter().find(|o| {
+                o.group == b.group && o.parameter == b.parameter && is_baseline(&o.function)
+            });
             let throughput = b.per_iteration.as_ref().map_or("-".into(), |(kind, n)| {
                 let per_s = n / (b.mean_ns / 1e9);
                 let unit = if kind == "Bytes" { "B/s" } else { "elem/s" };
@@ -351,11 +373,20 @@ pub fn render(
             } else {
                 format!("{:.1} ns", b.mean_ns)
             };
-            let ratio = baseline.map_or("-".into(), |base| format!("{:.2}×", base.mean_ns / b.mean_ns));
+            let ratio = baseline.map_or("-".into(), |base| {
+                format!("{:.2}×", base.mean_ns / b.mean_ns)
+            });
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} |",
-                b.group, b.function, mean, throughput, ratio
+                b.group,
+                match &b.parameter {
+                    Some(p) => format!("{}/{p}", b.function),
+                    None => b.function.clone(),
+                },
+                mean,
+                throughput,
+                ratio
             );
         }
     }
@@ -461,5 +492,35 @@ mod tests {
         assert!(criterion_figures(dir.path(), u64::MAX).is_empty());
         let md = render(&[], &[], &figures, &[], false);
         assert!(md.contains("5.000e5 elem/s"), "{md}");
+    }
+
+    #[test]
+    fn pairs_each_benchmark_with_the_baseline_of_its_parameter() {
+        let figure = |function: &str, parameter: &str, mean_ns: f64| BenchFigure {
+            group: "parse".into(),
+            function: function.into(),
+            parameter: Some(parameter.into()),
+            mean_ns,
+            per_iteration: None,
+        };
+        let figures = [
+            figure("naive_split", "long", 800.0),
+            figure("ours", "long", 200.0),
+            figure("naive_split", "short", 90.0),
+            figure("ours", "short", 30.0),
+        ];
+        let md = render(&[], &[], &figures, &[], false);
+        assert!(
+            md.contains("| parse | ours/long | 200.0 ns | - | 4.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| parse | ours/short | 30.0 ns | - | 3.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| parse | naive_split/short | 90.0 ns | - | 1.00× |"),
+            "{md}"
+        );
     }
 }

@@ -185,6 +185,8 @@ pub struct ServerSummary {
     pub rss_bytes_after: Option<u64>,
     /// Stall-detector lines the server logged during the run.
     pub stalls: Option<u64>,
+    /// The longest stall reported, in milliseconds over the task's budget.
+    pub stall_ms_max: Option<f64>,
     pub stall_samples: Vec<String>,
 }
 
@@ -267,6 +269,16 @@ impl Ratio {
                 _ => None,
             },
         }
+    }
+}
+
+/// A ratio for people: `2.50×` when the first target did better, and
+/// `0.040× (1/25)` when it did worse, so small ratios stay readable.
+pub fn format_ratio(ratio: Option<f64>) -> String {
+    match ratio {
+        None => "n/a".into(),
+        Some(v) if v >= 1.0 || v <= 0.0 => format!("{v:.2}×"),
+        Some(v) => format!("{v:.3}× (1/{:.1})", 1.0 / v),
     }
 }
 
@@ -362,6 +374,13 @@ mod tests {
         let accepted = [10, 4];
         let viewers = [(0, 10), (0, 7), (1, 5), (1, 4), (5, 0)];
         assert_eq!(reconcile(&accepted, &viewers), (28, 3, 1));
+    }
+
+    #[test]
+    fn formats_small_ratios_readably() {
+        assert_eq!(format_ratio(Some(2.5)), "2.50×");
+        assert_eq!(format_ratio(Some(0.04)), "0.040× (1/25.0)");
+        assert_eq!(format_ratio(None), "n/a");
     }
 
     #[test]

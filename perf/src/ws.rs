@@ -278,19 +278,16 @@ mod tests {
 
     #[test]
     fn tungstenite_reads_our_server_frames_and_we_read_its_client_frames() {
-        use tungstenite::protocol::{Role, WebSocket};
         use tungstenite::Message;
+        use tungstenite::protocol::{Role, WebSocket};
         // Our unmasked server frame, read by a tungstenite client.
         let mut wire = Vec::new();
         encode_frame(Opcode::Text, b"PING :x\r\n", None, &mut wire);
         let mut client = WebSocket::from_raw_socket(std::io::Cursor::new(wire), Role::Client, None);
         assert_eq!(client.read().unwrap(), Message::text("PING :x\r\n"));
         // A tungstenite client frame (masked), read by our decoder.
-        let mut client = WebSocket::from_raw_socket(
-            std::io::Cursor::new(Vec::<u8>::new()),
-            Role::Client,
-            None,
-        );
+        let mut client =
+            WebSocket::from_raw_socket(std::io::Cursor::new(Vec::<u8>::new()), Role::Client, None);
         client.send(Message::text("PONG :x")).unwrap();
         let mut bytes = client.get_ref().get_ref().clone();
         let frame = decode_frame(&mut bytes).unwrap().unwrap();

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 
+use crate::Store;
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
 use crate::metrics::WriterMetrics;
 use crate::record::{AccountRecord, MessageRecord};
-use crate::Store;
 
 /// Largest room name, in bytes, that the stores accept. Room names are Twitch logins (at most 25 characters); the
 /// limit keeps keys small and bounded.
@@ -144,15 +144,54 @@ enum WriterItem {
     Stop,
 }
 
+impl WriterItem {
+    /// The record of an append that could not be queued. Only appends go through `try_send`.
+    fn into_record(self) -> MessageRecord {
+        match self {
+            WriterItem::Append(p) => p.record,
+            WriterItem::Stop => unreachable!("stop items are sent with a blocking send"),
+        }
+    }
+}
+
+/// An append that was not queued: why, and the record, handed back.
+#[derive(Debug)]
+pub struct AppendRejected {
+    pub error: StorageError,
+    pub record: MessageRecord,
+}
+
 type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum ReadRequest {
-    Recent { room: String, limit: usize, reply: Reply<Vec<MessageRecord>> },
-    Before { room: String, before: Option<MessageId>, limit: usize, reply: Reply<Vec<MessageRecord>> },
-    CreateAccount { account: AccountRecord, reply: Reply<()> },
-    Account { login: String, reply: Reply<Option<AccountRecord>> },
-    PutToken { token_sha256: [u8; 32], login: String, reply: Reply<()> },
-    LoginForToken { token_sha256: [u8; 32], reply: Reply<Option<String>> },
+    Recent {
+        room: String,
+        limit: usize,
+        reply: Reply<Vec<MessageRecord>>,
+    },
+    Before {
+        room: String,
+        before: Option<MessageId>,
+        limit: usize,
+        reply: Reply<Vec<MessageRecord>>,
+    },
+    CreateAccount {
+        account: AccountRecord,
+        reply: Reply<()>,
+    },
+    Account {
+        login: String,
+        reply: Reply<Option<AccountRecord>>,
+    },
+    PutToken {
+        token_sha256: [u8; 32],
+        login: String,
+        reply: Reply<()>,
+    },
+    LoginForToken {
+        token_sha256: [u8; 32],
+        reply: Reply<Option<String>>,
+    },
     /// One per read thread, sent by [`StorageService::shutdown`].
     Stop,
 }
@@ -204,25 +243,53 @@ impl StorageHandle {
     /// Queues a message for the next durable batch. Never blocks. `Err(Busy)` when the queue is full and
     /// `Err(Closed)` after shutdown; in both cases nothing was written.
     pub fn append(&self, record: MessageRecord) -> Result<AppendAck> {
+        self.try_append(record).map_err(|rejected| rejected.error)
+    }
+
+    /// Like [`append`](Self::append), but a rejected record is handed back with the reason, so the caller can
+    /// offer it again later without having cloned it.
+    pub fn try_append(
+        &self,
+        record: MessageRecord,
+    ) -> std::result::Result<AppendAck, AppendRejected> {
         if self.shared.closed.load(Ordering::Acquire) {
-            return Err(StorageError::Closed);
+            return Err(AppendRejected {
+                error: StorageError::Closed,
+                record,
+            });
         }
-        check_room(&record.room)?;
+        if let Err(error) = check_room(&record.room) {
+            return Err(AppendRejected { error, record });
+        }
         let (ack, rx) = oneshot::channel();
-        match self.writer_tx.try_send(WriterItem::Append(Pending { record, ack })) {
+        match self
+            .writer_tx
+            .try_send(WriterItem::Append(Pending { record, ack }))
+        {
             Ok(()) => Ok(AppendAck { rx }),
-            Err(flume::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(item)) => {
                 self.shared.metrics.record_busy();
-                Err(StorageError::Busy)
+                Err(AppendRejected {
+                    error: StorageError::Busy,
+                    record: item.into_record(),
+                })
             }
-            Err(flume::TrySendError::Disconnected(_)) => Err(StorageError::Closed),
+            Err(flume::TrySendError::Disconnected(item)) => Err(AppendRejected {
+                error: StorageError::Closed,
+                record: item.into_record(),
+            }),
         }
     }
 
     /// The room's newest `limit` messages, oldest first.
     pub async fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>> {
         check_room(room)?;
-        self.request(|reply| ReadRequest::Recent { room: room.to_owned(), limit, reply }).await
+        self.request(|reply| ReadRequest::Recent {
+            room: room.to_owned(),
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Up to `limit` messages with id `< before` (all if `None`), newest first.
@@ -233,27 +300,47 @@ impl StorageHandle {
         limit: usize,
     ) -> Result<Vec<MessageRecord>> {
         check_room(room)?;
-        self.request(|reply| ReadRequest::Before { room: room.to_owned(), before, limit, reply }).await
+        self.request(|reply| ReadRequest::Before {
+            room: room.to_owned(),
+            before,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Creates an account durably; `AlreadyExists` if the login is taken.
     pub async fn create_account(&self, account: AccountRecord) -> Result<()> {
-        self.request(|reply| ReadRequest::CreateAccount { account, reply }).await
+        self.request(|reply| ReadRequest::CreateAccount { account, reply })
+            .await
     }
 
     /// Looks an account up by login.
     pub async fn account(&self, login: &str) -> Result<Option<AccountRecord>> {
-        self.request(|reply| ReadRequest::Account { login: login.to_owned(), reply }).await
+        self.request(|reply| ReadRequest::Account {
+            login: login.to_owned(),
+            reply,
+        })
+        .await
     }
 
     /// Records a session token (its SHA-256) for a login, durably.
     pub async fn put_token(&self, token_sha256: [u8; 32], login: &str) -> Result<()> {
-        self.request(|reply| ReadRequest::PutToken { token_sha256, login: login.to_owned(), reply }).await
+        self.request(|reply| ReadRequest::PutToken {
+            token_sha256,
+            login: login.to_owned(),
+            reply,
+        })
+        .await
     }
 
     /// The login a token (by its SHA-256) belongs to.
     pub async fn login_for_token(&self, token_sha256: [u8; 32]) -> Result<Option<String>> {
-        self.request(|reply| ReadRequest::LoginForToken { token_sha256, reply }).await
+        self.request(|reply| ReadRequest::LoginForToken {
+            token_sha256,
+            reply,
+        })
+        .await
     }
 
     /// Prometheus text for the writer's counters, histograms and queue depth.
@@ -285,7 +372,9 @@ impl StorageHandle {
 
 fn check_room(room: &str) -> Result<()> {
     if room.is_empty() || room.len() > ROOM_BYTES_MAX {
-        return Err(StorageError::Invalid(format!("room name must be 1..={ROOM_BYTES_MAX} bytes")));
+        return Err(StorageError::Invalid(format!(
+            "room name must be 1..={ROOM_BYTES_MAX} bytes"
+        )));
     }
     Ok(())
 }
@@ -299,7 +388,10 @@ pub struct StorageService {
 
 impl std::fmt::Debug for StorageService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StorageService").field("handle", &self.handle).field("readers", &self.readers.len()).finish()
+        f.debug_struct("StorageService")
+            .field("handle", &self.handle)
+            .field("readers", &self.readers.len())
+            .finish()
     }
 }
 
@@ -308,7 +400,10 @@ impl StorageService {
     pub fn start(store: Arc<dyn Store>, config: CoalescerConfig) -> StorageService {
         let (writer_tx, writer_rx) = flume::bounded(config.queue_messages_max.max(1));
         let (read_tx, read_rx) = flume::bounded(READ_QUEUE_REQUESTS_MAX);
-        let shared = Arc::new(Shared { closed: AtomicBool::new(false), metrics: WriterMetrics::default() });
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            metrics: WriterMetrics::default(),
+        });
         let read_threads = config.read_threads.max(1);
         let writer = {
             let store = Arc::clone(&store);
@@ -329,7 +424,15 @@ impl StorageService {
                     .expect("spawning a storage read thread")
             })
             .collect();
-        StorageService { handle: StorageHandle { writer_tx, read_tx, shared }, writer: Some(writer), readers }
+        StorageService {
+            handle: StorageHandle {
+                writer_tx,
+                read_tx,
+                shared,
+            },
+            writer: Some(writer),
+            readers,
+        }
     }
 
     /// A handle for a shard (clone it freely).
@@ -344,7 +447,9 @@ impl StorageService {
     }
 
     fn stop(&mut self) -> Result<()> {
-        let Some(writer) = self.writer.take() else { return Ok(()) };
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
         self.handle.shared.closed.store(true, Ordering::Release);
         // A blocking send is fine here: the writer keeps draining, so room for the stop item appears.
         let _ = self.handle.writer_tx.send(WriterItem::Stop);
@@ -380,7 +485,8 @@ fn run_writer(
     shared: &Shared,
 ) -> Result<()> {
     let mut gather = Gather::new(config);
-    let mut records: Vec<MessageRecord> = Vec::with_capacity(config.batch_messages_max.clamp(1, 65_536));
+    let mut records: Vec<MessageRecord> =
+        Vec::with_capacity(config.batch_messages_max.clamp(1, 65_536));
     let mut acks: Vec<oneshot::Sender<Result<()>>> = Vec::with_capacity(records.capacity());
     let mut stopping = false;
     let mut drain_result = Ok(());
@@ -388,7 +494,11 @@ fn run_writer(
     let mut poisoned = false;
     loop {
         // Wait for the first message of the next batch; once stopping, only take what is already queued.
-        let first = if stopping { rx.try_recv().ok() } else { rx.recv().ok() };
+        let first = if stopping {
+            rx.try_recv().ok()
+        } else {
+            rx.recv().ok()
+        };
         let Some(first) = first else { break };
         let WriterItem::Append(pending) = first else {
             stopping = true;
@@ -402,7 +512,9 @@ fn run_writer(
             let next = if stopping {
                 rx.try_recv().ok()
             } else {
-                let deadline = gather.deadline().expect("a batch with a message has a deadline");
+                let deadline = gather
+                    .deadline()
+                    .expect("a batch with a message has a deadline");
                 match rx.recv_deadline(deadline) {
                     Ok(item) => Some(item),
                     Err(flume::RecvTimeoutError::Timeout) => None,
@@ -429,12 +541,16 @@ fn run_writer(
             }
         }
         let result = if poisoned {
-            Err(StorageError::Io("the store failed earlier; writes are refused".into()))
+            Err(StorageError::Io(
+                "the store failed earlier; writes are refused".into(),
+            ))
         } else {
             let started = Instant::now();
             match std::panic::catch_unwind(AssertUnwindSafe(|| store.append_messages(&records))) {
                 Ok(Ok(())) => {
-                    shared.metrics.record_batch(records.len(), started.elapsed().as_micros() as u64);
+                    shared
+                        .metrics
+                        .record_batch(records.len(), started.elapsed().as_micros() as u64);
                     Ok(())
                 }
                 Ok(Err(e)) => Err(e),
@@ -446,7 +562,10 @@ fn run_writer(
         };
         if let Err(e) = &result {
             shared.metrics.record_error();
-            log::error!("storage: batch of {} messages failed, not acknowledged: {e}", records.len());
+            log::error!(
+                "storage: batch of {} messages failed, not acknowledged: {e}",
+                records.len()
+            );
             if stopping && drain_result.is_ok() {
                 drain_result = Err(e.clone());
             }
@@ -473,20 +592,32 @@ fn run_reader(store: &dyn Store, rx: flume::Receiver<ReadRequest>, shared: &Shar
         // error and the thread serves the next request.
         let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
             match request {
-                ReadRequest::Recent { room, limit, reply: tx } => reply(shared, tx, store.recent_messages(&room, limit)),
-                ReadRequest::Before { room, before, limit, reply: tx } => {
-                    reply(shared, tx, store.messages_before(&room, before, limit))
-                }
+                ReadRequest::Recent {
+                    room,
+                    limit,
+                    reply: tx,
+                } => reply(shared, tx, store.recent_messages(&room, limit)),
+                ReadRequest::Before {
+                    room,
+                    before,
+                    limit,
+                    reply: tx,
+                } => reply(shared, tx, store.messages_before(&room, before, limit)),
                 ReadRequest::CreateAccount { account, reply: tx } => {
                     reply(shared, tx, store.create_account(&account))
                 }
-                ReadRequest::Account { login, reply: tx } => reply(shared, tx, store.account(&login)),
-                ReadRequest::PutToken { token_sha256, login, reply: tx } => {
-                    reply(shared, tx, store.put_token(token_sha256, &login))
+                ReadRequest::Account { login, reply: tx } => {
+                    reply(shared, tx, store.account(&login))
                 }
-                ReadRequest::LoginForToken { token_sha256, reply: tx } => {
-                    reply(shared, tx, store.login_for_token(token_sha256))
-                }
+                ReadRequest::PutToken {
+                    token_sha256,
+                    login,
+                    reply: tx,
+                } => reply(shared, tx, store.put_token(token_sha256, &login)),
+                ReadRequest::LoginForToken {
+                    token_sha256,
+                    reply: tx,
+                } => reply(shared, tx, store.login_for_token(token_sha256)),
                 ReadRequest::Stop => return false,
             }
             true
@@ -521,18 +652,28 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Gather::new(&config(100, 1 << 20, 500));
         assert_eq!(g.deadline(), None);
-        assert!(!g.is_due(t0 + Duration::from_secs(10)), "an empty batch is never due");
+        assert!(
+            !g.is_due(t0 + Duration::from_secs(10)),
+            "an empty batch is never due"
+        );
         g.push(100, t0);
         assert_eq!(g.deadline(), Some(t0 + Duration::from_micros(500)));
         g.push(100, t0 + Duration::from_micros(400));
-        assert_eq!(g.deadline(), Some(t0 + Duration::from_micros(500)), "later messages do not extend it");
+        assert_eq!(
+            g.deadline(),
+            Some(t0 + Duration::from_micros(500)),
+            "later messages do not extend it"
+        );
         assert!(!g.is_due(t0 + Duration::from_micros(499)));
         assert!(g.is_due(t0 + Duration::from_micros(500)));
         assert!(!g.is_full());
         g.reset();
         assert_eq!(g.deadline(), None);
         g.push(1, t0 + Duration::from_secs(1));
-        assert_eq!(g.deadline(), Some(t0 + Duration::from_secs(1) + Duration::from_micros(500)));
+        assert_eq!(
+            g.deadline(),
+            Some(t0 + Duration::from_secs(1) + Duration::from_micros(500))
+        );
     }
 
     #[test]

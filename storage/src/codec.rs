@@ -13,7 +13,8 @@ use crate::record::{AccountRecord, ArchivedAccountRecord, ArchivedMessageRecord,
 
 /// Encodes a message record.
 pub fn encode_message(record: &MessageRecord) -> Result<AlignedVec> {
-    rkyv::to_bytes::<rancor::Error>(record).map_err(|e| StorageError::Corrupt(format!("encoding message: {e}")))
+    rkyv::to_bytes::<rancor::Error>(record)
+        .map_err(|e| StorageError::Corrupt(format!("encoding message: {e}")))
 }
 
 /// Validates and decodes a message record.
@@ -28,7 +29,8 @@ pub fn decode_message(bytes: &[u8]) -> Result<MessageRecord> {
 
 /// Encodes an account record.
 pub fn encode_account(record: &AccountRecord) -> Result<AlignedVec> {
-    rkyv::to_bytes::<rancor::Error>(record).map_err(|e| StorageError::Corrupt(format!("encoding account: {e}")))
+    rkyv::to_bytes::<rancor::Error>(record)
+        .map_err(|e| StorageError::Corrupt(format!("encoding account: {e}")))
 }
 
 /// Validates and decodes an account record.
@@ -81,18 +83,30 @@ mod tests {
             color: "#00FF00".into(),
             created_unix_ms: 1_700_000_000_000,
         };
-        assert_eq!(decode_account(&encode_account(&account).unwrap()).unwrap(), account);
+        assert_eq!(
+            decode_account(&encode_account(&account).unwrap()).unwrap(),
+            account
+        );
     }
 
     #[test]
     fn damaged_bytes_are_reported_not_trusted() {
         let bytes = encode_message(&sample()).unwrap();
-        assert!(matches!(decode_message(&bytes[..bytes.len() / 2]), Err(StorageError::Corrupt(_))));
+        assert!(matches!(
+            decode_message(&bytes[..bytes.len() / 2]),
+            Err(StorageError::Corrupt(_))
+        ));
         assert!(matches!(decode_message(&[]), Err(StorageError::Corrupt(_))));
         // Invalid UTF-8 inside a stored string must be caught by validation, not handed out as a `String`.
         let mut damaged = bytes.to_vec();
-        let at = damaged.windows(7).position(|w| w == b"skibidi").expect("the text is stored verbatim");
+        let at = damaged
+            .windows(7)
+            .position(|w| w == b"skibidi")
+            .expect("the text is stored verbatim");
         damaged[at] = 0xff;
-        assert!(matches!(decode_message(&damaged), Err(StorageError::Corrupt(_))));
+        assert!(matches!(
+            decode_message(&damaged),
+            Err(StorageError::Corrupt(_))
+        ));
     }
 }

@@ -24,8 +24,19 @@ pub const SHARD_ID_MAX: u16 = (1 << 10) - 1;
 const SEQ_PER_MS_MAX: u16 = 1 << 12;
 
 /// A time-ordered, globally unique message id.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[rkyv(derive(Debug, PartialEq, Eq, PartialOrd, Ord))]
 pub struct MessageId(pub u128);
 
@@ -110,8 +121,16 @@ pub struct MessageIdGen {
 
 impl MessageIdGen {
     pub fn new(node: u16, shard: u16) -> MessageIdGen {
-        assert!(shard <= SHARD_ID_MAX, "shard index {shard} does not fit in a message id");
-        MessageIdGen { node, shard, last_ms: 0, seq: 0 }
+        assert!(
+            shard <= SHARD_ID_MAX,
+            "shard index {shard} does not fit in a message id"
+        );
+        MessageIdGen {
+            node,
+            shard,
+            last_ms: 0,
+            seq: 0,
+        }
     }
 
     /// The next id, at `now_unix_ms` or later if the clock went backwards or this millisecond is used up.
@@ -159,7 +178,10 @@ mod tests {
             assert_eq!(text.parse::<MessageId>().unwrap(), id);
             assert_eq!(&text[14..15], "7", "prints as a UUIDv7");
         }
-        assert_eq!(a.next_id(1_700_000_000_000).unix_ms() >= 1_700_000_000_001, true);
+        assert_eq!(
+            a.next_id(1_700_000_000_000).unix_ms() >= 1_700_000_000_001,
+            true
+        );
     }
 
     #[test]
@@ -176,7 +198,12 @@ mod tests {
 
     #[test]
     fn bad_ids_are_rejected() {
-        for s in ["", "xyz", "0190f1c2-7a3b-7000-8000-00000000000g", "0190f1c27a3b70008000000000000000"] {
+        for s in [
+            "",
+            "xyz",
+            "0190f1c2-7a3b-7000-8000-00000000000g",
+            "0190f1c27a3b70008000000000000000",
+        ] {
             assert!(s.parse::<MessageId>().is_err(), "{s}");
         }
     }

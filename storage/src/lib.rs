@@ -2,8 +2,8 @@
 //!
 //! (Internals doc: see the end of this section; it is completed as the crate grows.)
 
-pub mod codec;
 mod coalescer;
+pub mod codec;
 pub mod embedded;
 pub mod error;
 pub mod id;
@@ -14,7 +14,9 @@ pub mod scylla_store;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use coalescer::{AppendAck, CoalescerConfig, ROOM_BYTES_MAX, StorageHandle, StorageService};
+pub use coalescer::{
+    AppendAck, AppendRejected, CoalescerConfig, ROOM_BYTES_MAX, StorageHandle, StorageService,
+};
 pub use embedded::EmbeddedStore;
 pub use error::{Result, StorageError};
 pub use id::{MessageId, MessageIdGen};
@@ -32,7 +34,12 @@ pub trait Store: Send + Sync + 'static {
     /// The room's newest `limit` messages, oldest first.
     fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>>;
     /// Up to `limit` messages of the room with id `< before` (all if `None`), newest first.
-    fn messages_before(&self, room: &str, before: Option<MessageId>, limit: usize) -> Result<Vec<MessageRecord>>;
+    fn messages_before(
+        &self,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>>;
     /// Creates an account durably; `AlreadyExists` if the login is taken.
     fn create_account(&self, account: &AccountRecord) -> Result<()>;
     /// Looks an account up by login.
@@ -49,7 +56,11 @@ pub enum StoreConfig {
     /// The embedded store in a data directory on this machine.
     Embedded { dir: PathBuf },
     /// A ScyllaDB (or Cassandra) cluster; the keyspace and tables are created on first start.
-    Scylla { nodes: Vec<String>, keyspace: String, replication_factor: u32 },
+    Scylla {
+        nodes: Vec<String>,
+        keyspace: String,
+        replication_factor: u32,
+    },
 }
 
 /// Opens the configured store. Embedded: creates the directory and recovers from the journal. ScyllaDB: connects
@@ -57,8 +68,14 @@ pub enum StoreConfig {
 pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>> {
     match config {
         StoreConfig::Embedded { dir } => Ok(Arc::new(EmbeddedStore::open(dir)?)),
-        StoreConfig::Scylla { nodes, keyspace, replication_factor } => {
-            Ok(Arc::new(ScyllaStore::connect(nodes, keyspace, *replication_factor)?))
-        }
+        StoreConfig::Scylla {
+            nodes,
+            keyspace,
+            replication_factor,
+        } => Ok(Arc::new(ScyllaStore::connect(
+            nodes,
+            keyspace,
+            *replication_factor,
+        )?)),
     }
 }

@@ -6,11 +6,15 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds of the batch size histogram, in messages.
-const BATCH_MESSAGES_BOUNDS: [u64; 14] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192];
+const BATCH_MESSAGES_BOUNDS: [u64; 14] = [
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
+];
 
 /// Upper bounds of the batch write+fsync latency histogram, in microseconds (rendered in seconds).
-const BATCH_LATENCY_US_BOUNDS: [u64; 14] =
-    [50, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 512_000, 2_000_000];
+const BATCH_LATENCY_US_BOUNDS: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 512_000,
+    2_000_000,
+];
 
 /// A cumulative-on-render histogram with fixed bounds.
 #[derive(Debug)]
@@ -24,7 +28,11 @@ struct Histogram<const N: usize> {
 impl<const N: usize> Histogram<N> {
     fn new(bounds: [u64; N]) -> Self {
         assert!(N < 16, "histogram has more bounds than slots");
-        Histogram { bounds, counts: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0) }
+        Histogram {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
     }
 
     fn record(&self, value: u64) {
@@ -39,11 +47,19 @@ impl<const N: usize> Histogram<N> {
         let mut cumulative = 0u64;
         for (i, bound) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *bound as f64 / divisor);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / divisor
+            );
         }
         cumulative += self.counts[N].load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum.load(Relaxed) as f64 / divisor);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum.load(Relaxed) as f64 / divisor
+        );
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
 }
@@ -94,9 +110,21 @@ impl WriterMetrics {
     pub(crate) fn render(&self, queue_depth: usize) -> String {
         let mut out = String::with_capacity(4096);
         let counters = [
-            ("twitchy_storage_batches_total", "Durable message batches written.", &self.batches_total),
-            ("twitchy_storage_messages_total", "Messages made durable and acknowledged.", &self.messages_total),
-            ("twitchy_storage_errors_total", "Failed store operations.", &self.errors_total),
+            (
+                "twitchy_storage_batches_total",
+                "Durable message batches written.",
+                &self.batches_total,
+            ),
+            (
+                "twitchy_storage_messages_total",
+                "Messages made durable and acknowledged.",
+                &self.messages_total,
+            ),
+            (
+                "twitchy_storage_errors_total",
+                "Failed store operations.",
+                &self.errors_total,
+            ),
             (
                 "twitchy_storage_busy_rejections_total",
                 "Appends rejected because the writer queue was full.",
@@ -104,16 +132,29 @@ impl WriterMetrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Relaxed)
+            );
         }
         let name = "twitchy_storage_batch_messages";
-        let _ = writeln!(out, "# HELP {name} Messages per durable batch.\n# TYPE {name} histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Messages per durable batch.\n# TYPE {name} histogram"
+        );
         self.batch_messages.render(&mut out, name, 1.0);
         let name = "twitchy_storage_batch_write_seconds";
-        let _ = writeln!(out, "# HELP {name} Time to write and fsync one batch.\n# TYPE {name} histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time to write and fsync one batch.\n# TYPE {name} histogram"
+        );
         self.batch_latency_us.render(&mut out, name, 1e6);
         let name = "twitchy_storage_queue_depth";
-        let _ = writeln!(out, "# HELP {name} Messages waiting for the writer.\n# TYPE {name} gauge\n{name} {queue_depth}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Messages waiting for the writer.\n# TYPE {name} gauge\n{name} {queue_depth}"
+        );
         out
     }
 }
@@ -141,7 +182,10 @@ mod tests {
         assert!(text.contains("twitchy_storage_batch_messages_bucket{le=\"8192\"} 2\n"));
         assert!(text.contains("twitchy_storage_batch_messages_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("twitchy_storage_batch_messages_count 3\n"));
-        assert!(text.contains("twitchy_storage_batch_write_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
+        assert!(
+            text.contains("twitchy_storage_batch_write_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("twitchy_storage_batch_write_seconds_bucket{le=\"0.001\"} 2\n"));
         assert!(text.contains("twitchy_storage_queue_depth 5\n"));
         // Every sample line is `name{labels} value` with a numeric value.

@@ -3,8 +3,7 @@
 use crate::id::MessageId;
 
 /// One chat message as stored and replayed (history on join, history pages).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct MessageRecord {
     /// Time-ordered id; also the message's server timestamp (`MessageId::unix_ms`).
     pub id: MessageId,
@@ -29,8 +28,7 @@ pub struct MessageRecord {
 }
 
 /// A registered account.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AccountRecord {
     /// Lowercase login, `[a-z0-9_]{4,25}`.
     pub login: String,

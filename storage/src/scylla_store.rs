@@ -10,9 +10,12 @@
 //! messages     PRIMARY KEY ((room, bucket), id)   CLUSTERING ORDER BY (id DESC)   -- the messages
 //! room_buckets PRIMARY KEY ((room, epoch), bucket) CLUSTERING ORDER BY (bucket DESC) -- non-empty buckets
 //! room_epochs  PRIMARY KEY ((room), epoch)         CLUSTERING ORDER BY (epoch DESC)  -- non-empty epochs
-//! accounts     PRIMARY KEY (login)
+//! accounts     PRIMARY KEY (login)                 -- created with IF NOT EXISTS (a lightweight transaction)
 //! tokens       PRIMARY KEY (token)                 -- SHA-256 of the session token
 //! ```
+//!
+//! The keyspace is created with `TABLETS = {'enabled': false}` where the server knows the option (ScyllaDB with
+//! tablets cannot run the lightweight transaction that makes logins unique) and without it elsewhere.
 //!
 //! `bucket` is the id's timestamp in whole seconds ([`BUCKET_MS`]) and `epoch` is `bucket / BUCKETS_PER_EPOCH`
 //! (about 11.6 days). Ids are 16 big-endian bytes in a `blob` column, whose unsigned byte order is the ids' time
@@ -56,6 +59,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::response::query_result::QueryResult;
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
@@ -131,11 +135,14 @@ fn schema_statements(keyspace: &str, replication_factor: u32) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {keyspace}.accounts (login text, user_id bigint, password_hash text, \
              color text, created_unix_ms bigint, PRIMARY KEY (login))"
         ),
-        format!("CREATE TABLE IF NOT EXISTS {keyspace}.tokens (token blob, login text, PRIMARY KEY (token))"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.tokens (token blob, login text, PRIMARY KEY (token))"
+        ),
     ]
 }
 
-const MESSAGE_COLUMNS: &str = "id, user_id, login, display_name, color, badges, body, original, styled_by";
+const MESSAGE_COLUMNS: &str =
+    "id, user_id, login, display_name, color, badges, body, original, styled_by";
 
 struct Prepared {
     insert_message: PreparedStatement,
@@ -186,13 +193,19 @@ fn check_keyspace(keyspace: &str) -> Result<()> {
 impl ScyllaStore {
     /// Connects to `nodes` (`host:port`), creates the keyspace and tables if they do not exist, and prepares the
     /// statements.
-    pub fn connect(nodes: &[String], keyspace: &str, replication_factor: u32) -> Result<ScyllaStore> {
+    pub fn connect(
+        nodes: &[String],
+        keyspace: &str,
+        replication_factor: u32,
+    ) -> Result<ScyllaStore> {
         check_keyspace(keyspace)?;
         if nodes.is_empty() {
             return Err(StorageError::Invalid("no ScyllaDB nodes given".into()));
         }
         if replication_factor == 0 {
-            return Err(StorageError::Invalid("replication factor must be at least 1".into()));
+            return Err(StorageError::Invalid(
+                "replication factor must be at least 1".into(),
+            ));
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_THREADS)
@@ -201,14 +214,26 @@ impl ScyllaStore {
             .build()
             .map_err(io)?;
         let (session, statements) = runtime.block_on(async {
-            tokio::time::timeout(CONNECT_TIMEOUT, Self::setup(nodes, keyspace, replication_factor))
-                .await
-                .map_err(|_| StorageError::Io(format!("connecting to {nodes:?} timed out")))?
+            tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Self::setup(nodes, keyspace, replication_factor),
+            )
+            .await
+            .map_err(|_| StorageError::Io(format!("connecting to {nodes:?} timed out")))?
         })?;
-        Ok(ScyllaStore { runtime, session, statements, index_cache: Mutex::new(IndexCache::default()) })
+        Ok(ScyllaStore {
+            runtime,
+            session,
+            statements,
+            index_cache: Mutex::new(IndexCache::default()),
+        })
     }
 
-    async fn setup(nodes: &[String], ks: &str, replication_factor: u32) -> Result<(Session, Prepared)> {
+    async fn setup(
+        nodes: &[String],
+        ks: &str,
+        replication_factor: u32,
+    ) -> Result<(Session, Prepared)> {
         let session = SessionBuilder::new()
             .known_nodes(nodes)
             // Schema agreement is still awaited after each DDL statement, but the metadata refresh is done once,
@@ -217,8 +242,34 @@ impl ScyllaStore {
             .build()
             .await
             .map_err(|e| StorageError::Io(format!("connecting to {nodes:?}: {e}")))?;
-        for statement in schema_statements(ks, replication_factor) {
-            session.query_unpaged(statement, &[]).await.map_err(|e| StorageError::Io(format!("creating schema: {e}")))?;
+        // Lightweight transactions (account creation) are not available in ScyllaDB keyspaces that use tablets,
+        // so the keyspace asks for vnodes. Cassandra and older ScyllaDB reject the `TABLETS` option; for them the
+        // plain statement is used.
+        let keyspace_cql = schema_statements(ks, replication_factor).swap_remove(0);
+        let vnodes_cql = format!("{keyspace_cql} AND TABLETS = {{'enabled': false}}");
+        match session.query_unpaged(vnodes_cql, &[]).await {
+            Ok(_) => {}
+            // Only a rejected statement falls back; a timeout or an unavailable cluster is reported as is.
+            Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::SyntaxError | DbError::Invalid | DbError::ConfigError,
+                message,
+            ))) => {
+                log::info!("storage: creating the keyspace without the TABLETS option ({message})");
+                session
+                    .query_unpaged(keyspace_cql, &[])
+                    .await
+                    .map_err(|e| StorageError::Io(format!("creating keyspace: {e}")))?;
+            }
+            Err(e) => return Err(StorageError::Io(format!("creating keyspace: {e}"))),
+        }
+        for statement in schema_statements(ks, replication_factor)
+            .into_iter()
+            .skip(1)
+        {
+            session
+                .query_unpaged(statement, &[])
+                .await
+                .map_err(|e| StorageError::Io(format!("creating schema: {e}")))?;
         }
         // Fresh metadata lets token-aware routing see the new keyspace's replication at once. If it cannot be
         // fetched (a node with incomplete system tables), requests still work and the driver refreshes
@@ -229,7 +280,10 @@ impl ScyllaStore {
         let prepare = |cql: String, idempotent: bool| {
             let session = &session;
             async move {
-                let mut p = session.prepare(cql.clone()).await.map_err(|e| StorageError::Io(format!("{cql}: {e}")))?;
+                let mut p = session
+                    .prepare(cql.clone())
+                    .await
+                    .map_err(|e| StorageError::Io(format!("{cql}: {e}")))?;
                 p.set_consistency(Consistency::LocalQuorum);
                 p.set_is_idempotent(idempotent);
                 Ok::<_, StorageError>(p)
@@ -298,11 +352,15 @@ impl ScyllaStore {
     async fn write_partition_chunk(&self, chunk: &[&MessageRecord]) -> Result<()> {
         let values: Vec<_> = chunk.iter().map(|m| insert_values(m)).collect();
         if values.len() == 1 {
-            self.session.execute_unpaged(&self.statements.insert_message, &values[0]).await.map_err(io)?;
+            self.session
+                .execute_unpaged(&self.statements.insert_message, &values[0])
+                .await
+                .map_err(io)?;
             return Ok(());
         }
         let statement = BatchStatement::PreparedStatement(self.statements.insert_message.clone());
-        let mut batch = Batch::new_with_statements(BatchType::Unlogged, vec![statement; values.len()]);
+        let mut batch =
+            Batch::new_with_statements(BatchType::Unlogged, vec![statement; values.len()]);
         batch.set_consistency(Consistency::LocalQuorum);
         batch.set_is_idempotent(true);
         self.session.batch(&batch, values).await.map_err(io)?;
@@ -314,9 +372,14 @@ impl ScyllaStore {
         let mut partitions: HashMap<(&str, i64), Vec<&MessageRecord>> = HashMap::new();
         for m in batch {
             if m.room.is_empty() || m.room.len() > ROOM_BYTES_MAX {
-                return Err(StorageError::Invalid(format!("room name must be 1..={ROOM_BYTES_MAX} bytes")));
+                return Err(StorageError::Invalid(format!(
+                    "room name must be 1..={ROOM_BYTES_MAX} bytes"
+                )));
             }
-            partitions.entry((m.room.as_str(), bucket_of(m.id))).or_default().push(m);
+            partitions
+                .entry((m.room.as_str(), bucket_of(m.id)))
+                .or_default()
+                .push(m);
         }
         // Index rows this batch needs that are not known to be written.
         let (new_buckets, new_epochs) = {
@@ -351,8 +414,16 @@ impl ScyllaStore {
             }
             requests.push(Request::Messages(&group[start..]));
         }
-        requests.extend(new_buckets.iter().map(|&(room, bucket)| Request::Bucket(room, bucket)));
-        requests.extend(new_epochs.iter().map(|&(room, epoch)| Request::Epoch(room, epoch)));
+        requests.extend(
+            new_buckets
+                .iter()
+                .map(|&(room, bucket)| Request::Bucket(room, bucket)),
+        );
+        requests.extend(
+            new_epochs
+                .iter()
+                .map(|&(room, epoch)| Request::Epoch(room, epoch)),
+        );
 
         let mut pending = requests.into_iter();
         let mut in_flight = FuturesUnordered::new();
@@ -380,7 +451,10 @@ impl ScyllaStore {
             cache.rooms.clear();
         }
         for &(room, bucket) in partitions.keys() {
-            let entry = cache.rooms.entry(room.to_owned()).or_insert((bucket, epoch_of(bucket)));
+            let entry = cache
+                .rooms
+                .entry(room.to_owned())
+                .or_insert((bucket, epoch_of(bucket)));
             if bucket >= entry.0 {
                 *entry = (bucket, epoch_of(bucket));
             }
@@ -393,11 +467,17 @@ impl ScyllaStore {
             Request::Messages(chunk) => self.write_partition_chunk(chunk).await,
             Request::Bucket(room, bucket) => {
                 let values = (room, epoch_of(bucket), bucket);
-                self.session.execute_unpaged(&self.statements.insert_room_bucket, values).await.map_err(io)?;
+                self.session
+                    .execute_unpaged(&self.statements.insert_room_bucket, values)
+                    .await
+                    .map_err(io)?;
                 Ok(())
             }
             Request::Epoch(room, epoch) => {
-                self.session.execute_unpaged(&self.statements.insert_room_epoch, (room, epoch)).await.map_err(io)?;
+                self.session
+                    .execute_unpaged(&self.statements.insert_room_epoch, (room, epoch))
+                    .await
+                    .map_err(io)?;
                 Ok(())
             }
         }
@@ -411,7 +491,13 @@ trait HistoryReads {
     /// The room's newest epoch `<= epoch_max` that has messages.
     async fn newest_epoch(&self, room: &str, epoch_max: i64) -> Result<Option<i64>>;
     /// Up to `limit` non-empty buckets of the room in `epoch` that are `<= bucket_max`, newest first.
-    async fn buckets(&self, room: &str, epoch: i64, bucket_max: i64, limit: usize) -> Result<Vec<i64>>;
+    async fn buckets(
+        &self,
+        room: &str,
+        epoch: i64,
+        bucket_max: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>>;
     /// Up to `limit` messages of one bucket with id `< before` (all if `None`), newest first.
     async fn bucket_page(
         &self,
@@ -424,14 +510,27 @@ trait HistoryReads {
 
 impl HistoryReads for ScyllaStore {
     async fn newest_epoch(&self, room: &str, epoch_max: i64) -> Result<Option<i64>> {
-        let result =
-            self.session.execute_unpaged(&self.statements.select_epoch, (room, epoch_max)).await.map_err(io)?;
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_epoch, (room, epoch_max))
+            .await
+            .map_err(io)?;
         Ok(first_row::<(i64,)>(result)?.map(|(e,)| e))
     }
 
-    async fn buckets(&self, room: &str, epoch: i64, bucket_max: i64, limit: usize) -> Result<Vec<i64>> {
+    async fn buckets(
+        &self,
+        room: &str,
+        epoch: i64,
+        bucket_max: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>> {
         let values = (room, epoch, bucket_max, limit.min(i32::MAX as usize) as i32);
-        let result = self.session.execute_unpaged(&self.statements.select_buckets, values).await.map_err(io)?;
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_buckets, values)
+            .await
+            .map_err(io)?;
         Ok(rows::<(i64,)>(result)?.into_iter().map(|(b,)| b).collect())
     }
 
@@ -447,9 +546,15 @@ impl HistoryReads for ScyllaStore {
             Some(id) => {
                 let id = id.to_be_bytes();
                 let values = (room, bucket, id.as_slice(), limit);
-                self.session.execute_unpaged(&self.statements.select_before, values).await
+                self.session
+                    .execute_unpaged(&self.statements.select_before, values)
+                    .await
             }
-            None => self.session.execute_unpaged(&self.statements.select_newest, (room, bucket, limit)).await,
+            None => {
+                self.session
+                    .execute_unpaged(&self.statements.select_newest, (room, bucket, limit))
+                    .await
+            }
         }
         .map_err(io)?;
         message_rows(result, room)
@@ -470,7 +575,9 @@ async fn bucket_newest_first<H: HistoryReads>(
         let rows = h.bucket_page(room, bucket, before, page).await?;
         let got = rows.len();
         if got > page || rows.iter().any(|m| before.is_some_and(|b| m.id >= b)) {
-            return Err(StorageError::Corrupt("a bucket read returned rows outside its bounds".into()));
+            return Err(StorageError::Corrupt(
+                "a bucket read returned rows outside its bounds".into(),
+            ));
         }
         before = rows.last().map(|m| m.id);
         out.extend(rows);
@@ -497,17 +604,30 @@ async fn walk_newest_first<H: HistoryReads>(
     let top_bucket = before.map_or(i64::MAX, bucket_of);
     let mut epoch_max = epoch_of(top_bucket);
     loop {
-        let Some(epoch) = h.newest_epoch(room, epoch_max).await? else { return Ok(out) };
+        let Some(epoch) = h.newest_epoch(room, epoch_max).await? else {
+            return Ok(out);
+        };
         if epoch > epoch_max {
-            return Err(StorageError::Corrupt("room_epochs returned an epoch above the bound".into()));
+            return Err(StorageError::Corrupt(
+                "room_epochs returned an epoch above the bound".into(),
+            ));
         }
-        let mut bucket_max = top_bucket.min(epoch.saturating_mul(BUCKETS_PER_EPOCH).saturating_add(BUCKETS_PER_EPOCH - 1));
+        let mut bucket_max = top_bucket.min(
+            epoch
+                .saturating_mul(BUCKETS_PER_EPOCH)
+                .saturating_add(BUCKETS_PER_EPOCH - 1),
+        );
         let mut chunk = 1usize;
         loop {
             let buckets = h.buckets(room, epoch, bucket_max, chunk).await?;
             let Some(&last) = buckets.last() else { break };
-            if buckets.len() > chunk || buckets.windows(2).any(|w| w[0] <= w[1]) || buckets[0] > bucket_max {
-                return Err(StorageError::Corrupt("room_buckets returned buckets out of order or bounds".into()));
+            if buckets.len() > chunk
+                || buckets.windows(2).any(|w| w[0] <= w[1])
+                || buckets[0] > bucket_max
+            {
+                return Err(StorageError::Corrupt(
+                    "room_buckets returned buckets out of order or bounds".into(),
+                ));
             }
             let want = limit - out.len();
             let reads: Vec<_> = buckets
@@ -541,8 +661,19 @@ enum Request<'a> {
     Epoch(&'a str, i64),
 }
 
-type InsertValues<'a> =
-    (&'a str, i64, [u8; 16], i64, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+type InsertValues<'a> = (
+    &'a str,
+    i64,
+    [u8; 16],
+    i64,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+);
 
 fn insert_values(m: &MessageRecord) -> InsertValues<'_> {
     (
@@ -565,7 +696,11 @@ where
     R: for<'f> scylla::deserialize::row::DeserializeRow<'f, 'f>,
 {
     let rows = result.into_rows_result().map_err(corrupt)?;
-    let out = rows.rows::<R>().map_err(corrupt)?.collect::<std::result::Result<Vec<R>, _>>().map_err(corrupt)?;
+    let out = rows
+        .rows::<R>()
+        .map_err(corrupt)?
+        .collect::<std::result::Result<Vec<R>, _>>()
+        .map_err(corrupt)?;
     Ok(out)
 }
 
@@ -576,26 +711,40 @@ where
     Ok(rows::<R>(result)?.into_iter().next())
 }
 
-type MessageRow = (Vec<u8>, i64, String, String, String, String, String, String, String);
+type MessageRow = (
+    Vec<u8>,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
 
 fn message_rows(result: QueryResult, room: &str) -> Result<Vec<MessageRecord>> {
     rows::<MessageRow>(result)?
         .into_iter()
-        .map(|(id, user_id, login, display_name, color, badges, text, original, styled_by)| {
-            let id: [u8; 16] = id.try_into().map_err(|_| StorageError::Corrupt("message id is not 16 bytes".into()))?;
-            Ok(MessageRecord {
-                id: MessageId::from_be_bytes(id),
-                room: room.to_owned(),
-                user_id: user_id as u64,
-                login,
-                display_name,
-                color,
-                badges,
-                text,
-                original,
-                styled_by,
-            })
-        })
+        .map(
+            |(id, user_id, login, display_name, color, badges, text, original, styled_by)| {
+                let id: [u8; 16] = id
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("message id is not 16 bytes".into()))?;
+                Ok(MessageRecord {
+                    id: MessageId::from_be_bytes(id),
+                    room: room.to_owned(),
+                    user_id: user_id as u64,
+                    login,
+                    display_name,
+                    color,
+                    badges,
+                    text,
+                    original,
+                    styled_by,
+                })
+            },
+        )
         .collect()
 }
 
@@ -608,13 +757,21 @@ impl Store for ScyllaStore {
     }
 
     fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>> {
-        let mut out = self.runtime.block_on(walk_newest_first(self, room, None, limit))?;
+        let mut out = self
+            .runtime
+            .block_on(walk_newest_first(self, room, None, limit))?;
         out.reverse();
         Ok(out)
     }
 
-    fn messages_before(&self, room: &str, before: Option<MessageId>, limit: usize) -> Result<Vec<MessageRecord>> {
-        self.runtime.block_on(walk_newest_first(self, room, before, limit))
+    fn messages_before(
+        &self,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        self.runtime
+            .block_on(walk_newest_first(self, room, before, limit))
     }
 
     fn create_account(&self, account: &AccountRecord) -> Result<()> {
@@ -627,43 +784,64 @@ impl Store for ScyllaStore {
         );
         let result = self
             .runtime
-            .block_on(self.session.execute_unpaged(&self.statements.insert_account, values))
+            .block_on(
+                self.session
+                    .execute_unpaged(&self.statements.insert_account, values),
+            )
             .map_err(io)?;
         // A lightweight transaction answers with an `[applied]` boolean first column.
-        let row = first_row::<Row>(result)?.ok_or_else(|| corrupt("no [applied] row from IF NOT EXISTS"))?;
+        let row = first_row::<Row>(result)?
+            .ok_or_else(|| corrupt("no [applied] row from IF NOT EXISTS"))?;
         match row.columns.first() {
             Some(Some(CqlValue::Boolean(true))) => Ok(()),
             Some(Some(CqlValue::Boolean(false))) => Err(StorageError::AlreadyExists),
-            _ => Err(corrupt("the [applied] column of IF NOT EXISTS is not a boolean")),
+            _ => Err(corrupt(
+                "the [applied] column of IF NOT EXISTS is not a boolean",
+            )),
         }
     }
 
     fn account(&self, login: &str) -> Result<Option<AccountRecord>> {
         let result = self
             .runtime
-            .block_on(self.session.execute_unpaged(&self.statements.select_account, (login,)))
+            .block_on(
+                self.session
+                    .execute_unpaged(&self.statements.select_account, (login,)),
+            )
             .map_err(io)?;
-        Ok(first_row::<(String, i64, String, String, i64)>(result)?.map(
-            |(login, user_id, password_hash, color, created_unix_ms)| AccountRecord {
-                login,
-                user_id: user_id as u64,
-                password_hash,
-                color,
-                created_unix_ms: created_unix_ms as u64,
-            },
-        ))
+        Ok(
+            first_row::<(String, i64, String, String, i64)>(result)?.map(
+                |(login, user_id, password_hash, color, created_unix_ms)| AccountRecord {
+                    login,
+                    user_id: user_id as u64,
+                    password_hash,
+                    color,
+                    created_unix_ms: created_unix_ms as u64,
+                },
+            ),
+        )
     }
 
     fn put_token(&self, token_sha256: [u8; 32], login: &str) -> Result<()> {
         let values = (token_sha256.as_slice(), login);
-        self.runtime.block_on(self.session.execute_unpaged(&self.statements.insert_token, values)).map_err(io)?;
+        self.runtime
+            .block_on(
+                self.session
+                    .execute_unpaged(&self.statements.insert_token, values),
+            )
+            .map_err(io)?;
         Ok(())
     }
 
     fn login_for_token(&self, token_sha256: [u8; 32]) -> Result<Option<String>> {
         let values = (token_sha256.as_slice(),);
-        let result =
-            self.runtime.block_on(self.session.execute_unpaged(&self.statements.select_token, values)).map_err(io)?;
+        let result = self
+            .runtime
+            .block_on(
+                self.session
+                    .execute_unpaged(&self.statements.select_token, values),
+            )
+            .map_err(io)?;
         Ok(first_row::<(String,)>(result)?.map(|(login,)| login))
     }
 }
@@ -683,7 +861,10 @@ mod tests {
         assert_eq!(bucket_of(b), 1_700_000_001);
         assert_eq!(epoch_of(1_700_000_001), 1_700);
         assert_eq!(epoch_of(1_699_999_999), 1_699);
-        assert_eq!(epoch_of(bucket_of(MessageId::MAX)), bucket_of(MessageId::MAX) / BUCKETS_PER_EPOCH);
+        assert_eq!(
+            epoch_of(bucket_of(MessageId::MAX)),
+            bucket_of(MessageId::MAX) / BUCKETS_PER_EPOCH
+        );
     }
 
     /// The three history reads over ordered maps, with the semantics CQL gives them on a real cluster.
@@ -695,11 +876,19 @@ mod tests {
 
     impl Model {
         fn insert(&mut self, m: MessageRecord) {
-            self.partitions.entry((m.room.clone(), bucket_of(m.id))).or_default().insert(m.id, m);
+            self.partitions
+                .entry((m.room.clone(), bucket_of(m.id)))
+                .or_default()
+                .insert(m.id, m);
         }
 
         /// The answer by brute force: all of the room's messages, filtered and sorted.
-        fn reference(&self, room: &str, before: Option<MessageId>, limit: usize) -> Vec<MessageRecord> {
+        fn reference(
+            &self,
+            room: &str,
+            before: Option<MessageId>,
+            limit: usize,
+        ) -> Vec<MessageRecord> {
             let mut all: Vec<MessageRecord> = self
                 .partitions
                 .iter()
@@ -713,19 +902,37 @@ mod tests {
         }
 
         fn room_buckets<'a>(&'a self, room: &'a str) -> impl DoubleEndedIterator<Item = i64> + 'a {
-            self.partitions.keys().filter(move |(r, _)| r == room).map(|&(_, b)| b)
+            self.partitions
+                .keys()
+                .filter(move |(r, _)| r == room)
+                .map(|&(_, b)| b)
         }
     }
 
     impl HistoryReads for Model {
         async fn newest_epoch(&self, room: &str, epoch_max: i64) -> Result<Option<i64>> {
             self.reads.set(self.reads.get() + 1);
-            Ok(self.room_buckets(room).map(epoch_of).filter(|&e| e <= epoch_max).max())
+            Ok(self
+                .room_buckets(room)
+                .map(epoch_of)
+                .filter(|&e| e <= epoch_max)
+                .max())
         }
 
-        async fn buckets(&self, room: &str, epoch: i64, bucket_max: i64, limit: usize) -> Result<Vec<i64>> {
+        async fn buckets(
+            &self,
+            room: &str,
+            epoch: i64,
+            bucket_max: i64,
+            limit: usize,
+        ) -> Result<Vec<i64>> {
             self.reads.set(self.reads.get() + 1);
-            Ok(self.room_buckets(room).rev().filter(|&b| epoch_of(b) == epoch && b <= bucket_max).take(limit).collect())
+            Ok(self
+                .room_buckets(room)
+                .rev()
+                .filter(|&b| epoch_of(b) == epoch && b <= bucket_max)
+                .take(limit)
+                .collect())
         }
 
         async fn bucket_page(
@@ -736,8 +943,15 @@ mod tests {
             limit: usize,
         ) -> Result<Vec<MessageRecord>> {
             self.reads.set(self.reads.get() + 1);
-            let Some(p) = self.partitions.get(&(room.to_owned(), bucket)) else { return Ok(Vec::new()) };
-            Ok(p.values().rev().filter(|m| before.is_none_or(|b| m.id < b)).take(limit).cloned().collect())
+            let Some(p) = self.partitions.get(&(room.to_owned(), bucket)) else {
+                return Ok(Vec::new());
+            };
+            Ok(p.values()
+                .rev()
+                .filter(|m| before.is_none_or(|b| m.id < b))
+                .take(limit)
+                .cloned()
+                .collect())
         }
     }
 
@@ -756,7 +970,12 @@ mod tests {
         }
     }
 
-    fn walk(model: &Model, room: &str, before: Option<MessageId>, limit: usize) -> Vec<MessageRecord> {
+    fn walk(
+        model: &Model,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Vec<MessageRecord> {
         futures_lite::future::block_on(walk_newest_first(model, room, before, limit)).unwrap()
     }
 
@@ -767,7 +986,9 @@ mod tests {
         println!("seed {seed:#x}");
         let mut rng = seed;
         let mut next = move || {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             rng >> 33
         };
         let mut model = Model::default();
@@ -785,16 +1006,32 @@ mod tests {
             let room = ["busy", "busy", "quiet", "other"][shard];
             model.insert(record(gens[shard].next_id(ms), room));
         }
-        let ids: Vec<MessageId> = model.partitions.values().flat_map(|p| p.keys().copied()).collect();
+        let ids: Vec<MessageId> = model
+            .partitions
+            .values()
+            .flat_map(|p| p.keys().copied())
+            .collect();
         for room in ["busy", "quiet", "other", "nobody"] {
             for limit in [0, 1, 2, 7, 50, 1001, 5000] {
-                assert_eq!(walk(&model, room, None, limit), model.reference(room, None, limit), "{room} {limit}");
+                assert_eq!(
+                    walk(&model, room, None, limit),
+                    model.reference(room, None, limit),
+                    "{room} {limit}"
+                );
                 for _ in 0..5 {
                     let pick = ids[(next() as usize) % ids.len()];
                     // An existing id, the id just after it, and the first id of its bucket.
-                    for before in [pick, MessageId(pick.0 + 1), MessageId::min_for_ms(pick.unix_ms() / 1000 * 1000)] {
+                    for before in [
+                        pick,
+                        MessageId(pick.0 + 1),
+                        MessageId::min_for_ms(pick.unix_ms() / 1000 * 1000),
+                    ] {
                         let got = walk(&model, room, Some(before), limit);
-                        assert_eq!(got, model.reference(room, Some(before), limit), "{room} {limit} {before}");
+                        assert_eq!(
+                            got,
+                            model.reference(room, Some(before), limit),
+                            "{room} {limit} {before}"
+                        );
                     }
                 }
             }
@@ -814,7 +1051,11 @@ mod tests {
         assert_eq!(got, model.reference("quiet", None, 50));
         assert_eq!(got.len(), 3);
         // Per non-empty epoch: the epoch, its buckets (twice at most), one bucket page; then one final epoch read.
-        assert!(model.reads.get() <= 3 * 4 + 1, "{} reads", model.reads.get());
+        assert!(
+            model.reads.get() <= 3 * 4 + 1,
+            "{} reads",
+            model.reads.get()
+        );
     }
 
     #[test]
@@ -837,7 +1078,10 @@ mod tests {
             assert!(check_keyspace(ok).is_ok(), "{ok}");
         }
         for bad in ["", "2chat", "a;DROP", "a b", "a-b", "é", &"x".repeat(49)] {
-            assert!(matches!(check_keyspace(bad), Err(StorageError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(check_keyspace(bad), Err(StorageError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 }

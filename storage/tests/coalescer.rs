@@ -24,8 +24,19 @@ impl Store for MemoryStore {
         self.messages.lock().unwrap().extend_from_slice(batch);
         Ok(())
     }
-    fn recent_messages(&self, room: &str, limit: usize) -> twitchy_storage::Result<Vec<MessageRecord>> {
-        let all: Vec<_> = self.messages.lock().unwrap().iter().filter(|m| m.room == room).cloned().collect();
+    fn recent_messages(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        let all: Vec<_> = self
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.room == room)
+            .cloned()
+            .collect();
         Ok(all[all.len().saturating_sub(limit)..].to_vec())
     }
     fn messages_before(
@@ -76,7 +87,10 @@ impl GatedStore {
         let store = GatedStore {
             inner: MemoryStore::default(),
             fail_after_gate: Default::default(),
-            open: Mutex::new(false), opened: Condvar::new(), entered };
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+            entered,
+        };
         (Arc::new(store), rx)
     }
 
@@ -99,7 +113,11 @@ impl Store for GatedStore {
         }
         self.inner.append_messages(batch)
     }
-    fn recent_messages(&self, room: &str, limit: usize) -> twitchy_storage::Result<Vec<MessageRecord>> {
+    fn recent_messages(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
         self.inner.recent_messages(room, limit)
     }
     fn messages_before(
@@ -152,11 +170,17 @@ impl Store for FailingStore {
             if self.panic_writes {
                 panic!("injected panic in append_messages");
             }
-            return Err(StorageError::Io("No space left on device (os error 28)".into()));
+            return Err(StorageError::Io(
+                "No space left on device (os error 28)".into(),
+            ));
         }
         self.inner.append_messages(batch)
     }
-    fn recent_messages(&self, room: &str, limit: usize) -> twitchy_storage::Result<Vec<MessageRecord>> {
+    fn recent_messages(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
         if self.panic_reads && room == "boom" {
             panic!("injected panic in recent_messages");
         }
@@ -195,7 +219,11 @@ fn metric(text: &str, name: &str) -> f64 {
 #[test]
 fn a_full_queue_answers_busy_and_memory_stays_bounded() {
     let (store, entered) = GatedStore::new();
-    let config = CoalescerConfig { queue_messages_max: 8, batch_wait_us_max: 0, ..CoalescerConfig::default() };
+    let config = CoalescerConfig {
+        queue_messages_max: 8,
+        batch_wait_us_max: 0,
+        ..CoalescerConfig::default()
+    };
     let service = StorageService::start(store.clone(), config);
     let h = service.handle();
     let msgs = messages("forsen", 0, 1_700_000_000_000, 20);
@@ -230,7 +258,11 @@ fn batches_close_on_size_bytes_and_time() {
     // Count limit: 1 message stalls the writer, 25 queue up, then drain as 10 + 10 + 5 (the last closed by the
     // time window).
     let (store, entered) = GatedStore::new();
-    let config = CoalescerConfig { batch_messages_max: 10, batch_wait_us_max: 50_000, ..CoalescerConfig::default() };
+    let config = CoalescerConfig {
+        batch_messages_max: 10,
+        batch_wait_us_max: 50_000,
+        ..CoalescerConfig::default()
+    };
     let service = StorageService::start(store.clone(), config);
     let h = service.handle();
     let msgs = messages("forsen", 0, 1_700_000_000_000, 26);
@@ -245,14 +277,27 @@ fn batches_close_on_size_bytes_and_time() {
     let text = h.metrics_text();
     assert_eq!(metric(&text, "twitchy_storage_batches_total"), 4.0);
     assert_eq!(metric(&text, "twitchy_storage_messages_total"), 26.0);
-    assert_eq!(metric(&text, "twitchy_storage_batch_messages_bucket{le=\"1\"}"), 1.0);
-    assert_eq!(metric(&text, "twitchy_storage_batch_messages_bucket{le=\"8\"}"), 2.0);
-    assert_eq!(metric(&text, "twitchy_storage_batch_messages_bucket{le=\"16\"}"), 4.0);
+    assert_eq!(
+        metric(&text, "twitchy_storage_batch_messages_bucket{le=\"1\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "twitchy_storage_batch_messages_bucket{le=\"8\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "twitchy_storage_batch_messages_bucket{le=\"16\"}"),
+        4.0
+    );
     service.shutdown().unwrap();
 
     // Byte limit: messages of ~1.1 KB with a 3000-byte limit make batches of three.
     let (store, entered) = GatedStore::new();
-    let config = CoalescerConfig { batch_bytes_max: 3000, batch_wait_us_max: 50_000, ..CoalescerConfig::default() };
+    let config = CoalescerConfig {
+        batch_bytes_max: 3000,
+        batch_wait_us_max: 50_000,
+        ..CoalescerConfig::default()
+    };
     let service = StorageService::start(store.clone(), config);
     let h = service.handle();
     let mut msgs = messages("forsen", 0, 1_700_000_000_000, 10);
@@ -281,9 +326,10 @@ fn shutdown_writes_everything_queued_then_refuses() {
     acks.extend(msgs[1..].iter().map(|m| h.append(m.clone()).unwrap()));
 
     let stopper = std::thread::spawn(move || service.shutdown());
-    // Shutdown waits for the stalled batch; once the store moves, everything queued is written and acknowledged.
-    while h.append(msgs[0].clone()).is_ok() {
-        std::thread::yield_now();
+    // Shutdown closes the handles at once but waits for the stalled batch; once the store moves, everything
+    // queued is written and acknowledged.
+    while block_on(h.account("x")) != Err(StorageError::Closed) {
+        std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(h.append(msgs[0].clone()).unwrap_err(), StorageError::Closed);
     store.open();
@@ -291,17 +337,31 @@ fn shutdown_writes_everything_queued_then_refuses() {
     for ack in acks {
         block_on(ack).unwrap();
     }
-    let stored = store.inner.messages.lock().unwrap().clone();
-    assert!(stored.len() >= 100, "everything acknowledged before shutdown is stored");
-    assert_eq!(stored[..100].to_vec(), msgs);
-    assert_eq!(block_on(h.recent_messages("forsen", 10)).unwrap_err(), StorageError::Closed);
-    assert_eq!(block_on(h.account("alice")).unwrap_err(), StorageError::Closed);
+    assert_eq!(
+        *store.inner.messages.lock().unwrap(),
+        msgs,
+        "everything queued before shutdown is stored"
+    );
+    assert_eq!(
+        block_on(h.recent_messages("forsen", 10)).unwrap_err(),
+        StorageError::Closed
+    );
+    assert_eq!(
+        block_on(h.account("alice")).unwrap_err(),
+        StorageError::Closed
+    );
 }
 
 #[test]
 fn a_failing_store_fails_its_batches_and_keeps_what_was_acknowledged() {
     let store = Arc::new(FailingStore::new(3));
-    let config = CoalescerConfig { batch_messages_max: 10, ..CoalescerConfig::default() };
+    // Batches close on size only (the window is far longer than the test), so each group of ten appends below is
+    // exactly one batch however the threads are scheduled.
+    let config = CoalescerConfig {
+        batch_messages_max: 10,
+        batch_wait_us_max: 60_000_000,
+        ..CoalescerConfig::default()
+    };
     let service = StorageService::start(store.clone(), config);
     let h = service.handle();
     let msgs = messages("forsen", 0, 1_700_000_000_000, 100);
@@ -315,12 +375,19 @@ fn a_failing_store_fails_its_batches_and_keeps_what_was_acknowledged() {
                 Ok(()) => acked.push(m.clone()),
                 Err(e) => {
                     assert!(i >= 3, "batch {i} failed: {e}");
-                    assert!(matches!(e, StorageError::Io(ref s) if s.contains("No space left")), "{e}");
+                    assert!(
+                        matches!(e, StorageError::Io(ref s) if s.contains("No space left")),
+                        "{e}"
+                    );
                 }
             }
         }
     }
-    assert_eq!(acked, msgs[..30].to_vec(), "exactly the batches before the failure were acknowledged");
+    assert_eq!(
+        acked,
+        msgs[..30].to_vec(),
+        "exactly the batches before the failure were acknowledged"
+    );
     assert_eq!(*store.inner.messages.lock().unwrap(), acked);
     let text = h.metrics_text();
     assert_eq!(metric(&text, "twitchy_storage_errors_total"), 7.0);
@@ -328,51 +395,91 @@ fn a_failing_store_fails_its_batches_and_keeps_what_was_acknowledged() {
     // Reads keep working from what was stored.
     assert_eq!(block_on(h.recent_messages("forsen", 100)).unwrap(), acked);
 
-    // The store stays failed: later appends are refused too, and shutdown still completes.
-    let ack = h.append(msgs[0].clone()).unwrap();
-    assert!(matches!(block_on(ack), Err(StorageError::Io(_))));
-    let _ = service.shutdown();
+    // The store stays failed: a later batch is refused too, and shutdown still completes.
+    let acks: Vec<_> = msgs[..10]
+        .iter()
+        .map(|m| h.append(m.clone()).unwrap())
+        .collect();
+    for ack in acks {
+        assert!(matches!(block_on(ack), Err(StorageError::Io(_))));
+    }
+    service.shutdown().unwrap();
 }
 
 #[test]
 fn a_batch_failing_during_shutdown_is_reported_by_shutdown() {
     let (store, entered) = GatedStore::new();
     store.fail_after_gate.store(true, Ordering::SeqCst);
-    // A long window: the writer is still gathering the second batch when the stop item arrives, so that batch
-    // is written as part of the shutdown drain.
-    let config = CoalescerConfig { batch_wait_us_max: 10_000_000, ..CoalescerConfig::default() };
+    // Batches of two and a window far longer than the test: batch boundaries come only from the size limit and
+    // from the stop item, never from the clock.
+    let config = CoalescerConfig {
+        batch_messages_max: 2,
+        batch_wait_us_max: 60_000_000,
+        ..CoalescerConfig::default()
+    };
     let service = StorageService::start(store.clone(), config);
     let h = service.handle();
-    let msgs = messages("forsen", 0, 1_700_000_000_000, 2);
-    let first = h.append(msgs[0].clone()).unwrap();
-    entered.recv_timeout(Duration::from_secs(10)).unwrap();
-    let second = h.append(msgs[1].clone()).unwrap();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 3);
+    let first: Vec<_> = msgs[..2]
+        .iter()
+        .map(|m| h.append(m.clone()).unwrap())
+        .collect();
+    assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 2);
+    let last = h.append(msgs[2].clone()).unwrap();
     let stopper = std::thread::spawn(move || service.shutdown());
-    while h.append(msgs[0].clone()).is_ok() {
-        std::thread::yield_now();
+    // Wait until shutdown has closed the handle and queued its stop item behind the last message.
+    while block_on(h.account("x")) != Err(StorageError::Closed) || h.queue_depth() < 2 {
+        std::thread::sleep(Duration::from_millis(1));
     }
     store.open();
-    assert!(matches!(stopper.join().unwrap(), Err(StorageError::Io(_))));
-    assert!(matches!(block_on(first), Err(StorageError::Io(_))));
-    assert!(matches!(block_on(second), Err(StorageError::Io(_))));
+    assert!(
+        matches!(stopper.join().unwrap(), Err(StorageError::Io(_))),
+        "the drain's failure is reported"
+    );
+    for ack in first {
+        assert!(matches!(block_on(ack), Err(StorageError::Io(_))));
+    }
+    assert!(matches!(block_on(last), Err(StorageError::Io(_))));
     assert!(store.inner.messages.lock().unwrap().is_empty());
 }
 
 #[test]
 fn a_panicking_store_fails_acks_without_taking_the_service_down() {
-    let store = Arc::new(FailingStore { panic_writes: true, panic_reads: true, ..FailingStore::new(1) });
-    let service = StorageService::start(store.clone(), CoalescerConfig { read_threads: 1, ..CoalescerConfig::default() });
+    let store = Arc::new(FailingStore {
+        panic_writes: true,
+        panic_reads: true,
+        ..FailingStore::new(1)
+    });
+    let service = StorageService::start(
+        store.clone(),
+        CoalescerConfig {
+            read_threads: 1,
+            ..CoalescerConfig::default()
+        },
+    );
     let h = service.handle();
     let msgs = messages("forsen", 0, 1_700_000_000_000, 3);
     block_on(h.append(msgs[0].clone()).unwrap()).unwrap();
-    assert!(matches!(block_on(h.append(msgs[1].clone()).unwrap()), Err(StorageError::Io(_))));
+    assert!(matches!(
+        block_on(h.append(msgs[1].clone()).unwrap()),
+        Err(StorageError::Io(_))
+    ));
     // After a panic the store's state is unknown: nothing more is acknowledged, and the store is not called again.
-    assert!(matches!(block_on(h.append(msgs[2].clone()).unwrap()), Err(StorageError::Io(_))));
+    assert!(matches!(
+        block_on(h.append(msgs[2].clone()).unwrap()),
+        Err(StorageError::Io(_))
+    ));
     assert_eq!(store.batches.load(Ordering::SeqCst), 2);
     // A panicking read fails that request; the single read thread survives and serves the next one.
     assert!(block_on(h.recent_messages("boom", 1)).is_err());
-    assert_eq!(block_on(h.recent_messages("forsen", 10)).unwrap(), msgs[..1].to_vec());
-    assert_eq!(metric(&h.metrics_text(), "twitchy_storage_errors_total"), 3.0);
+    assert_eq!(
+        block_on(h.recent_messages("forsen", 10)).unwrap(),
+        msgs[..1].to_vec()
+    );
+    assert_eq!(
+        metric(&h.metrics_text(), "twitchy_storage_errors_total"),
+        3.0
+    );
     service.shutdown().unwrap();
 }
 

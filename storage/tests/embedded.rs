@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use common::{block_on, message, messages};
 use twitchy_storage::{
-    AccountRecord, CoalescerConfig, EmbeddedStore, MessageId, MessageIdGen, StorageError, StorageService, Store,
-    StoreConfig, open_store,
+    AccountRecord, CoalescerConfig, EmbeddedStore, MessageId, MessageIdGen, StorageError,
+    StorageService, Store, StoreConfig, open_store,
 };
 
 fn account(login: &str, user_id: u64) -> AccountRecord {
@@ -23,7 +23,10 @@ fn account(login: &str, user_id: u64) -> AccountRecord {
 #[test]
 fn history_is_ordered_paged_and_per_room() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&StoreConfig::Embedded { dir: dir.path().join("data") }).unwrap();
+    let store = open_store(&StoreConfig::Embedded {
+        dir: dir.path().join("data"),
+    })
+    .unwrap();
     let service = StorageService::start(store, CoalescerConfig::default());
     let h = service.handle();
 
@@ -31,16 +34,29 @@ fn history_is_ordered_paged_and_per_room() {
     let a = messages("ab", 0, 1_700_000_000_000, 300);
     let b = messages("a", 1, 1_700_000_000_000, 50);
     let c = messages("abc", 2, 1_700_000_000_000, 20);
-    let acks: Vec<_> = a.iter().chain(&b).chain(&c).map(|m| h.append(m.clone()).unwrap()).collect();
+    let acks: Vec<_> = a
+        .iter()
+        .chain(&b)
+        .chain(&c)
+        .map(|m| h.append(m.clone()).unwrap())
+        .collect();
     for ack in acks {
         block_on(ack).unwrap();
     }
 
     let recent = block_on(h.recent_messages("ab", 100)).unwrap();
-    assert_eq!(recent, a[200..].to_vec(), "recent is the newest 100, oldest first");
+    assert_eq!(
+        recent,
+        a[200..].to_vec(),
+        "recent is the newest 100, oldest first"
+    );
     assert_eq!(block_on(h.recent_messages("a", 1000)).unwrap(), b);
     assert_eq!(block_on(h.recent_messages("abc", 1000)).unwrap(), c);
-    assert!(block_on(h.recent_messages("nobody", 10)).unwrap().is_empty());
+    assert!(
+        block_on(h.recent_messages("nobody", 10))
+            .unwrap()
+            .is_empty()
+    );
     assert!(block_on(h.recent_messages("ab", 0)).unwrap().is_empty());
 
     // Page backwards through "ab" 64 at a time and get every message exactly once, newest first.
@@ -51,7 +67,10 @@ fn history_is_ordered_paged_and_per_room() {
         if page.is_empty() {
             break;
         }
-        assert!(page.windows(2).all(|w| w[0].id > w[1].id), "a page is newest first");
+        assert!(
+            page.windows(2).all(|w| w[0].id > w[1].id),
+            "a page is newest first"
+        );
         before = Some(page.last().unwrap().id);
         seen.extend(page);
     }
@@ -62,8 +81,15 @@ fn history_is_ordered_paged_and_per_room() {
     let page = block_on(h.messages_before("ab", Some(a[10].id), 5)).unwrap();
     assert_eq!(page, a[5..10].iter().rev().cloned().collect::<Vec<_>>());
     let between = MessageId(a[10].id.0 + 1);
-    assert_eq!(block_on(h.messages_before("ab", Some(between), 1)).unwrap(), vec![a[10].clone()]);
-    assert!(block_on(h.messages_before("ab", Some(MessageId(0)), 5)).unwrap().is_empty());
+    assert_eq!(
+        block_on(h.messages_before("ab", Some(between), 1)).unwrap(),
+        vec![a[10].clone()]
+    );
+    assert!(
+        block_on(h.messages_before("ab", Some(MessageId(0)), 5))
+            .unwrap()
+            .is_empty()
+    );
 
     service.shutdown().unwrap();
 }
@@ -76,7 +102,10 @@ fn acknowledged_messages_and_accounts_survive_reopen() {
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let service = StorageService::start(store, CoalescerConfig::default());
         let h = service.handle();
-        let acks: Vec<_> = written.iter().map(|m| h.append(m.clone()).unwrap()).collect();
+        let acks: Vec<_> = written
+            .iter()
+            .map(|m| h.append(m.clone()).unwrap())
+            .collect();
         for ack in acks {
             block_on(ack).unwrap();
         }
@@ -87,27 +116,45 @@ fn acknowledged_messages_and_accounts_survive_reopen() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.recent_messages("forsen", 5000).unwrap(), written);
     assert_eq!(store.account("alice").unwrap(), Some(account("alice", 1)));
-    assert_eq!(store.login_for_token([7; 32]).unwrap().as_deref(), Some("alice"));
+    assert_eq!(
+        store.login_for_token([7; 32]).unwrap().as_deref(),
+        Some("alice")
+    );
 }
 
 #[test]
 fn accounts_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let service = StorageService::start(store, CoalescerConfig { read_threads: 4, ..CoalescerConfig::default() });
+    let service = StorageService::start(
+        store,
+        CoalescerConfig {
+            read_threads: 4,
+            ..CoalescerConfig::default()
+        },
+    );
     let h = service.handle();
 
     assert_eq!(block_on(h.account("alice")).unwrap(), None);
     block_on(h.create_account(account("alice", 1))).unwrap();
-    assert_eq!(block_on(h.create_account(account("alice", 2))), Err(StorageError::AlreadyExists));
-    assert_eq!(block_on(h.account("alice")).unwrap(), Some(account("alice", 1)), "the first account is kept");
+    assert_eq!(
+        block_on(h.create_account(account("alice", 2))),
+        Err(StorageError::AlreadyExists)
+    );
+    assert_eq!(
+        block_on(h.account("alice")).unwrap(),
+        Some(account("alice", 1)),
+        "the first account is kept"
+    );
 
     // Many threads racing to create the same login: exactly one wins.
     let winners: usize = std::thread::scope(|s| {
         let joins: Vec<_> = (0..8)
             .map(|i| {
                 let h = h.clone();
-                s.spawn(move || block_on(h.create_account(account("bob_race", 100 + i))).is_ok() as usize)
+                s.spawn(move || {
+                    block_on(h.create_account(account("bob_race", 100 + i))).is_ok() as usize
+                })
             })
             .collect();
         joins.into_iter().map(|j| j.join().unwrap()).sum()
@@ -117,8 +164,14 @@ fn accounts_and_tokens() {
     assert_eq!(block_on(h.login_for_token([1; 32])).unwrap(), None);
     block_on(h.put_token([1; 32], "alice")).unwrap();
     block_on(h.put_token([2; 32], "bob_race")).unwrap();
-    assert_eq!(block_on(h.login_for_token([1; 32])).unwrap().as_deref(), Some("alice"));
-    assert_eq!(block_on(h.login_for_token([2; 32])).unwrap().as_deref(), Some("bob_race"));
+    assert_eq!(
+        block_on(h.login_for_token([1; 32])).unwrap().as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        block_on(h.login_for_token([2; 32])).unwrap().as_deref(),
+        Some("bob_race")
+    );
     service.shutdown().unwrap();
 }
 
@@ -131,9 +184,18 @@ fn bad_room_names_are_rejected_without_writing() {
     let mut ids = MessageIdGen::new(0, 0);
     let long = "x".repeat(twitchy_storage::ROOM_BYTES_MAX + 1);
     for room in ["", long.as_str()] {
-        assert!(matches!(h.append(message(ids.next_id(1), room, 1)), Err(StorageError::Invalid(_))));
-        assert!(matches!(block_on(h.recent_messages(room, 10)), Err(StorageError::Invalid(_))));
-        assert!(matches!(store.append_messages(&[message(ids.next_id(1), room, 1)]), Err(StorageError::Invalid(_))));
+        assert!(matches!(
+            h.append(message(ids.next_id(1), room, 1)),
+            Err(StorageError::Invalid(_))
+        ));
+        assert!(matches!(
+            block_on(h.recent_messages(room, 10)),
+            Err(StorageError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.append_messages(&[message(ids.next_id(1), room, 1)]),
+            Err(StorageError::Invalid(_))
+        ));
     }
     // Odd but valid names (bytes that are separators elsewhere, the longest name) work.
     let max = "y".repeat(twitchy_storage::ROOM_BYTES_MAX);
@@ -144,4 +206,96 @@ fn bad_room_names_are_rejected_without_writing() {
     }
     assert!(block_on(h.recent_messages("a", 10)).unwrap().is_empty());
     service.shutdown().unwrap();
+}
+
+/// Batches whose id ranges overlap, arrive late, repeat ids or span long stretches of time must still read back
+/// as one id-ordered history with every message once. Compared with a brute-force answer over many queries.
+#[test]
+fn overlapping_late_and_repeated_batches_read_back_in_id_order() {
+    let seed: u64 = std::env::var("TWITCHY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7717c4);
+    println!("seed {seed} (set TWITCHY_TEST_SEED to replay)");
+    let mut rng = seed;
+    let mut next = move |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let mut gens: Vec<MessageIdGen> = (0..8).map(|s| MessageIdGen::new(0, s)).collect();
+    let mut all: std::collections::BTreeMap<MessageId, twitchy_storage::MessageRecord> =
+        Default::default();
+    let base_ms = 1_700_000_000_000u64;
+    let mut now_ms = base_ms;
+    for b in 0..150 {
+        now_ms += next(40);
+        let mut batch = Vec::new();
+        for _ in 0..next(400) {
+            // Most messages are fresh; some lag behind by up to two seconds (a slow shard); a few ids repeat.
+            let shard = next(8) as usize;
+            let lag = if next(10) == 0 { next(2000) } else { next(3) };
+            let id = gens[shard].next_id(now_ms.saturating_sub(lag).max(base_ms));
+            let m = message(id, "room", b);
+            if next(50) == 0 {
+                if let Some(old) = all.values().nth(next(all.len() as u64 + 1) as usize) {
+                    batch.push(old.clone());
+                }
+            }
+            all.insert(id, m.clone());
+            batch.push(m);
+        }
+        // Rarely, a batch stretches over a long time window (a backlog after a stall).
+        if next(20) == 0 {
+            let id = gens[0].next_id(now_ms + 700);
+            let m = message(id, "room", b);
+            all.insert(id, m.clone());
+            batch.push(m);
+            now_ms += 700;
+        }
+        store.append_messages(&batch).unwrap();
+    }
+    let newest_first: Vec<_> = all.values().rev().cloned().collect();
+    let ids: Vec<MessageId> = all.keys().copied().collect();
+    for limit in [0usize, 1, 3, 50, 257, 1000, usize::MAX] {
+        let got = store.messages_before("room", None, limit).unwrap();
+        assert_eq!(
+            got,
+            newest_first[..limit.min(newest_first.len())].to_vec(),
+            "limit {limit}"
+        );
+        for _ in 0..8 {
+            let pick = ids[next(ids.len() as u64) as usize];
+            for before in [
+                pick,
+                MessageId(pick.0 + 1),
+                MessageId::min_for_ms(pick.unix_ms()),
+            ] {
+                let want: Vec<_> = all
+                    .range(..before)
+                    .rev()
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect();
+                assert_eq!(
+                    store.messages_before("room", Some(before), limit).unwrap(),
+                    want,
+                    "{limit} {before}"
+                );
+            }
+        }
+    }
+    let recent = store.recent_messages("room", 100).unwrap();
+    assert_eq!(
+        recent,
+        all.values()
+            .rev()
+            .take(100)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+    );
 }

@@ -16,10 +16,10 @@ use kassandra::cql::value::CqlValue;
 use kassandra::frame::consistency::Consistency;
 use kassandra::frame::request::Request;
 use kassandra::frame::request::batch::{BatchStatement, BatchType};
-use kassandra::frame::value::FrameValue;
 use kassandra::frame::request::query::Query;
 use kassandra::frame::response::Response;
 use kassandra::frame::response::result::QueryResult;
+use kassandra::frame::value::FrameValue;
 use kassandra::frame::{request_stream, response_sink};
 
 mod common;
@@ -27,8 +27,8 @@ mod common;
 use common::{block_on, message};
 use twitchy_storage::scylla_store::{BUCKETS_PER_EPOCH, bucket_of, epoch_of};
 use twitchy_storage::{
-    CoalescerConfig, MessageId, MessageIdGen, MessageRecord, ScyllaStore, StorageService, Store, StoreConfig,
-    open_store,
+    CoalescerConfig, MessageId, MessageIdGen, MessageRecord, ScyllaStore, StorageService, Store,
+    StoreConfig, open_store,
 };
 
 /// What the node saw of one BATCH request.
@@ -53,19 +53,25 @@ struct Node {
 
 impl Node {
     fn start() -> Node {
-        let shared: Arc<Shared> = Arc::new((Mutex::new(KassandraSession::new()), Mutex::new(Vec::new())));
+        let shared: Arc<Shared> =
+            Arc::new((Mutex::new(KassandraSession::new()), Mutex::new(Vec::new())));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = Arc::clone(&shared);
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 let accept = async {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
                         tokio::task::spawn_local(serve_client(stream, Arc::clone(&served)));
                     }
                 };
@@ -76,7 +82,12 @@ impl Node {
             });
         });
         let addr = addr_rx.recv().unwrap();
-        Node { addr, shared, stop: Some(stop), thread: Some(thread) }
+        Node {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     /// Runs a CQL statement directly on the node (bypassing the network) and returns its rows.
@@ -191,7 +202,11 @@ fn blob(v: &Option<CqlValue>) -> Vec<u8> {
 #[test]
 fn schema_is_created_on_first_start_and_reopening_keeps_it() {
     let node = Node::start();
-    let config = StoreConfig::Scylla { nodes: vec![node.addr.to_string()], keyspace: "chat".into(), replication_factor: 1 };
+    let config = StoreConfig::Scylla {
+        nodes: vec![node.addr.to_string()],
+        keyspace: "chat".into(),
+        replication_factor: 1,
+    };
     let store = open_store(&config).unwrap();
     let tables: BTreeSet<String> = node
         .rows("SELECT keyspace_name, table_name FROM system_schema.tables")
@@ -199,8 +214,16 @@ fn schema_is_created_on_first_start_and_reopening_keeps_it() {
         .filter(|r| text(&r[0]) == "chat")
         .map(|r| text(&r[1]))
         .collect();
-    let expected: BTreeSet<String> =
-        ["accounts", "messages", "room_buckets", "room_epochs", "tokens"].iter().map(|s| s.to_string()).collect();
+    let expected: BTreeSet<String> = [
+        "accounts",
+        "messages",
+        "room_buckets",
+        "room_epochs",
+        "tokens",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(tables, expected);
     let keyspaces = node.rows("SELECT keyspace_name FROM system_schema.keyspaces");
     assert!(keyspaces.iter().any(|r| text(&r[0]) == "chat"));
@@ -224,10 +247,16 @@ fn bad_configuration_is_an_error_not_a_panic() {
         (vec![], "chat", 1),
     ] {
         let err = ScyllaStore::connect(&nodes, keyspace, rf).unwrap_err();
-        assert!(matches!(err, twitchy_storage::StorageError::Invalid(_)), "{err}");
+        assert!(
+            matches!(err, twitchy_storage::StorageError::Invalid(_)),
+            "{err}"
+        );
     }
     // Nothing listens on a port that was just freed: a clear IO error.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let err = ScyllaStore::connect(&[free.to_string()], "chat", 1).unwrap_err();
     assert!(matches!(err, twitchy_storage::StorageError::Io(_)), "{err}");
 }
@@ -237,7 +266,10 @@ fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
     let node = Node::start();
     let store = Arc::new(ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap());
     // Small batches so that many coalesced batches, partitions and index-cache hits are exercised.
-    let config = CoalescerConfig { batch_messages_max: 64, ..CoalescerConfig::default() };
+    let config = CoalescerConfig {
+        batch_messages_max: 64,
+        ..CoalescerConfig::default()
+    };
     let service = StorageService::start(store, config);
     let h = service.handle();
 
@@ -255,7 +287,10 @@ fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
         }
         written.push(m);
     }
-    let acks: Vec<_> = written.iter().map(|m| h.append(m.clone()).unwrap()).collect();
+    let acks: Vec<_> = written
+        .iter()
+        .map(|m| h.append(m.clone()).unwrap())
+        .collect();
     for ack in acks {
         block_on(ack).unwrap();
     }
@@ -267,7 +302,10 @@ fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
          FROM chat.messages",
     );
     assert_eq!(rows.len(), written.len());
-    let by_id: HashMap<Vec<u8>, &MessageRecord> = written.iter().map(|m| (m.id.to_be_bytes().to_vec(), m)).collect();
+    let by_id: HashMap<Vec<u8>, &MessageRecord> = written
+        .iter()
+        .map(|m| (m.id.to_be_bytes().to_vec(), m))
+        .collect();
     let mut seen = BTreeSet::new();
     for r in &rows {
         let id = blob(&r[2]);
@@ -280,7 +318,16 @@ fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
         let strings: Vec<String> = r[4..].iter().map(text).collect();
         assert_eq!(
             strings,
-            [&m.login, &m.display_name, &m.color, &m.badges, &m.text, &m.original, &m.styled_by].map(|s| s.clone())
+            [
+                &m.login,
+                &m.display_name,
+                &m.color,
+                &m.badges,
+                &m.text,
+                &m.original,
+                &m.styled_by
+            ]
+            .map(|s| s.clone())
         );
     }
 
@@ -292,11 +339,16 @@ fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
         assert_eq!(b.partitions.len(), 1, "one partition per batch: {b:?}");
     }
     assert!(batches.iter().map(|b| b.statements).sum::<usize>() <= written.len());
-    assert!(batches.iter().any(|b| b.statements > 10), "coalescing produced multi-row batches");
+    assert!(
+        batches.iter().any(|b| b.statements > 10),
+        "coalescing produced multi-row batches"
+    );
 
     // The index names exactly the non-empty buckets and epochs of each room.
-    let want_buckets: BTreeSet<(String, i64, i64)> =
-        written.iter().map(|m| (m.room.clone(), epoch_of(bucket_of(m.id)), bucket_of(m.id))).collect();
+    let want_buckets: BTreeSet<(String, i64, i64)> = written
+        .iter()
+        .map(|m| (m.room.clone(), epoch_of(bucket_of(m.id)), bucket_of(m.id)))
+        .collect();
     let got_buckets: BTreeSet<(String, i64, i64)> = node
         .rows("SELECT room, epoch, bucket FROM chat.room_buckets")
         .iter()
@@ -305,9 +357,15 @@ fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
     assert_eq!(got_buckets, want_buckets);
     let epochs: BTreeSet<i64> = want_buckets.iter().map(|(_, e, _)| *e).collect();
     assert_eq!(epochs.len(), 2, "the messages straddle an epoch boundary");
-    let want_epochs: BTreeSet<(String, i64)> = want_buckets.iter().map(|(r, e, _)| (r.clone(), *e)).collect();
-    let got_epochs: BTreeSet<(String, i64)> =
-        node.rows("SELECT room, epoch FROM chat.room_epochs").iter().map(|r| (text(&r[0]), bigint(&r[1]))).collect();
+    let want_epochs: BTreeSet<(String, i64)> = want_buckets
+        .iter()
+        .map(|(r, e, _)| (r.clone(), *e))
+        .collect();
+    let got_epochs: BTreeSet<(String, i64)> = node
+        .rows("SELECT room, epoch FROM chat.room_epochs")
+        .iter()
+        .map(|r| (text(&r[0]), bigint(&r[1])))
+        .collect();
     assert_eq!(got_epochs, want_epochs);
 }
 

@@ -38,6 +38,9 @@ struct Shared {
     /// Whether requests are served one at a time, which gives the server a fixed capacity like a real GPU.
     serial: AtomicBool,
     gate: Mutex<()>,
+    /// Whether a connection's second request is met by closing the connection unanswered, like a server whose
+    /// keep-alive timeout expired just as the client reused the connection.
+    close_reused: AtomicBool,
     health_ok: AtomicBool,
     stopped: AtomicBool,
     requests: AtomicU64,
@@ -108,6 +111,10 @@ impl FakeServer {
         self.shared.serial.store(true, Ordering::SeqCst);
     }
 
+    pub fn set_close_reused(&self, close: bool) {
+        self.shared.close_reused.store(close, Ordering::SeqCst);
+    }
+
     pub fn set_health_ok(&self, ok: bool) {
         self.shared.health_ok.store(ok, Ordering::SeqCst);
     }
@@ -160,6 +167,7 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         Err(_) => return,
     });
     let mut writer = stream;
+    let mut served = 0u64;
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
@@ -186,6 +194,11 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             return;
         }
         if shared.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        served += 1;
+        if served > 1 && shared.close_reused.load(Ordering::SeqCst) {
+            let _ = writer.shutdown(Shutdown::Both);
             return;
         }
         let (status, response) = if request_line.starts_with("GET /health") {

@@ -1,13 +1,16 @@
 //! Measures the batched vLLM styler against the best direct rate of the same server, in one run.
 //!
-//! 1. Direct: a plain client sends the styler's prompts, one per request, from `c` concurrent keep-alive
-//!    connections for each `c` in `--concurrency`; the best completions/s is the server's capacity.
-//! 2. Styler: one glommio shard offers `--load-factor` times that capacity as chat messages through the styler
-//!    (deadline, admission, micro-batching) and counts the completions it delivers per second and the latency each
-//!    message saw, LLM or local.
+//! 1. Sweep: a plain client sends the styler's prompts, one per request, from `c` concurrent keep-alive
+//!    connections for each `c` in `--concurrency`. The best rate is the server's capacity; the best rate whose
+//!    p99 latency fits the deadline is its capacity for messages that must be styled in time.
+//! 2. Rounds (`--rounds`): the best direct level(s) and then the styler, back to back, so each ratio compares runs
+//!    that saw the same background load. The styler run offers `--load-factor` times the capacity as chat messages
+//!    on one glommio shard (deadline, admission, micro-batching) and counts the completions it delivers per second
+//!    and the latency every message saw, LLM or local. The report gives per-round figures and the medians.
 //!
-//! Prints one JSON object. Start a server first, e.g. `/work/shared/vllm-cpu/serve.sh 18000 &`, then
-//! `cargo run --release -p twitchy-perf --bin vllm_bench -- --url http://127.0.0.1:18000`.
+//! Prints one JSON object on stdout (progress on stderr). Start a server first, e.g.
+//! `/work/shared/vllm-cpu/serve.sh 18000 &`, then
+//! `cargo run --release -p twitchy-perf --bin vllm_bench -- --url http://127.0.0.1:18000 --max-tokens 8`.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -56,6 +59,12 @@ struct Args {
     requests_in_flight_per_endpoint_max: usize,
     #[arg(long, default_value_t = StylerConfig::default().admission_target_percent)]
     admission_target_percent: u64,
+    /// Seconds of offered load before the styler's measurement starts (the admission limit finds its level).
+    #[arg(long, default_value_t = 2)]
+    styler_warm_up_s: u64,
+    /// Rounds of (best direct level, styler) measured back to back after the sweep.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Skip the direct runs and use this rate (completions/s) as the capacity.
     #[arg(long)]
     capacity_per_s: Option<f64>,
@@ -201,15 +210,18 @@ fn styler_run(args: &Args, offered_per_s: f64) -> anyhow::Result<serde_json::Val
     };
     config.validate()?;
     let seconds = args.seconds;
+    let warm_up = Duration::from_secs(args.styler_warm_up_s);
     let (latencies_us, llm_latencies_us, totals, metrics) = on_shard(move || async move {
         let factory = ClusterStylerFactory::new(config);
         let styler = factory.local_styler(0);
-        // Let the first health probe pass and the admission limit find its level before measuring.
+        // Let the first health probe pass before offering load.
         glommio::timer::sleep(Duration::from_millis(500)).await;
         let tick = Duration::from_millis(5);
         let per_tick = offered_per_s * tick.as_secs_f64();
         let started = Instant::now();
-        let stop_at = started + Duration::from_secs(seconds);
+        // Messages of the warm-up (while the admission limit finds its level) are styled but not counted.
+        let measure_from = started + warm_up;
+        let stop_at = measure_from + Duration::from_secs(seconds);
         let mut tasks = Vec::new();
         let mut sent = 0u64;
         while Instant::now() < stop_at {
@@ -219,9 +231,10 @@ fn styler_run(args: &Args, offered_per_s: f64) -> anyhow::Result<serde_json::Val
                 let text = message(1_000_000 + sent);
                 let future = styler.style(style_of(sent), &text, sent);
                 let begun = Instant::now();
+                let measured = begun >= measure_from;
                 tasks.push(glommio::spawn_local(async move {
                     let styled = future.await;
-                    (styled.by, begun.elapsed().as_micros() as u64)
+                    (measured, styled.by, begun.elapsed().as_micros() as u64)
                 }));
                 sent += 1;
             }
@@ -230,7 +243,10 @@ fn styler_run(args: &Args, offered_per_s: f64) -> anyhow::Result<serde_json::Val
         let mut latencies_us = Vec::with_capacity(tasks.len());
         let mut llm_latencies_us = Vec::new();
         for task in tasks {
-            let (by, latency_us) = task.await;
+            let (measured, by, latency_us) = task.await;
+            if !measured {
+                continue;
+            }
             latencies_us.push(latency_us);
             if by == StyledBy::Llm {
                 llm_latencies_us.push(latency_us);
@@ -259,13 +275,16 @@ fn styler_run(args: &Args, offered_per_s: f64) -> anyhow::Result<serde_json::Val
     Ok(json!({
         "offered_per_s": offered_per_s,
         "messages": latencies_us.len(),
-        "llm": totals.llm,
-        "local": totals.local,
-        "llm_per_s": totals.llm as f64 / args.seconds as f64,
-        "late_completions": totals.late_completions,
-        "fallbacks": fallbacks,
-        "batches": totals.batches,
-        "batch_prompts_mean": if totals.batches == 0 { 0.0 } else { totals.batched_prompts as f64 / totals.batches as f64 },
+        "llm": llm_latencies_us.len(),
+        "local": latencies_us.len() - llm_latencies_us.len(),
+        "llm_per_s": llm_latencies_us.len() as f64 / args.seconds as f64,
+        // The styler's own counters cover the whole run, warm-up included.
+        "run_totals": {
+            "late_completions": totals.late_completions,
+            "fallbacks": fallbacks,
+            "batches": totals.batches,
+            "batch_prompts_mean": if totals.batches == 0 { 0.0 } else { totals.batched_prompts as f64 / totals.batches as f64 },
+        },
         "latency_ms_p50": percentile_ms(&latencies_us, 0.50),
         "latency_ms_p99": percentile_ms(&latencies_us, 0.99),
         "latency_ms_max": percentile_ms(&latencies_us, 1.0),
@@ -275,16 +294,26 @@ fn styler_run(args: &Args, offered_per_s: f64) -> anyhow::Result<serde_json::Val
     }))
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn rate(run: &serde_json::Value, key: &str) -> f64 {
+    run[key].as_f64().unwrap_or(0.0)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.seconds == 0 || args.load_factor <= 0.0 {
-        bail!("--seconds and --load-factor must be positive");
+    if args.seconds == 0 || args.load_factor <= 0.0 || args.rounds == 0 {
+        bail!("--seconds, --rounds and --load-factor must be positive");
     }
-    let mut direct = Vec::new();
-    // The best direct rate at any concurrency, and the best whose p99 latency fits inside the deadline: the
-    // server's capacity, and its capacity for messages that must be styled within the deadline.
-    let (capacity_per_s, capacity_in_deadline_per_s) = match args.capacity_per_s {
-        Some(rate) => (rate, None),
+    // 1. The sweep: the direct rate at each concurrency level. The best level is the server's capacity; the best
+    //    level whose p99 latency fits the deadline is its capacity for messages that must arrive in time.
+    let mut sweep = Vec::new();
+    let (mut best, mut best_in_deadline) = ((0usize, 0.0f64), None::<(usize, f64)>);
+    match args.capacity_per_s {
+        Some(rate) => best = (0, rate),
         None => {
             // A short warm-up so the first measured level does not pay for the server's first requests.
             let warm_up = Args {
@@ -292,29 +321,65 @@ fn main() -> anyhow::Result<()> {
                 ..Args::parse()
             };
             direct_run(&warm_up, 8)?;
-            let (mut best, mut best_in_deadline) = (0.0f64, 0.0f64);
             for &concurrency in &args.concurrency {
                 let run = direct_run(&args, concurrency)?;
-                eprintln!("direct: {run}");
-                let rate = run["completions_per_s"].as_f64().unwrap_or(0.0);
-                best = best.max(rate);
-                if run["latency_ms_p99"].as_f64().unwrap_or(f64::MAX) <= args.deadline_ms as f64 {
-                    best_in_deadline = best_in_deadline.max(rate);
+                eprintln!("sweep: {run}");
+                let completions_per_s = rate(&run, "completions_per_s");
+                if completions_per_s > best.1 {
+                    best = (concurrency, completions_per_s);
                 }
-                direct.push(run);
+                let in_deadline = rate(&run, "latency_ms_p99") <= args.deadline_ms as f64;
+                if in_deadline && best_in_deadline.is_none_or(|(_, rate)| completions_per_s > rate)
+                {
+                    best_in_deadline = Some((concurrency, completions_per_s));
+                }
+                sweep.push(run);
             }
-            (best, Some(best_in_deadline))
         }
-    };
-    if capacity_per_s <= 0.0 {
+    }
+    if best.1 <= 0.0 {
         bail!(
             "the direct client completed nothing: is the server up at {}?",
             args.url
         );
     }
-    let styler = styler_run(&args, capacity_per_s * args.load_factor)?;
-    let llm_per_s = styler["llm_per_s"].as_f64().unwrap_or(0.0);
-    let ratio = llm_per_s / capacity_per_s;
+    // 2. Rounds: the best direct level(s) and the styler back to back, so each ratio compares runs that saw the
+    //    same background load; the medians are the result.
+    let offered_per_s = best.1 * args.load_factor;
+    let mut rounds = Vec::new();
+    let (mut ratios, mut ratios_in_deadline, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let direct_best = if best.0 > 0 {
+            Some(direct_run(&args, best.0)?)
+        } else {
+            None
+        };
+        let direct_in_deadline = match best_in_deadline {
+            Some((concurrency, _)) if concurrency != best.0 => {
+                Some(direct_run(&args, concurrency)?)
+            }
+            Some(_) => direct_best.clone(),
+            None => None,
+        };
+        let styler = styler_run(&args, offered_per_s)?;
+        let llm_per_s = rate(&styler, "llm_per_s");
+        let best_rate = direct_best
+            .as_ref()
+            .map_or(best.1, |run| rate(run, "completions_per_s"));
+        ratios.push(llm_per_s / best_rate);
+        if let Some(run) = &direct_in_deadline {
+            ratios_in_deadline
+                .push(llm_per_s / rate(run, "completions_per_s").max(f64::MIN_POSITIVE));
+        }
+        p99s.push(rate(&styler, "latency_ms_p99"));
+        eprintln!("round {round}: styler {llm_per_s:.1}/s, best direct {best_rate:.1}/s");
+        rounds.push(json!({
+            "direct_best": direct_best,
+            "direct_best_within_deadline": direct_in_deadline,
+            "styler": styler,
+        }));
+    }
+    let p99_median = median(&mut p99s);
     let report = json!({
         "url": args.url,
         "seconds": args.seconds,
@@ -323,16 +388,19 @@ fn main() -> anyhow::Result<()> {
         "batch_mode": args.batch_mode,
         "batch_prompts_max": args.batch_prompts_max,
         "batch_wait_us_max": args.batch_wait_us_max,
-        "direct": direct,
-        "best_direct_per_s": capacity_per_s,
-        "best_direct_p99_within_deadline_per_s": capacity_in_deadline_per_s,
+        "admission_target_percent": args.admission_target_percent,
+        "sweep": sweep,
+        "best_direct": {"concurrency": best.0, "completions_per_s": best.1},
+        "best_direct_within_deadline": best_in_deadline
+            .map(|(concurrency, rate)| json!({"concurrency": concurrency, "completions_per_s": rate})),
         "load_factor": args.load_factor,
-        "styler": styler,
-        "llm_rate_vs_best_direct": ratio,
-        "llm_rate_vs_best_direct_within_deadline": capacity_in_deadline_per_s
-            .filter(|rate| *rate > 0.0)
-            .map(|rate| llm_per_s / rate),
-        "p99_latency_within_deadline": styler["latency_ms_p99"].as_f64().unwrap_or(f64::MAX) <= args.deadline_ms as f64,
+        "offered_per_s": offered_per_s,
+        "rounds": rounds,
+        "llm_rate_vs_best_direct_median": median(&mut ratios),
+        "llm_rate_vs_best_direct_within_deadline_median":
+            if ratios_in_deadline.is_empty() { None } else { Some(median(&mut ratios_in_deadline)) },
+        "latency_ms_p99_median": p99_median,
+        "p99_latency_within_deadline": p99_median <= args.deadline_ms as f64,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

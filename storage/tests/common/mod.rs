@@ -12,17 +12,27 @@ pub fn message(id: MessageId, room: &str, n: u64) -> MessageRecord {
         login: format!("user{n}"),
         display_name: format!("User{n}"),
         color: "#1E90FF".into(),
-        badges: if n % 3 == 0 { "moderator/1".into() } else { String::new() },
+        badges: if n % 3 == 0 {
+            "moderator/1".into()
+        } else {
+            String::new()
+        },
         text: format!("skibidi message number {n} in {room}, no cap fr fr"),
         original: format!("message number {n} in {room}"),
-        styled_by: if n % 2 == 0 { "llm".into() } else { "local".into() },
+        styled_by: if n % 2 == 0 {
+            "llm".into()
+        } else {
+            "local".into()
+        },
     }
 }
 
 /// `count` messages with increasing ids starting at `start_ms`.
 pub fn messages(room: &str, shard: u16, start_ms: u64, count: u64) -> Vec<MessageRecord> {
     let mut ids = MessageIdGen::new(1, shard);
-    (0..count).map(|n| message(ids.next_id(start_ms + n / 3), room, n)).collect()
+    (0..count)
+        .map(|n| message(ids.next_id(start_ms + n / 3), room, n))
+        .collect()
 }
 
 /// Runs a future to completion on the calling thread (the storage futures are executor-agnostic).

@@ -1,0 +1,317 @@
+//! Durable write load on the embedded store, through the coalescer, with ack latency percentiles; then the same
+//! store written one message per fsync (the baseline); then the floor any hand-written log could reach on this
+//! disk (appending the same bytes to a plain file with one fsync per batch).
+//!
+//! ```text
+//! cargo run --release -p twitchy-storage --example storage_load -- [--rate 208335] [--seconds 10] [--producers 2]
+//!     [--baseline-messages 2000] [--dir /path/on/the/disk/to/test]
+//! ```
+//!
+//! `--rate` is the offered load in messages per second across all producers (default: five times the seed's peak
+//! of 41,667 msg/s); `--rate 0` offers as fast as the store acknowledges. Latency is measured from the moment a
+//! message was due to be sent (open loop), so a stalled writer shows up in the percentiles.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use twitchy_storage::{
+    AppendAck, CoalescerConfig, EmbeddedStore, MessageIdGen, MessageRecord, StorageError,
+    StorageService, Store,
+};
+
+// The server runs on mimalloc; so does this load, so that allocation costs match.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The seed's peak message rate.
+const SEED_PEAK_MESSAGES_PER_S: f64 = 41_667.0;
+/// Acknowledgements one producer may wait on at once when offering load as fast as possible.
+const IN_FLIGHT_MAX: usize = 8192;
+
+struct Args {
+    rate: f64,
+    seconds: f64,
+    producers: u16,
+    baseline_messages: usize,
+    dir: Option<std::path::PathBuf>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        rate: SEED_PEAK_MESSAGES_PER_S * 5.0,
+        seconds: 10.0,
+        producers: 2,
+        baseline_messages: 2000,
+        dir: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--rate" => args.rate = value.parse().expect("--rate: messages per second"),
+            "--seconds" => args.seconds = value.parse().expect("--seconds: a number"),
+            "--producers" => args.producers = value.parse().expect("--producers: a count"),
+            "--baseline-messages" => {
+                args.baseline_messages = value.parse().expect("--baseline-messages: a count")
+            }
+            "--dir" => args.dir = Some(value.into()),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+/// A chat message of about 150 bytes of content, like the seed's.
+fn message(ids: &mut MessageIdGen, n: u64) -> MessageRecord {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    MessageRecord {
+        id: ids.next_id(now_ms),
+        room: format!("room{}", n % 64),
+        user_id: n,
+        login: format!("viewer{}", n % 10_000),
+        display_name: format!("Viewer{}", n % 10_000),
+        color: "#1E90FF".into(),
+        badges: "subscriber/12".into(),
+        text: "skibidi W stream fr fr no cap, that play was bussin".into(),
+        original: "W stream, that play was great".into(),
+        styled_by: "llm".into(),
+    }
+}
+
+struct Run {
+    acked: u64,
+    busy: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+}
+
+/// One producer: offers `rate` msg/s (or as fast as possible when 0) for `seconds`; a second thread waits on
+/// the acknowledgements in order and records each one's latency from its due time.
+fn producer(h: twitchy_storage::StorageHandle, shard: u16, rate: f64, seconds: f64) -> Run {
+    let (tx, rx) = flume::bounded::<(Instant, AppendAck)>(IN_FLIGHT_MAX);
+    let waiter = std::thread::spawn(move || {
+        let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let mut acked = 0u64;
+        for (due, ack) in rx.iter() {
+            futures_lite::future::block_on(ack).expect("a durable write failed");
+            latency_us.saturating_record(due.elapsed().as_micros() as u64);
+            acked += 1;
+        }
+        (acked, latency_us)
+    });
+    let mut ids = MessageIdGen::new(0, shard);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let interval = if rate > 0.0 {
+        Some(Duration::from_secs_f64(1.0 / rate))
+    } else {
+        None
+    };
+    let mut n = 0u64;
+    let mut busy = 0u64;
+    let mut backlog: VecDeque<MessageRecord> = VecDeque::new();
+    loop {
+        let due = match interval {
+            Some(i) => start + i.mul_f64(n as f64),
+            None => Instant::now(),
+        };
+        if due >= end {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let m = backlog.pop_front().unwrap_or_else(|| message(&mut ids, n));
+        match h.append(m) {
+            Ok(ack) => {
+                tx.send((due, ack)).unwrap();
+                n += 1;
+            }
+            Err(StorageError::Busy) => {
+                // Backpressure: the writer is behind. Count it and retry shortly, as a shard would tell its client.
+                busy += 1;
+                backlog.push_back(message(&mut ids, n));
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            Err(e) => panic!("append: {e}"),
+        }
+    }
+    drop(tx);
+    let (acked, latency_us) = waiter.join().unwrap();
+    Run {
+        acked,
+        busy,
+        elapsed: start.elapsed(),
+        latency_us,
+    }
+}
+
+fn coalesced(store: Arc<EmbeddedStore>, args: &Args) -> (f64, Histogram<u64>, u64, String) {
+    let service = StorageService::start(store, CoalescerConfig::default());
+    let per_producer = args.rate / f64::from(args.producers);
+    let started = Instant::now();
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let joins: Vec<_> = (0..args.producers)
+            .map(|p| {
+                let h = service.handle();
+                s.spawn(move || producer(h, p, per_producer, args.seconds))
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let elapsed = started
+        .elapsed()
+        .max(runs.iter().map(|r| r.elapsed).max().unwrap());
+    let metrics = service.handle().metrics_text();
+    service.shutdown().unwrap();
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for r in &runs {
+        latency_us.add(&r.latency_us).unwrap();
+    }
+    let acked: u64 = runs.iter().map(|r| r.acked).sum();
+    let busy = runs.iter().map(|r| r.busy).sum();
+    (
+        acked as f64 / elapsed.as_secs_f64(),
+        latency_us,
+        busy,
+        metrics,
+    )
+}
+
+fn one_fsync_per_message(store: &EmbeddedStore, messages: usize) -> (f64, Histogram<u64>) {
+    let mut ids = MessageIdGen::new(0, 900);
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let started = Instant::now();
+    for n in 0..messages as u64 {
+        let m = message(&mut ids, n);
+        let t = Instant::now();
+        store.append_messages(std::slice::from_ref(&m)).unwrap();
+        latency_us.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    (
+        messages as f64 / started.elapsed().as_secs_f64(),
+        latency_us,
+    )
+}
+
+/// The same encoded bytes appended to a plain file, one `write` + `fdatasync` per batch of `batch` messages: what
+/// a log written for this crate could do at best on this disk, with no index at all.
+fn raw_log_floor(dir: &std::path::Path, batch: usize, batches: usize) -> f64 {
+    let mut ids = MessageIdGen::new(0, 901);
+    let mut file = std::fs::File::create(dir.join("raw.log")).unwrap();
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    for b in 0..batches {
+        buf.clear();
+        for n in 0..batch {
+            let bytes =
+                twitchy_storage::codec::encode_message(&message(&mut ids, (b * batch + n) as u64))
+                    .unwrap();
+            buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&bytes);
+        }
+        file.write_all(&buf).unwrap();
+        file.sync_data().unwrap();
+    }
+    (batch * batches) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn fjall_batch_cost(store: &EmbeddedStore, batch: usize, batches: usize) -> f64 {
+    let mut ids = MessageIdGen::new(0, 902);
+    let started = Instant::now();
+    for b in 0..batches {
+        let msgs: Vec<_> = (0..batch)
+            .map(|n| message(&mut ids, (b * batch + n) as u64))
+            .collect();
+        store.append_messages(&msgs).unwrap();
+    }
+    (batch * batches) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn main() {
+    let args = parse_args();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("storage-load");
+    let _ = std::fs::remove_dir_all(&data);
+
+    let open_started = Instant::now();
+    let store = Arc::new(EmbeddedStore::open(&data).unwrap());
+    println!(
+        "opened an empty store in {:.1} ms",
+        open_started.elapsed().as_secs_f64() * 1e3
+    );
+    let target = if args.rate > 0.0 {
+        format!("{:.0} msg/s offered", args.rate)
+    } else {
+        "max rate".into()
+    };
+    println!(
+        "coalesced: {target}, {} producers, {:.0} s",
+        args.producers, args.seconds
+    );
+    let (rate, latency_us, busy, metrics) = coalesced(Arc::clone(&store), &args);
+    let batches: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("twitchy_storage_batches_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!(
+        "  {rate:.0} msg/s durable ({:.1}x the seed peak), ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, \
+         max {:.2} ms, {busy} busy answers, {batches:.0} batches (avg {:.0} msg)",
+        rate / SEED_PEAK_MESSAGES_PER_S,
+        percentile_ms(&latency_us, 0.50),
+        percentile_ms(&latency_us, 0.99),
+        percentile_ms(&latency_us, 0.999),
+        latency_us.max() as f64 / 1000.0,
+        latency_us.len() as f64 / batches.max(1.0),
+    );
+
+    if std::env::var_os("STORAGE_LOAD_METRICS").is_some() {
+        println!("{metrics}");
+    }
+    let (base_rate, base_latency) = one_fsync_per_message(&store, args.baseline_messages);
+    println!(
+        "baseline, one fsync per message: {base_rate:.0} msg/s, latency p50 {:.2} ms, p99 {:.2} ms",
+        percentile_ms(&base_latency, 0.50),
+        percentile_ms(&base_latency, 0.99),
+    );
+    println!("coalesced / baseline: {:.0}x", rate / base_rate);
+
+    let batch = 1024;
+    let batches = 50;
+    let fjall = fjall_batch_cost(&store, batch, batches);
+    let raw = raw_log_floor(&dir, batch, batches);
+    println!(
+        "engine choice, {batches} durable batches of {batch}: fjall {fjall:.0} msg/s, plain file write+fdatasync \
+         {raw:.0} msg/s (fjall reaches {:.0}% of the floor a hand-written log could get)",
+        100.0 * fjall / raw
+    );
+    drop(store);
+
+    // Reopen: recovery cost with the data just written (no table scan; the journal tail is replayed).
+    let reopen = Instant::now();
+    let store = EmbeddedStore::open(&data).unwrap();
+    let reopen_ms = reopen.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let recent = store.recent_messages("room7", 50).unwrap();
+    println!(
+        "reopened with {:.0} messages in {reopen_ms:.0} ms; 50 recent messages of a room read in {:.2} ms",
+        latency_us.len() as f64 + (args.baseline_messages + batch * batches) as f64,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(recent.len(), 50);
+}
