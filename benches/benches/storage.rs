@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use twitchy_storage::{
-    AppendAck, AppendRejected, CoalescerConfig, EmbeddedStore, MessageIdGen, MessageRecord, StorageError, StorageService, Store,
+    AppendAck, AppendRejected, CoalescerConfig, EmbeddedStore, MessageIdGen, MessageRecord,
+    StorageError, StorageService, Store,
 };
 
 fn quick() -> bool {
@@ -28,7 +29,11 @@ fn quick() -> bool {
 }
 
 fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
 }
 
 /// Wakes a parked thread: enough of an executor to wait for an acknowledgement.
@@ -54,7 +59,10 @@ fn block_on<F: Future>(f: F) -> F::Output {
 
 /// Messages of about 150 bytes of content over 64 rooms, with fresh ids.
 fn messages(ids: &mut MessageIdGen, count: usize) -> Vec<MessageRecord> {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     (0..count as u64)
         .map(|n| MessageRecord {
             id: ids.next_id(now_ms),
@@ -83,9 +91,14 @@ fn bench_storage(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("storage_durable_append");
     if quick() {
-        group.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(1));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_secs(1));
     } else {
-        group.sample_size(10).measurement_time(Duration::from_secs(10));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(10));
     }
 
     group.throughput(Throughput::Elements(count as u64));
@@ -105,8 +118,13 @@ fn bench_storage(c: &mut Criterion) {
                                 break;
                             }
                             // The queue is full: wait for the oldest acknowledgement, then offer it again.
-                            Err(AppendRejected { error: StorageError::Busy, record: back }) => {
-                                let oldest = pending.pop_front().expect("a full queue has pending appends");
+                            Err(AppendRejected {
+                                error: StorageError::Busy,
+                                record: back,
+                            }) => {
+                                let oldest = pending
+                                    .pop_front()
+                                    .expect("a full queue has pending appends");
                                 block_on(oldest).expect("durable write");
                                 record = back;
                             }
@@ -131,7 +149,9 @@ fn bench_storage(c: &mut Criterion) {
                 let batch = messages(&mut ids, baseline_count);
                 let started = Instant::now();
                 for m in &batch {
-                    store.append_messages(std::slice::from_ref(m)).expect("durable write");
+                    store
+                        .append_messages(std::slice::from_ref(m))
+                        .expect("durable write");
                 }
                 total += started.elapsed();
             }

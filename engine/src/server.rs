@@ -112,12 +112,14 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         },
     );
 
-    let styler_factory = twitchy_inference::styler_factory(StylerConfig {
+    let styler_config = StylerConfig {
         vllm_endpoints: args.vllm.clone(),
         model: args.vllm_model.clone(),
         deadline_ms: args.style_deadline_ms,
         ..StylerConfig::default()
-    });
+    };
+    styler_config.validate().context("invalid styler settings")?;
+    let styler_factory = twitchy_inference::styler_factory(styler_config);
 
     let (http_addr, http_fds) = bind_group(args.http, shard_count)?;
     let (irc_addr, irc_fds) = bind_group(args.irc, shard_count)?;

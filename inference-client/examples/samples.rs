@@ -1,3 +1,5 @@
+//! Prints a few local rewrites per style: `cargo run --release -p twitchy-inference --example samples`.
+
 fn main() {
     for style in twitchy_inference::style_names() {
         for seed in 0..3 {

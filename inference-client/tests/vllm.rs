@@ -7,7 +7,8 @@
 //!
 //! The kill test routes the client through a TCP relay and kills the relay mid-run (the client sees exactly what a
 //! killed server looks like: connections reset, port refused). With `VLLM_KILL_PID` set to the server's process id
-//! it kills the server itself instead (SIGKILL).
+//! it kills the server itself instead (SIGKILL); its engine processes are left for whoever started the server to
+//! stop.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -289,6 +289,7 @@ impl Store for EmbeddedStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let __t = std::time::Instant::now();
         let mut rooms: HashMap<&str, Vec<&MessageRecord>> = HashMap::new();
         for record in batch {
             room_prefix(&record.room)?;
@@ -324,7 +325,11 @@ impl Store for EmbeddedStore {
                 wb.insert(&self.messages, key, buf.as_slice());
             }
         }
-        wb.commit().map_err(io)
+        let t_build = __t.elapsed();
+        let r = wb.commit().map_err(io);
+        let t_all = __t.elapsed();
+        if t_all.as_millis() > 12 { eprintln!("SLOW batch {} msgs: build {:?} commit {:?} journals {} sealed {} l0 {}", batch.len(), t_build, t_all - t_build, self.db.journal_count(), self.messages.sealed_memtable_count(), self.messages.l0_table_count()); }
+        r
     }
 
     fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>> {

@@ -178,10 +178,7 @@ mod tests {
             assert_eq!(text.parse::<MessageId>().unwrap(), id);
             assert_eq!(&text[14..15], "7", "prints as a UUIDv7");
         }
-        assert_eq!(
-            a.next_id(1_700_000_000_000).unix_ms() >= 1_700_000_000_001,
-            true
-        );
+        assert!(a.next_id(1_700_000_000_000).unix_ms() >= 1_700_000_000_001);
     }
 
     #[test]

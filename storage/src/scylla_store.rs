@@ -896,7 +896,7 @@ mod tests {
                 .flat_map(|(_, p)| p.values().cloned())
                 .filter(|m| before.is_none_or(|b| m.id < b))
                 .collect();
-            all.sort_by(|a, b| b.id.cmp(&a.id));
+            all.sort_by_key(|m| std::cmp::Reverse(m.id));
             all.truncate(limit);
             all
         }

@@ -51,7 +51,7 @@ fn child(dir: &str) {
     let round: u16 = std::env::var(ROUND_ENV).unwrap().parse().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.as_ref()).unwrap());
     let service = StorageService::start(store, CoalescerConfig::default());
-    let producers: Vec<_> = (0..PRODUCERS)
+    let producers: Vec<std::thread::JoinHandle<()>> = (0..PRODUCERS)
         .map(|p| {
             let h = service.handle();
             std::thread::spawn(move || {
@@ -83,8 +83,10 @@ fn child(dir: &str) {
             })
         })
         .collect();
-    for p in producers {
-        p.join().unwrap();
+    // The child writes until the parent kills it.
+    let _running = (service, producers);
+    loop {
+        std::thread::park();
     }
 }
 

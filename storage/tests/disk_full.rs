@@ -82,16 +82,18 @@ fn child(dir: &str) {
         }
     }
     // After the failure nothing more may be acknowledged.
-    let mut acked_after = 0;
-    for _ in 0..AFTER_FAILURE_APPENDS {
-        n += 1;
-        let id = ids.next_id(1_700_000_000_000 + n / 100);
-        if let Ok(ack) = h.append(record(id, n)) {
-            if futures_lite::future::block_on(ack).is_ok() {
-                acked_after += 1;
-            }
-        }
-    }
+    let acks: Vec<_> = (0..AFTER_FAILURE_APPENDS)
+        .filter_map(|_| {
+            n += 1;
+            let id = ids.next_id(1_700_000_000_000 + n / 100);
+            h.append(record(id, n)).ok()
+        })
+        .collect();
+    let acked_after = acks
+        .into_iter()
+        .map(futures_lite::future::block_on)
+        .filter(Result::is_ok)
+        .count();
     writeln!(out, "ACKED_AFTER_FAILURE {acked_after}").unwrap();
     let errors = h
         .metrics_text()

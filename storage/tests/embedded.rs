@@ -240,10 +240,10 @@ fn overlapping_late_and_repeated_batches_read_back_in_id_order() {
             let lag = if next(10) == 0 { next(2000) } else { next(3) };
             let id = gens[shard].next_id(now_ms.saturating_sub(lag).max(base_ms));
             let m = message(id, "room", b);
-            if next(50) == 0 {
-                if let Some(old) = all.values().nth(next(all.len() as u64 + 1) as usize) {
-                    batch.push(old.clone());
-                }
+            if next(50) == 0
+                && let Some(old) = all.values().nth(next(all.len() as u64 + 1) as usize)
+            {
+                batch.push(old.clone());
             }
             all.insert(id, m.clone());
             batch.push(m);

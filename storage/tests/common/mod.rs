@@ -12,14 +12,14 @@ pub fn message(id: MessageId, room: &str, n: u64) -> MessageRecord {
         login: format!("user{n}"),
         display_name: format!("User{n}"),
         color: "#1E90FF".into(),
-        badges: if n % 3 == 0 {
+        badges: if n.is_multiple_of(3) {
             "moderator/1".into()
         } else {
             String::new()
         },
         text: format!("skibidi message number {n} in {room}, no cap fr fr"),
         original: format!("message number {n} in {room}"),
-        styled_by: if n % 2 == 0 {
+        styled_by: if n.is_multiple_of(2) {
             "llm".into()
         } else {
             "local".into()
