@@ -16,8 +16,8 @@ pub const PASSWORD_BYTES_MAX: usize = 128;
 
 /// Name colors handed out at registration (Twitch's default palette).
 const COLORS: [&str; 15] = [
-    "#FF0000", "#0000FF", "#008000", "#B22222", "#FF7F50", "#9ACD32", "#FF4500", "#2E8B57", "#DAA520", "#D2691E",
-    "#5F9EA0", "#1E90FF", "#FF69B4", "#8A2BE2", "#00FF7F",
+    "#FF0000", "#0000FF", "#008000", "#B22222", "#FF7F50", "#9ACD32", "#FF4500", "#2E8B57",
+    "#DAA520", "#D2691E", "#5F9EA0", "#1E90FF", "#FF69B4", "#8A2BE2", "#00FF7F",
 ];
 
 /// Why registration or login failed, with the HTTP status it maps to.
@@ -67,10 +67,16 @@ impl From<StorageError> for AuthError {
 pub fn normalize_username(name: &str) -> Result<String, AuthError> {
     let login = name.to_ascii_lowercase();
     let ok = (4..=25).contains(&login.len())
-        && login.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && login
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !login.starts_with('_')
         && !login.starts_with("justinfan");
-    if ok { Ok(login) } else { Err(AuthError::InvalidUsername) }
+    if ok {
+        Ok(login)
+    } else {
+        Err(AuthError::InvalidUsername)
+    }
 }
 
 fn check_password(password: &str) -> Result<(), AuthError> {
@@ -96,7 +102,11 @@ fn color_for(login: &str) -> String {
 }
 
 /// Creates an account and returns a fresh token.
-pub async fn register(storage: &StorageHandle, username: &str, password: &str) -> Result<String, AuthError> {
+pub async fn register(
+    storage: &StorageHandle,
+    username: &str,
+    password: &str,
+) -> Result<String, AuthError> {
     let login = normalize_username(username)?;
     check_password(password)?;
     if storage.account(&login).await?.is_some() {
@@ -123,17 +133,28 @@ pub async fn register(storage: &StorageHandle, username: &str, password: &str) -
 }
 
 /// Checks a password and returns a fresh token.
-pub async fn login(storage: &StorageHandle, username: &str, password: &str) -> Result<String, AuthError> {
+pub async fn login(
+    storage: &StorageHandle,
+    username: &str,
+    password: &str,
+) -> Result<String, AuthError> {
     let login = normalize_username(username).map_err(|_| AuthError::BadCredentials)?;
     if password.len() > PASSWORD_BYTES_MAX {
         return Err(AuthError::BadCredentials);
     }
-    let account = storage.account(&login).await?.ok_or(AuthError::BadCredentials)?;
+    let account = storage
+        .account(&login)
+        .await?
+        .ok_or(AuthError::BadCredentials)?;
     let password = password.to_string();
     let verified = glommio::executor()
         .spawn_blocking(move || {
             PasswordHash::new(&account.password_hash)
-                .map(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+                .map(|hash| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &hash)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await;
@@ -150,7 +171,11 @@ async fn issue_token(storage: &StorageHandle, login: &str) -> Result<String, Aut
 }
 
 /// The identity behind an IRC `PASS oauth:<token>` + `NICK <login>`, if the token is valid for that login.
-pub async fn identity_for_token(storage: &StorageHandle, login: &str, token: &str) -> Option<Identity> {
+pub async fn identity_for_token(
+    storage: &StorageHandle,
+    login: &str,
+    token: &str,
+) -> Option<Identity> {
     let token = token.strip_prefix("oauth:").unwrap_or(token);
     let owner = storage.login_for_token(token_sha256(token)).await.ok()??;
     if !owner.eq_ignore_ascii_case(login) {
@@ -174,7 +199,15 @@ mod tests {
     #[test]
     fn usernames_follow_twitch_rules() {
         assert_eq!(normalize_username("Alice_99").unwrap(), "alice_99");
-        for bad in ["abc", "a".repeat(26).as_str(), "bad name", "émile", "_lead", "justinfan123", ""] {
+        for bad in [
+            "abc",
+            "a".repeat(26).as_str(),
+            "bad name",
+            "émile",
+            "_lead",
+            "justinfan123",
+            "",
+        ] {
             assert!(normalize_username(bad).is_err(), "{bad:?}");
         }
     }

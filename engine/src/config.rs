@@ -100,7 +100,11 @@ pub struct Args {
     pub socket_send_buffer_bytes: usize,
 
     /// Connections one shard accepts; more are refused.
-    #[arg(long, env = "TWITCHY_CONNECTIONS_PER_SHARD_MAX", default_value_t = 20_000)]
+    #[arg(
+        long,
+        env = "TWITCHY_CONNECTIONS_PER_SHARD_MAX",
+        default_value_t = 20_000
+    )]
     pub connections_per_shard_max: usize,
 
     /// Send PING to a client that has been silent this long.
@@ -124,7 +128,11 @@ pub struct Args {
     pub storage_batch_wait_us: u64,
 
     /// Storage: messages queued for writing before senders are told to try again.
-    #[arg(long, env = "TWITCHY_STORAGE_QUEUE_MESSAGES_MAX", default_value_t = 65_536)]
+    #[arg(
+        long,
+        env = "TWITCHY_STORAGE_QUEUE_MESSAGES_MAX",
+        default_value_t = 65_536
+    )]
     pub storage_queue_messages_max: usize,
 }
 
@@ -172,7 +180,10 @@ style = "shakespeare"
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid rooms file: {0}")]
     Toml(#[from] toml::de::Error),
     #[error("invalid rooms file: {0}")]
@@ -198,7 +209,10 @@ pub fn parse_rooms(text: &str) -> Result<Vec<RoomConfig>, ConfigError> {
             )));
         }
         if !seen.insert(room.name.clone()) {
-            return Err(ConfigError::Invalid(format!("room {:?} listed twice", room.name)));
+            return Err(ConfigError::Invalid(format!(
+                "room {:?} listed twice",
+                room.name
+            )));
         }
         if !twitchy_inference::style_names().contains(&room.style.as_str()) {
             return Err(ConfigError::Invalid(format!(
@@ -208,7 +222,11 @@ pub fn parse_rooms(text: &str) -> Result<Vec<RoomConfig>, ConfigError> {
                 twitchy_inference::style_names().join(", ")
             )));
         }
-        room.moderators = room.moderators.iter().map(|m| m.to_ascii_lowercase()).collect();
+        room.moderators = room
+            .moderators
+            .iter()
+            .map(|m| m.to_ascii_lowercase())
+            .collect();
         rooms.push(room);
     }
     Ok(rooms)
@@ -219,8 +237,10 @@ pub fn load_rooms(path: Option<&PathBuf>) -> Result<Vec<RoomConfig>, ConfigError
     match path {
         None => parse_rooms(DEFAULT_ROOMS_TOML),
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
             parse_rooms(&text)
         }
     }
@@ -228,7 +248,10 @@ pub fn load_rooms(path: Option<&PathBuf>) -> Result<Vec<RoomConfig>, ConfigError
 
 /// Room names follow Twitch's login rules, loosened to allow short names.
 pub fn valid_room_name(name: &str) -> bool {
-    (1..=25).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    (1..=25).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A stable numeric id for a room without an explicit one (FNV-1a, 31 bits so every client parses it).
@@ -257,10 +280,19 @@ mod tests {
     fn bad_rooms_files_are_rejected_with_a_reason() {
         let cases = [
             ("rooms = []", "no rooms"),
-            ("[[rooms]]\nname = \"Bad Name\"\nstyle = \"pirate\"", "room name"),
+            (
+                "[[rooms]]\nname = \"Bad Name\"\nstyle = \"pirate\"",
+                "room name",
+            ),
             ("[[rooms]]\nname = \"a\"\nstyle = \"nope\"", "unknown style"),
-            ("[[rooms]]\nname = \"a\"\nstyle = \"pirate\"\n[[rooms]]\nname = \"a\"\nstyle = \"pirate\"", "twice"),
-            ("[[rooms]]\nname = \"a\"\nstyle = \"pirate\"\ncolour = 1", "unknown field"),
+            (
+                "[[rooms]]\nname = \"a\"\nstyle = \"pirate\"\n[[rooms]]\nname = \"a\"\nstyle = \"pirate\"",
+                "twice",
+            ),
+            (
+                "[[rooms]]\nname = \"a\"\nstyle = \"pirate\"\ncolour = 1",
+                "unknown field",
+            ),
         ];
         for (text, want) in cases {
             let err = parse_rooms(text).unwrap_err().to_string();

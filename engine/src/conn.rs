@@ -18,16 +18,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::Frame;
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use crate::metrics::ShardMetrics;
-use crate::protocol::line::{split_frame_lines, LineBuffer, LineError};
+use crate::protocol::line::{LineBuffer, LineError, split_frame_lines};
 use crate::protocol::session::{Action, Session};
 use crate::protocol::twitch;
-use crate::shard::{unix_ms, ChatMessage, Shard};
+use crate::shard::{ChatMessage, Shard, unix_ms};
 
 /// Longest IRC line accepted from a client, tags included (Twitch: 8191 bytes of tags + 512).
 pub const LINE_BYTES_MAX: usize = 8 * 1024;
@@ -86,8 +86,14 @@ pub enum Transport {
 /// Wraps IRC bytes in one unmasked WebSocket text frame (server frames are the same for every viewer).
 pub fn ws_text_frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 10);
-    let frame = Frame::message(Bytes::copy_from_slice(payload), OpCode::Data(Data::Text), true);
-    frame.format(&mut out).expect("writing to a Vec cannot fail");
+    let frame = Frame::message(
+        Bytes::copy_from_slice(payload),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    frame
+        .format(&mut out)
+        .expect("writing to a Vec cannot fail");
     out
 }
 
@@ -101,7 +107,11 @@ pub struct SharedLine<'a> {
 
 impl<'a> SharedLine<'a> {
     pub fn new(message: &'a ChatMessage, server: &'a str) -> SharedLine<'a> {
-        SharedLine { message, server, variants: Default::default() }
+        SharedLine {
+            message,
+            server,
+            variants: Default::default(),
+        }
     }
 
     pub fn bytes(&self, transport: Transport, with_tags: bool) -> Bytes {
@@ -110,7 +120,12 @@ impl<'a> SharedLine<'a> {
             .get_or_init(|| {
                 let id = self.message.record.id.to_string();
                 let mut line = Vec::with_capacity(512);
-                twitch::encode_privmsg(&self.message.chat_line(false, &id), self.server, with_tags, &mut line);
+                twitch::encode_privmsg(
+                    &self.message.chat_line(false, &id),
+                    self.server,
+                    with_tags,
+                    &mut line,
+                );
                 match transport {
                     Transport::Tcp => Bytes::from(line),
                     Transport::WebSocket => Bytes::from(ws_text_frame(&line)),
@@ -139,7 +154,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, transport: Transport, session: Session, queue_bytes_max: usize) -> Rc<Conn> {
+    pub fn new(
+        id: u64,
+        transport: Transport,
+        session: Session,
+        queue_bytes_max: usize,
+    ) -> Rc<Conn> {
         Rc::new(Conn {
             id,
             transport,
@@ -278,11 +298,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Half<S> {
         std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
         std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
     }
 
-    fn poll_close(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
         std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
     }
 }
@@ -294,7 +320,12 @@ where
 {
     let session = Session::new(shard.session_config.clone());
     let Some(conn) = shard.register_conn(|id| {
-        Conn::new(id, transport, session, shard.shared.args.outbound_queue_bytes_max)
+        Conn::new(
+            id,
+            transport,
+            session,
+            shard.shared.args.outbound_queue_bytes_max,
+        )
     }) else {
         // Over the connection limit: the socket is dropped (closed) right away.
         return;
@@ -342,10 +373,12 @@ async fn write_loop<S: AsyncWrite + Unpin>(conn: &Rc<Conn>, mut out: Half<S>) {
                 queue.pop_front();
             }
             drop(queue);
-            conn.queued_bytes.set(conn.queued_bytes.get().saturating_sub(taken));
+            conn.queued_bytes
+                .set(conn.queued_bytes.get().saturating_sub(taken));
             out.write_all(&gather).await
         } else {
-            conn.queued_bytes.set(conn.queued_bytes.get().saturating_sub(taken));
+            conn.queued_bytes
+                .set(conn.queued_bytes.get().saturating_sub(taken));
             out.write_all(&first).await
         };
         if gather.capacity() > WRITE_GATHER_BYTES_MAX * 2 {
@@ -390,7 +423,12 @@ async fn keepalive_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     }
 }
 
-async fn read_loop<S: AsyncRead + Unpin>(shard: &Rc<Shard>, conn: &Rc<Conn>, mut input: Half<S>, preread: Bytes) {
+async fn read_loop<S: AsyncRead + Unpin>(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    mut input: Half<S>,
+    preread: Bytes,
+) {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     match conn.transport {
         Transport::Tcp => {
@@ -453,7 +491,9 @@ async fn read_loop<S: AsyncRead + Unpin>(shard: &Rc<Shard>, conn: &Rc<Conn>, mut
                             return;
                         }
                         Ok(_) => {}
-                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                            break;
+                        }
                         Err(err) => {
                             log::debug!("websocket conn {} ended: {err}", conn.id);
                             if !io.output.is_empty() {
@@ -492,7 +532,14 @@ fn notice_bad_line(shard: &Shard, conn: &Conn, err: LineError) {
         LineError::InvalidUtf8 => "Your line was not valid UTF-8 and was ignored.",
     };
     let mut out = Vec::new();
-    twitch::encode_notice(None, None, text, &shard.shared.args.server_name, conn.session.borrow().wants_tags(), &mut out);
+    twitch::encode_notice(
+        None,
+        None,
+        text,
+        &shard.shared.args.server_name,
+        conn.session.borrow().wants_tags(),
+        &mut out,
+    );
     ShardMetrics::inc(&shard.metrics().notices_total);
     conn.push_owned(out);
 }
@@ -500,7 +547,9 @@ fn notice_bad_line(shard: &Shard, conn: &Conn, err: LineError) {
 /// Runs one client line through the session and carries out what it asks for.
 async fn handle_line(shard: &Rc<Shard>, conn: &Rc<Conn>, line: &str) {
     let mut actions = Vec::new();
-    conn.session.borrow_mut().handle_line(line, unix_ms(), &mut actions);
+    conn.session
+        .borrow_mut()
+        .handle_line(line, unix_ms(), &mut actions);
     conn.echo.set(conn.session.borrow().wants_echo());
     let mut queue: VecDeque<Action> = actions.into();
     while let Some(action) = queue.pop_front() {
@@ -528,8 +577,15 @@ async fn handle_line(shard: &Rc<Shard>, conn: &Rc<Conn>, line: &str) {
                     shard.part(conn, index);
                 }
             }
-            Action::Privmsg { room, text, client_nonce, .. } => match shard.shared.room(&room) {
-                Some(index) if conn.rooms.borrow().contains(&index) => shard.submit(conn, index, text, client_nonce),
+            Action::Privmsg {
+                room,
+                text,
+                client_nonce,
+                ..
+            } => match shard.shared.room(&room) {
+                Some(index) if conn.rooms.borrow().contains(&index) => {
+                    shard.submit(conn, index, text, client_nonce)
+                }
                 _ => {
                     let mut out = Vec::new();
                     twitch::encode_notice(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::net::TcpStream;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -55,9 +55,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .timer(GlommioTimer)
         .header_read_timeout(Duration::from_secs(HEADER_READ_TIMEOUT_SECS))
         .max_buf_size(64 * 1024);
-    match builder.serve_connection(GlommioIo::new(stream), service).without_shutdown().await {
+    match builder
+        .serve_connection(GlommioIo::new(stream), service)
+        .without_shutdown()
+        .await
+    {
         Ok(parts) if upgraded.get() => {
-            conn::serve(shard, parts.io.into_inner(), Transport::WebSocket, parts.read_buf).await;
+            conn::serve(
+                shard,
+                parts.io.into_inner(),
+                Transport::WebSocket,
+                parts.read_buf,
+            )
+            .await;
         }
         Ok(_) => {}
         Err(err) => log::debug!("http connection ended: {err}"),
@@ -68,8 +78,13 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -83,7 +98,9 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
 
 fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -106,11 +123,18 @@ async fn route(shard: Rc<Shard>, req: Request<Incoming>, upgraded: &Cell<bool>) 
         (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         (&Method::GET, ["metrics"]) => metrics(&shard),
         (&Method::GET, ["api", "rooms"]) => rooms(&shard),
-        (&Method::GET, ["api", "rooms", room, "messages"]) => history(&shard, room, req.uri().query()).await,
+        (&Method::GET, ["api", "rooms", room, "messages"]) => {
+            history(&shard, room, req.uri().query()).await
+        }
         (&Method::POST, ["api", "register"]) => account(&shard, req, true).await,
         (&Method::POST, ["api", "login"]) => account(&shard, req, false).await,
-        (_, [""] | ["healthz"] | ["metrics"] | ["api", "rooms"] | ["api", "rooms", _, "messages"])
-        | (_, ["api", "register" | "login"]) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (
+            _,
+            [""] | ["healthz"] | ["metrics"] | ["api", "rooms"] | ["api", "rooms", _, "messages"],
+        )
+        | (_, ["api", "register" | "login"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -121,7 +145,11 @@ fn metrics(shard: &Shard) -> Response<Body> {
     crate::metrics::render(&shared.metrics, &mut out);
     out.push_str("# HELP twitchy_room_viewers Viewers in a room over all shards\n# TYPE twitchy_room_viewers gauge\n");
     for (index, room) in shared.rooms.iter().enumerate() {
-        out.push_str(&format!("twitchy_room_viewers{{room=\"{}\"}} {}\n", room.name, shared.viewers.total(index)));
+        out.push_str(&format!(
+            "twitchy_room_viewers{{room=\"{}\"}} {}\n",
+            room.name,
+            shared.viewers.total(index)
+        ));
     }
     out.push_str(&shared.storage.metrics_text());
     out.push_str(&shared.styler_factory.metrics_text());
@@ -202,20 +230,34 @@ async fn history(shard: &Shard, room: &str, query: Option<&str>) -> Response<Bod
             },
             "limit" => match value.parse::<usize>() {
                 Ok(n) if (1..=HISTORY_PAGE_MAX).contains(&n) => limit = n,
-                _ => return error(StatusCode::BAD_REQUEST, "limit must be a number from 1 to 100"),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "limit must be a number from 1 to 100",
+                    );
+                }
             },
             _ => return error(StatusCode::BAD_REQUEST, "unknown query parameter"),
         }
     }
     let name = &shard.shared.rooms[index].name;
-    match shard.shared.storage.messages_before(name, before, limit).await {
+    match shard
+        .shared
+        .storage
+        .messages_before(name, before, limit)
+        .await
+    {
         Ok(records) => {
-            let messages: Vec<HistoryMessage<'_>> = records.iter().map(HistoryMessage::from).collect();
+            let messages: Vec<HistoryMessage<'_>> =
+                records.iter().map(HistoryMessage::from).collect();
             json(StatusCode::OK, &serde_json::json!({ "messages": messages }))
         }
         Err(err) => {
             log::warn!("history read failed: {err}");
-            error(StatusCode::SERVICE_UNAVAILABLE, "history is unavailable, try again")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "history is unavailable, try again",
+            )
         }
     }
 }
@@ -227,12 +269,23 @@ struct Credentials {
 }
 
 async fn account(shard: &Shard, req: Request<Incoming>, register: bool) -> Response<Body> {
-    let body = match Limited::new(req.into_body(), REQUEST_BODY_BYTES_MAX).collect().await {
+    let body = match Limited::new(req.into_body(), REQUEST_BODY_BYTES_MAX)
+        .collect()
+        .await
+    {
         Ok(body) => body.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or unreadable"),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or unreadable",
+            );
+        }
     };
     let Ok(credentials) = serde_json::from_slice::<Credentials>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "expected JSON {\"username\": ..., \"password\": ...}");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"username\": ..., \"password\": ...}",
+        );
     };
     let storage = &shard.shared.storage;
     let result = if register {
@@ -242,11 +295,21 @@ async fn account(shard: &Shard, req: Request<Incoming>, register: bool) -> Respo
     };
     match result {
         Ok(token) => {
-            let status = if register { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if register {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             let login = credentials.username.to_ascii_lowercase();
-            json(status, &serde_json::json!({ "token": token, "login": login }))
+            json(
+                status,
+                &serde_json::json!({ "token": token, "login": login }),
+            )
         }
-        Err(err) => error(StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST), &err.to_string()),
+        Err(err) => error(
+            StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            &err.to_string(),
+        ),
     }
 }
 
@@ -264,8 +327,15 @@ fn websocket_upgrade(req: Request<Incoming>, upgraded: &Cell<bool>) -> Response<
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return error(StatusCode::BAD_REQUEST, "unsupported WebSocket version (13 required)");
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unsupported WebSocket version (13 required)",
+        );
     }
     let offers_irc = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -284,7 +354,10 @@ fn websocket_upgrade(req: Request<Incoming>, upgraded: &Cell<bool>) -> Response<
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     if offers_irc {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("irc"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("irc"),
+        );
     }
     response
 }

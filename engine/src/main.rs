@@ -12,7 +12,10 @@ fn main() {
     let result = twitchy_engine::server::run(args, |bound| {
         log::info!("web client at http://{}/", bound.http);
         // One machine-readable line on stdout: tests and scripts wait for it.
-        println!("twitchy ready http=http://{0}/ ws=ws://{0}/ irc={1}", bound.http, bound.irc);
+        println!(
+            "twitchy ready http=http://{0}/ ws=ws://{0}/ irc={1}",
+            bound.http, bound.irc
+        );
     });
     if let Err(err) = result {
         log::error!("{err:#}");

@@ -49,7 +49,10 @@ pub struct ViewerCounts {
 
 impl ViewerCounts {
     pub fn new(shards: usize, rooms: usize) -> ViewerCounts {
-        ViewerCounts { rooms, counts: (0..shards * rooms).map(|_| AtomicU64::new(0)).collect() }
+        ViewerCounts {
+            rooms,
+            counts: (0..shards * rooms).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 
     pub fn set(&self, shard: usize, room: usize, viewers: u64) {
@@ -58,49 +61,126 @@ impl ViewerCounts {
 
     /// Viewers of a room over all shards.
     pub fn total(&self, room: usize) -> u64 {
-        self.counts.iter().skip(room).step_by(self.rooms).map(|c| c.load(Relaxed)).sum()
+        self.counts
+            .iter()
+            .skip(room)
+            .step_by(self.rooms)
+            .map(|c| c.load(Relaxed))
+            .sum()
     }
 }
 
 /// Renders all shards' counters, plus process memory.
 pub fn render(shards: &[ShardMetrics], out: &mut String) {
     let fields: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 18] = [
-        ("twitchy_connections", "gauge", "Open client connections", |m| &m.connections),
-        ("twitchy_connections_accepted_total", "counter", "Connections accepted", |m| &m.connections_accepted_total),
-        ("twitchy_connections_refused_total", "counter", "Connections refused at the limit", |m| {
-            &m.connections_refused_total
-        }),
-        ("twitchy_messages_in_total", "counter", "PRIVMSGs received from clients", |m| &m.messages_in_total),
-        ("twitchy_messages_rejected_total", "counter", "PRIVMSGs refused (limits, busy)", |m| {
-            &m.messages_rejected_total
-        }),
-        ("twitchy_messages_sequenced_total", "counter", "Messages sequenced by their home shard", |m| {
-            &m.messages_sequenced_total
-        }),
-        ("twitchy_messages_acked_total", "counter", "Messages acknowledged after being durable", |m| {
-            &m.messages_acked_total
-        }),
-        ("twitchy_messages_out_total", "counter", "Chat messages fanned out by this shard (once per message)", |m| {
-            &m.messages_out_total
-        }),
-        ("twitchy_deliveries_total", "counter", "Chat lines queued to viewers", |m| &m.deliveries_total),
-        ("twitchy_drops_total", "counter", "Chat lines not delivered because the viewer was dropped", |m| {
-            &m.drops_total
-        }),
-        ("twitchy_slow_disconnects_total", "counter", "Viewers disconnected for falling behind", |m| {
-            &m.slow_disconnects_total
-        }),
-        ("twitchy_idle_disconnects_total", "counter", "Clients dropped for not answering PING", |m| {
-            &m.idle_disconnects_total
-        }),
-        ("twitchy_cross_shard_sent_total", "counter", "Messages sent to other shards", |m| &m.cross_shard_sent_total),
-        ("twitchy_styler_fallbacks_total", "counter", "Messages styled by the local rewriter", |m| {
-            &m.styler_fallbacks_total
-        }),
-        ("twitchy_styled_llm_total", "counter", "Messages styled by the LLM", |m| &m.styled_llm_total),
-        ("twitchy_notices_total", "counter", "NOTICEs sent to clients", |m| &m.notices_total),
-        ("twitchy_http_requests_total", "counter", "HTTP requests served", |m| &m.http_requests_total),
-        ("twitchy_store_errors_total", "counter", "Messages whose storage failed", |m| &m.store_errors_total),
+        (
+            "twitchy_connections",
+            "gauge",
+            "Open client connections",
+            |m| &m.connections,
+        ),
+        (
+            "twitchy_connections_accepted_total",
+            "counter",
+            "Connections accepted",
+            |m| &m.connections_accepted_total,
+        ),
+        (
+            "twitchy_connections_refused_total",
+            "counter",
+            "Connections refused at the limit",
+            |m| &m.connections_refused_total,
+        ),
+        (
+            "twitchy_messages_in_total",
+            "counter",
+            "PRIVMSGs received from clients",
+            |m| &m.messages_in_total,
+        ),
+        (
+            "twitchy_messages_rejected_total",
+            "counter",
+            "PRIVMSGs refused (limits, busy)",
+            |m| &m.messages_rejected_total,
+        ),
+        (
+            "twitchy_messages_sequenced_total",
+            "counter",
+            "Messages sequenced by their home shard",
+            |m| &m.messages_sequenced_total,
+        ),
+        (
+            "twitchy_messages_acked_total",
+            "counter",
+            "Messages acknowledged after being durable",
+            |m| &m.messages_acked_total,
+        ),
+        (
+            "twitchy_messages_out_total",
+            "counter",
+            "Chat messages fanned out by this shard (once per message)",
+            |m| &m.messages_out_total,
+        ),
+        (
+            "twitchy_deliveries_total",
+            "counter",
+            "Chat lines queued to viewers",
+            |m| &m.deliveries_total,
+        ),
+        (
+            "twitchy_drops_total",
+            "counter",
+            "Chat lines not delivered because the viewer was dropped",
+            |m| &m.drops_total,
+        ),
+        (
+            "twitchy_slow_disconnects_total",
+            "counter",
+            "Viewers disconnected for falling behind",
+            |m| &m.slow_disconnects_total,
+        ),
+        (
+            "twitchy_idle_disconnects_total",
+            "counter",
+            "Clients dropped for not answering PING",
+            |m| &m.idle_disconnects_total,
+        ),
+        (
+            "twitchy_cross_shard_sent_total",
+            "counter",
+            "Messages sent to other shards",
+            |m| &m.cross_shard_sent_total,
+        ),
+        (
+            "twitchy_styler_fallbacks_total",
+            "counter",
+            "Messages styled by the local rewriter",
+            |m| &m.styler_fallbacks_total,
+        ),
+        (
+            "twitchy_styled_llm_total",
+            "counter",
+            "Messages styled by the LLM",
+            |m| &m.styled_llm_total,
+        ),
+        (
+            "twitchy_notices_total",
+            "counter",
+            "NOTICEs sent to clients",
+            |m| &m.notices_total,
+        ),
+        (
+            "twitchy_http_requests_total",
+            "counter",
+            "HTTP requests served",
+            |m| &m.http_requests_total,
+        ),
+        (
+            "twitchy_store_errors_total",
+            "counter",
+            "Messages whose storage failed",
+            |m| &m.store_errors_total,
+        ),
     ];
     for (name, kind, help, get) in fields {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

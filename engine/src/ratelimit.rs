@@ -24,13 +24,19 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig) -> RateLimiter {
-        RateLimiter { config, logs: HashMap::new() }
+        RateLimiter {
+            config,
+            logs: HashMap::new(),
+        }
     }
 
     /// Records and accepts a message from `user_id` if it is within its limit.
     pub fn try_acquire(&mut self, user_id: u64, is_mod: bool, now_ms: u64) -> bool {
-        let limit =
-            if is_mod { self.config.messages_per_window_max_mod } else { self.config.messages_per_window_max } as usize;
+        let limit = if is_mod {
+            self.config.messages_per_window_max_mod
+        } else {
+            self.config.messages_per_window_max
+        } as usize;
         if self.logs.len() >= self.config.users_tracked_max && !self.logs.contains_key(&user_id) {
             self.forget_idle(now_ms);
             if self.logs.len() >= self.config.users_tracked_max {
@@ -40,7 +46,10 @@ impl RateLimiter {
         }
         let window_ms = self.config.window_ms;
         let log = self.logs.entry(user_id).or_default();
-        while log.front().is_some_and(|&t| now_ms.saturating_sub(t) >= window_ms) {
+        while log
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= window_ms)
+        {
             log.pop_front();
         }
         if log.len() >= limit {
@@ -53,7 +62,10 @@ impl RateLimiter {
     /// Drops users with no message in the current window.
     pub fn forget_idle(&mut self, now_ms: u64) {
         let window_ms = self.config.window_ms;
-        self.logs.retain(|_, log| log.back().is_some_and(|&t| now_ms.saturating_sub(t) < window_ms));
+        self.logs.retain(|_, log| {
+            log.back()
+                .is_some_and(|&t| now_ms.saturating_sub(t) < window_ms)
+        });
     }
 
     pub fn users_tracked(&self) -> usize {

@@ -8,20 +8,20 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use twitchy_inference::StylerConfig;
 use twitchy_storage::{CoalescerConfig, StorageService, StoreConfig};
 
-use crate::config::{derived_room_id, load_rooms, Args};
-use crate::conn::{self, LocalNotify, Transport, CLOSE_GRACE_MS};
+use crate::config::{Args, derived_room_id, load_rooms};
+use crate::conn::{self, CLOSE_GRACE_MS, LocalNotify, Transport};
 use crate::metrics::{ShardMetrics, ViewerCounts};
-use crate::shard::{Shard, ShardMsg, Shared, INBOUND_CHANNEL_MESSAGES_MAX};
+use crate::shard::{INBOUND_CHANNEL_MESSAGES_MAX, Shard, ShardMsg, Shared};
 
 /// Pending connections per listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -47,10 +47,15 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<Socket> {
 /// Binds `count` sockets to one address with `SO_REUSEPORT`; port 0 is resolved by the first.
 fn bind_group(addr: SocketAddr, count: usize) -> anyhow::Result<(SocketAddr, Vec<OwnedFd>)> {
     let first = bind_one(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let actual = first.local_addr()?.as_socket().context("not an inet socket")?;
+    let actual = first
+        .local_addr()?
+        .as_socket()
+        .context("not an inet socket")?;
     let mut fds = vec![OwnedFd::from(first)];
     for _ in 1..count {
-        fds.push(OwnedFd::from(bind_one(actual).with_context(|| format!("cannot listen on {actual}"))?));
+        fds.push(OwnedFd::from(
+            bind_one(actual).with_context(|| format!("cannot listen on {actual}"))?,
+        ));
     }
     Ok((actual, fds))
 }
@@ -70,7 +75,9 @@ impl glommio::StallDetectionHandler for StallReporter {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("shards", &self.shard_count).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("shards", &self.shard_count)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +90,9 @@ enum Event {
 /// Runs the server until SIGINT or SIGTERM; `on_ready` is called with the bound addresses once every shard serves.
 pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let rooms = load_rooms(args.config.as_ref())?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let shard_count = if args.shards == 0 { cores } else { args.shards };
     if shard_count > usize::from(twitchy_storage::id::SHARD_ID_MAX) + 1 {
         bail!("at most {} shards", twitchy_storage::id::SHARD_ID_MAX + 1);
@@ -100,7 +109,9 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
                 replication_factor: args.scylla_replication_factor,
             }
         }
-        _ => StoreConfig::Embedded { dir: args.data_dir.clone() },
+        _ => StoreConfig::Embedded {
+            dir: args.data_dir.clone(),
+        },
     };
     let store = twitchy_storage::open_store(&store_config).context("cannot open the store")?;
     let storage = StorageService::start(
@@ -118,16 +129,26 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         deadline_ms: args.style_deadline_ms,
         ..StylerConfig::default()
     };
-    styler_config.validate().context("invalid styler settings")?;
+    styler_config
+        .validate()
+        .context("invalid styler settings")?;
     let styler_factory = twitchy_inference::styler_factory(styler_config);
 
     let (http_addr, http_fds) = bind_group(args.http, shard_count)?;
     let (irc_addr, irc_fds) = bind_group(args.irc, shard_count)?;
 
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..shard_count).map(|_| flume::bounded::<ShardMsg>(INBOUND_CHANNEL_MESSAGES_MAX)).unzip();
-    let room_ids = rooms.iter().map(|r| r.id.unwrap_or_else(|| derived_room_id(&r.name))).collect();
-    let room_index = rooms.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shard_count)
+        .map(|_| flume::bounded::<ShardMsg>(INBOUND_CHANNEL_MESSAGES_MAX))
+        .unzip();
+    let room_ids = rooms
+        .iter()
+        .map(|r| r.id.unwrap_or_else(|| derived_room_id(&r.name)))
+        .collect();
+    let room_index = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), i))
+        .collect();
     let shared = Arc::new(Shared {
         metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
         viewers: ViewerCounts::new(shard_count, rooms.len()),
@@ -144,7 +165,9 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let (events, event_rx) = mpsc::channel::<Event>();
     let drained = Arc::new(AtomicUsize::new(0));
     let mut executors = Vec::new();
-    for (index, ((receiver, http_fd), irc_fd)) in receivers.into_iter().zip(http_fds).zip(irc_fds).enumerate() {
+    for (index, ((receiver, http_fd), irc_fd)) in
+        receivers.into_iter().zip(http_fds).zip(irc_fds).enumerate()
+    {
         let shared = shared.clone();
         let events = events.clone();
         let drained = drained.clone();
@@ -166,7 +189,10 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         executors.push(handle);
     }
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
     let signal_handle = signals.handle();
     let signal_events = events.clone();
     let signal_thread = std::thread::spawn(move || {
@@ -180,14 +206,21 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     while ready < shard_count && failure.is_none() {
         match event_rx.recv() {
             Ok(Event::Ready(_, Ok(()))) => ready += 1,
-            Ok(Event::Ready(shard, Err(err))) => failure = Some(format!("shard {shard} failed to start: {err}")),
-            Ok(Event::Exited(shard)) => failure = Some(format!("shard {shard} exited during start")),
+            Ok(Event::Ready(shard, Err(err))) => {
+                failure = Some(format!("shard {shard} failed to start: {err}"))
+            }
+            Ok(Event::Exited(shard)) => {
+                failure = Some(format!("shard {shard} exited during start"))
+            }
             Ok(Event::Signal(_)) => failure = Some("interrupted during start".into()),
             Err(_) => failure = Some("all shards exited".into()),
         }
     }
     if failure.is_none() {
-        on_ready(Bound { http: http_addr, irc: irc_addr });
+        on_ready(Bound {
+            http: http_addr,
+            irc: irc_addr,
+        });
         loop {
             match event_rx.recv() {
                 Ok(Event::Signal(signal)) => {
@@ -213,7 +246,9 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     signal_handle.close();
     let _ = signal_thread.join();
     drop(shared);
-    storage.shutdown().context("storage did not shut down cleanly")?;
+    storage
+        .shutdown()
+        .context("storage did not shut down cleanly")?;
     log::info!("stopped");
     match failure {
         Some(reason) => bail!(reason),
@@ -300,7 +335,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, http: bool) {
                     glommio::spawn_local(crate::http::serve(shard, stream)).detach();
                 } else {
                     let _ = stream.set_nodelay(true);
-                    glommio::spawn_local(conn::serve(shard, stream, Transport::Tcp, bytes::Bytes::new())).detach();
+                    glommio::spawn_local(conn::serve(
+                        shard,
+                        stream,
+                        Transport::Tcp,
+                        bytes::Bytes::new(),
+                    ))
+                    .detach();
                 }
             }
             Err(err) => {

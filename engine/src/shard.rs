@@ -104,8 +104,17 @@ impl ChatMessage {
 /// Events for one connection, sent to the shard that owns it.
 #[derive(Debug)]
 pub enum ConnEvent {
-    Acked { room: usize, id: MessageId, client_nonce: Option<String>, is_mod: bool },
-    Notice { room: usize, msg_id: &'static str, text: String },
+    Acked {
+        room: usize,
+        id: MessageId,
+        client_nonce: Option<String>,
+        is_mod: bool,
+    },
+    Notice {
+        room: usize,
+        msg_id: &'static str,
+        text: String,
+    },
 }
 
 /// Everything one shard tells another.
@@ -118,9 +127,15 @@ pub enum ShardMsg {
     /// To a room's home: `shard` has no viewers left.
     Unsubscribe { room: usize, shard: usize },
     /// From a room's home: the latest messages, sent in reply to `Subscribe`.
-    Snapshot { room: usize, messages: Vec<Arc<ChatMessage>> },
+    Snapshot {
+        room: usize,
+        messages: Vec<Arc<ChatMessage>>,
+    },
     /// From a room's home: one new message, once per shard.
-    Deliver { room: usize, message: Arc<ChatMessage> },
+    Deliver {
+        room: usize,
+        message: Arc<ChatMessage>,
+    },
     /// To a connection's shard.
     ToConn { conn: u64, event: ConnEvent },
     /// Stop: finish in-flight work, tell clients to reconnect, exit.
@@ -186,7 +201,10 @@ pub struct Shard {
 
 /// Milliseconds since the unix epoch, from the system clock.
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Shard {
@@ -207,7 +225,13 @@ impl Shard {
         let home = (0..shared.rooms.len())
             .filter(|&room| home_shard(room, shared.shard_count) == id)
             .map(|room| {
-                (room, RefCell::new(HomeRoom { subscribers: vec![false; shared.shard_count], recent: VecDeque::new() }))
+                (
+                    room,
+                    RefCell::new(HomeRoom {
+                        subscribers: vec![false; shared.shard_count],
+                        recent: VecDeque::new(),
+                    }),
+                )
             })
             .collect();
         Rc::new(Shard {
@@ -216,10 +240,15 @@ impl Shard {
             session_config,
             conns: RefCell::default(),
             next_conn_id: Cell::new(1),
-            rooms: (0..shared.rooms.len()).map(|_| RefCell::default()).collect(),
+            rooms: (0..shared.rooms.len())
+                .map(|_| RefCell::default())
+                .collect(),
             home,
             outboxes: (0..shared.shard_count)
-                .map(|_| Outbox { queue: RefCell::default(), notify: LocalNotify::default() })
+                .map(|_| Outbox {
+                    queue: RefCell::default(),
+                    notify: LocalNotify::default(),
+                })
                 .collect(),
             ids: RefCell::new(MessageIdGen::new(args.node_id, id as u16)),
             rate: RefCell::new(rate),
@@ -238,7 +267,11 @@ impl Shard {
     pub async fn load_history(&self) -> Result<(), StorageError> {
         for (&room, home) in &self.home {
             let name = &self.shared.rooms[room].name;
-            let records = self.shared.storage.recent_messages(name, HISTORY_ON_JOIN).await?;
+            let records = self
+                .shared
+                .storage
+                .recent_messages(name, HISTORY_ON_JOIN)
+                .await?;
             let mut home = home.borrow_mut();
             for record in records {
                 let is_mod = self.shared.rooms[room].moderators.contains(&record.login);
@@ -294,7 +327,9 @@ impl Shard {
     }
 
     fn outboxes_full(&self) -> bool {
-        self.outboxes.iter().any(|o| o.queue.borrow().len() >= OUTBOX_MESSAGES_MAX)
+        self.outboxes
+            .iter()
+            .any(|o| o.queue.borrow().len() >= OUTBOX_MESSAGES_MAX)
     }
 
     /// Handles one inbound message. Never awaits.
@@ -336,14 +371,20 @@ impl Shard {
         let conn = make(id);
         self.conns.borrow_mut().insert(id, conn.clone());
         ShardMetrics::inc(&self.metrics().connections_accepted_total);
-        self.metrics().connections.store(self.conns.borrow().len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics().connections.store(
+            self.conns.borrow().len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Some(conn)
     }
 
     /// Removes a closed connection from every room it was in.
     pub fn unregister_conn(self: &Rc<Self>, conn: &Rc<Conn>) {
         self.conns.borrow_mut().remove(&conn.id);
-        self.metrics().connections.store(self.conns.borrow().len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics().connections.store(
+            self.conns.borrow().len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let rooms: Vec<usize> = conn.rooms.borrow().clone();
         for room in rooms {
             self.part(conn, room);
@@ -372,7 +413,13 @@ impl Shard {
             Subscription::None => {
                 local.subscription = Subscription::Pending(vec![conn.clone()]);
                 drop(local);
-                self.send_to(home_shard(room, self.shared.shard_count), ShardMsg::Subscribe { room, shard: self.id });
+                self.send_to(
+                    home_shard(room, self.shared.shard_count),
+                    ShardMsg::Subscribe {
+                        room,
+                        shard: self.id,
+                    },
+                );
             }
         }
     }
@@ -383,11 +430,15 @@ impl Shard {
         }
         let mut local = self.rooms[room].borrow_mut();
         local.viewers.push(conn.clone());
-        self.shared.viewers.set(self.id, room, local.viewers.len() as u64);
+        self.shared
+            .viewers
+            .set(self.id, room, local.viewers.len() as u64);
         let mut out = Vec::new();
         conn.session.borrow_mut().joined(
             &self.shared.rooms[room].name,
-            &RoomState { room_id: self.shared.room_ids[room] },
+            &RoomState {
+                room_id: self.shared.room_ids[room],
+            },
             &mut out,
         );
         conn.run_replies(out);
@@ -395,7 +446,12 @@ impl Shard {
         let mut lines = Vec::new();
         for message in &local.recent {
             let id = message.record.id.to_string();
-            twitch::encode_privmsg(&message.chat_line(true, &id), &self.shared.args.server_name, with_tags, &mut lines);
+            twitch::encode_privmsg(
+                &message.chat_line(true, &id),
+                &self.shared.args.server_name,
+                with_tags,
+                &mut lines,
+            );
         }
         if !lines.is_empty() {
             conn.push_owned(lines);
@@ -409,12 +465,20 @@ impl Shard {
         if let Subscription::Pending(waiting) = &mut local.subscription {
             waiting.retain(|v| !Rc::ptr_eq(v, conn));
         }
-        self.shared.viewers.set(self.id, room, local.viewers.len() as u64);
+        self.shared
+            .viewers
+            .set(self.id, room, local.viewers.len() as u64);
         if matches!(local.subscription, Subscription::Ready) && local.viewers.is_empty() {
             local.subscription = Subscription::None;
             local.recent.clear();
             drop(local);
-            self.send_to(home_shard(room, self.shared.shard_count), ShardMsg::Unsubscribe { room, shard: self.id });
+            self.send_to(
+                home_shard(room, self.shared.shard_count),
+                ShardMsg::Unsubscribe {
+                    room,
+                    shard: self.id,
+                },
+            );
         }
     }
 
@@ -437,7 +501,13 @@ impl Shard {
             local.subscription = Subscription::None;
             local.recent.clear();
             drop(local);
-            self.send_to(home_shard(room, self.shared.shard_count), ShardMsg::Unsubscribe { room, shard: self.id });
+            self.send_to(
+                home_shard(room, self.shared.shard_count),
+                ShardMsg::Unsubscribe {
+                    room,
+                    shard: self.id,
+                },
+            );
         }
     }
 
@@ -474,35 +544,78 @@ impl Shard {
     // ----- sending -----
 
     /// A client on this shard sent a PRIVMSG to `room`; forwards it to the room's home.
-    pub fn submit(self: &Rc<Self>, conn: &Rc<Conn>, room: usize, text: String, client_nonce: Option<String>) {
+    pub fn submit(
+        self: &Rc<Self>,
+        conn: &Rc<Conn>,
+        room: usize,
+        text: String,
+        client_nonce: Option<String>,
+    ) {
         ShardMetrics::inc(&self.metrics().messages_in_total);
         let Some(identity) = conn.session.borrow().identity().cloned() else {
             return;
         };
         let author = author_of(&identity);
-        let submit = Submit { room, reply_shard: self.id, conn: conn.id, author, text, client_nonce };
-        self.send_to(home_shard(room, self.shared.shard_count), ShardMsg::Submit(Box::new(submit)));
+        let submit = Submit {
+            room,
+            reply_shard: self.id,
+            conn: conn.id,
+            author,
+            text,
+            client_nonce,
+        };
+        self.send_to(
+            home_shard(room, self.shared.shard_count),
+            ShardMsg::Submit(Box::new(submit)),
+        );
     }
 
     /// On the room's home shard: rate limit, id, style, store, fan out, and acknowledge once durable.
     fn sequence(self: &Rc<Self>, submit: Submit) {
-        let Submit { room, reply_shard, conn, author, text, client_nonce } = submit;
+        let Submit {
+            room,
+            reply_shard,
+            conn,
+            author,
+            text,
+            client_nonce,
+        } = submit;
         let config = &self.shared.rooms[room];
         let is_mod = config.moderators.contains(&author.login);
         let now_ms = unix_ms();
         let refuse = move |shard: &Rc<Shard>, msg_id: &'static str, text: &str| {
             ShardMetrics::inc(&shard.metrics().messages_rejected_total);
-            let event = ConnEvent::Notice { room, msg_id, text: text.to_string() };
+            let event = ConnEvent::Notice {
+                room,
+                msg_id,
+                text: text.to_string(),
+            };
             shard.send_to(reply_shard, ShardMsg::ToConn { conn, event });
         };
         if self.shutting_down.get() {
-            return refuse(self, msg_id::TRY_AGAIN, "The server is restarting; please send your message again.");
+            return refuse(
+                self,
+                msg_id::TRY_AGAIN,
+                "The server is restarting; please send your message again.",
+            );
         }
-        if !self.rate.borrow_mut().try_acquire(author.user_id * 1024 + room as u64, is_mod, now_ms) {
-            return refuse(self, msg_id::RATELIMIT, "Your message was not sent because you are sending messages too quickly.");
+        if !self
+            .rate
+            .borrow_mut()
+            .try_acquire(author.user_id * 1024 + room as u64, is_mod, now_ms)
+        {
+            return refuse(
+                self,
+                msg_id::RATELIMIT,
+                "Your message was not sent because you are sending messages too quickly.",
+            );
         }
         if self.in_flight.get() >= SEQUENCING_IN_FLIGHT_MAX || self.outboxes_full() {
-            return refuse(self, msg_id::TRY_AGAIN, "The server is busy; please send your message again.");
+            return refuse(
+                self,
+                msg_id::TRY_AGAIN,
+                "The server is busy; please send your message again.",
+            );
         }
         let id = self.ids.borrow_mut().next_id(now_ms);
         self.in_flight.set(self.in_flight.get() + 1);
@@ -523,7 +636,11 @@ impl Shard {
                 login: author.login,
                 display_name: author.display_name,
                 color: author.color,
-                badges: if is_mod { "moderator/1".into() } else { String::new() },
+                badges: if is_mod {
+                    "moderator/1".into()
+                } else {
+                    String::new()
+                },
                 text: styled.text,
                 original: text,
                 styled_by: styled.by.as_str().to_string(),
@@ -533,8 +650,16 @@ impl Shard {
                 Ok(ack) => ack,
                 Err(err) => {
                     shard.finish_in_flight();
-                    let msg_id = if matches!(err, StorageError::Busy) { msg_id::TRY_AGAIN } else { msg_id::TRY_AGAIN };
-                    return refuse(&shard, msg_id, "Your message was not sent: the server is busy; please try again.");
+                    let msg_id = if matches!(err, StorageError::Busy) {
+                        msg_id::TRY_AGAIN
+                    } else {
+                        msg_id::TRY_AGAIN
+                    };
+                    return refuse(
+                        &shard,
+                        msg_id,
+                        "Your message was not sent: the server is busy; please try again.",
+                    );
                 }
             };
             let client_nonce_ack = client_nonce.clone();
@@ -549,7 +674,12 @@ impl Shard {
             let event = match ack.await {
                 Ok(()) => {
                     ShardMetrics::inc(&shard.metrics().messages_acked_total);
-                    ConnEvent::Acked { room, id, client_nonce: client_nonce_ack, is_mod }
+                    ConnEvent::Acked {
+                        room,
+                        id,
+                        client_nonce: client_nonce_ack,
+                        is_mod,
+                    }
                 }
                 Err(err) => {
                     log::error!("storing message {id} failed: {err}");
@@ -588,10 +718,21 @@ impl Shard {
                 home.recent.pop_front();
             }
             home.recent.push_back(message.clone());
-            home.subscribers.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i).collect()
+            home.subscribers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s)
+                .map(|(i, _)| i)
+                .collect()
         };
         for shard in subscribers {
-            self.send_to(shard, ShardMsg::Deliver { room, message: message.clone() });
+            self.send_to(
+                shard,
+                ShardMsg::Deliver {
+                    room,
+                    message: message.clone(),
+                },
+            );
         }
     }
 
@@ -599,9 +740,16 @@ impl Shard {
         let server = &self.shared.args.server_name;
         let mut out = Vec::new();
         match event {
-            ConnEvent::Acked { room, id, client_nonce, is_mod } => {
+            ConnEvent::Acked {
+                room,
+                id,
+                client_nonce,
+                is_mod,
+            } => {
                 let session = conn.session.borrow();
-                let Some(identity) = session.identity() else { return };
+                let Some(identity) = session.identity() else {
+                    return;
+                };
                 let badges = if is_mod { "moderator/1" } else { "" };
                 let user = UserState {
                     login: &identity.login,
@@ -624,7 +772,14 @@ impl Shard {
             ConnEvent::Notice { room, msg_id, text } => {
                 ShardMetrics::inc(&self.metrics().notices_total);
                 let with_tags = conn.session.borrow().wants_tags();
-                twitch::encode_notice(Some(&self.shared.rooms[room].name), Some(msg_id), &text, server, with_tags, &mut out);
+                twitch::encode_notice(
+                    Some(&self.shared.rooms[room].name),
+                    Some(msg_id),
+                    &text,
+                    server,
+                    with_tags,
+                    &mut out,
+                );
             }
         }
         conn.push_owned(out);

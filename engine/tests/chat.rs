@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::client::{http, metric, register, tag, trailing, Irc};
 use common::TestServer;
+use common::client::{Irc, http, metric, register, tag, trailing};
 
 const PASSWORD: &str = "correct horse";
 
@@ -33,28 +33,58 @@ fn anonymous_viewer_reads_and_registered_user_sends_with_ack() {
     sender.send("@client-nonce=n-1 PRIVMSG #lobby :hello there chat");
 
     let line = viewer.expect("the PRIVMSG", privmsg_in("lobby"));
-    assert!(line.contains(" :alice!alice@alice.tmi.twitch.tv PRIVMSG #lobby :"), "{line}");
-    assert_eq!(tag(&line, "twitchy/original").as_deref(), Some("hello there chat"));
+    assert!(
+        line.contains(" :alice!alice@alice.tmi.twitch.tv PRIVMSG #lobby :"),
+        "{line}"
+    );
+    assert_eq!(
+        tag(&line, "twitchy/original").as_deref(),
+        Some("hello there chat")
+    );
     assert_eq!(tag(&line, "client-nonce").as_deref(), Some("n-1"));
     assert_eq!(tag(&line, "display-name").as_deref(), Some("alice"));
     let styled = trailing(&line);
     assert_ne!(styled, "hello there chat", "the text is styled");
     for word in ["hello", "there", "chat"] {
-        assert!(styled.to_lowercase().contains(word), "styled text keeps the words: {styled}");
+        assert!(
+            styled.to_lowercase().contains(word),
+            "styled text keeps the words: {styled}"
+        );
     }
     for key in [
-        "badge-info", "badges", "color", "emotes", "first-msg", "flags", "id", "mod", "returning-chatter", "room-id",
-        "subscriber", "tmi-sent-ts", "turbo", "user-id", "user-type",
+        "badge-info",
+        "badges",
+        "color",
+        "emotes",
+        "first-msg",
+        "flags",
+        "id",
+        "mod",
+        "returning-chatter",
+        "room-id",
+        "subscriber",
+        "tmi-sent-ts",
+        "turbo",
+        "user-id",
+        "user-type",
     ] {
         assert!(tag(&line, key).is_some(), "tag {key} missing in {line}");
     }
     assert!(tag(&line, "historical").is_none());
 
     let ack = sender.expect("the ack", is_ack);
-    assert_eq!(tag(&ack, "id"), tag(&line, "id"), "the ack names the delivered message");
+    assert_eq!(
+        tag(&ack, "id"),
+        tag(&line, "id"),
+        "the ack names the delivered message"
+    );
     assert_eq!(tag(&ack, "client-nonce").as_deref(), Some("n-1"));
     // Like Twitch, the sender does not get its own PRIVMSG back.
-    assert!(!sender.seen.iter().any(|l| l.contains(" PRIVMSG #lobby ")), "{:#?}", sender.seen);
+    assert!(
+        !sender.seen.iter().any(|l| l.contains(" PRIVMSG #lobby ")),
+        "{:#?}",
+        sender.seen
+    );
 }
 
 /// Logins are the lowercase usernames.
@@ -79,7 +109,10 @@ fn tcp_and_websocket_clients_share_rooms_and_ping_works() {
     sender.join("tavern");
     sender.send("PRIVMSG #tavern :ahoy over tcp");
     let line = viewer.expect("PRIVMSG", privmsg_in("tavern"));
-    assert_eq!(tag(&line, "twitchy/original").as_deref(), Some("ahoy over tcp"));
+    assert_eq!(
+        tag(&line, "twitchy/original").as_deref(),
+        Some("ahoy over tcp")
+    );
     sender.expect("ack", is_ack);
 }
 
@@ -89,7 +122,11 @@ fn fanout_reaches_every_viewer_spread_over_two_shards() {
     let token = register(server.http, "caster", PASSWORD);
     let mut viewers: Vec<Irc> = (0..40)
         .map(|i| {
-            let mut v = if i % 2 == 0 { Irc::ws(server.http) } else { Irc::tcp(server.irc) };
+            let mut v = if i % 2 == 0 {
+                Irc::ws(server.http)
+            } else {
+                Irc::tcp(server.irc)
+            };
             v.login_anonymous();
             v.join("globe");
             v
@@ -97,10 +134,18 @@ fn fanout_reaches_every_viewer_spread_over_two_shards() {
         .collect();
     let per_shard = metric(server.http, "twitchy_connections");
     assert_eq!(per_shard.len(), 2);
-    assert!(per_shard.iter().all(|&c| c > 0), "connections on both shards: {per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&c| c > 0),
+        "connections on both shards: {per_shard:?}"
+    );
 
     let rooms = http(server.http, "GET", "/api/rooms", None).json();
-    let globe = rooms.as_array().unwrap().iter().find(|r| r["name"] == "globe").unwrap();
+    let globe = rooms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "globe")
+        .unwrap();
     assert_eq!(globe["viewers"], 40);
 
     let mut sender = Irc::ws(server.http);
@@ -122,7 +167,9 @@ fn fanout_reaches_every_viewer_spread_over_two_shards() {
     let deliveries: u64 = metric(server.http, "twitchy_deliveries_total").iter().sum();
     assert_eq!(deliveries, 200);
     // One cross-shard hop per message per shard, never one per viewer.
-    let messages_out: u64 = metric(server.http, "twitchy_messages_out_total").iter().sum();
+    let messages_out: u64 = metric(server.http, "twitchy_messages_out_total")
+        .iter()
+        .sum();
     assert_eq!(messages_out, 10);
 }
 
@@ -170,12 +217,25 @@ fn acked_messages_and_accounts_survive_a_crash() {
     server.kill();
     server.restart();
 
-    let page = http(server.http, "GET", "/api/rooms/tavern/messages?limit=100", None);
+    let page = http(
+        server.http,
+        "GET",
+        "/api/rooms/tavern/messages?limit=100",
+        None,
+    );
     assert_eq!(page.status, 200, "{}", page.body);
-    let stored: Vec<String> =
-        page.json()["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    let stored: Vec<String> = page.json()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
     for id in &acked {
-        assert_eq!(stored.iter().filter(|s| *s == id).count(), 1, "acked message {id} stored exactly once");
+        assert_eq!(
+            stored.iter().filter(|s| *s == id).count(),
+            1,
+            "acked message {id} stored exactly once"
+        );
     }
     // Newest first.
     assert_eq!(stored.first(), acked.last());
@@ -192,15 +252,32 @@ fn acked_messages_and_accounts_survive_a_crash() {
     again.login("survivor", &token);
     again.join("tavern");
     let history = again.drain(Duration::from_millis(500));
-    let texts: Vec<String> = history.iter().filter_map(|l| tag(l, "twitchy/original")).collect();
+    let texts: Vec<String> = history
+        .iter()
+        .filter_map(|l| tag(l, "twitchy/original"))
+        .collect();
     let want: Vec<String> = (2..12).map(|i| format!("durable {i}")).collect();
     assert_eq!(texts, want, "history on join after restart");
 
     // Paging backwards with `before`.
     let before = &stored[4];
-    let older = http(server.http, "GET", &format!("/api/rooms/tavern/messages?before={before}&limit=3"), None).json();
-    let older: Vec<&str> = older["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(older, stored[5..8].iter().map(String::as_str).collect::<Vec<_>>());
+    let older = http(
+        server.http,
+        "GET",
+        &format!("/api/rooms/tavern/messages?before={before}&limit=3"),
+        None,
+    )
+    .json();
+    let older: Vec<&str> = older["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        older,
+        stored[5..8].iter().map(String::as_str).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -214,7 +291,11 @@ fn rate_limit_and_length_limit_send_notices() {
     let long = "x".repeat(501);
     sender.send(&format!("PRIVMSG #lobby :{long}"));
     let notice = sender.expect("too long NOTICE", |l| l.contains(" NOTICE #lobby "));
-    assert_eq!(tag(&notice, "msg-id").as_deref(), Some("msg_too_long"), "{notice}");
+    assert_eq!(
+        tag(&notice, "msg-id").as_deref(),
+        Some("msg_too_long"),
+        "{notice}"
+    );
     // Exactly 500 characters (multi-byte ones count once) is fine.
     let limit = "é".repeat(500);
     sender.send(&format!("PRIVMSG #lobby :{limit}"));
@@ -225,7 +306,10 @@ fn rate_limit_and_length_limit_send_notices() {
     }
     let lines = sender.drain(Duration::from_millis(800));
     let acks = lines.iter().filter(|l| is_ack(l)).count();
-    let limited: Vec<&String> = lines.iter().filter(|l| tag(l, "msg-id").as_deref() == Some("msg_ratelimit")).collect();
+    let limited: Vec<&String> = lines
+        .iter()
+        .filter(|l| tag(l, "msg-id").as_deref() == Some("msg_ratelimit"))
+        .collect();
     assert_eq!(acks, 2, "{lines:#?}");
     assert_eq!(limited.len(), 2, "{lines:#?}");
 }
@@ -250,13 +334,21 @@ fn unknown_rooms_and_bad_logins_are_refused() {
     client.login_anonymous();
     client.send("JOIN #nowhere");
     let notice = client.expect("NOTICE", |l| l.contains(" NOTICE "));
-    assert_eq!(tag(&notice, "msg-id").as_deref(), Some("msg_channel_suspended"));
+    assert_eq!(
+        tag(&notice, "msg-id").as_deref(),
+        Some("msg_channel_suspended")
+    );
 
     let mut impostor = Irc::tcp(server.irc);
     impostor.send("PASS oauth:0000000000000000000000000000000000000000000000000000000000000000");
     impostor.send("NICK somebody");
-    impostor.expect("auth failure", |l| l.contains("Login authentication failed"));
-    assert!(impostor.next_line(Duration::from_secs(5)).is_none(), "connection closed after failed login");
+    impostor.expect("auth failure", |l| {
+        l.contains("Login authentication failed")
+    });
+    assert!(
+        impostor.next_line(Duration::from_secs(5)).is_none(),
+        "connection closed after failed login"
+    );
     assert!(impostor.closed);
 }
 
@@ -269,7 +361,16 @@ fn malformed_input_gets_notices_and_never_breaks_the_server() {
     tcp.expect("NOTICE for invalid UTF-8", |l| l.contains(" NOTICE "));
     tcp.send_raw(format!("PRIVMSG #lobby :{}\r\n", "y".repeat(20_000)).as_bytes());
     tcp.expect("NOTICE for an over-long line", |l| l.contains(" NOTICE "));
-    for garbage in ["@;;=;= PRIVMSG", "@", ":only-prefix", "\u{1}\u{2}\u{3}", "FROB x y z", "JOIN", "PRIVMSG", "CAP"] {
+    for garbage in [
+        "@;;=;= PRIVMSG",
+        "@",
+        ":only-prefix",
+        "\u{1}\u{2}\u{3}",
+        "FROB x y z",
+        "JOIN",
+        "PRIVMSG",
+        "CAP",
+    ] {
         tcp.send(garbage);
     }
     tcp.send("");
@@ -283,10 +384,30 @@ fn malformed_input_gets_notices_and_never_breaks_the_server() {
     // HTTP: clear JSON errors.
     let cases = [
         ("POST", "/api/register", Some("not json"), 400),
-        ("POST", "/api/register", Some(r#"{"username":"ab","password":"long enough"}"#), 400),
-        ("POST", "/api/register", Some(r#"{"username":"okname","password":"short"}"#), 400),
-        ("POST", "/api/login", Some(r#"{"username":"nobody_here","password":"whatever1"}"#), 401),
-        ("GET", "/api/rooms/lobby/messages?before=not-an-id", None, 400),
+        (
+            "POST",
+            "/api/register",
+            Some(r#"{"username":"ab","password":"long enough"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/register",
+            Some(r#"{"username":"okname","password":"short"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/login",
+            Some(r#"{"username":"nobody_here","password":"whatever1"}"#),
+            401,
+        ),
+        (
+            "GET",
+            "/api/rooms/lobby/messages?before=not-an-id",
+            None,
+            400,
+        ),
         ("GET", "/api/rooms/lobby/messages?limit=0", None, 400),
         ("GET", "/api/rooms/nowhere/messages", None, 404),
         ("GET", "/no/such/path", None, 404),
@@ -294,8 +415,16 @@ fn malformed_input_gets_notices_and_never_breaks_the_server() {
     ];
     for (method, path, body, status) in cases {
         let response = http(server.http, method, path, body);
-        assert_eq!(response.status, status, "{method} {path}: {}", response.body);
-        assert!(response.json()["error"].is_string(), "{method} {path}: {}", response.body);
+        assert_eq!(
+            response.status, status,
+            "{method} {path}: {}",
+            response.body
+        );
+        assert!(
+            response.json()["error"].is_string(),
+            "{method} {path}: {}",
+            response.body
+        );
     }
     register(server.http, "taken_name", PASSWORD);
     let again = http(
@@ -305,7 +434,12 @@ fn malformed_input_gets_notices_and_never_breaks_the_server() {
         Some(r#"{"username":"Taken_Name","password":"another pass"}"#),
     );
     assert_eq!(again.status, 409, "{}", again.body);
-    let wrong = http(server.http, "POST", "/api/login", Some(r#"{"username":"taken_name","password":"wrong pass"}"#));
+    let wrong = http(
+        server.http,
+        "POST",
+        "/api/login",
+        Some(r#"{"username":"taken_name","password":"wrong pass"}"#),
+    );
     assert_eq!(wrong.status, 401);
     assert_eq!(http(server.http, "GET", "/healthz", None).status, 200);
 }
@@ -338,10 +472,15 @@ fn slow_viewer_is_disconnected_without_harming_others() {
     let fast_reader = std::thread::spawn(move || {
         let mut received = 0;
         while received < total {
-            let line = fast.expect_within("every message at the fast viewer", Duration::from_secs(30), |l| {
-                l.contains(" PRIVMSG ") || l.ends_with("RECONNECT")
-            });
-            assert!(!line.ends_with("RECONNECT"), "the fast viewer must not be dropped");
+            let line = fast.expect_within(
+                "every message at the fast viewer",
+                Duration::from_secs(30),
+                |l| l.contains(" PRIVMSG ") || l.ends_with("RECONNECT"),
+            );
+            assert!(
+                !line.ends_with("RECONNECT"),
+                "the fast viewer must not be dropped"
+            );
             received += 1;
         }
         received
@@ -361,14 +500,21 @@ fn slow_viewer_is_disconnected_without_harming_others() {
         }
     }
     assert_eq!(fast_reader.join().expect("fast viewer"), total);
-    let slow_disconnects: u64 = metric(server.http, "twitchy_slow_disconnects_total").iter().sum();
+    let slow_disconnects: u64 = metric(server.http, "twitchy_slow_disconnects_total")
+        .iter()
+        .sum();
     assert_eq!(slow_disconnects, 1, "the slow viewer is dropped");
     // The slow viewer's connection ends with RECONNECT (after whatever it had buffered).
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut tail = Vec::new();
     let _ = std::io::Read::read_to_end(&mut slow, &mut tail);
     let tail = String::from_utf8_lossy(&tail);
-    assert!(tail.trim_end().ends_with(":tmi.twitch.tv RECONNECT"), "ends with RECONNECT: …{}", &tail[tail.len().saturating_sub(200)..]);
+    assert!(
+        tail.trim_end().ends_with(":tmi.twitch.tv RECONNECT"),
+        "ends with RECONNECT: …{}",
+        &tail[tail.len().saturating_sub(200)..]
+    );
 }
 
 #[test]
@@ -390,7 +536,14 @@ fn graceful_shutdown_tells_clients_to_reconnect() {
 
 #[test]
 fn idle_clients_are_pinged_and_dead_ones_dropped() {
-    let server = TestServer::start(&["--shards", "2", "--idle-ping-secs", "1", "--idle-timeout-secs", "3"]);
+    let server = TestServer::start(&[
+        "--shards",
+        "2",
+        "--idle-ping-secs",
+        "1",
+        "--idle-timeout-secs",
+        "3",
+    ]);
     let mut alive = Irc::tcp(server.irc);
     alive.login_anonymous();
     let mut dead = Irc::tcp(server.irc);
@@ -413,7 +566,9 @@ fn idle_clients_are_pinged_and_dead_ones_dropped() {
     alive.expect("PONG", |l| l.ends_with(":still-here"));
     while dead.next_line(Duration::from_secs(3)).is_some() {}
     assert!(dead.closed, "the silent client was dropped");
-    let dropped: u64 = metric(server.http, "twitchy_idle_disconnects_total").iter().sum();
+    let dropped: u64 = metric(server.http, "twitchy_idle_disconnects_total")
+        .iter()
+        .sum();
     assert_eq!(dropped, 1);
 }
 
@@ -448,10 +603,21 @@ fn rooms_file_sets_styles_and_moderators() {
         "[[rooms]]\nname = \"boardroom\"\nstyle = \"corporate\"\nmoderators = [\"Boss\"]\n\n[[rooms]]\nname = \"deck\"\nstyle = \"pirate\"\nid = 4242\n",
     )
     .unwrap();
-    let server = TestServer::start(&["--shards", "2", "--config", rooms.to_str().unwrap(), "--rate-limit-messages", "2"]);
+    let server = TestServer::start(&[
+        "--shards",
+        "2",
+        "--config",
+        rooms.to_str().unwrap(),
+        "--rate-limit-messages",
+        "2",
+    ]);
     let listed = http(server.http, "GET", "/api/rooms", None).json();
-    let names: Vec<(&str, &str)> =
-        listed.as_array().unwrap().iter().map(|r| (r["name"].as_str().unwrap(), r["style"].as_str().unwrap())).collect();
+    let names: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["style"].as_str().unwrap()))
+        .collect();
     assert_eq!(names, [("boardroom", "corporate"), ("deck", "pirate")]);
     assert_eq!(listed[1]["id"], 4242);
 
@@ -474,18 +640,44 @@ fn rooms_file_sets_styles_and_moderators() {
 
 #[test]
 fn help_documents_every_option_with_its_environment_variable() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_twitchy")).arg("--help").output().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_twitchy"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for option in ["--http", "--irc", "--data-dir", "--shards", "--config", "--store", "--scylla-nodes", "--vllm"] {
+    for option in [
+        "--http",
+        "--irc",
+        "--data-dir",
+        "--shards",
+        "--config",
+        "--store",
+        "--scylla-nodes",
+        "--vllm",
+    ] {
         assert!(help.contains(option), "{option} missing from --help");
     }
-    for env in ["TWITCHY_HTTP", "TWITCHY_IRC", "TWITCHY_DATA_DIR", "TWITCHY_SHARDS", "TWITCHY_CONFIG", "TWITCHY_VLLM"] {
+    for env in [
+        "TWITCHY_HTTP",
+        "TWITCHY_IRC",
+        "TWITCHY_DATA_DIR",
+        "TWITCHY_SHARDS",
+        "TWITCHY_CONFIG",
+        "TWITCHY_VLLM",
+    ] {
         assert!(help.contains(env), "{env} missing from --help");
     }
     // A bad rooms file is a clear error, not a panic.
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_twitchy"))
-        .args(["--config", "/nonexistent/rooms.toml", "--http", "127.0.0.1:0", "--irc", "127.0.0.1:0"])
+        .args([
+            "--config",
+            "/nonexistent/rooms.toml",
+            "--http",
+            "127.0.0.1:0",
+            "--irc",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));

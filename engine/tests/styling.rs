@@ -6,12 +6,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::client::{http, register, tag, trailing, Irc};
 use common::TestServer;
+use common::client::{Irc, http, register, tag, trailing};
 
 /// A minimal OpenAI-compatible completions server: every prompt of a request gets `reply`.
 struct FakeLlm {
@@ -37,7 +37,11 @@ impl FakeLlm {
                 std::thread::spawn(move || serve(stream, reply, &count));
             }
         });
-        FakeLlm { addr, requests, stop }
+        FakeLlm {
+            addr,
+            requests,
+            stop,
+        }
     }
 
     fn url(&self) -> String {
@@ -84,7 +88,9 @@ fn serve(stream: TcpStream, reply: &str, count: &AtomicUsize) {
             let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let prompts = request["prompt"].as_array().map(|p| p.len()).unwrap_or(1);
             let choices: Vec<serde_json::Value> = (0..prompts)
-                .map(|i| serde_json::json!({ "index": i, "text": reply, "finish_reason": "length" }))
+                .map(
+                    |i| serde_json::json!({ "index": i, "text": reply, "finish_reason": "length" }),
+                )
                 .collect();
             serde_json::json!({ "id": "cmpl-test", "object": "text_completion", "model": "tiny", "choices": choices })
                 .to_string()
@@ -95,7 +101,11 @@ fn serve(stream: TcpStream, reply: &str, count: &AtomicUsize) {
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             response.len()
         );
-        if writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(response.as_bytes())).is_err() {
+        if writer
+            .write_all(head.as_bytes())
+            .and_then(|_| writer.write_all(response.as_bytes()))
+            .is_err()
+        {
             return;
         }
     }
@@ -148,9 +158,20 @@ fn dead_llm_falls_back_to_the_local_rewriter() {
     let dead = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let server = TestServer::start(&["--shards", "2", "--vllm", &url, "--style-deadline-ms", "100"]);
+    let server = TestServer::start(&[
+        "--shards",
+        "2",
+        "--vllm",
+        &url,
+        "--style-deadline-ms",
+        "100",
+    ]);
     let styled = send_and_receive(&server, "local_user", &["still styled", "even now"]);
-    assert!(styled[0].contains("still styled") && styled[0] != "still styled", "{}", styled[0]);
+    assert!(
+        styled[0].contains("still styled") && styled[0] != "still styled",
+        "{}",
+        styled[0]
+    );
     assert_eq!(llm_total(&server), 0);
 }
 
@@ -160,11 +181,28 @@ fn real_vllm_when_configured() {
         eprintln!("skipping: set VLLM_URL (see README, Testing) to run against a real vLLM server");
         return;
     };
-    let server = TestServer::start(&["--shards", "2", "--vllm", &url, "--style-deadline-ms", "1000"]);
-    let styled = send_and_receive(&server, "vllm_user", &["hello from the engine", "second message", "third one"]);
+    let server = TestServer::start(&[
+        "--shards",
+        "2",
+        "--vllm",
+        &url,
+        "--style-deadline-ms",
+        "1000",
+    ]);
+    let styled = send_and_receive(
+        &server,
+        "vllm_user",
+        &["hello from the engine", "second message", "third one"],
+    );
     for text in &styled {
-        assert!(!text.is_empty() && text.chars().count() <= 500 && !text.chars().any(char::is_control), "{text:?}");
+        assert!(
+            !text.is_empty() && text.chars().count() <= 500 && !text.chars().any(char::is_control),
+            "{text:?}"
+        );
     }
     std::thread::sleep(Duration::from_millis(100));
-    assert!(llm_total(&server) >= 1, "at least one message styled by the model");
+    assert!(
+        llm_total(&server) >= 1,
+        "at least one message styled by the model"
+    );
 }

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::client::{register, tag, Irc};
 use common::TestServer;
+use common::client::{Irc, register, tag};
 use twitch_irc::login::StaticLoginCredentials;
 use twitch_irc::message::ServerMessage;
 use twitch_irc::transport::tcp::{MakeConnection, TCPTransport, TCPTransportConnectError};
@@ -35,17 +35,24 @@ fn twitch_irc_crate_reads_and_sends() {
     SERVER_IRC.set(server.irc).unwrap();
     let token = register(server.http, "crate_user", "correct horse");
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         // An anonymous reader.
-        let (mut incoming, reader) =
-            TwitchIRCClient::<TCPTransport<LocalServer>, StaticLoginCredentials>::new(ClientConfig::default());
+        let (mut incoming, reader) = TwitchIRCClient::<
+            TCPTransport<LocalServer>,
+            StaticLoginCredentials,
+        >::new(ClientConfig::default());
         reader.join("lobby".to_owned()).unwrap();
 
         // A logged-in sender using the same library.
         let credentials = StaticLoginCredentials::new("crate_user".to_owned(), Some(token.clone()));
-        let (mut sender_incoming, sender) =
-            TwitchIRCClient::<TCPTransport<LocalServer>, StaticLoginCredentials>::new(ClientConfig::new_simple(credentials));
+        let (mut sender_incoming, sender) = TwitchIRCClient::<
+            TCPTransport<LocalServer>,
+            StaticLoginCredentials,
+        >::new(ClientConfig::new_simple(credentials));
         sender.join("lobby".to_owned()).unwrap();
         // Wait until both are in the room (the library reports JOINs with the membership capability).
         let joined = tokio::time::timeout(Duration::from_secs(15), async {
@@ -67,7 +74,10 @@ fn twitch_irc_crate_reads_and_sends() {
         .await;
         assert!(reader_joined.is_ok(), "reader joined");
 
-        sender.say("lobby".to_owned(), "sent by twitch-irc".to_owned()).await.unwrap();
+        sender
+            .say("lobby".to_owned(), "sent by twitch-irc".to_owned())
+            .await
+            .unwrap();
 
         let received = tokio::time::timeout(Duration::from_secs(15), async {
             while let Some(message) = incoming.recv().await {
@@ -82,8 +92,21 @@ fn twitch_irc_crate_reads_and_sends() {
         .expect("a PRIVMSG");
         assert_eq!(received.channel_login, "lobby");
         assert_eq!(received.sender.login, "crate_user");
-        assert!(received.message_text.contains("sent"), "{}", received.message_text);
-        assert_eq!(received.source.tags.0.get("twitchy/original").cloned().as_deref(), Some("sent by twitch-irc"));
+        assert!(
+            received.message_text.contains("sent"),
+            "{}",
+            received.message_text
+        );
+        assert_eq!(
+            received
+                .source
+                .tags
+                .0
+                .get("twitchy/original")
+                .cloned()
+                .as_deref(),
+            Some("sent by twitch-irc")
+        );
 
         // The library sees the ack: a USERSTATE with the message id.
         let ack = tokio::time::timeout(Duration::from_secs(15), async {
@@ -98,7 +121,10 @@ fn twitch_irc_crate_reads_and_sends() {
         })
         .await
         .expect("ack within 15 s");
-        assert_eq!(ack.source.tags.0.get("id").cloned(), Some(received.message_id.clone()));
+        assert_eq!(
+            ack.source.tags.0.get("id").cloned(),
+            Some(received.message_id.clone())
+        );
     });
 
     // Plain IRC clients see the same message in history.

@@ -139,7 +139,9 @@ enum ChatText<'a> {
 fn chat_command(text: &str) -> ChatText<'_> {
     match text.as_bytes() {
         [b'.' | b'/', b' ', ..] => ChatText::Plain(&text[2..]),
-        [b'.' | b'/', c, ..] if c.is_ascii_alphabetic() => ChatText::Command(text.split(' ').next().unwrap_or(text)),
+        [b'.' | b'/', c, ..] if c.is_ascii_alphabetic() => {
+            ChatText::Command(text.split(' ').next().unwrap_or(text))
+        }
         _ => ChatText::Plain(text),
     }
 }
@@ -482,11 +484,16 @@ impl Session {
                 }
             }
         } else if subcommand.eq_ignore_ascii_case("LIST") {
-            let enabled: Vec<&str> = [self.caps_tags, self.caps_commands, self.caps_membership, self.caps_echo]
-                .into_iter()
-                .zip(CAPABILITIES.into_iter().chain([ECHO_MESSAGE_CAP]))
-                .filter_map(|(on, cap)| on.then_some(cap))
-                .collect();
+            let enabled: Vec<&str> = [
+                self.caps_tags,
+                self.caps_commands,
+                self.caps_membership,
+                self.caps_echo,
+            ]
+            .into_iter()
+            .zip(CAPABILITIES.into_iter().chain([ECHO_MESSAGE_CAP]))
+            .filter_map(|(on, cap)| on.then_some(cap))
+            .collect();
             twitch::encode_cap("LIST", &enabled.join(" "), server, reply(out));
         } else {
             self.numeric("410", &[subcommand], "Invalid CAP command", out);
@@ -1633,7 +1640,9 @@ mod chat_command_tests {
         let mut out = Vec::new();
         session.handle_line("CAP REQ :echo-message", 0, &mut out);
         assert!(session.wants_echo());
-        assert!(matches!(&out[0], Action::Reply(bytes) if bytes.ends_with(b"ACK :echo-message\r\n")));
+        assert!(
+            matches!(&out[0], Action::Reply(bytes) if bytes.ends_with(b"ACK :echo-message\r\n"))
+        );
         session.handle_line("CAP REQ :-echo-message", 0, &mut out);
         assert!(!session.wants_echo());
     }

@@ -27,26 +27,45 @@ impl Irc {
         let stream = TcpStream::connect(addr).expect("connect ws");
         stream.set_nodelay(true).unwrap();
         let mut request = format!("ws://{addr}/").into_client_request().unwrap();
-        request.headers_mut().insert("Sec-WebSocket-Protocol", "irc".parse().unwrap());
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "irc".parse().unwrap());
         let (socket, response) = tungstenite::client(request, stream).expect("websocket handshake");
         assert_eq!(
-            response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap()),
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap()),
             Some("irc"),
             "the server must echo the irc subprotocol"
         );
-        Irc { link: Link::Ws(socket), lines: VecDeque::new(), seen: Vec::new(), closed: false }
+        Irc {
+            link: Link::Ws(socket),
+            lines: VecDeque::new(),
+            seen: Vec::new(),
+            closed: false,
+        }
     }
 
     pub fn tcp(addr: SocketAddr) -> Irc {
         let stream = TcpStream::connect(addr).expect("connect tcp");
         stream.set_nodelay(true).unwrap();
-        Irc { link: Link::Tcp(BufReader::new(stream)), lines: VecDeque::new(), seen: Vec::new(), closed: false }
+        Irc {
+            link: Link::Tcp(BufReader::new(stream)),
+            lines: VecDeque::new(),
+            seen: Vec::new(),
+            closed: false,
+        }
     }
 
     /// Sends raw bytes (TCP) or one text frame (WebSocket) without adding a line ending.
     pub fn send_raw(&mut self, data: &[u8]) {
         match &mut self.link {
-            Link::Ws(ws) => ws.send(Message::Text(String::from_utf8_lossy(data).into_owned().into())).expect("ws send"),
+            Link::Ws(ws) => ws
+                .send(Message::Text(
+                    String::from_utf8_lossy(data).into_owned().into(),
+                ))
+                .expect("ws send"),
             Link::Tcp(reader) => reader.get_mut().write_all(data).expect("tcp send"),
         }
     }
@@ -60,7 +79,9 @@ impl Irc {
             Link::Ws(ws) => ws.get_mut(),
             Link::Tcp(reader) => reader.get_mut(),
         };
-        stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
+        stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .unwrap();
     }
 
     /// The next line, or None if none arrives in time or the connection closed.
@@ -89,7 +110,10 @@ impl Irc {
                     Ok(Message::Close(_)) => self.closed = true,
                     Ok(_) => {}
                     Err(tungstenite::Error::Io(e))
-                        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
                     Err(_) => self.closed = true,
                 },
                 Link::Tcp(reader) => {
@@ -101,7 +125,11 @@ impl Irc {
                             self.seen.push(line.clone());
                             self.lines.push_back(line);
                         }
-                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
                         Err(_) => self.closed = true,
                     }
                 }
@@ -114,7 +142,12 @@ impl Irc {
         self.expect_within(what, Duration::from_secs(10), pred)
     }
 
-    pub fn expect_within(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub fn expect_within(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         while let Some(line) = self.next_line(deadline.saturating_duration_since(Instant::now())) {
             if line.starts_with("PING") {
@@ -159,7 +192,10 @@ impl Irc {
 }
 
 fn rand_digits() -> u32 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     nanos % 89_999
 }
 
@@ -168,13 +204,21 @@ pub fn tag(line: &str, key: &str) -> Option<String> {
     let tags = line.strip_prefix('@')?.split(' ').next()?;
     tags.split(';').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| v.replace("\\s", " ").replace("\\:", ";").replace("\\\\", "\\"))
+        (k == key).then(|| {
+            v.replace("\\s", " ")
+                .replace("\\:", ";")
+                .replace("\\\\", "\\")
+        })
     })
 }
 
 /// The trailing parameter (the text) of a line.
 pub fn trailing(line: &str) -> &str {
-    let rest = if line.starts_with('@') { line.split_once(' ').map(|x| x.1).unwrap_or("") } else { line };
+    let rest = if line.starts_with('@') {
+        line.split_once(' ').map(|x| x.1).unwrap_or("")
+    } else {
+        line
+    };
     rest.split_once(" :").map(|x| x.1).unwrap_or("")
 }
 
@@ -193,7 +237,9 @@ impl HttpResponse {
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).expect("connect http");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let body = body.unwrap_or("");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -204,15 +250,28 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> H
     stream.read_to_end(&mut raw).unwrap();
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     HttpResponse { status, body }
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if size == 0 || rest.len() < size {
             break;
         }
@@ -227,7 +286,10 @@ pub fn register(addr: SocketAddr, user: &str, password: &str) -> String {
     let body = serde_json::json!({ "username": user, "password": password }).to_string();
     let response = http(addr, "POST", "/api/register", Some(&body));
     assert_eq!(response.status, 201, "register {user}: {}", response.body);
-    response.json()["token"].as_str().expect("token").to_string()
+    response.json()["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
 }
 
 /// Reads a per-shard counter from /metrics, summed or per shard.

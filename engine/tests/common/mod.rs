@@ -29,8 +29,14 @@ impl TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let args = extra_args.iter().map(|s| s.to_string()).collect();
-        let mut server =
-            TestServer { child: None, http: ([0, 0, 0, 0], 0).into(), irc: ([0, 0, 0, 0], 0).into(), data_dir, args, _tmp: Some(tmp) };
+        let mut server = TestServer {
+            child: None,
+            http: ([0, 0, 0, 0], 0).into(),
+            irc: ([0, 0, 0, 0], 0).into(),
+            data_dir,
+            args,
+            _tmp: Some(tmp),
+        };
         server.spawn();
         server
     }
@@ -59,7 +65,10 @@ impl TestServer {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -85,7 +94,11 @@ impl TestServer {
                 panic!("twitchy did not become ready within 60 s");
             }
         };
-        self.http = field(&ready, "http=").trim_start_matches("http://").trim_end_matches('/').parse().expect("http addr");
+        self.http = field(&ready, "http=")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("http addr");
         self.irc = field(&ready, "irc=").parse().expect("irc addr");
         self.child = Some(child);
     }
@@ -133,6 +146,7 @@ impl Drop for TestServer {
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
-
