@@ -25,7 +25,8 @@
 //! that span below the oldest of them, no further chunk can hold a newer message and the read stops. Chunks are
 //! read zero-copy: the archive is validated (bytecheck) and only the records that make the result are
 //! deserialized. Nothing ever scans a whole keyspace; opening replays only the journal tail that was not yet
-//! flushed to tables (bounded by the memtable size, not by the data size).
+//! flushed to tables: the active and sealed memtables (64 MiB each), capped by fjall's 512 MiB journal limit,
+//! never proportional to the data size.
 //!
 //! # Durability
 //!
@@ -289,7 +290,6 @@ impl Store for EmbeddedStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let __t = std::time::Instant::now();
         let mut rooms: HashMap<&str, Vec<&MessageRecord>> = HashMap::new();
         for record in batch {
             room_prefix(&record.room)?;
@@ -325,11 +325,7 @@ impl Store for EmbeddedStore {
                 wb.insert(&self.messages, key, buf.as_slice());
             }
         }
-        let t_build = __t.elapsed();
-        let r = wb.commit().map_err(io);
-        let t_all = __t.elapsed();
-        if t_all.as_millis() > 12 { eprintln!("SLOW batch {} msgs: build {:?} commit {:?} journals {} sealed {} l0 {}", batch.len(), t_build, t_all - t_build, self.db.journal_count(), self.messages.sealed_memtable_count(), self.messages.l0_table_count()); }
-        r
+        wb.commit().map_err(io)
     }
 
     fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>> {
