@@ -363,16 +363,17 @@ async fn write_loop<S: AsyncWrite + Unpin>(conn: &Rc<Conn>, mut out: Half<S>) {
             // Several lines are waiting: copy them into one buffer for a single write.
             gather.clear();
             gather.extend_from_slice(&first);
-            let mut queue = conn.queue.borrow_mut();
-            while let Some(front) = queue.front() {
-                if gather.len() + front.len() > WRITE_GATHER_BYTES_MAX {
-                    break;
+            {
+                let mut queue = conn.queue.borrow_mut();
+                while let Some(front) = queue.front() {
+                    if gather.len() + front.len() > WRITE_GATHER_BYTES_MAX {
+                        break;
+                    }
+                    gather.extend_from_slice(front);
+                    taken += front.len();
+                    queue.pop_front();
                 }
-                gather.extend_from_slice(front);
-                taken += front.len();
-                queue.pop_front();
             }
-            drop(queue);
             conn.queued_bytes
                 .set(conn.queued_bytes.get().saturating_sub(taken));
             out.write_all(&gather).await

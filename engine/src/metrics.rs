@@ -70,9 +70,17 @@ impl ViewerCounts {
     }
 }
 
+/// A metric's name, type, help text and where to read it.
+type Field = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> &AtomicU64,
+);
+
 /// Renders all shards' counters, plus process memory.
 pub fn render(shards: &[ShardMetrics], out: &mut String) {
-    let fields: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 18] = [
+    let fields: [Field; 18] = [
         (
             "twitchy_connections",
             "gauge",

@@ -650,16 +650,13 @@ impl Shard {
                 Ok(ack) => ack,
                 Err(err) => {
                     shard.finish_in_flight();
-                    let msg_id = if matches!(err, StorageError::Busy) {
-                        msg_id::TRY_AGAIN
+                    let text = if matches!(err, StorageError::Busy) {
+                        "Your message was not sent: the server is busy; please try again."
                     } else {
-                        msg_id::TRY_AGAIN
+                        log::error!("storage refused message {id}: {err}");
+                        "Your message could not be saved; please try again."
                     };
-                    return refuse(
-                        &shard,
-                        msg_id,
-                        "Your message was not sent: the server is busy; please try again.",
-                    );
+                    return refuse(&shard, msg_id::TRY_AGAIN, text);
                 }
             };
             let client_nonce_ack = client_nonce.clone();

@@ -552,10 +552,10 @@ fn idle_clients_are_pinged_and_dead_ones_dropped() {
     let mut dead_pinged = false;
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_millis(5_500) {
-        if let Some(line) = alive.next_line(Duration::from_millis(100)) {
-            if line.starts_with("PING") {
-                alive.send("PONG :tmi.twitch.tv");
-            }
+        if let Some(line) = alive.next_line(Duration::from_millis(100))
+            && line.starts_with("PING")
+        {
+            alive.send("PONG :tmi.twitch.tv");
         }
         if let Some(line) = dead.next_line(Duration::from_millis(1)) {
             dead_pinged |= line == "PING :tmi.twitch.tv";

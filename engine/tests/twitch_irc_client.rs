@@ -111,10 +111,10 @@ fn twitch_irc_crate_reads_and_sends() {
         // The library sees the ack: a USERSTATE with the message id.
         let ack = tokio::time::timeout(Duration::from_secs(15), async {
             while let Some(message) = sender_incoming.recv().await {
-                if let ServerMessage::UserState(state) = message {
-                    if state.source.tags.0.contains_key("id") {
-                        return state;
-                    }
+                if let ServerMessage::UserState(state) = message
+                    && state.source.tags.0.contains_key("id")
+                {
+                    return state;
                 }
             }
             panic!("sender stream ended");

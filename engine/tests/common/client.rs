@@ -9,7 +9,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
 enum Link {
-    Ws(WebSocket<TcpStream>),
+    Ws(Box<WebSocket<TcpStream>>),
     Tcp(BufReader<TcpStream>),
 }
 
@@ -40,7 +40,7 @@ impl Irc {
             "the server must echo the irc subprotocol"
         );
         Irc {
-            link: Link::Ws(socket),
+            link: Link::Ws(Box::new(socket)),
             lines: VecDeque::new(),
             seen: Vec::new(),
             closed: false,
