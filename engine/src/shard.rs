@@ -468,18 +468,29 @@ impl Shard {
         self.shared
             .viewers
             .set(self.id, room, local.viewers.len() as u64);
-        if matches!(local.subscription, Subscription::Ready) && local.viewers.is_empty() {
+        let unsubscribe =
+            matches!(local.subscription, Subscription::Ready) && local.viewers.is_empty();
+        drop(local);
+        if unsubscribe {
+            self.unsubscribe(room);
+        }
+    }
+
+    /// This shard has no viewers left in `room`: stop receiving its messages.
+    fn unsubscribe(self: &Rc<Self>, room: usize) {
+        {
+            let mut local = self.rooms[room].borrow_mut();
             local.subscription = Subscription::None;
             local.recent.clear();
-            drop(local);
-            self.send_to(
-                home_shard(room, self.shared.shard_count),
-                ShardMsg::Unsubscribe {
-                    room,
-                    shard: self.id,
-                },
-            );
         }
+        let home = home_shard(room, self.shared.shard_count);
+        self.send_to(
+            home,
+            ShardMsg::Unsubscribe {
+                room,
+                shard: self.id,
+            },
+        );
     }
 
     fn on_snapshot(self: &Rc<Self>, room: usize, messages: Vec<Arc<ChatMessage>>) {
@@ -497,17 +508,7 @@ impl Shard {
         }
         let empty = self.rooms[room].borrow().viewers.is_empty();
         if empty {
-            let mut local = self.rooms[room].borrow_mut();
-            local.subscription = Subscription::None;
-            local.recent.clear();
-            drop(local);
-            self.send_to(
-                home_shard(room, self.shared.shard_count),
-                ShardMsg::Unsubscribe {
-                    room,
-                    shard: self.id,
-                },
-            );
+            self.unsubscribe(room);
         }
     }
 
