@@ -119,6 +119,11 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_IO_MEMORY_KIB", default_value_t = 512)]
     pub io_memory_kib: usize,
 
+    /// Longest a shard runs tasks before it polls the network again, milliseconds. Lower keeps latency flat when a
+    /// shard is busy (glommio's default is 100 ms); higher trades latency for throughput.
+    #[arg(long, env = "TWITCHY_TASK_PREEMPT_MS", default_value_t = 10)]
+    pub task_preempt_ms: u64,
+
     /// Log glommio task stalls longer than this many milliseconds (0: off).
     #[arg(long, env = "TWITCHY_DETECT_STALLS_MS", default_value_t = 0)]
     pub detect_stalls_ms: u64,

@@ -173,7 +173,8 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         let drained = drained.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(index % cores))
             .name(&format!("shard-{index}"))
-            .io_memory(args.io_memory_kib * 1024);
+            .io_memory(args.io_memory_kib * 1024)
+            .preempt_timer(Duration::from_millis(args.task_preempt_ms.max(1)));
         if args.detect_stalls_ms > 0 {
             builder = builder.detect_stalls(Some(Box::new(StallReporter {
                 threshold: Duration::from_millis(args.detect_stalls_ms),
