@@ -143,6 +143,11 @@ impl Conn {
             let n = self.stream.read_buf(&mut self.raw).await?;
             if let Some(head) = ws::check_server_response(&self.raw, &key)? {
                 self.raw.drain(..head);
+                // Frames that arrived in the same read as the response are already here: decode them now, or a
+                // caller waiting on the socket for them would wait forever.
+                if !self.absorb()? {
+                    bail!("the server closed the WebSocket during the handshake");
+                }
                 return Ok(());
             }
             if n == 0 {
@@ -437,11 +442,14 @@ mod tests {
             };
             let mut conn = Conn::open(&target, Transport::Ws, None).await.unwrap();
             let mut lines = Vec::new();
-            while lines.len() < 2 {
-                assert!(conn.fill(READ_CHUNK_BYTES).await.unwrap());
+            loop {
                 while let Some(line) = conn.next_line().unwrap() {
                     lines.push(String::from_utf8(line.to_vec()).unwrap());
                 }
+                if lines.len() >= 2 {
+                    break;
+                }
+                assert!(conn.fill(READ_CHUNK_BYTES).await.unwrap());
             }
             // The second line had no terminator: the frame's end ends it.
             assert_eq!(lines, ["PING :x", ":a 001 b :hi"]);
