@@ -148,6 +148,8 @@ pub struct Conn {
     queued_bytes: Cell<usize>,
     queue_bytes_max: usize,
     writable: LocalNotify,
+    /// Notified by the writer after each socket write, for a reader waiting for its client to catch up.
+    drained: LocalNotify,
     closing: Cell<bool>,
     closed: LocalNotify,
     last_rx_ms: Cell<u64>,
@@ -170,6 +172,7 @@ impl Conn {
             queued_bytes: Cell::new(0),
             queue_bytes_max,
             writable: LocalNotify::default(),
+            drained: LocalNotify::default(),
             closing: Cell::new(false),
             closed: LocalNotify::default(),
             last_rx_ms: Cell::new(unix_ms()),
@@ -385,6 +388,7 @@ async fn write_loop<S: AsyncWrite + Unpin>(conn: &Rc<Conn>, mut out: Half<S>) {
         if gather.capacity() > WRITE_GATHER_BYTES_MAX * 2 {
             gather = Vec::new();
         }
+        conn.drained.notify();
         if result.is_err() {
             return;
         }
@@ -445,6 +449,7 @@ async fn read_loop<S: AsyncRead + Unpin>(
                         return;
                     }
                 }
+                wait_for_client_to_catch_up(conn).await;
                 match input.read(&mut chunk).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
@@ -505,6 +510,7 @@ async fn read_loop<S: AsyncRead + Unpin>(
                         }
                     }
                 }
+                wait_for_client_to_catch_up(conn).await;
                 match input.read(&mut chunk).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
@@ -514,6 +520,15 @@ async fn read_loop<S: AsyncRead + Unpin>(
                 }
             }
         }
+    }
+}
+
+/// Read-side backpressure: a client that sends faster than it reads its own replies (acks, notices) stops being
+/// read once half its outbound limit is queued, until the writer has flushed below it. Such a client is slowed
+/// down instead of being disconnected; a viewer that only receives is still dropped at the full limit.
+async fn wait_for_client_to_catch_up(conn: &Conn) {
+    while conn.queued_bytes.get() > conn.queue_bytes_max / 2 && !conn.closing.get() {
+        conn.drained.wait().await;
     }
 }
 
