@@ -83,6 +83,16 @@ pub enum Transport {
     WebSocket,
 }
 
+impl Transport {
+    /// IRC lines as this transport sends them: raw on TCP, one text frame on WebSocket.
+    pub fn frame(self, irc_lines: Vec<u8>) -> Bytes {
+        match self {
+            Transport::Tcp => Bytes::from(irc_lines),
+            Transport::WebSocket => Bytes::from(ws_text_frame(&irc_lines)),
+        }
+    }
+}
+
 /// Wraps IRC bytes in one unmasked WebSocket text frame (server frames are the same for every viewer).
 pub fn ws_text_frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 10);
@@ -126,10 +136,7 @@ impl<'a> SharedLine<'a> {
                     with_tags,
                     &mut line,
                 );
-                match transport {
-                    Transport::Tcp => Bytes::from(line),
-                    Transport::WebSocket => Bytes::from(ws_text_frame(&line)),
-                }
+                transport.frame(line)
             })
             .clone()
     }
@@ -198,10 +205,15 @@ impl Conn {
             self.disconnect_slow(metrics);
             return false;
         }
+        self.enqueue(bytes);
+        true
+    }
+
+    /// Appends to the outbound queue, which the caller has checked against its limit, and wakes the writer.
+    fn enqueue(&self, bytes: Bytes) {
         self.queued_bytes.set(self.queued_bytes.get() + bytes.len());
         self.queue.borrow_mut().push_back(bytes);
         self.writable.notify();
-        true
     }
 
     /// Queues bytes meant for this client only (replies, acks, notices, history).
@@ -209,18 +221,13 @@ impl Conn {
         if self.closing.get() || irc_lines.is_empty() {
             return;
         }
-        let bytes = match self.transport {
-            Transport::Tcp => Bytes::from(irc_lines),
-            Transport::WebSocket => Bytes::from(ws_text_frame(&irc_lines)),
-        };
+        let bytes = self.transport.frame(irc_lines);
         // Replies count against the same limit: a client that never reads cannot grow our memory either.
         if self.queued_bytes.get() + bytes.len() > self.queue_bytes_max {
             self.close_with(Some(Reconnect::Now));
             return;
         }
-        self.queued_bytes.set(self.queued_bytes.get() + bytes.len());
-        self.queue.borrow_mut().push_back(bytes);
-        self.writable.notify();
+        self.enqueue(bytes);
     }
 
     /// Runs reply actions produced outside the reader (join completion).
@@ -267,10 +274,7 @@ impl Conn {
     fn reconnect_bytes(&self) -> Bytes {
         let mut line = Vec::new();
         twitch::encode_reconnect(self.session.borrow().server_name(), &mut line);
-        match self.transport {
-            Transport::Tcp => Bytes::from(line),
-            Transport::WebSocket => Bytes::from(ws_text_frame(&line)),
-        }
+        self.transport.frame(line)
     }
 
     fn touch(&self) {
@@ -537,9 +541,7 @@ fn push_raw(conn: &Conn, bytes: Vec<u8>) {
     if conn.closing.get() {
         return;
     }
-    conn.queued_bytes.set(conn.queued_bytes.get() + bytes.len());
-    conn.queue.borrow_mut().push_back(Bytes::from(bytes));
-    conn.writable.notify();
+    conn.enqueue(Bytes::from(bytes));
 }
 
 fn notice_bad_line(shard: &Shard, conn: &Conn, err: LineError) {
