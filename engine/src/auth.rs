@@ -170,26 +170,41 @@ async fn issue_token(storage: &StorageHandle, login: &str) -> Result<String, Aut
     Ok(token)
 }
 
-/// The identity behind an IRC `PASS oauth:<token>` + `NICK <login>`, if the token is valid for that login.
-pub async fn identity_for_token(
+/// Checks a chat login's token, telling a bad token apart from a store that cannot answer (the token may be fine
+/// then, and the client should keep it and try again).
+pub async fn check_token(
     storage: &StorageHandle,
     login: &str,
     token: &str,
-) -> Option<Identity> {
+) -> crate::core::AuthOutcome {
+    use crate::core::AuthOutcome;
     let token = token.strip_prefix("oauth:").unwrap_or(token);
-    let owner = storage.login_for_token(token_sha256(token)).await.ok()??;
+    let owner = match storage.login_for_token(token_sha256(token)).await {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return AuthOutcome::Invalid,
+        Err(err) => {
+            log::warn!("token check failed: {err}");
+            return AuthOutcome::Unavailable;
+        }
+    };
     if !owner.eq_ignore_ascii_case(login) {
-        return None;
+        return AuthOutcome::Invalid;
     }
-    let account = storage.account(&owner).await.ok()??;
-    Some(Identity {
-        display_name: account.login.clone(),
-        login: account.login,
-        user_id: account.user_id,
-        color: account.color,
-        badges: String::new(),
-        is_mod: false,
-    })
+    match storage.account(&owner).await {
+        Ok(Some(account)) => AuthOutcome::Valid(Identity {
+            display_name: account.login.clone(),
+            login: account.login,
+            user_id: account.user_id,
+            color: account.color,
+            badges: String::new(),
+            is_mod: false,
+        }),
+        Ok(None) => AuthOutcome::Invalid,
+        Err(err) => {
+            log::warn!("account lookup failed: {err}");
+            AuthOutcome::Unavailable
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,9 +26,20 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Number of shards (one glommio executor per core); 0 means one per available core.
+    /// Number of shards (one glommio executor per core); 0 means one per CPU in `--cpus` (or per CPU this process
+    /// may run on).
     #[arg(long, env = "TWITCHY_SHARDS", default_value_t = 0)]
     pub shards: usize,
+
+    /// CPUs to pin shards to, e.g. `0,2-3`; they must be inside the process's allowed set (`taskset`, cpuset).
+    /// Allowed CPUs not listed here run the storage, styler and hashing threads. Empty: every allowed CPU.
+    #[arg(long, env = "TWITCHY_CPUS", default_value = "")]
+    pub cpus: String,
+
+    /// Hold each connection's new lines this long before writing them, so a busy room's lines leave in fewer,
+    /// larger writes (0: write as soon as the shard has worked through its current batch of events).
+    #[arg(long, env = "TWITCHY_WRITE_DELAY_MS", default_value_t = 0)]
+    pub write_delay_ms: u64,
 
     /// Rooms file (TOML). Without it, the built-in rooms are served.
     #[arg(long, env = "TWITCHY_CONFIG")]

@@ -2,9 +2,11 @@
 //!
 //! - [`protocol`]: sans-IO Twitch IRC — line framing, IRCv3 tags, the per-connection session state machine, and
 //!   encoders for server lines. No sockets, no clocks.
-//! - [`shard`]: one glommio executor per core; room routing ([`shard::home_shard`]), sequencing on the room's home
-//!   shard, cross-shard messages, and fanout (encode once per shard, share the bytes).
-//! - [`conn`]: client connections (TCP IRC and WebSocket IRC) with bounded outbound queues.
+//! - [`core`]: the sans-IO shard core — connections, sequencing on a room's home shard (commit, then deliver),
+//!   idempotent resend, subscriptions, fanout — as a deterministic state machine, tested by simulation.
+//! - [`shard`]: the glommio driver of one core: cross-shard channels, timers, and the tasks that wait on the
+//!   authenticator, styler and store. [`conn`]: the socket driver of one connection.
+//! - [`placement`]: which CPUs shards and helper threads run on.
 //! - [`http`]: hyper on glommio — JSON API, metrics, web client, WebSocket upgrade.
 //! - [`auth`]: accounts and tokens. [`ratelimit`]: per-user message limits. [`config`]: flags and rooms file.
 //! - [`server`]: start and stop everything.
@@ -12,8 +14,10 @@
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod core;
 pub mod http;
 pub mod metrics;
+pub mod placement;
 pub mod protocol;
 pub mod ratelimit;
 pub mod server;

@@ -28,6 +28,11 @@ pub struct ShardMetrics {
     pub notices_total: AtomicU64,
     pub http_requests_total: AtomicU64,
     pub store_errors_total: AtomicU64,
+    pub messages_deduplicated_total: AtomicU64,
+    pub messages_shed_total: AtomicU64,
+    pub protocol_disconnects_total: AtomicU64,
+    pub reconnects_sent_total: AtomicU64,
+    pub socket_writes_total: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -80,7 +85,37 @@ type Field = (
 
 /// Renders all shards' counters, plus process memory.
 pub fn render(shards: &[ShardMetrics], out: &mut String) {
-    let fields: [Field; 18] = [
+    let fields: [Field; 23] = [
+        (
+            "twitchy_messages_deduplicated_total",
+            "counter",
+            "Resent messages (same user and client-nonce) acknowledged again without storing them twice",
+            |m| &m.messages_deduplicated_total,
+        ),
+        (
+            "twitchy_messages_shed_total",
+            "counter",
+            "Messages refused with try-again because their home shard had fallen too far behind",
+            |m| &m.messages_shed_total,
+        ),
+        (
+            "twitchy_protocol_disconnects_total",
+            "counter",
+            "Connections closed for breaking the WebSocket protocol",
+            |m| &m.protocol_disconnects_total,
+        ),
+        (
+            "twitchy_reconnects_sent_total",
+            "counter",
+            "RECONNECT lines sent to clients being dropped (too slow) or at shutdown",
+            |m| &m.reconnects_sent_total,
+        ),
+        (
+            "twitchy_socket_writes_total",
+            "counter",
+            "Socket writes to clients (each may carry many lines)",
+            |m| &m.socket_writes_total,
+        ),
         (
             "twitchy_connections",
             "gauge",

@@ -7,21 +7,25 @@
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 use twitchy_inference::StylerConfig;
 use twitchy_storage::{CoalescerConfig, StorageService, StoreConfig};
 
 use crate::config::{Args, derived_room_id, load_rooms};
-use crate::conn::{self, CLOSE_GRACE_MS, LocalNotify, Transport};
+use crate::conn::{self, Transport};
+use crate::core::RoomInfo;
 use crate::metrics::{ShardMetrics, ViewerCounts};
-use crate::shard::{INBOUND_CHANNEL_MESSAGES_MAX, Shard, ShardMsg, Shared};
+use crate::placement;
+use crate::shard::{
+    CLOSE_GRACE_MS, INBOUND_CHANNEL_BATCHES_MAX, LocalNotify, PeerBatch, Shard, Shared,
+};
 
 /// Pending connections per listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -90,13 +94,32 @@ enum Event {
 /// Runs the server until SIGINT or SIGTERM; `on_ready` is called with the bound addresses once every shard serves.
 pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let rooms = load_rooms(args.config.as_ref())?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let shard_count = if args.shards == 0 { cores } else { args.shards };
+    let allowed = placement::allowed_cpus();
+    let chosen = if args.cpus.trim().is_empty() {
+        Vec::new()
+    } else {
+        placement::parse_cpu_list(&args.cpus)?
+    };
+    let plan = placement::plan(&allowed, &chosen, args.shards)?;
+    let shard_count = plan.shard_cpus.len();
     if shard_count > usize::from(twitchy_storage::id::SHARD_ID_MAX) + 1 {
         bail!("at most {} shards", twitchy_storage::id::SHARD_ID_MAX + 1);
     }
+    if !plan.helper_cpus.is_empty() {
+        // Threads inherit their creator's CPU set: the storage and styler threads started below stay off the
+        // shard CPUs. Shards pin themselves explicitly.
+        placement::pin_current_thread(&plan.helper_cpus)
+            .context("cannot restrict helper threads to the spare CPUs")?;
+    }
+    log::info!(
+        "{shard_count} shards on CPUs {:?}; helper threads on {:?}",
+        plan.shard_cpus,
+        if plan.helper_cpus.is_empty() {
+            &allowed
+        } else {
+            &plan.helper_cpus
+        }
+    );
 
     let store_config = match args.store.as_str() {
         "scylla" => {
@@ -138,9 +161,9 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let (irc_addr, irc_fds) = bind_group(args.irc, shard_count)?;
 
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shard_count)
-        .map(|_| flume::bounded::<ShardMsg>(INBOUND_CHANNEL_MESSAGES_MAX))
+        .map(|_| flume::bounded::<PeerBatch>(INBOUND_CHANNEL_BATCHES_MAX))
         .unzip();
-    let room_ids = rooms
+    let room_ids: Vec<u64> = rooms
         .iter()
         .map(|r| r.id.unwrap_or_else(|| derived_room_id(&r.name)))
         .collect();
@@ -149,10 +172,21 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, r)| (r.name.clone(), i))
         .collect();
+    let room_infos = rooms
+        .iter()
+        .zip(&room_ids)
+        .map(|(r, &id)| RoomInfo {
+            name: r.name.clone(),
+            id,
+            style: r.style.clone(),
+            moderators: r.moderators.clone(),
+        })
+        .collect();
     let shared = Arc::new(Shared {
         metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
-        viewers: ViewerCounts::new(shard_count, rooms.len()),
+        viewers: Arc::new(ViewerCounts::new(shard_count, rooms.len())),
         rooms,
+        room_infos,
         room_ids,
         room_index,
         shard_count,
@@ -164,6 +198,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
 
     let (events, event_rx) = mpsc::channel::<Event>();
     let drained = Arc::new(AtomicUsize::new(0));
+    let stop_flag = Arc::new(AtomicBool::new(false));
     let mut executors = Vec::new();
     for (index, ((receiver, http_fd), irc_fd)) in
         receivers.into_iter().zip(http_fds).zip(irc_fds).enumerate()
@@ -171,10 +206,20 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         let shared = shared.clone();
         let events = events.clone();
         let drained = drained.clone();
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(index % cores))
+        let stop = stop_flag.clone();
+        let cpu = plan.shard_cpus[index];
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{index}"))
             .io_memory(args.io_memory_kib * 1024)
             .preempt_timer(Duration::from_millis(args.task_preempt_ms.max(1)));
+        if !plan.helper_cpus.is_empty() {
+            // Password hashing runs on the blocking pool: keep it off the shard CPUs too.
+            let helpers = plan.helper_cpus.clone();
+            let cpus = CpuSet::online()
+                .map_err(|err| anyhow::anyhow!("cannot read the CPU topology: {err}"))?
+                .filter(|l| helpers.contains(&l.cpu));
+            builder = builder.blocking_thread_pool_placement(PoolPlacement::Fenced(1, cpus));
+        }
         if args.detect_stalls_ms > 0 {
             builder = builder.detect_stalls(Some(Box::new(StallReporter {
                 threshold: Duration::from_millis(args.detect_stalls_ms),
@@ -183,7 +228,17 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         let handle = builder
             .spawn(move || async move {
                 let exited = events.clone();
-                shard_main(index, shared, receiver, http_fd, irc_fd, events, drained).await;
+                shard_main(ShardStart {
+                    index,
+                    shared,
+                    inbound: receiver,
+                    http_fd,
+                    irc_fd,
+                    events,
+                    drained,
+                    stop,
+                })
+                .await;
                 let _ = exited.send(Event::Exited(index));
             })
             .map_err(|err| anyhow::anyhow!("cannot start shard {index}: {err}"))?;
@@ -238,8 +293,10 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         }
     }
 
+    stop_flag.store(true, Ordering::SeqCst);
     for sender in &senders {
-        let _ = sender.send_timeout(ShardMsg::Shutdown, Duration::from_secs(5));
+        // An empty batch wakes the inbound loop, which then sees the stop flag.
+        let _ = sender.send_timeout(Vec::new(), Duration::from_secs(5));
     }
     for handle in executors {
         let _ = handle.join();
@@ -257,22 +314,35 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     }
 }
 
-async fn shard_main(
+struct ShardStart {
     index: usize,
     shared: Arc<Shared>,
-    inbound: flume::Receiver<ShardMsg>,
+    inbound: flume::Receiver<PeerBatch>,
     http_fd: OwnedFd,
     irc_fd: OwnedFd,
     events: mpsc::Sender<Event>,
     drained: Arc<AtomicUsize>,
-) {
+    stop: Arc<AtomicBool>,
+}
+
+async fn shard_main(start: ShardStart) {
+    let ShardStart {
+        index,
+        shared,
+        inbound,
+        http_fd,
+        irc_fd,
+        events,
+        drained,
+        stop,
+    } = start;
     let shard_count = shared.shard_count;
     let shard = Shard::new(index, shared);
     if let Err(err) = shard.load_history().await {
         let _ = events.send(Event::Ready(index, Err(err.to_string())));
         return;
     }
-    shard.start_pumps();
+    let _tasks = shard.start();
 
     // SAFETY: the descriptors are bound, listening TCP sockets created for this shard and owned by nobody else.
     let http_listener = unsafe { TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
@@ -281,22 +351,25 @@ async fn shard_main(
     let http_accept = glommio::spawn_local(accept_loop(shard.clone(), http_listener, true));
     let irc_accept = glommio::spawn_local(accept_loop(shard.clone(), irc_listener, false));
 
-    let stop = Rc::new(LocalNotify::default());
+    let stopped = Rc::new(LocalNotify::default());
     let inbound_shard = shard.clone();
-    let inbound_stop = stop.clone();
+    let inbound_stopped = stopped.clone();
     let _inbound_task = glommio::spawn_local(async move {
-        while let Ok(msg) = inbound.recv_async().await {
-            if matches!(msg, ShardMsg::Shutdown) {
-                inbound_shard.shutting_down.set(true);
-                inbound_stop.notify();
-            } else {
-                inbound_shard.handle(msg);
+        let mut notified = false;
+        while let Ok(batch) = inbound.recv_async().await {
+            if !batch.is_empty() {
+                inbound_shard.receive(batch);
+            }
+            if !notified && stop.load(Ordering::SeqCst) {
+                notified = true;
+                inbound_shard.begin_shutdown();
+                inbound_stopped.notify();
             }
         }
     });
     let _ = events.send(Event::Ready(index, Ok(())));
 
-    stop.wait().await;
+    stopped.wait().await;
     // Stop accepting: dropping the accept tasks closes this shard's listening sockets.
     drop(http_accept);
     drop(irc_accept);
@@ -313,11 +386,9 @@ async fn shard_main(
     }
     // Let the last cross-shard acks land, then tell every client to reconnect and let writers flush.
     glommio::timer::sleep(Duration::from_millis(50)).await;
-    for conn in shard.all_conns() {
-        conn.shutdown_with_reconnect();
-    }
+    shard.close_all();
     let mut waited_ms = 0;
-    while !shard.all_conns().is_empty() && waited_ms < CLOSE_GRACE_MS + 500 {
+    while shard.connection_count() > 0 && waited_ms < CLOSE_GRACE_MS + 500 {
         glommio::timer::sleep(Duration::from_millis(20)).await;
         waited_ms += 20;
     }

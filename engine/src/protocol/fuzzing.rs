@@ -173,6 +173,7 @@ impl Driver {
                 } else {
                     let state = RoomState {
                         room_id: room.len() as u64,
+                        is_mod: room.len() % 2 == 0,
                     };
                     self.session.joined(&room, &state, &mut self.actions);
                     if self.session.joined_rooms().any(|joined| joined == room) {

@@ -64,6 +64,15 @@ impl LineBuffer {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// Frees the buffer when it holds nothing, so an idle connection keeps no memory here.
+    pub fn release_if_empty(&mut self) {
+        if self.start == self.buffer.len() && !self.skipping {
+            self.buffer = Vec::new();
+            self.start = 0;
+            self.scanned = 0;
+        }
+    }
+
     /// Bytes held for lines not yet returned.
     pub fn buffered_bytes(&self) -> usize {
         self.buffer.len() - self.start

@@ -10,6 +10,7 @@
 //! - [`tags`] escapes and unescapes IRCv3 tag values.
 //! - [`twitch`] encodes the lines a Twitch server sends (PRIVMSG, USERSTATE, NOTICE, ...).
 //! - [`session`] is the per-connection state machine.
+//! - [`ws`] decodes client WebSocket frames and writes server frame headers.
 //! - [`fuzzing`] is the shared body of the fuzz target and its seeded unit-test stand-in.
 
 pub mod fuzzing;
@@ -18,6 +19,7 @@ pub mod line;
 pub mod session;
 pub mod tags;
 pub mod twitch;
+pub mod ws;
 
 #[cfg(test)]
 pub(crate) mod test_rng {

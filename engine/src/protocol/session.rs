@@ -90,7 +90,15 @@ impl Identity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomState {
     pub room_id: u64,
+    /// Whether this connection's user moderates the room (USERSTATE's `mod` and badge).
+    pub is_mod: bool,
 }
+
+/// The badge a room moderator carries.
+pub const MODERATOR_BADGE: &str = "moderator/1";
+
+/// NOTICE text when the token could not be checked because the store is unavailable (the token may be fine).
+pub const LOGIN_UNAVAILABLE_TEXT: &str = "Login unavailable, try again";
 
 /// What the session asks of its driver, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,12 +305,28 @@ impl Session {
         self.rooms_joining.iter().map(String::as_str)
     }
 
+    /// The values USERSTATE and acks carry for this user in a room they do (or do not) moderate.
+    fn room_user_state(identity: &Identity, is_mod: bool) -> UserState<'_> {
+        UserState {
+            login: &identity.login,
+            display_name: &identity.display_name,
+            color: &identity.color,
+            badges: if is_mod {
+                MODERATOR_BADGE
+            } else {
+                &identity.badges
+            },
+            is_mod: is_mod || identity.is_mod,
+        }
+    }
+
     /// Appends the acknowledgement of a durable message (USERSTATE with `id` and the
     /// `client-nonce`) when this client can receive it: it must be registered and have the
     /// commands capability, as USERSTATE is a Twitch command. Returns whether a line was written.
     pub fn encode_ack(
         &self,
         room: &str,
+        is_mod: bool,
         message_id: &str,
         client_nonce: Option<&str>,
         out: &mut Vec<u8>,
@@ -315,7 +339,7 @@ impl Session {
         }
         twitch::encode_ack(
             room,
-            &identity.user_state(),
+            &Self::room_user_state(identity, is_mod),
             message_id,
             client_nonce,
             &self.config.server_name,
@@ -323,6 +347,33 @@ impl Session {
             out,
         );
         true
+    }
+
+    /// Appends a NOTICE for this client (with `msg-id` when it asked for tags).
+    pub fn encode_notice(&self, room: Option<&str>, id: &str, text: &str, out: &mut Vec<u8>) {
+        twitch::encode_notice(
+            room,
+            Some(id),
+            text,
+            &self.config.server_name,
+            self.caps_tags,
+            out,
+        );
+    }
+
+    /// Appends `RECONNECT`: the server is going away or dropping this client; it should connect again.
+    pub fn encode_reconnect(&self, out: &mut Vec<u8>) {
+        twitch::encode_reconnect(&self.config.server_name, out);
+    }
+
+    /// Appends the keep-alive `PING` sent to a silent client.
+    pub fn encode_ping(&self, out: &mut Vec<u8>) {
+        twitch::encode_ping(&self.config.server_name, out);
+    }
+
+    /// Appends a chat line replayed from history (or delivered live) in this client's variant.
+    pub fn encode_privmsg(&self, line: &twitch::ChatLine<'_>, out: &mut Vec<u8>) {
+        twitch::encode_privmsg(line, &self.config.server_name, self.caps_tags, out);
     }
 
     pub fn server_name(&self) -> &str {
@@ -581,6 +632,26 @@ impl Session {
         self.fail_authentication(out);
     }
 
+    /// The engine could not check the token (its store is unavailable): a NOTICE that says to try again, which
+    /// clients must not take for a bad token, then close so the client reconnects.
+    pub fn authentication_unavailable(&mut self, out: &mut Vec<Action>) {
+        if self.is_closed() {
+            return;
+        }
+        twitch::encode_notice(
+            None,
+            None,
+            LOGIN_UNAVAILABLE_TEXT,
+            &self.config.server_name,
+            false,
+            reply(out),
+        );
+        out.push(Action::Close);
+        self.registration = Registration::Closed;
+        self.lines_pending.clear();
+        self.privmsgs_held.clear();
+    }
+
     fn require_registration(&self, out: &mut Vec<Action>) -> bool {
         if self.is_registered() {
             return true;
@@ -646,14 +717,15 @@ impl Session {
 
     /// The engine confirmed a JOIN: echoes it with the NAMES reply, then USERSTATE and
     /// ROOMSTATE with the commands capability, then releases PRIVMSGs held for the room.
-    /// Ignored when the room is not being joined (the client parted meanwhile).
-    pub fn joined(&mut self, room: &str, state: &RoomState, out: &mut Vec<Action>) {
+    /// Ignored when the room is not being joined (the client parted meanwhile). Returns whether the
+    /// JOIN was confirmed to the client now.
+    pub fn joined(&mut self, room: &str, state: &RoomState, out: &mut Vec<Action>) -> bool {
         let Some(index) = self
             .rooms_joining
             .iter()
             .position(|joining| joining == room)
         else {
-            return;
+            return false;
         };
         let room = self.rooms_joining.swap_remove(index);
         let nick = self.nick.as_deref().unwrap_or("*");
@@ -665,7 +737,7 @@ impl Session {
             if let Some(identity) = &self.identity {
                 twitch::encode_userstate(
                     &room,
-                    &identity.user_state(),
+                    &Self::room_user_state(identity, state.is_mod),
                     server,
                     self.caps_tags,
                     buffer,
@@ -682,6 +754,7 @@ impl Session {
             }
         }
         self.rooms_joined.push(room);
+        true
     }
 
     /// The engine refused a JOIN (no such room): NOTICE `msg_channel_suspended`, and PRIVMSGs
@@ -891,8 +964,14 @@ mod tests {
                 }]
             );
             let mut out = Vec::new();
-            self.session
-                .joined(room, &RoomState { room_id: 77 }, &mut out);
+            self.session.joined(
+                room,
+                &RoomState {
+                    room_id: 77,
+                    is_mod: false,
+                },
+                &mut out,
+            );
             replies_only(out)
         }
     }
@@ -1103,9 +1182,14 @@ mod tests {
         );
         // The PRIVMSG waits for the JOIN confirmation.
         let mut out = Vec::new();
-        harness
-            .session
-            .joined("room", &RoomState { room_id: 5 }, &mut out);
+        harness.session.joined(
+            "room",
+            &RoomState {
+                room_id: 5,
+                is_mod: false,
+            },
+            &mut out,
+        );
         assert!(matches!(&out[0], Action::Reply(bytes) if text(bytes).contains(" JOIN #room\r\n")));
         assert_eq!(
             out[1..],
@@ -1187,9 +1271,14 @@ mod tests {
             }]
         );
         let mut out = Vec::new();
-        harness
-            .session
-            .joined("r", &RoomState { room_id: 1 }, &mut out);
+        harness.session.joined(
+            "r",
+            &RoomState {
+                room_id: 1,
+                is_mod: false,
+            },
+            &mut out,
+        );
         assert!(
             replies_only(out)
                 .starts_with(":justinfan1!justinfan1@justinfan1.chat.example JOIN #r\r\n")
@@ -1280,9 +1369,14 @@ mod tests {
         );
         // A confirmation for a room that is not being joined is ignored.
         let mut out = Vec::new();
-        harness
-            .session
-            .joined("other", &RoomState { room_id: 1 }, &mut out);
+        harness.session.joined(
+            "other",
+            &RoomState {
+                room_id: 1,
+                is_mod: false,
+            },
+            &mut out,
+        );
         harness.session.join_failed("other", &mut out);
         assert!(out.is_empty());
     }
@@ -1327,9 +1421,14 @@ mod tests {
         harness.send("NICK justinfan1");
         harness.send("JOIN #a");
         let mut out = Vec::new();
-        harness
-            .session
-            .joined("a", &RoomState { room_id: 1 }, &mut out);
+        harness.session.joined(
+            "a",
+            &RoomState {
+                room_id: 1,
+                is_mod: false,
+            },
+            &mut out,
+        );
         harness.send("JOIN #b");
         assert_eq!(
             harness.send_text("JOIN #c"),
@@ -1370,9 +1469,14 @@ mod tests {
             }]
         );
         let mut out = Vec::new();
-        harness
-            .session
-            .joined("late", &RoomState { room_id: 1 }, &mut out);
+        harness.session.joined(
+            "late",
+            &RoomState {
+                room_id: 1,
+                is_mod: false,
+            },
+            &mut out,
+        );
         assert!(out.is_empty());
         assert_eq!(harness.session.joined_rooms().count(), 0);
     }
@@ -1475,9 +1579,14 @@ mod tests {
         // A later successful JOIN does not resurrect the dropped message.
         harness.send("JOIN #ghost");
         let mut out = Vec::new();
-        harness
-            .session
-            .joined("ghost", &RoomState { room_id: 1 }, &mut out);
+        harness.session.joined(
+            "ghost",
+            &RoomState {
+                room_id: 1,
+                is_mod: false,
+            },
+            &mut out,
+        );
         assert_eq!(out.len(), 1, "only the JOIN reply: {out:?}");
     }
 
@@ -1559,9 +1668,14 @@ mod tests {
         joining.sort_unstable();
         assert_eq!(joining, ["a", "b"]);
         let mut out = Vec::new();
-        harness
-            .session
-            .joined("a", &RoomState { room_id: 1 }, &mut out);
+        harness.session.joined(
+            "a",
+            &RoomState {
+                room_id: 1,
+                is_mod: false,
+            },
+            &mut out,
+        );
         assert_eq!(harness.session.joining_rooms().collect::<Vec<_>>(), ["b"]);
         assert_eq!(harness.session.joined_rooms().collect::<Vec<_>>(), ["a"]);
     }
@@ -1573,7 +1687,7 @@ mod tests {
         assert!(
             harness
                 .session
-                .encode_ack("room", "m-1", Some("n-1"), &mut out)
+                .encode_ack("room", false, "m-1", Some("n-1"), &mut out)
         );
         assert_eq!(
             text(&out),
@@ -1582,9 +1696,17 @@ mod tests {
         );
         out.clear();
         let harness = Harness::registered("twitch.tv/tags");
-        assert!(!harness.session.encode_ack("room", "m-1", None, &mut out));
+        assert!(
+            !harness
+                .session
+                .encode_ack("room", false, "m-1", None, &mut out)
+        );
         let harness = Harness::anonymous("twitch.tv/tags twitch.tv/commands");
-        assert!(!harness.session.encode_ack("room", "m-1", None, &mut out));
+        assert!(
+            !harness
+                .session
+                .encode_ack("room", false, "m-1", None, &mut out)
+        );
         assert!(out.is_empty());
     }
 

@@ -1,0 +1,169 @@
+//! One connection's outbound queue and the framing of what it writes.
+//!
+//! The queue holds IRC lines as shared [`Bytes`] (a chat line is encoded once per shard and the same bytes are
+//! queued to every viewer) plus already-framed WebSocket control frames. [`OutQueue::take`] turns everything
+//! queued into one buffer for one socket write; on WebSocket, consecutive lines become one text frame, the way
+//! Twitch batches several IRC lines per frame. Framing happens here and only here.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::protocol::ws::{ServerFrame, encode_frame_header};
+
+/// Bytes gathered into one socket write.
+pub const WRITE_GATHER_BYTES_MAX: usize = 64 * 1024;
+/// An idle queue keeps at most this many slots of capacity; more is given back.
+const QUEUE_IDLE_CAPACITY_MAX: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+#[derive(Debug)]
+enum OutItem {
+    /// Complete IRC lines.
+    Lines(Bytes),
+    /// An already framed WebSocket control frame.
+    Frame(Bytes),
+}
+
+impl OutItem {
+    fn len(&self) -> usize {
+        match self {
+            OutItem::Lines(b) | OutItem::Frame(b) => b.len(),
+        }
+    }
+}
+
+/// A connection's queue of bytes to write, with its byte count.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    items: VecDeque<OutItem>,
+    bytes: usize,
+}
+
+impl OutQueue {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn push_lines(&mut self, lines: Bytes) {
+        if lines.is_empty() {
+            return;
+        }
+        self.bytes += lines.len();
+        self.items.push_back(OutItem::Lines(lines));
+    }
+
+    pub fn push_frame(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.items.push_back(OutItem::Frame(frame));
+    }
+
+    pub fn clear(&mut self) {
+        self.items = VecDeque::new();
+        self.bytes = 0;
+    }
+
+    /// Moves queued bytes into `out` (framed for `transport`), up to about [`WRITE_GATHER_BYTES_MAX`] (a single
+    /// larger item still goes whole). Returns the number of queue bytes taken.
+    pub fn take(&mut self, transport: Transport, out: &mut Vec<u8>) -> usize {
+        let mut taken = 0;
+        while let Some(item) = self.items.front() {
+            if taken > 0 && taken + item.len() > WRITE_GATHER_BYTES_MAX {
+                break;
+            }
+            match (transport, item) {
+                (Transport::Tcp, OutItem::Lines(b)) | (_, OutItem::Frame(b)) => {
+                    out.extend_from_slice(b);
+                    taken += b.len();
+                    self.items.pop_front();
+                }
+                (Transport::WebSocket, OutItem::Lines(_)) => {
+                    // One text frame for the run of line items at the front.
+                    let mut payload = 0;
+                    let mut count = 0;
+                    for item in &self.items {
+                        match item {
+                            OutItem::Lines(b)
+                                if count == 0
+                                    || taken + payload + b.len() <= WRITE_GATHER_BYTES_MAX =>
+                            {
+                                payload += b.len();
+                                count += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    encode_frame_header(ServerFrame::Text, payload, out);
+                    for item in self.items.drain(..count) {
+                        if let OutItem::Lines(b) = item {
+                            out.extend_from_slice(&b);
+                        }
+                    }
+                    taken += payload;
+                }
+            }
+        }
+        self.bytes -= taken;
+        if self.items.is_empty() && self.items.capacity() > QUEUE_IDLE_CAPACITY_MAX {
+            self.items = VecDeque::new();
+        }
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ws::decode_server_frames;
+
+    #[test]
+    fn websocket_lines_share_one_frame_and_control_frames_stay_whole() {
+        let mut queue = OutQueue::default();
+        queue.push_lines(Bytes::from_static(b"A\r\n"));
+        queue.push_lines(Bytes::from_static(b"B\r\n"));
+        queue.push_frame(Bytes::from_static(&[0x8a, 0]));
+        queue.push_lines(Bytes::from_static(b"C\r\n"));
+        assert_eq!(queue.bytes(), 11);
+        let mut out = Vec::new();
+        assert_eq!(queue.take(Transport::WebSocket, &mut out), 11);
+        assert!(queue.is_empty());
+        assert_eq!(queue.bytes(), 0);
+        let (frames, used) = decode_server_frames(&out);
+        assert_eq!(used, out.len());
+        assert_eq!(
+            frames,
+            vec![
+                (1, b"A\r\nB\r\n".to_vec()),
+                (10, vec![]),
+                (1, b"C\r\n".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn tcp_gathers_up_to_the_limit() {
+        let mut queue = OutQueue::default();
+        let line = Bytes::from(vec![b'x'; 1000]);
+        for _ in 0..100 {
+            queue.push_lines(line.clone());
+        }
+        let mut out = Vec::new();
+        let first = queue.take(Transport::Tcp, &mut out);
+        assert_eq!(first, out.len());
+        assert!((WRITE_GATHER_BYTES_MAX - 1000..=WRITE_GATHER_BYTES_MAX).contains(&first));
+        let mut rest = Vec::new();
+        while !queue.is_empty() {
+            queue.take(Transport::WebSocket, &mut rest);
+        }
+        assert_eq!(queue.bytes(), 0);
+    }
+}

@@ -1,0 +1,1463 @@
+//! [`ShardCore`]: one shard's connections, local rooms and home rooms, as a state machine (see the module docs of
+//! [`crate::core`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use twitchy_inference::StyledBy;
+use twitchy_storage::{MessageId, MessageIdGen, MessageRecord, StorageError};
+
+use super::outbound::{OutQueue, Transport};
+use super::{
+    ChatMessage, ConnId, HISTORY_ON_JOIN, Origin, Output, PeerMsg, StyleRequest, Submit,
+    SubmitReply, home_shard,
+};
+use crate::metrics::{ShardMetrics, ViewerCounts};
+use crate::protocol::line::{LineBuffer, LineError, split_frame_lines};
+use crate::protocol::session::{
+    Action, Identity, MODERATOR_BADGE, RoomState, Session, SessionConfig,
+};
+use crate::protocol::twitch::msg_id;
+use crate::protocol::ws::{self, WsDecoder, WsEvent};
+use crate::ratelimit::{RateLimitConfig, RateLimiter};
+
+/// Largest WebSocket message accepted from a client.
+pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
+/// A preset room as every shard knows it.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub name: String,
+    pub id: u64,
+    pub style: String,
+    pub moderators: Vec<String>,
+}
+
+/// The limits and tables of one shard's core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub shard: usize,
+    pub shard_count: usize,
+    pub node_id: u16,
+    pub rooms: Arc<[RoomInfo]>,
+    pub session: Rc<SessionConfig>,
+    pub rate: RateLimitConfig,
+    /// Bytes queued for one client before it is dropped as too slow (with `RECONNECT`).
+    pub outbound_queue_bytes_max: usize,
+    pub connections_max: usize,
+    /// Submits one connection may have unanswered before its socket is no longer read.
+    pub submits_in_flight_per_conn_max: u32,
+    /// Messages a home shard may have between submit and durable release.
+    pub sequencing_in_flight_max: usize,
+    /// A submit older than this when its home gets to it is refused with try-again rather than queued.
+    pub submit_age_ms_max: u64,
+    /// How long a `(user, client-nonce)` is remembered for idempotent resends.
+    pub dedupe_window_ms: u64,
+    pub dedupe_entries_max: usize,
+    pub idle_ping_ms: u64,
+    pub idle_timeout_ms: u64,
+    /// How long a closing connection may take to flush before it is cut.
+    pub close_grace_ms: u64,
+    /// With a write delay, connections with new bytes are woken by [`ShardCore::flush_delayed`] instead of at once.
+    pub write_delay: bool,
+    /// Every shard's counters; this core writes only its own.
+    pub metrics: Arc<[ShardMetrics]>,
+    pub viewers: Arc<ViewerCounts>,
+}
+
+impl CoreConfig {
+    /// Defaults for tests and tools: one shard, a small room list, production limits.
+    pub fn for_tests(shard: usize, shard_count: usize, rooms: Vec<RoomInfo>) -> CoreConfig {
+        let room_count = rooms.len();
+        CoreConfig {
+            shard,
+            shard_count,
+            node_id: 0,
+            rooms: rooms.into(),
+            session: Rc::new(SessionConfig::default()),
+            rate: RateLimitConfig {
+                messages_per_window_max: 20,
+                messages_per_window_max_mod: 100,
+                window_ms: 30_000,
+                users_tracked_max: 100_000,
+            },
+            outbound_queue_bytes_max: 1 << 20,
+            connections_max: 20_000,
+            submits_in_flight_per_conn_max: 64,
+            sequencing_in_flight_max: 100_000,
+            submit_age_ms_max: 2_000,
+            dedupe_window_ms: 10 * 60 * 1000,
+            dedupe_entries_max: 1_000_000,
+            idle_ping_ms: 60_000,
+            idle_timeout_ms: 90_000,
+            close_grace_ms: 2_000,
+            write_delay: false,
+            metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
+            viewers: Arc::new(ViewerCounts::new(shard_count, room_count)),
+        }
+    }
+}
+
+/// The answer to an [`Output::Authenticate`].
+#[derive(Debug, Clone)]
+pub enum AuthOutcome {
+    Valid(Identity),
+    /// Unknown, expired or revoked token, or one that belongs to another login.
+    Invalid,
+    /// The store could not answer; the token may be fine.
+    Unavailable,
+}
+
+#[derive(Debug)]
+enum InputDecoder {
+    Tcp(LineBuffer),
+    Ws(WsDecoder),
+}
+
+#[derive(Debug)]
+struct ConnState {
+    transport: Transport,
+    session: Session,
+    input: InputDecoder,
+    /// Rooms joined or being joined (engine view).
+    rooms: Vec<usize>,
+    queue: OutQueue,
+    submits_in_flight: u32,
+    last_rx_ms: u64,
+    pinged: bool,
+    /// Set once the connection is closing: no more input is handled, the queue is flushed, then it ends.
+    closing_since_ms: Option<u64>,
+    /// Whether an `Output::Close` was issued.
+    cut: bool,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    conn: Option<Box<ConnState>>,
+}
+
+#[derive(Debug, Default)]
+enum Subscription {
+    #[default]
+    None,
+    /// Subscribe sent; these connections finish joining when the snapshot arrives.
+    Pending(Vec<ConnId>),
+    Ready,
+}
+
+/// A room as seen by this shard: its local viewers and the last messages.
+#[derive(Debug, Default)]
+struct LocalRoom {
+    viewers: Vec<ConnId>,
+    subscription: Subscription,
+    recent: VecDeque<Arc<ChatMessage>>,
+}
+
+/// A message between id assignment and release.
+#[derive(Debug)]
+struct Pending {
+    message: Arc<ChatMessage>,
+    durable: bool,
+    /// Connections to answer: the sender, then any resends of the same nonce.
+    repliers: Vec<Origin>,
+}
+
+/// A room homed on this shard.
+#[derive(Debug)]
+struct HomeRoom {
+    subscribers: Vec<bool>,
+    recent: VecDeque<Arc<ChatMessage>>,
+    /// Messages awaiting durability, in id order.
+    pending: VecDeque<Pending>,
+}
+
+#[derive(Debug)]
+struct StyleJob {
+    submit: Box<Submit>,
+    is_mod: bool,
+    repliers: Vec<Origin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DedupeKey {
+    room: usize,
+    user_id: u64,
+    nonce: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DedupeState {
+    Styling(u64),
+    Storing(MessageId),
+    Acked(MessageId),
+}
+
+/// Every `(room, user, client-nonce)` accepted in the window, for idempotent resends. Bounded by count and age.
+#[derive(Debug, Default)]
+struct Dedupe {
+    entries: HashMap<DedupeKey, DedupeState>,
+    /// Insertion order with time, for expiry.
+    order: VecDeque<(u64, DedupeKey)>,
+}
+
+/// One shard's state machine. See the module docs.
+#[derive(Debug)]
+pub struct ShardCore {
+    cfg: CoreConfig,
+    room_index: HashMap<String, usize>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    conn_count: usize,
+    rooms: Vec<LocalRoom>,
+    home: Vec<Option<HomeRoom>>,
+    styling: HashMap<u64, StyleJob>,
+    next_ticket: u64,
+    ids: MessageIdGen,
+    rate: RateLimiter,
+    dedupe: Dedupe,
+    in_flight: usize,
+    shutting_down: bool,
+    congested: bool,
+    delayed_wakes: Vec<ConnId>,
+    outputs: VecDeque<Output>,
+    last_sweep_ms: u64,
+}
+
+fn slot_of(id: ConnId) -> usize {
+    (id & 0xffff_ffff) as usize
+}
+
+/// The live connection `id` in `slots` (a free function so other fields of the core stay borrowable).
+fn conn_in(slots: &mut [Slot], id: ConnId) -> Option<&mut ConnState> {
+    let slot = slots.get_mut(slot_of(id))?;
+    if u64::from(slot.generation) != id >> 32 {
+        return None;
+    }
+    slot.conn.as_deref_mut()
+}
+
+impl ShardCore {
+    pub fn new(cfg: CoreConfig) -> ShardCore {
+        assert!(cfg.shard < cfg.shard_count);
+        let room_count = cfg.rooms.len();
+        let home = (0..room_count)
+            .map(|room| {
+                (home_shard(room, cfg.shard_count) == cfg.shard).then(|| HomeRoom {
+                    subscribers: vec![false; cfg.shard_count],
+                    recent: VecDeque::new(),
+                    pending: VecDeque::new(),
+                })
+            })
+            .collect();
+        ShardCore {
+            room_index: cfg
+                .rooms
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), i))
+                .collect(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            conn_count: 0,
+            rooms: (0..room_count).map(|_| LocalRoom::default()).collect(),
+            home,
+            styling: HashMap::new(),
+            next_ticket: 1,
+            ids: MessageIdGen::new(cfg.node_id, cfg.shard as u16),
+            rate: RateLimiter::new(cfg.rate),
+            dedupe: Dedupe::default(),
+            in_flight: 0,
+            shutting_down: false,
+            congested: false,
+            delayed_wakes: Vec::new(),
+            outputs: VecDeque::new(),
+            last_sweep_ms: 0,
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    pub fn room(&self, name: &str) -> Option<usize> {
+        self.room_index.get(name).copied()
+    }
+
+    /// The next thing for the driver to do.
+    pub fn pop_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Messages this shard is sequencing as their home (styling or awaiting durability).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conn_count
+    }
+
+    /// Connections alive now, for shutdown and tests.
+    pub fn connections(&self) -> Vec<ConnId> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(i, s)| (u64::from(s.generation) << 32) | i as u64)
+            .collect()
+    }
+
+    /// The driver's cross-shard outboxes are (or are no longer) over their limit: refuse new messages meanwhile.
+    pub fn set_congested(&mut self, congested: bool) {
+        self.congested = congested;
+    }
+
+    fn metrics(&self) -> &ShardMetrics {
+        &self.cfg.metrics[self.cfg.shard]
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&ConnState> {
+        let slot = self.slots.get(slot_of(id))?;
+        if u64::from(slot.generation) != id >> 32 {
+            return None;
+        }
+        slot.conn.as_deref()
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut ConnState> {
+        conn_in(&mut self.slots, id)
+    }
+
+    // ----- connections -----
+
+    /// A client connected. `None` when the shard is at its connection limit (the driver closes the socket).
+    pub fn conn_open(&mut self, transport: Transport, now_ms: u64) -> Option<ConnId> {
+        if self.conn_count >= self.cfg.connections_max || self.shutting_down {
+            ShardMetrics::inc(&self.metrics().connections_refused_total);
+            return None;
+        }
+        let index = match self.free_slots.pop() {
+            Some(index) => index as usize,
+            None => {
+                self.slots.push(Slot::default());
+                self.slots.len() - 1
+            }
+        };
+        let line_bytes_max = self.cfg.session.line_bytes_max;
+        let slot = &mut self.slots[index];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.conn = Some(Box::new(ConnState {
+            transport,
+            session: Session::new(self.cfg.session.clone()),
+            input: match transport {
+                Transport::Tcp => InputDecoder::Tcp(LineBuffer::new(line_bytes_max)),
+                Transport::WebSocket => InputDecoder::Ws(WsDecoder::new(WS_MESSAGE_BYTES_MAX)),
+            },
+            rooms: Vec::new(),
+            queue: OutQueue::default(),
+            submits_in_flight: 0,
+            last_rx_ms: now_ms,
+            pinged: false,
+            closing_since_ms: None,
+            cut: false,
+        }));
+        let id = (u64::from(slot.generation) << 32) | index as u64;
+        self.conn_count += 1;
+        ShardMetrics::inc(&self.metrics().connections_accepted_total);
+        self.metrics()
+            .connections
+            .store(self.conn_count as u64, std::sync::atomic::Ordering::Relaxed);
+        Some(id)
+    }
+
+    /// The socket is gone (closed by either side, or cut): forget the connection.
+    pub fn conn_closed(&mut self, id: ConnId) {
+        let Some(rooms) = self.conn_mut(id).map(|c| std::mem::take(&mut c.rooms)) else {
+            return;
+        };
+        for room in rooms {
+            self.leave_room(id, room);
+        }
+        let index = slot_of(id);
+        self.slots[index].conn = None;
+        self.free_slots.push(index as u32);
+        self.conn_count -= 1;
+        self.metrics()
+            .connections
+            .store(self.conn_count as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the driver should read from this client now. Reads pause while the client has too many messages
+    /// unanswered or too many bytes waiting to be written to it: a client that sends faster than it reads is
+    /// slowed down, not dropped.
+    pub fn conn_wants_read(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| {
+            c.closing_since_ms.is_none()
+                && c.submits_in_flight < self.cfg.submits_in_flight_per_conn_max
+                && c.queue.bytes() <= self.cfg.outbound_queue_bytes_max / 2
+        })
+    }
+
+    /// Whether the connection is done: closing with everything flushed (or gone).
+    pub fn conn_finished(&self, id: ConnId) -> bool {
+        self.conn(id)
+            .is_none_or(|c| c.cut || (c.closing_since_ms.is_some() && c.queue.is_empty()))
+    }
+
+    /// A room's local state, for diagnostics: subscription, viewers, recent ids.
+    pub fn describe_room(&self, room: usize) -> String {
+        let local = &self.rooms[room];
+        let home = self.home[room].as_ref().map(|h| {
+            (
+                h.subscribers.clone(),
+                h.pending.len(),
+                h.recent
+                    .iter()
+                    .map(|m| m.record.id.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        format!(
+            "subscription {:?}, viewers {:?}, recent {}, home {:?}",
+            local.subscription,
+            local.viewers,
+            local.recent.len(),
+            home
+        )
+    }
+
+    /// Submits of the connection still unanswered.
+    pub fn conn_submits_in_flight(&self, id: ConnId) -> u32 {
+        self.conn(id).map_or(0, |c| c.submits_in_flight)
+    }
+
+    /// Bytes queued for the connection.
+    pub fn queued_bytes(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.queue.bytes())
+    }
+
+    /// Moves what is queued for the connection into `out`, framed for its transport, for one socket write.
+    pub fn take_writes(&mut self, id: ConnId, out: &mut Vec<u8>) -> usize {
+        let Some(conn) = self.conn_mut(id) else {
+            return 0;
+        };
+        let transport = conn.transport;
+        conn.queue.take(transport, out)
+    }
+
+    /// Bytes arrived from the client.
+    pub fn conn_input(&mut self, id: ConnId, bytes: &[u8], now_ms: u64) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.closing_since_ms.is_some() {
+            return;
+        }
+        conn.last_rx_ms = now_ms;
+        conn.pinged = false;
+        match &mut conn.input {
+            InputDecoder::Tcp(lines) => lines.push(bytes),
+            InputDecoder::Ws(decoder) => decoder.push(bytes),
+        }
+        loop {
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
+            if conn.closing_since_ms.is_some() {
+                break;
+            }
+            match &mut conn.input {
+                InputDecoder::Tcp(lines) => match lines.next_line() {
+                    None => break,
+                    Some(Ok(line)) => self.handle_line(id, &line, now_ms),
+                    Some(Err(err)) => self.line_error(id, err, now_ms),
+                },
+                InputDecoder::Ws(decoder) => match decoder.next_event() {
+                    None => break,
+                    Some(event) => self.ws_event(id, event, now_ms),
+                },
+            }
+        }
+        if let Some(conn) = self.conn_mut(id) {
+            match &mut conn.input {
+                InputDecoder::Tcp(lines) => lines.release_if_empty(),
+                InputDecoder::Ws(decoder) => decoder.release_if_idle(),
+            }
+        }
+    }
+
+    fn ws_event(&mut self, id: ConnId, event: WsEvent, now_ms: u64) {
+        match event {
+            WsEvent::Text(text) => {
+                for line in split_frame_lines(&text) {
+                    self.handle_line(id, line, now_ms);
+                }
+            }
+            WsEvent::Binary(data) => match std::str::from_utf8(&data) {
+                Ok(text) => {
+                    for line in split_frame_lines(text) {
+                        self.handle_line(id, line, now_ms);
+                    }
+                }
+                Err(_) => self.line_error(id, LineError::InvalidUtf8, now_ms),
+            },
+            WsEvent::Ping(payload) => {
+                let mut frame = Vec::with_capacity(payload.len() + 2);
+                ws::encode_control(ws::ServerFrame::Pong, &payload, &mut frame);
+                self.push_frame(id, frame);
+            }
+            WsEvent::Close => {
+                let mut frame = Vec::with_capacity(4);
+                ws::encode_close(ws::close_code::NORMAL, &mut frame);
+                self.push_frame(id, frame);
+                self.close(id, Farewell::None, now_ms);
+            }
+            WsEvent::Fail(code) => {
+                ShardMetrics::inc(&self.metrics().protocol_disconnects_total);
+                let mut frame = Vec::with_capacity(4);
+                ws::encode_close(code, &mut frame);
+                self.push_frame(id, frame);
+                self.close(id, Farewell::None, now_ms);
+            }
+        }
+    }
+
+    fn line_error(&mut self, id: ConnId, err: LineError, now_ms: u64) {
+        let mut actions = Vec::new();
+        if let Some(conn) = self.conn_mut(id) {
+            conn.session.handle_line_error(err, &mut actions);
+        }
+        ShardMetrics::inc(&self.metrics().notices_total);
+        self.run_actions(id, actions, now_ms);
+    }
+
+    fn handle_line(&mut self, id: ConnId, line: &str, now_ms: u64) {
+        let mut actions = Vec::new();
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.closing_since_ms.is_some() {
+            return;
+        }
+        conn.session.handle_line(line, now_ms, &mut actions);
+        self.run_actions(id, actions, now_ms);
+    }
+
+    fn run_actions(&mut self, id: ConnId, actions: Vec<Action>, now_ms: u64) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Reply(bytes) => self.push_owned(id, bytes, now_ms),
+                Action::Close => self.close(id, Farewell::None, now_ms),
+                Action::Authenticate { login, token } => {
+                    self.outputs.push_back(Output::Authenticate {
+                        conn: id,
+                        login,
+                        token,
+                    });
+                }
+                Action::Join { room } => match self.room(&room) {
+                    Some(index) => self.join(id, index, now_ms),
+                    None => {
+                        let mut more = Vec::new();
+                        if let Some(conn) = self.conn_mut(id) {
+                            conn.session.join_failed(&room, &mut more);
+                        }
+                        queue.extend(more);
+                    }
+                },
+                Action::Part { room } => {
+                    if let Some(index) = self.room(&room) {
+                        if let Some(conn) = self.conn_mut(id) {
+                            conn.rooms.retain(|&r| r != index);
+                        }
+                        self.leave_room(id, index);
+                    }
+                }
+                Action::Privmsg {
+                    room,
+                    text,
+                    client_nonce,
+                    ..
+                } => {
+                    // The session only passes PRIVMSGs for rooms the engine confirmed.
+                    if let Some(index) = self.room(&room) {
+                        self.submit(id, index, text, client_nonce, now_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The answer to an `Output::Authenticate`.
+    pub fn auth_done(&mut self, id: ConnId, outcome: AuthOutcome, now_ms: u64) {
+        let mut actions = Vec::new();
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        match outcome {
+            AuthOutcome::Valid(identity) => conn.session.authenticated(identity, &mut actions),
+            AuthOutcome::Invalid => conn.session.authentication_failed(&mut actions),
+            AuthOutcome::Unavailable => conn.session.authentication_unavailable(&mut actions),
+        }
+        self.run_actions(id, actions, now_ms);
+    }
+
+    fn wake(&mut self, id: ConnId) {
+        if self.cfg.write_delay {
+            self.delayed_wakes.push(id);
+        } else {
+            self.outputs.push_back(Output::Wake(id));
+        }
+    }
+
+    /// With a write delay: wakes every connection that got bytes since the last call.
+    pub fn flush_delayed(&mut self) {
+        for id in std::mem::take(&mut self.delayed_wakes) {
+            self.outputs.push_back(Output::Wake(id));
+        }
+    }
+
+    /// Queues bytes for this client only (replies, acks, notices, history), against the same limit as fanout.
+    fn push_owned(&mut self, id: ConnId, bytes: Vec<u8>, now_ms: u64) {
+        if bytes.is_empty() {
+            return;
+        }
+        let limit = self.cfg.outbound_queue_bytes_max;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.closing_since_ms.is_some() {
+            return;
+        }
+        if conn.queue.bytes() + bytes.len() > limit {
+            self.drop_slow(id, now_ms);
+            return;
+        }
+        let was_empty = conn.queue.is_empty();
+        conn.queue.push_lines(Bytes::from(bytes));
+        if was_empty {
+            self.wake(id);
+        }
+    }
+
+    fn push_frame(&mut self, id: ConnId, frame: Vec<u8>) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.closing_since_ms.is_some() {
+            return;
+        }
+        let was_empty = conn.queue.is_empty();
+        conn.queue.push_frame(Bytes::from(frame));
+        if was_empty {
+            self.wake(id);
+        }
+    }
+
+    fn drop_slow(&mut self, id: ConnId, now_ms: u64) {
+        ShardMetrics::inc(&self.metrics().slow_disconnects_total);
+        ShardMetrics::inc(&self.metrics().drops_total);
+        self.close(id, Farewell::ReconnectNow, now_ms);
+    }
+
+    /// Starts closing: stops reading, leaves every room, optionally says `RECONNECT`, and lets the driver flush
+    /// what is queued within the grace period.
+    fn close(&mut self, id: ConnId, farewell: Farewell, now_ms: u64) {
+        let Some(conn) = conn_in(&mut self.slots, id) else {
+            return;
+        };
+        if conn.closing_since_ms.is_some() {
+            return;
+        }
+        conn.closing_since_ms = Some(now_ms);
+        if farewell == Farewell::ReconnectNow {
+            // Too slow for what is queued anyway: drop it so RECONNECT goes out next.
+            conn.queue.clear();
+        }
+        if farewell != Farewell::None {
+            let mut line = Vec::with_capacity(32);
+            conn.session.encode_reconnect(&mut line);
+            conn.queue.push_lines(Bytes::from(line));
+            ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].reconnects_sent_total);
+        }
+        let rooms = std::mem::take(&mut conn.rooms);
+        for room in rooms {
+            self.leave_room(id, room);
+        }
+        // A closing connection is always woken, even with a write delay, so it can end.
+        self.outputs.push_back(Output::Wake(id));
+    }
+
+    /// Shutdown: every client is told to reconnect after what is already queued (acks included).
+    pub fn close_all_with_reconnect(&mut self, now_ms: u64) {
+        for id in self.connections() {
+            self.close(id, Farewell::ReconnectAfterQueued, now_ms);
+        }
+    }
+
+    /// Keep-alive and deadlines: PINGs silent clients, drops dead ones, cuts connections that take too long to
+    /// close, and expires idempotency entries. Call about once a second.
+    pub fn tick(&mut self, now_ms: u64) {
+        let ping_ms = self.cfg.idle_ping_ms;
+        let timeout_ms = self.cfg.idle_timeout_ms;
+        let grace_ms = self.cfg.close_grace_ms;
+        let mut to_close = Vec::new();
+        let mut to_ping = Vec::new();
+        for id in self.connections() {
+            let Some(conn) = self.conn_mut(id) else {
+                continue;
+            };
+            if let Some(since) = conn.closing_since_ms {
+                if !conn.cut && now_ms.saturating_sub(since) >= grace_ms {
+                    conn.cut = true;
+                    self.outputs.push_back(Output::Close(id));
+                }
+                continue;
+            }
+            let idle_ms = now_ms.saturating_sub(conn.last_rx_ms);
+            if idle_ms >= timeout_ms {
+                to_close.push(id);
+            } else if idle_ms >= ping_ms && !conn.pinged {
+                conn.pinged = true;
+                to_ping.push(id);
+            }
+        }
+        for id in to_ping {
+            let mut line = Vec::new();
+            if let Some(conn) = self.conn(id) {
+                conn.session.encode_ping(&mut line);
+            }
+            self.push_owned(id, line, now_ms);
+        }
+        for id in to_close {
+            ShardMetrics::inc(&self.metrics().idle_disconnects_total);
+            self.close(id, Farewell::None, now_ms);
+        }
+        if now_ms.saturating_sub(self.last_sweep_ms) >= 10_000 {
+            self.last_sweep_ms = now_ms;
+            self.rate.forget_idle(now_ms);
+        }
+        self.expire_dedupe(now_ms);
+    }
+
+    // ----- joining and leaving -----
+
+    fn join(&mut self, id: ConnId, room: usize, now_ms: u64) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.rooms.contains(&room) {
+            return;
+        }
+        conn.rooms.push(room);
+        let local = &mut self.rooms[room];
+        match &mut local.subscription {
+            Subscription::Ready => {}
+            Subscription::Pending(waiting) => {
+                waiting.push(id);
+                return;
+            }
+            Subscription::None => {
+                local.subscription = Subscription::Pending(vec![id]);
+                let shard = self.cfg.shard;
+                self.send_peer(
+                    home_shard(room, self.cfg.shard_count),
+                    PeerMsg::Subscribe { room, shard },
+                    now_ms,
+                );
+                return;
+            }
+        }
+        self.complete_join(id, room, now_ms);
+    }
+
+    fn complete_join(&mut self, id: ConnId, room: usize, now_ms: u64) {
+        let info = &self.cfg.rooms[room];
+        let Some(slot) = self.slots.get_mut(slot_of(id)) else {
+            return;
+        };
+        let Some(conn) = slot.conn.as_deref_mut() else {
+            return;
+        };
+        if u64::from(slot.generation) != id >> 32
+            || conn.closing_since_ms.is_some()
+            || !conn.rooms.contains(&room)
+        {
+            return;
+        }
+        let is_mod = conn
+            .session
+            .identity()
+            .is_some_and(|identity| info.moderators.contains(&identity.login));
+        let mut actions = Vec::new();
+        let confirmed = conn.session.joined(
+            &info.name,
+            &RoomState {
+                room_id: info.id,
+                is_mod,
+            },
+            &mut actions,
+        );
+        // The session may have run ahead of this join (lines held during login are replayed at once, so a JOIN,
+        // PART, JOIN can all be decided before the first JOIN completes): the session's view of the room wins.
+        if !conn
+            .session
+            .joined_rooms()
+            .any(|joined| joined == info.name)
+        {
+            conn.rooms.retain(|&r| r != room);
+            return;
+        }
+        let local = &mut self.rooms[room];
+        if !local.viewers.contains(&id) {
+            local.viewers.push(id);
+            self.cfg
+                .viewers
+                .set(self.cfg.shard, room, local.viewers.len() as u64);
+        }
+        if !confirmed {
+            return;
+        }
+        // History follows the JOIN reply in the same write.
+        let mut history = Vec::new();
+        for message in &local.recent {
+            let id_text = message.record.id.to_string();
+            conn.session
+                .encode_privmsg(&message.chat_line(true, &id_text), &mut history);
+        }
+        let (replies, rest): (Vec<Action>, Vec<Action>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::Reply(_)));
+        self.run_actions(id, replies, now_ms);
+        self.push_owned(id, history, now_ms);
+        // PRIVMSGs held until the JOIN was confirmed.
+        self.run_actions(id, rest, now_ms);
+    }
+
+    /// Removes the connection from a room's viewers (or waiters); unsubscribes when it was the last viewer.
+    fn leave_room(&mut self, id: ConnId, room: usize) {
+        let local = &mut self.rooms[room];
+        local.viewers.retain(|&v| v != id);
+        if let Subscription::Pending(waiting) = &mut local.subscription {
+            waiting.retain(|&v| v != id);
+        }
+        self.cfg
+            .viewers
+            .set(self.cfg.shard, room, local.viewers.len() as u64);
+        if matches!(local.subscription, Subscription::Ready) && local.viewers.is_empty() {
+            self.unsubscribe(room);
+        }
+    }
+
+    fn unsubscribe(&mut self, room: usize) {
+        let local = &mut self.rooms[room];
+        local.subscription = Subscription::None;
+        local.recent.clear();
+        let shard = self.cfg.shard;
+        // The time only matters for submits; an unsubscribe carries none.
+        self.send_peer(
+            home_shard(room, self.cfg.shard_count),
+            PeerMsg::Unsubscribe { room, shard },
+            0,
+        );
+    }
+
+    fn on_snapshot(&mut self, room: usize, messages: Vec<Arc<ChatMessage>>, now_ms: u64) {
+        let local = &mut self.rooms[room];
+        local.recent = messages.into();
+        let waiting = match std::mem::replace(&mut local.subscription, Subscription::Ready) {
+            Subscription::Pending(waiting) => waiting,
+            // Every waiter left before the snapshot came.
+            _ => Vec::new(),
+        };
+        for id in waiting {
+            self.complete_join(id, room, now_ms);
+        }
+        let local = &self.rooms[room];
+        if matches!(local.subscription, Subscription::Ready) && local.viewers.is_empty() {
+            self.unsubscribe(room);
+        }
+    }
+
+    // ----- cross-shard -----
+
+    fn send_peer(&mut self, shard: usize, msg: PeerMsg, now_ms: u64) {
+        if shard == self.cfg.shard {
+            self.peer(msg, now_ms);
+        } else {
+            ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].cross_shard_sent_total);
+            self.outputs.push_back(Output::Peer { shard, msg });
+        }
+    }
+
+    /// A message from another shard (or from this one).
+    pub fn peer(&mut self, msg: PeerMsg, now_ms: u64) {
+        match msg {
+            PeerMsg::Submit(submit) => self.sequence(submit, now_ms),
+            PeerMsg::Subscribe { room, shard } => {
+                let home = self.home_room(room);
+                home.subscribers[shard] = true;
+                let messages = home.recent.iter().cloned().collect();
+                self.send_peer(shard, PeerMsg::Snapshot { room, messages }, now_ms);
+            }
+            PeerMsg::Unsubscribe { room, shard } => {
+                self.home_room(room).subscribers[shard] = false;
+            }
+            PeerMsg::Snapshot { room, messages } => self.on_snapshot(room, messages, now_ms),
+            PeerMsg::Deliver { room, message } => self.deliver_local(room, &message, now_ms),
+            PeerMsg::Reply { conn, room, reply } => self.conn_reply(conn, room, reply, now_ms),
+        }
+    }
+
+    fn home_room(&mut self, room: usize) -> &mut HomeRoom {
+        let shard = self.cfg.shard;
+        self.home[room]
+            .as_mut()
+            .unwrap_or_else(|| panic!("room {room} is not homed on shard {shard}"))
+    }
+
+    // ----- sending (origin shard) -----
+
+    fn submit(
+        &mut self,
+        id: ConnId,
+        room: usize,
+        text: String,
+        client_nonce: Option<String>,
+        now_ms: u64,
+    ) {
+        ShardMetrics::inc(&self.metrics().messages_in_total);
+        let shard = self.cfg.shard;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Some(identity) = conn.session.identity() else {
+            return;
+        };
+        let submit = Submit {
+            room,
+            origin: Origin { shard, conn: id },
+            user_id: identity.user_id,
+            login: identity.login.clone(),
+            display_name: identity.display_name.clone(),
+            color: identity.color.clone(),
+            text,
+            client_nonce,
+            sent_ms: now_ms,
+        };
+        conn.submits_in_flight += 1;
+        self.send_peer(
+            home_shard(room, self.cfg.shard_count),
+            PeerMsg::Submit(Box::new(submit)),
+            now_ms,
+        );
+    }
+
+    fn conn_reply(&mut self, id: ConnId, room: usize, reply: SubmitReply, now_ms: u64) {
+        let max = self.cfg.submits_in_flight_per_conn_max;
+        let name = &self.cfg.rooms[room].name;
+        let Some(conn) = conn_in(&mut self.slots, id) else {
+            return;
+        };
+        assert!(conn.submits_in_flight > 0, "a reply without a submit");
+        let was_paused = conn.submits_in_flight >= max;
+        conn.submits_in_flight -= 1;
+        let mut out = Vec::new();
+        match reply {
+            SubmitReply::Acked {
+                id: message_id,
+                client_nonce,
+                is_mod,
+            } => {
+                let message_id = message_id.to_string();
+                conn.session.encode_ack(
+                    name,
+                    is_mod,
+                    &message_id,
+                    client_nonce.as_deref(),
+                    &mut out,
+                );
+            }
+            SubmitReply::Refused { msg_id, text } => {
+                conn.session
+                    .encode_notice(Some(name), msg_id, text, &mut out);
+                ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].notices_total);
+            }
+        }
+        self.push_owned(id, out, now_ms);
+        if was_paused {
+            // Reads were paused on this connection's in-flight count; let the driver read again.
+            self.outputs.push_back(Output::Wake(id));
+        }
+    }
+
+    // ----- sequencing (home shard) -----
+
+    fn refuse(
+        &mut self,
+        to: Origin,
+        room: usize,
+        msg_id: &'static str,
+        text: &'static str,
+        now_ms: u64,
+    ) {
+        ShardMetrics::inc(&self.metrics().messages_rejected_total);
+        self.send_peer(
+            to.shard,
+            PeerMsg::Reply {
+                conn: to.conn,
+                room,
+                reply: SubmitReply::Refused { msg_id, text },
+            },
+            now_ms,
+        );
+    }
+
+    /// Stops accepting new messages (shutdown); those in flight still finish.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    fn sequence(&mut self, submit: Box<Submit>, now_ms: u64) {
+        let room = submit.room;
+        let origin = submit.origin;
+        if self.shutting_down {
+            return self.refuse(
+                origin,
+                room,
+                msg_id::TRY_AGAIN,
+                "The server is restarting; please send your message again.",
+                now_ms,
+            );
+        }
+        let key = submit.client_nonce.as_ref().map(|nonce| DedupeKey {
+            room,
+            user_id: submit.user_id,
+            nonce: nonce.clone(),
+        });
+        let is_mod = self.cfg.rooms[room].moderators.contains(&submit.login);
+        if let Some(state) = key
+            .as_ref()
+            .and_then(|k| self.dedupe.entries.get(k))
+            .copied()
+        {
+            ShardMetrics::inc(&self.metrics().messages_deduplicated_total);
+            match state {
+                DedupeState::Acked(id) => {
+                    let reply = SubmitReply::Acked {
+                        id,
+                        client_nonce: submit.client_nonce,
+                        is_mod,
+                    };
+                    self.send_peer(
+                        origin.shard,
+                        PeerMsg::Reply {
+                            conn: origin.conn,
+                            room,
+                            reply,
+                        },
+                        now_ms,
+                    );
+                }
+                DedupeState::Styling(ticket) => {
+                    let job = self.styling.get_mut(&ticket).expect("dedupe names a job");
+                    job.repliers.push(origin);
+                }
+                DedupeState::Storing(id) => {
+                    let home = self.home_room(room);
+                    let at = home
+                        .pending
+                        .binary_search_by_key(&id, |p| p.message.record.id)
+                        .expect("dedupe names a pending message");
+                    home.pending[at].repliers.push(origin);
+                }
+            }
+            return;
+        }
+        if now_ms.saturating_sub(submit.sent_ms) > self.cfg.submit_age_ms_max {
+            // This home has fallen far behind (a busy or shared core): shed rather than build seconds of queue.
+            ShardMetrics::inc(&self.metrics().messages_shed_total);
+            return self.refuse(
+                origin,
+                room,
+                msg_id::TRY_AGAIN,
+                "Your message was not sent: the server is busy; please try again.",
+                now_ms,
+            );
+        }
+        let rate_key = submit.user_id.wrapping_mul(1024).wrapping_add(room as u64);
+        if !self.rate.try_acquire(rate_key, is_mod, now_ms) {
+            return self.refuse(
+                origin,
+                room,
+                msg_id::RATELIMIT,
+                "Your message was not sent because you are sending messages too quickly.",
+                now_ms,
+            );
+        }
+        if self.in_flight >= self.cfg.sequencing_in_flight_max || self.congested {
+            return self.refuse(
+                origin,
+                room,
+                msg_id::TRY_AGAIN,
+                "Your message was not sent: the server is busy; please try again.",
+                now_ms,
+            );
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.in_flight += 1;
+        ShardMetrics::inc(&self.metrics().messages_sequenced_total);
+        if let Some(key) = key {
+            self.dedupe_insert(key, DedupeState::Styling(ticket), now_ms);
+        }
+        let seed = ticket ^ submit.user_id.rotate_left(17) ^ (self.cfg.shard as u64) << 56;
+        self.outputs.push_back(Output::Style(StyleRequest {
+            ticket,
+            room,
+            text: submit.text.clone(),
+            seed,
+        }));
+        self.styling.insert(
+            ticket,
+            StyleJob {
+                submit,
+                is_mod,
+                repliers: vec![origin],
+            },
+        );
+    }
+
+    /// The style of a room, for the driver's styler.
+    pub fn room_style(&self, room: usize) -> &str {
+        &self.cfg.rooms[room].style
+    }
+
+    /// Styling finished (the styler's deadline and fallback are its own): assign the id and store the message.
+    pub fn styled(&mut self, ticket: u64, text: String, by: StyledBy, now_ms: u64) {
+        let Some(job) = self.styling.remove(&ticket) else {
+            return;
+        };
+        match by {
+            StyledBy::Llm => ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].styled_llm_total),
+            StyledBy::Local => {
+                ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].styler_fallbacks_total)
+            }
+        }
+        let StyleJob {
+            submit,
+            is_mod,
+            repliers,
+        } = job;
+        let Submit {
+            room,
+            user_id,
+            login,
+            display_name,
+            color,
+            text: original,
+            client_nonce,
+            ..
+        } = *submit;
+        let id = self.ids.next_id(now_ms);
+        let info = &self.cfg.rooms[room];
+        let record = MessageRecord {
+            id,
+            room: info.name.clone(),
+            user_id,
+            login,
+            display_name,
+            color,
+            badges: if is_mod {
+                MODERATOR_BADGE.into()
+            } else {
+                String::new()
+            },
+            text,
+            original,
+            styled_by: by.as_str().to_string(),
+        };
+        if let Some(nonce) = &client_nonce {
+            let key = DedupeKey {
+                room,
+                user_id,
+                nonce: nonce.clone(),
+            };
+            if let Some(state) = self.dedupe.entries.get_mut(&key) {
+                *state = DedupeState::Storing(id);
+            }
+        }
+        let message = Arc::new(ChatMessage {
+            record: record.clone(),
+            room_id: info.id,
+            is_mod,
+            client_nonce,
+            origin: repliers.first().copied(),
+        });
+        let home = self.home_room(room);
+        debug_assert!(home.pending.back().is_none_or(|p| p.message.record.id < id));
+        home.pending.push_back(Pending {
+            message,
+            durable: false,
+            repliers,
+        });
+        self.outputs.push_back(Output::Store { room, record });
+    }
+
+    /// The store answered for a message: durable, or failed (then nobody sees it and its sender is told).
+    pub fn stored(
+        &mut self,
+        room: usize,
+        id: MessageId,
+        result: Result<(), StorageError>,
+        now_ms: u64,
+    ) {
+        let home = self.home_room(room);
+        let Ok(at) = home
+            .pending
+            .binary_search_by_key(&id, |p| p.message.record.id)
+        else {
+            return;
+        };
+        match result {
+            Ok(()) => home.pending[at].durable = true,
+            Err(err) => {
+                let failed = home.pending.remove(at).expect("index from search");
+                self.in_flight -= 1;
+                ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].store_errors_total);
+                if let Some(nonce) = &failed.message.client_nonce {
+                    // A failed message may be sent again under the same nonce.
+                    self.dedupe.entries.remove(&DedupeKey {
+                        room,
+                        user_id: failed.message.record.user_id,
+                        nonce: nonce.clone(),
+                    });
+                }
+                let text = if matches!(err, StorageError::Busy) {
+                    "Your message was not sent: the server is busy; please try again."
+                } else {
+                    "Your message could not be saved; please send it again."
+                };
+                for to in failed.repliers {
+                    self.refuse(to, room, msg_id::TRY_AGAIN, text, now_ms);
+                }
+            }
+        }
+        self.release(room, now_ms);
+    }
+
+    /// Releases the durable prefix of a room's pending messages, in id order.
+    fn release(&mut self, room: usize, now_ms: u64) {
+        loop {
+            let home = self.home_room(room);
+            if !home.pending.front().is_some_and(|p| p.durable) {
+                return;
+            }
+            let Pending {
+                message, repliers, ..
+            } = home.pending.pop_front().expect("front checked");
+            if home.recent.len() == HISTORY_ON_JOIN {
+                home.recent.pop_front();
+            }
+            home.recent.push_back(message.clone());
+            let subscribers: Vec<usize> = home
+                .subscribers
+                .iter()
+                .enumerate()
+                .filter_map(|(shard, &on)| on.then_some(shard))
+                .collect();
+            self.in_flight -= 1;
+            ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].messages_acked_total);
+            let id = message.record.id;
+            if let Some(nonce) = &message.client_nonce {
+                let key = DedupeKey {
+                    room,
+                    user_id: message.record.user_id,
+                    nonce: nonce.clone(),
+                };
+                if let Some(state) = self.dedupe.entries.get_mut(&key) {
+                    *state = DedupeState::Acked(id);
+                }
+            }
+            for shard in subscribers {
+                self.send_peer(
+                    shard,
+                    PeerMsg::Deliver {
+                        room,
+                        message: message.clone(),
+                    },
+                    now_ms,
+                );
+            }
+            for to in repliers {
+                let reply = SubmitReply::Acked {
+                    id,
+                    client_nonce: message.client_nonce.clone(),
+                    is_mod: message.is_mod,
+                };
+                self.send_peer(
+                    to.shard,
+                    PeerMsg::Reply {
+                        conn: to.conn,
+                        room,
+                        reply,
+                    },
+                    now_ms,
+                );
+            }
+        }
+    }
+
+    /// After a restart: the room's last durable messages, oldest first, and the nonces accepted within the
+    /// idempotency window (so a resend after a restart is still recognised).
+    pub fn restore_room(
+        &mut self,
+        room: usize,
+        records: Vec<(MessageRecord, Option<String>)>,
+        now_ms: u64,
+    ) {
+        let info = self.cfg.rooms[room].clone();
+        let window_ms = self.cfg.dedupe_window_ms;
+        let count = records.len();
+        let mut keys = Vec::new();
+        let home = self.home_room(room);
+        for (index, (record, nonce)) in records.into_iter().enumerate() {
+            if let Some(nonce) = &nonce
+                && now_ms.saturating_sub(record.id.unix_ms()) < window_ms
+            {
+                keys.push((
+                    record.id.unix_ms(),
+                    DedupeKey {
+                        room,
+                        user_id: record.user_id,
+                        nonce: nonce.clone(),
+                    },
+                    record.id,
+                ));
+            }
+            if index + HISTORY_ON_JOIN >= count {
+                let is_mod = info.moderators.contains(&record.login);
+                home.recent.push_back(Arc::new(ChatMessage {
+                    record,
+                    room_id: info.id,
+                    is_mod,
+                    client_nonce: nonce,
+                    origin: None,
+                }));
+            }
+        }
+        for (at_ms, key, id) in keys {
+            self.dedupe_insert(key, DedupeState::Acked(id), at_ms);
+        }
+    }
+
+    fn dedupe_insert(&mut self, key: DedupeKey, state: DedupeState, now_ms: u64) {
+        if self.dedupe.order.len() >= self.cfg.dedupe_entries_max
+            && let Some((_, oldest)) = self.dedupe.order.pop_front()
+        {
+            self.forget_dedupe(&oldest);
+        }
+        self.dedupe.order.push_back((now_ms, key.clone()));
+        self.dedupe.entries.insert(key, state);
+    }
+
+    fn forget_dedupe(&mut self, key: &DedupeKey) {
+        // Only settled entries are forgotten; one still in flight is needed to answer its resends.
+        if matches!(self.dedupe.entries.get(key), Some(DedupeState::Acked(_))) {
+            self.dedupe.entries.remove(key);
+        }
+    }
+
+    fn expire_dedupe(&mut self, now_ms: u64) {
+        let window_ms = self.cfg.dedupe_window_ms;
+        while let Some((at_ms, _)) = self.dedupe.order.front() {
+            if now_ms.saturating_sub(*at_ms) < window_ms {
+                break;
+            }
+            let (_, key) = self.dedupe.order.pop_front().expect("front checked");
+            self.forget_dedupe(&key);
+        }
+    }
+
+    // ----- fanout -----
+
+    /// Fans one durable message out to this shard's viewers: encoded at most once per variant, the same bytes
+    /// queued to each.
+    fn deliver_local(&mut self, room: usize, message: &Arc<ChatMessage>, now_ms: u64) {
+        let local = &mut self.rooms[room];
+        if !matches!(local.subscription, Subscription::Ready) {
+            // Sent before our unsubscribe reached the home, or before the snapshot of a new subscription (which
+            // includes it): either way not ours to deliver.
+            return;
+        }
+        if local.recent.len() == HISTORY_ON_JOIN {
+            local.recent.pop_front();
+        }
+        local.recent.push_back(message.clone());
+        ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].messages_out_total);
+        let mut variants: [Option<Bytes>; 2] = [None, None];
+        let mut delivered = 0u64;
+        let mut too_slow = Vec::new();
+        let limit = self.cfg.outbound_queue_bytes_max;
+        let origin = message.origin;
+        let shard = self.cfg.shard;
+        let id_text = message.record.id.to_string();
+        for &viewer in &local.viewers {
+            let slot = &mut self.slots[slot_of(viewer)];
+            let Some(conn) = slot.conn.as_deref_mut() else {
+                continue;
+            };
+            if origin
+                == Some(Origin {
+                    shard,
+                    conn: viewer,
+                })
+                && !conn.session.wants_echo()
+            {
+                continue;
+            }
+            let variant = usize::from(conn.session.wants_tags());
+            let bytes = variants[variant].get_or_insert_with(|| {
+                let mut line = Vec::with_capacity(512);
+                conn.session
+                    .encode_privmsg(&message.chat_line(false, &id_text), &mut line);
+                Bytes::from(line)
+            });
+            if conn.queue.bytes() + bytes.len() > limit {
+                too_slow.push(viewer);
+                continue;
+            }
+            let was_empty = conn.queue.is_empty();
+            conn.queue.push_lines(bytes.clone());
+            delivered += 1;
+            if was_empty {
+                if self.cfg.write_delay {
+                    self.delayed_wakes.push(viewer);
+                } else {
+                    self.outputs.push_back(Output::Wake(viewer));
+                }
+            }
+        }
+        ShardMetrics::add(
+            &self.cfg.metrics[self.cfg.shard].deliveries_total,
+            delivered,
+        );
+        for viewer in too_slow {
+            self.drop_slow(viewer, now_ms);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Farewell {
+    None,
+    /// Drop what is queued and send `RECONNECT` (a viewer too slow for its queue).
+    ReconnectNow,
+    /// Send `RECONNECT` after what is queued (shutdown).
+    ReconnectAfterQueued,
+}
