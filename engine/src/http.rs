@@ -61,13 +61,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .await
     {
         Ok(parts) if upgraded.get() => {
-            conn::serve(
+            // A fresh task for the WebSocket: this one, sized for hyper's connection state, ends here, so a
+            // long-lived WebSocket does not keep that memory.
+            glommio::spawn_local(conn::serve(
                 shard,
                 parts.io.into_inner(),
                 Transport::WebSocket,
                 parts.read_buf,
-            )
-            .await;
+            ))
+            .detach();
         }
         Ok(_) => {}
         Err(err) => log::debug!("http connection ended: {err}"),

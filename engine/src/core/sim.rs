@@ -1001,4 +1001,57 @@ mod scenarios {
         let joined = lines(&mut sim, viewer);
         assert!(joined.contains("mod=0"), "{joined}");
     }
+
+    #[test]
+    fn a_client_with_too_many_unanswered_messages_is_not_read_until_answers_come() {
+        let mut sim = world(2);
+        let sender = client(&mut sim, 0, Transport::Tcp, Some(2), 1);
+        let (shard, conn) = (sim.clients[sender].shard, sim.clients[sender].conn);
+        // The world's limit is 4 unanswered submits per connection.
+        for n in 0..4 {
+            assert!(sim.shards[shard].conn_wants_read(conn));
+            say(&mut sim, sender, 1, &format!("b{n}"));
+        }
+        assert!(
+            !sim.shards[shard].conn_wants_read(conn),
+            "paused by in-flight submits"
+        );
+        finish_store(&mut sim, 0, true);
+        assert!(
+            sim.shards[shard].conn_wants_read(conn),
+            "an answer resumes reading"
+        );
+        let out = lines(&mut sim, sender);
+        assert_eq!(out.matches("USERSTATE #beta").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn a_viewer_too_slow_for_its_queue_gets_reconnect_and_is_counted() {
+        let mut sim = world(1);
+        let slow = client(&mut sim, 0, Transport::WebSocket, None, 0);
+        // A moderator, whose rate limit (100 per window) leaves room for the flood.
+        let sender = client(&mut sim, 0, Transport::Tcp, Some(0), 0);
+        let before = sim.shards[0].config().metrics[0]
+            .slow_disconnects_total
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // 6 KiB queue in this world: a few dozen lines overflow it while the viewer reads nothing.
+        for n in 0..60 {
+            say(&mut sim, sender, 0, &format!("s{n}"));
+            finish_store(&mut sim, 0, true);
+            let _ = lines(&mut sim, sender);
+        }
+        let c = &sim.clients[slow];
+        assert!(sim.shards[0].conn_finished(c.conn) || sim.shards[0].queued_bytes(c.conn) > 0);
+        let out = lines(&mut sim, slow);
+        assert!(
+            out.ends_with("RECONNECT\r\n"),
+            "{}",
+            &out[out.len().saturating_sub(200)..]
+        );
+        let after = sim.shards[0].config().metrics[0]
+            .slow_disconnects_total
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(after, before + 1);
+        assert!(sim.shards[0].conn_finished(sim.clients[slow].conn));
+    }
 }
