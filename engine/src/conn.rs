@@ -6,6 +6,7 @@
 //! idle connection holds no buffers. The core decides everything: when to stop reading (backpressure), when to
 //! close, what to write; the task ends when the core says the connection is finished or cut, or the socket fails.
 
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -29,16 +30,27 @@ enum Wait {
 /// Serves one client connection until it ends. `preread` holds bytes already read (after an HTTP upgrade).
 pub async fn serve<S>(shard: Rc<Shard>, mut stream: S, transport: Transport, preread: Bytes)
 where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
 {
-    let Some((id, handle)) = shard.open_conn(transport) else {
+    let Some((id, handle)) = shard.open_conn(transport, stream.as_raw_fd()) else {
         // Over the connection limit (or shutting down): the socket is dropped (closed) right away.
         return;
     };
     if !preread.is_empty() {
         shard.conn_input(id, &preread);
     }
+    // The bytes may share the HTTP parser's whole read buffer: let it go now, not when the connection ends.
+    drop(preread);
     loop {
+        let pending = handle.pending.borrow_mut().take();
+        if let Some(bytes) = pending {
+            // What a direct write of the shard's flusher left when the socket was full.
+            let written = write_or_cut(&handle, &mut stream, &bytes).await;
+            handle.writing.set(false);
+            if !written {
+                break;
+            }
+        }
         if !flush(&shard, id, &handle, &mut stream).await {
             break;
         }
@@ -59,7 +71,9 @@ where
             break;
         }
     }
+    shard.forget_socket(id);
     let _ = stream.close().await;
+    drop(stream);
     shard.close_conn(id);
 }
 
@@ -71,9 +85,8 @@ async fn read_into_core<S: AsyncRead + Unpin>(shard: &Rc<Shard>, id: u64, stream
         match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wait::Eof),
             Poll::Ready(Ok(n)) => {
-                let bytes = scratch[..n].to_vec();
-                drop(scratch);
-                shard.conn_input(id, &bytes);
+                // The core and the pump never touch the read buffer, so it stays borrowed meanwhile.
+                shard.conn_input(id, &scratch[..n]);
                 Poll::Ready(Wait::Read)
             }
             Poll::Pending => Poll::Pending,
@@ -100,19 +113,32 @@ async fn flush<S: AsyncWrite + Unpin>(
             return true;
         }
         ShardMetrics::inc(&shard.metrics().socket_writes_total);
-        let cut = async {
-            loop {
-                handle.wake.wait().await;
-                if handle.cut.get() {
-                    return Err(std::io::Error::other("cut"));
-                }
-            }
-        };
-        let result = futures_lite::future::or(stream.write_all(&buffer), cut).await;
+        handle.writing.set(true);
+        let written = write_or_cut(handle, stream, &buffer).await;
+        handle.writing.set(false);
         shard.give_write_buffer(buffer);
-        if result.is_err() {
+        if !written {
             return false;
         }
         // Wakes that arrived during the write are covered by taking again now.
     }
+}
+
+/// Writes all of `bytes`, unless the socket fails or the core cuts the connection meanwhile.
+async fn write_or_cut<S: AsyncWrite + Unpin>(
+    handle: &ConnHandle,
+    stream: &mut S,
+    bytes: &[u8],
+) -> bool {
+    let cut = async {
+        loop {
+            handle.wake.wait().await;
+            if handle.cut.get() {
+                return Err(std::io::Error::other("cut"));
+            }
+        }
+    };
+    futures_lite::future::or(stream.write_all(bytes), cut)
+        .await
+        .is_ok()
 }

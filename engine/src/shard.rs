@@ -12,6 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -107,12 +108,48 @@ impl LocalNotify {
     }
 }
 
-/// The driver's side of one connection: how the core wakes its task.
-#[derive(Default)]
+/// The driver's side of one connection: its socket for direct writes, and how the core wakes its task.
 pub struct ConnHandle {
+    /// The socket, written directly by the shard's flusher while the connection's task sleeps.
+    pub fd: RawFd,
     pub wake: LocalNotify,
     /// Set when the core says to end the connection now.
     pub cut: Cell<bool>,
+    /// Set while the connection's task holds bytes it is writing; the flusher leaves the socket alone then.
+    pub writing: Cell<bool>,
+    /// Bytes a direct write could not finish (the socket was full), for the task to write first.
+    pub pending: RefCell<Option<Vec<u8>>>,
+}
+
+impl ConnHandle {
+    fn new(fd: RawFd) -> ConnHandle {
+        ConnHandle {
+            fd,
+            wake: LocalNotify::default(),
+            cut: Cell::new(false),
+            writing: Cell::new(false),
+            pending: RefCell::new(None),
+        }
+    }
+}
+
+/// One non-blocking `send`; never raises SIGPIPE.
+fn send_now(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: `bytes` is a valid buffer of its length; `fd` is an open socket owned by a live connection (the
+    // handle is removed before the socket is closed).
+    let sent = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
 }
 
 /// Ordered queue of messages to one other shard, drained by its pump task.
@@ -137,6 +174,10 @@ pub struct Shard {
     /// Notified whenever the core's in-flight count may have reached zero.
     in_flight_idle: LocalNotify,
     pumping: Cell<bool>,
+    /// Connections with new bytes, written by the flusher once the shard has worked through what is runnable.
+    dirty: RefCell<Vec<ConnId>>,
+    flush_needed: LocalNotify,
+    direct_buffer: RefCell<Vec<u8>>,
 }
 
 /// Builds the core's configuration from the command line.
@@ -188,6 +229,9 @@ impl Shard {
             write_buffers: RefCell::default(),
             in_flight_idle: LocalNotify::default(),
             pumping: Cell::new(false),
+            dirty: RefCell::default(),
+            flush_needed: LocalNotify::default(),
+            direct_buffer: RefCell::default(),
             shared,
         })
     }
@@ -227,6 +271,8 @@ impl Shard {
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move { shard.send_loop(dest).await }).detach());
         }
+        let shard = self.clone();
+        tasks.push(glommio::spawn_local(async move { shard.flush_loop().await }).detach());
         let shard = self.clone();
         tasks.push(
             glommio::spawn_local(async move {
@@ -308,6 +354,10 @@ impl Shard {
                         self.core.borrow_mut().set_congested(true);
                     }
                 }
+                Output::Flush(id) => {
+                    self.dirty.borrow_mut().push(id);
+                    self.flush_needed.notify();
+                }
                 Output::Wake(id) => {
                     if let Some(handle) = self.handles.borrow().get(&id) {
                         handle.wake.notify();
@@ -379,14 +429,65 @@ impl Shard {
         }
     }
 
+    /// Writes what is queued for every connection flushed since the last pass. It runs after the tasks that were
+    /// runnable when the first connection was flushed, so everything they queued leaves in one write per
+    /// connection, and a connection's task is not woken for it at all unless its socket is full.
+    async fn flush_loop(&self) {
+        loop {
+            self.flush_needed.wait().await;
+            let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+            for id in dirty {
+                self.flush_direct(id);
+            }
+        }
+    }
+
+    fn flush_direct(&self, id: ConnId) {
+        let Some(handle) = self.handles.borrow().get(&id).cloned() else {
+            return;
+        };
+        if handle.writing.get() || handle.cut.get() {
+            // The connection's task is writing; it takes what is queued when it is done.
+            return;
+        }
+        let mut buffer = self.direct_buffer.borrow_mut();
+        // A queue larger than one gather is written in several sends, as long as the socket takes them whole.
+        loop {
+            buffer.clear();
+            if self.core.borrow_mut().take_writes(id, &mut buffer) == 0 {
+                break;
+            }
+            ShardMetrics::inc(&self.metrics().socket_writes_total);
+            let sent = match send_now(handle.fd, &buffer) {
+                Ok(sent) => sent,
+                // Full (or failing) socket: the task waits for it (or finds the error) and ends the connection.
+                Err(_) => 0,
+            };
+            if sent < buffer.len() {
+                *handle.pending.borrow_mut() = Some(buffer[sent..].to_vec());
+                handle.writing.set(true);
+                handle.wake.notify();
+                break;
+            }
+        }
+        if buffer.capacity() > 4 * crate::core::WRITE_GATHER_BYTES_MAX {
+            *buffer = Vec::new();
+        }
+    }
+
     // ----- connections (for the connection driver) -----
 
-    /// Registers a new connection; `None` at the connection limit.
-    pub fn open_conn(&self, transport: Transport) -> Option<(ConnId, Rc<ConnHandle>)> {
+    /// Registers a new connection on socket `fd`; `None` at the connection limit.
+    pub fn open_conn(&self, transport: Transport, fd: RawFd) -> Option<(ConnId, Rc<ConnHandle>)> {
         let id = self.core.borrow_mut().conn_open(transport, unix_ms())?;
-        let handle = Rc::new(ConnHandle::default());
+        let handle = Rc::new(ConnHandle::new(fd));
         self.handles.borrow_mut().insert(id, handle.clone());
         Some((id, handle))
+    }
+
+    /// Stops direct writes to the connection's socket: call before the socket is closed.
+    pub fn forget_socket(&self, id: ConnId) {
+        self.handles.borrow_mut().remove(&id);
     }
 
     /// Bytes from a client.

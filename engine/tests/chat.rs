@@ -468,7 +468,9 @@ fn slow_viewer_is_disconnected_without_harming_others() {
     let mut fast = Irc::ws(server.http);
     fast.login_anonymous();
     fast.join("lobby");
-    // The fast viewer reads on its own thread, as a real client would.
+    // The fast viewer reads on its own thread, as a real client would, and says how far it got.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader_progress = progress.clone();
     let fast_reader = std::thread::spawn(move || {
         let mut received = 0;
         while received < total {
@@ -482,6 +484,7 @@ fn slow_viewer_is_disconnected_without_harming_others() {
                 "the fast viewer must not be dropped"
             );
             received += 1;
+            reader_progress.store(received, std::sync::atomic::Ordering::Relaxed);
         }
         received
     });
@@ -497,6 +500,14 @@ fn slow_viewer_is_disconnected_without_harming_others() {
         }
         for _ in 0..100 {
             sender.expect("ack", is_ack);
+        }
+        // A reader that keeps up: the next batch goes out once it has read this one, so only the viewer that
+        // never reads falls behind by more than its queue.
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while progress.load(std::sync::atomic::Ordering::Relaxed) < (batch + 1) * 100
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     assert_eq!(fast_reader.join().expect("fast viewer"), total);

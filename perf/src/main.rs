@@ -117,7 +117,7 @@ struct ResultsArgs {
 
 /// Most connections one load-generator process opens in the memory mode;
 /// the per-process open-file cap is 20000 and the process needs headroom.
-const MEMORY_CONNECTIONS_MAX: u64 = 9_000;
+const MEMORY_CONNECTIONS_MAX: u64 = 18_000;
 
 fn scenario_from(args: &RunArgs) -> anyhow::Result<Scenario> {
     let mut s = Scenario::preset(&args.preset, args.quick).ok_or_else(|| {

@@ -155,7 +155,10 @@ pub struct StyleRequest {
 pub enum Output {
     /// Send to another shard, in order.
     Peer { shard: usize, msg: PeerMsg },
-    /// The connection has bytes to write ([`ShardCore::take_writes`]) or may read again, or is closing.
+    /// The connection has new bytes to write ([`ShardCore::take_writes`]); the driver may write them from
+    /// anywhere on the shard, in order, batching every connection flushed in the same pass.
+    Flush(ConnId),
+    /// The connection's state changed: it may read again, or it is closing.
     Wake(ConnId),
     /// End the connection now, whatever is still queued.
     Close(ConnId),

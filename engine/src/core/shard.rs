@@ -607,18 +607,19 @@ impl ShardCore {
         self.run_actions(id, actions, now_ms);
     }
 
+    /// New bytes for a connection whose queue was empty.
     fn wake(&mut self, id: ConnId) {
         if self.cfg.write_delay {
             self.delayed_wakes.push(id);
         } else {
-            self.outputs.push_back(Output::Wake(id));
+            self.outputs.push_back(Output::Flush(id));
         }
     }
 
-    /// With a write delay: wakes every connection that got bytes since the last call.
+    /// With a write delay: flushes every connection that got bytes since the last call.
     pub fn flush_delayed(&mut self) {
         for id in std::mem::take(&mut self.delayed_wakes) {
-            self.outputs.push_back(Output::Wake(id));
+            self.outputs.push_back(Output::Flush(id));
         }
     }
 
@@ -1439,7 +1440,7 @@ impl ShardCore {
                 if self.cfg.write_delay {
                     self.delayed_wakes.push(viewer);
                 } else {
-                    self.outputs.push_back(Output::Wake(viewer));
+                    self.outputs.push_back(Output::Flush(viewer));
                 }
             }
         }

@@ -168,7 +168,7 @@ impl Sim {
                     self.check(to != shard, || "a shard sent a message to itself".into());
                     self.channels[shard][to].push_back(msg);
                 }
-                Output::Wake(_) => {}
+                Output::Wake(_) | Output::Flush(_) => {}
                 Output::Close(conn) => {
                     if let Some(c) = self
                         .clients
