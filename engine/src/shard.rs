@@ -458,11 +458,9 @@ impl Shard {
                 break;
             }
             ShardMetrics::inc(&self.metrics().socket_writes_total);
-            let sent = match send_now(handle.fd, &buffer) {
-                Ok(sent) => sent,
-                // Full (or failing) socket: the task waits for it (or finds the error) and ends the connection.
-                Err(_) => 0,
-            };
+            // A full (or failing) socket sends nothing: the task then waits for it (or finds the error and ends
+            // the connection).
+            let sent = send_now(handle.fd, &buffer).unwrap_or_default();
             if sent < buffer.len() {
                 *handle.pending.borrow_mut() = Some(buffer[sent..].to_vec());
                 handle.writing.set(true);
