@@ -114,6 +114,7 @@
 
 mod coalescer;
 pub mod codec;
+pub mod commit_log;
 pub mod embedded;
 pub mod error;
 pub mod id;
@@ -127,17 +128,60 @@ use std::sync::Arc;
 pub use coalescer::{
     AppendAck, AppendRejected, CoalescerConfig, ROOM_BYTES_MAX, StorageHandle, StorageService,
 };
-pub use embedded::EmbeddedStore;
+pub use embedded::{CommitPath, EmbeddedOptions, EmbeddedStore};
 pub use error::{Result, StorageError};
 pub use id::{MessageId, MessageIdGen};
-pub use record::{AccountRecord, MessageRecord};
+pub use record::{AccountRecord, MessageRecord, TokenRecord};
 pub use scylla_store::ScyllaStore;
+
+/// Whether a store can take writes, and if not why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Failing now (disk full, index being reopened, cluster unreachable); requests are refused with
+    /// [`StorageError::Unavailable`] and the store keeps trying to recover on its own.
+    Unavailable(String),
+    /// Cannot recover in this process (for example the commit log could not cut a failed write back out): the
+    /// process should exit non-zero so that its supervisor restarts it, and recovery runs on open.
+    Failed(String),
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+
+    /// Why the store is not healthy.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Health::Healthy => None,
+            Health::Unavailable(r) | Health::Failed(r) => Some(r),
+        }
+    }
+}
+
+/// The wall clock, injected so that token expiry is tested without waiting.
+pub trait Clock: Send + Sync + 'static {
+    fn now_unix_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
 
 /// What the engine needs from a store. Implementations block (disk or network IO), so they are only ever called
 /// from the storage threads, never from a glommio shard.
 ///
 /// Architecture invariant: `append_messages` returns `Ok` only once every message in the batch is durable; a batch
-/// is all-or-nothing.
+/// is all-or-nothing, and a batch that returned `Err` never becomes visible later.
 pub trait Store: Send + Sync + 'static {
     /// Appends a batch and makes it durable.
     fn append_messages(&self, batch: &[MessageRecord]) -> Result<()>;
@@ -154,10 +198,27 @@ pub trait Store: Send + Sync + 'static {
     fn create_account(&self, account: &AccountRecord) -> Result<()>;
     /// Looks an account up by login.
     fn account(&self, login: &str) -> Result<Option<AccountRecord>>;
-    /// Records a session token (its SHA-256) for a login, durably.
-    fn put_token(&self, token_sha256: [u8; 32], login: &str) -> Result<()>;
-    /// The login a token (by its SHA-256) belongs to.
-    fn login_for_token(&self, token_sha256: [u8; 32]) -> Result<Option<String>>;
+    /// Records a session token (by its SHA-256) durably. The login's expired tokens, and its oldest live ones
+    /// beyond `tokens_per_login_max - 1`, are revoked in the same write.
+    fn put_token(
+        &self,
+        token_sha256: [u8; 32],
+        token: &TokenRecord,
+        tokens_per_login_max: usize,
+    ) -> Result<()>;
+    /// The grant of a token (by its SHA-256), expired or not; `None` if unknown or revoked.
+    fn token(&self, token_sha256: [u8; 32]) -> Result<Option<TokenRecord>>;
+    /// Revokes a token durably; `false` if it was not known.
+    fn revoke_token(&self, token_sha256: [u8; 32]) -> Result<bool>;
+    /// The store's own view of its health. Cheap and non-blocking: called from the health endpoint.
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+    /// Called by the writer, about every [`CoalescerConfig::recover_interval_ms`], while the store is failing:
+    /// tries a small write (or whatever tells the store it works again) and returns `Ok` once it does.
+    fn recover(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Which store to open.

@@ -28,7 +28,7 @@ use common::{block_on, message};
 use twitchy_storage::scylla_store::{BUCKETS_PER_EPOCH, bucket_of, epoch_of};
 use twitchy_storage::{
     CoalescerConfig, MessageId, MessageIdGen, MessageRecord, ScyllaStore, StorageService, Store,
-    StoreConfig, open_store,
+    StoreConfig, TokenRecord, open_store,
 };
 
 /// What the node saw of one BATCH request.
@@ -216,10 +216,11 @@ fn schema_is_created_on_first_start_and_reopening_keeps_it() {
         .collect();
     let expected: BTreeSet<String> = [
         "accounts",
+        "login_sessions",
         "messages",
         "room_buckets",
         "room_epochs",
-        "tokens",
+        "sessions",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -370,12 +371,34 @@ fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
 }
 
 #[test]
-fn tokens_are_written_over_cql() {
+fn tokens_expire_are_capped_and_revoked_over_cql() {
     let node = Node::start();
     let store = ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap();
-    store.put_token([9; 32], "alice").unwrap();
-    let rows = node.rows("SELECT token, login FROM chat.tokens");
+    let grant = |issued: u64| TokenRecord {
+        login: "alice".into(),
+        issued_unix_ms: issued,
+        expires_unix_ms: issued + 1000,
+    };
+    store.put_token([9; 32], &grant(1000), 2).unwrap();
+    let rows = node.rows("SELECT token, login, issued_unix_ms, expires_unix_ms FROM chat.sessions");
     assert_eq!(rows.len(), 1);
     assert_eq!(blob(&rows[0][0]), vec![9; 32]);
     assert_eq!(text(&rows[0][1]), "alice");
+    assert_eq!(bigint(&rows[0][3]), 2000);
+    assert_eq!(store.token([9; 32]).unwrap(), Some(grant(1000)));
+    // A cap of two live tokens: the third grant revokes the oldest.
+    store.put_token([8; 32], &grant(1500), 2).unwrap();
+    store.put_token([7; 32], &grant(1600), 2).unwrap();
+    assert_eq!(store.token([9; 32]).unwrap(), None);
+    assert_eq!(store.token([8; 32]).unwrap(), Some(grant(1500)));
+    assert_eq!(store.token([7; 32]).unwrap(), Some(grant(1600)));
+    // A grant after the others expired removes them.
+    store.put_token([6; 32], &grant(5000), 10).unwrap();
+    assert_eq!(store.token([8; 32]).unwrap(), None);
+    assert_eq!(store.token([7; 32]).unwrap(), None);
+    assert_eq!(node.rows("SELECT token FROM chat.login_sessions").len(), 1);
+    assert!(store.revoke_token([6; 32]).unwrap());
+    assert!(!store.revoke_token([6; 32]).unwrap());
+    assert_eq!(store.token([6; 32]).unwrap(), None);
+    assert!(node.rows("SELECT token FROM chat.sessions").is_empty());
 }
