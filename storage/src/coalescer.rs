@@ -26,7 +26,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -260,7 +260,8 @@ struct Shared {
     /// The store panicked: nothing more is acknowledged, ever.
     poisoned: AtomicBool,
     metrics: WriterMetrics,
-    store: Arc<dyn Store>,
+    /// For health checks. Weak, so that handles kept after shutdown do not keep the store (and its files) open.
+    store: Weak<dyn Store>,
     clock: Arc<dyn Clock>,
     token_ttl_ms: u64,
     tokens_per_login_max: usize,
@@ -284,7 +285,10 @@ impl Shared {
         if self.poisoned.load(Ordering::Acquire) {
             return Health::Failed("the store panicked while writing".into());
         }
-        match self.store.health() {
+        let Some(store) = self.store.upgrade() else {
+            return Health::Unavailable("storage is shut down".into());
+        };
+        match store.health() {
             Health::Healthy => {}
             failed @ Health::Failed(_) => return failed,
             unavailable @ Health::Unavailable(_) => {
@@ -595,7 +599,7 @@ impl StorageService {
             writes_failing: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             metrics: WriterMetrics::default(),
-            store: Arc::clone(&store),
+            store: Arc::downgrade(&store),
             clock,
             token_ttl_ms: config.token_ttl_ms,
             tokens_per_login_max: config.tokens_per_login_max.max(1),

@@ -596,3 +596,107 @@ fn acks_resolve_on_another_thread_and_dropped_acks_are_harmless() {
     stored.sort_by_key(|m| m.id);
     assert_eq!(stored, msgs);
 }
+
+/// A store whose history reads block until released, and whose token lookups answer at once.
+struct SlowHistory {
+    inner: MemoryStore,
+    release: Mutex<bool>,
+    released: Condvar,
+}
+
+impl Store for SlowHistory {
+    fn append_messages(&self, batch: &[MessageRecord]) -> twitchy_storage::Result<()> {
+        self.inner.append_messages(batch)
+    }
+    fn recent_messages(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        let mut release = self.release.lock().unwrap();
+        while !*release {
+            release = self.released.wait(release).unwrap();
+        }
+        drop(release);
+        self.inner.recent_messages(room, limit)
+    }
+    fn messages_before(
+        &self,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        self.inner.messages_before(room, before, limit)
+    }
+    fn create_account(&self, a: &AccountRecord) -> twitchy_storage::Result<()> {
+        self.inner.create_account(a)
+    }
+    fn account(&self, l: &str) -> twitchy_storage::Result<Option<AccountRecord>> {
+        self.inner.account(l)
+    }
+    fn put_token(&self, t: [u8; 32], r: &TokenRecord, max: usize) -> twitchy_storage::Result<()> {
+        self.inner.put_token(t, r, max)
+    }
+    fn token(&self, _: [u8; 32]) -> twitchy_storage::Result<Option<TokenRecord>> {
+        Ok(Some(TokenRecord {
+            login: "alice".into(),
+            issued_unix_ms: 0,
+            expires_unix_ms: u64::MAX,
+        }))
+    }
+    fn revoke_token(&self, t: [u8; 32]) -> twitchy_storage::Result<bool> {
+        self.inner.revoke_token(t)
+    }
+}
+
+#[test]
+fn a_flood_of_history_reads_does_not_starve_logins() {
+    let store = Arc::new(SlowHistory {
+        inner: MemoryStore::default(),
+        release: Mutex::new(false),
+        released: Condvar::new(),
+    });
+    let config = CoalescerConfig {
+        read_threads: 1,
+        history_queue_requests_max: 8,
+        auth_threads: 1,
+        ..CoalescerConfig::default()
+    };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    // History reads pile up behind a stuck one until their own queue is full and the rest answer Busy.
+    let stuck: Vec<_> = (0..20)
+        .map(|_| {
+            let reader = h.clone();
+            std::thread::spawn(move || block_on(reader.recent_messages("forsen", 10)))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stuck.iter().filter(|t| t.is_finished()).count() < 11 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the history queue is bounded"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Token lookups have their own queue and thread: answered while history is jammed.
+    for _ in 0..50 {
+        assert_eq!(
+            block_on(h.login_for_token([1; 32])).unwrap().as_deref(),
+            Some("alice")
+        );
+    }
+    *store.release.lock().unwrap() = true;
+    store.released.notify_all();
+    let results: Vec<_> = stuck.into_iter().map(|t| t.join().unwrap()).collect();
+    let busy = results
+        .iter()
+        .filter(|r| **r == Err(StorageError::Busy))
+        .count();
+    assert_eq!(
+        busy, 11,
+        "one read in progress, eight queued, the rest refused"
+    );
+    assert!(results.iter().filter(|r| r.is_ok()).count() == 9);
+    service.shutdown().unwrap();
+}
