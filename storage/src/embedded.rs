@@ -113,6 +113,10 @@ pub const CHUNK_MESSAGES_MAX: usize = 256;
 pub const CHUNK_SPAN_MS_MAX: u64 = 50;
 /// Niceness asked for by the thread that appends to the log (needs `CAP_SYS_NICE`; best effort).
 pub const LOG_WRITER_NICE: i32 = -10;
+/// Log record bytes reserved per message before encoding a batch.
+const PAYLOAD_BYTES_PER_MESSAGE_GUESS: usize = 320;
+/// Chunks at least this large are stored in blob files (key-value separation), in bytes.
+const CHUNK_SEPARATION_BYTES_MIN: u32 = 64;
 /// Memtable size of the messages keyspace.
 const MESSAGES_MEMTABLE_BYTES: u64 = 16 << 20;
 /// Niceness of the indexer thread and of fjall's flush and compaction threads.
@@ -229,7 +233,13 @@ impl Index {
         let messages = db
             .keyspace("messages", || {
                 KeyspaceCreateOptions::default()
-                    .with_kv_separation(Some(KvSeparationOptions::default()))
+                    .with_kv_separation(Some(
+                        // Every chunk holds at least one whole message, so every chunk goes to blob files: the
+                        // default 1 KiB threshold kept the small chunks of small batches in the tree, where
+                        // compaction rewrote them over and over.
+                        KvSeparationOptions::default()
+                            .separation_threshold(CHUNK_SEPARATION_BYTES_MIN),
+                    ))
                     // Smaller memtables flush in smaller bursts of writes, which the log's fsyncs queue behind.
                     .max_memtable_size(MESSAGES_MEMTABLE_BYTES)
             })
@@ -935,8 +945,11 @@ impl EmbeddedStore {
         let started = Instant::now();
         let mut w = log.lock().unwrap_or_else(|p| p.into_inner());
         let mut next_batch = self.next_batch.lock().unwrap_or_else(|p| p.into_inner());
+        // The previous record's buffer went to the indexer; size the new one for this batch up front (records run
+        // a few hundred bytes a message) so that it is not grown, copied and faulted in again and again.
         let mut payload = std::mem::take(&mut w.payload);
         payload.clear();
+        payload.reserve(batch.len() * PAYLOAD_BYTES_PER_MESSAGE_GUESS);
         encode_batch(batch, *next_batch, |ks, key, value| {
             push_item(&mut payload, ks, key, value)
         })?;
@@ -982,15 +995,18 @@ impl EmbeddedStore {
 
     fn append_to_fjall_journal(&self, batch: &[MessageRecord]) -> Result<()> {
         let timing = self.timing_on();
+        let index = self.inner.index()?;
+        // Read before the clock starts: these take fjall's version lock, which a compaction may hold.
+        let (sealed_memtables, l0_tables) = if timing {
+            (
+                index.messages.sealed_memtable_count(),
+                index.messages.l0_table_count(),
+            )
+        } else {
+            (0, 0)
+        };
         let delay_before = if timing { thread_run_delay_ns() } else { None };
         let started = Instant::now();
-        let index = self.inner.index()?;
-        let sealed_memtables = index.messages.sealed_memtable_count();
-        let l0_tables = if timing {
-            index.messages.l0_table_count()
-        } else {
-            0
-        };
         // The batch number tells this batch's chunks apart from every other batch's. It is stored with the batch
         // (same atomic write), so after a crash numbering resumes past every batch that made it to disk.
         let mut next_batch = self.next_batch.lock().unwrap_or_else(|p| p.into_inner());
