@@ -42,7 +42,7 @@ pub const RECORD_HEADER_BYTES: usize = 4 + 4 + 1 + 8;
 /// Largest payload accepted, in bytes. A coalesced batch is at most a few MiB.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 256 << 20;
 /// A segment is sealed and a new one started once it holds this many bytes.
-pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+pub const SEGMENT_BYTES_MAX: u64 = 16 << 20;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,7 +332,16 @@ fn prepare_segment(dir: &Path, number: u64, bytes: u64) -> Result<File> {
         .truncate(false)
         .open(&path)
         .map_err(|e| io_at(&path, "creating", e))?;
-    let prepared = zero_range(&file, 0, bytes).and_then(|()| file.sync_all());
+    // In steps, each made durable before the next: one large flush would make the log's own fsyncs wait behind
+    // it in the device queue.
+    let mut prepared = Ok(());
+    let mut at = 0;
+    while at < bytes && prepared.is_ok() {
+        let step = (bytes - at).min(ZERO_CHUNK_BYTES as u64);
+        prepared = zero_range(&file, at, step);
+        at += step;
+    }
+    let prepared = prepared.and_then(|()| file.sync_all());
     if let Err(e) = prepared {
         drop(file);
         let _ = std::fs::remove_file(&path);
@@ -611,13 +620,14 @@ impl CommitLog {
             )));
         }
         let record_bytes = (RECORD_HEADER_BYTES + payload.len()) as u64;
+        // Rotation counts as write time: when the next segment is not ready, this is where the batch waits.
+        let started = Instant::now();
         if self.active_bytes + record_bytes > self.active_capacity && self.active_bytes > 0 {
             self.rotate()?;
         }
         let seq = self.last_seq + 1;
         let head = header(kind, seq, payload);
         let at = self.active_bytes;
-        let started = Instant::now();
         let mut synced = started;
         let written = self
             .active

@@ -11,8 +11,12 @@
 //! room_buckets PRIMARY KEY ((room, epoch), bucket) CLUSTERING ORDER BY (bucket DESC) -- non-empty buckets
 //! room_epochs  PRIMARY KEY ((room), epoch)         CLUSTERING ORDER BY (epoch DESC)  -- non-empty epochs
 //! accounts     PRIMARY KEY (login)                 -- created with IF NOT EXISTS (a lightweight transaction)
-//! tokens       PRIMARY KEY (token)                 -- SHA-256 of the session token
+//! sessions     PRIMARY KEY (token)                 -- SHA-256 of the session token, login, issued, expires
+//! login_sessions PRIMARY KEY ((login), issued_unix_ms, token) -- a login's tokens, oldest first (for the cap)
 //! ```
+//!
+//! The `tokens` table of earlier versions (no expiry) is no longer read: those tokens count as expired. Expired
+//! session rows are deleted when their login is next issued a token.
 //!
 //! The keyspace is created with `TABLETS = {'enabled': false}` where the server knows the option (ScyllaDB with
 //! tablets cannot run the lightweight transaction that makes logins unique) and without it elsewhere.
@@ -48,8 +52,11 @@
 //! before, and runs all of those requests concurrently (at most [`REQUESTS_IN_FLIGHT_MAX`]). It returns `Ok` only
 //! when every request succeeded at `LOCAL_QUORUM`, so an acknowledged message is on a quorum of replicas. All
 //! writes are idempotent upserts keyed by the message id, so a batch that failed part-way and is written again
-//! leaves each message exactly once. The driver's default token- and shard-aware load balancing is left on; a
-//! single-partition batch is routed to that partition's replica and shard.
+//! leaves each message exactly once: a failed batch is retried whole, with the same ids, at most
+//! [`APPEND_ATTEMPTS_MAX`] times within [`APPEND_RETRY_BUDGET_MS`], before it fails. Every request (and every
+//! attempt) is bounded by [`REQUEST_TIMEOUT_MS`], so a hung cluster holds the writer, and with it shutdown, for a
+//! bounded time. The driver's default token- and shard-aware load balancing is left on; a single-partition batch
+//! is routed to that partition's replica and shard.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
