@@ -357,6 +357,18 @@ fn print_breakdown(timings: &[BatchTiming], metrics: &str) {
         line.push_str(&format!(" <={bound}s {:.1}%", 100.0 * n / count.max(1.0)));
     }
     println!("{line}");
+    let count = metric(metrics, "twitchy_storage_ack_seconds_count");
+    let mut line = String::from("  append to ack, per message (writer side):");
+    for bound in [
+        "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064",
+    ] {
+        let n = metric(
+            metrics,
+            &format!("twitchy_storage_ack_seconds_bucket{{le=\"{bound}\"}}"),
+        );
+        line.push_str(&format!(" <={bound}s {:.2}%", 100.0 * n / count.max(1.0)));
+    }
+    println!("{line}");
 }
 
 fn main() {

@@ -736,7 +736,9 @@ fn run_writer(
     let mut gather = Gather::new(config);
     let mut records: Vec<MessageRecord> =
         Vec::with_capacity(config.batch_messages_max.clamp(1, 65_536));
-    let mut acks: Vec<oneshot::Sender<Result<()>>> = Vec::with_capacity(records.capacity());
+    // Each acknowledgement with the instant its message was queued.
+    let mut acks: Vec<(oneshot::Sender<Result<()>>, Instant)> =
+        Vec::with_capacity(records.capacity());
     let recover_interval = Duration::from_millis(config.recover_interval_ms.max(1));
     let mut stopping = false;
     let mut drain_result = Ok(());
@@ -777,7 +779,7 @@ fn run_writer(
         gather.push(record_bytes(&pending.record), Instant::now());
         let oldest = pending.enqueued;
         records.push(pending.record);
-        acks.push(pending.ack);
+        acks.push((pending.ack, pending.enqueued));
         while !gather.is_full() {
             let next = if stopping {
                 rx.try_recv().ok()
@@ -799,7 +801,7 @@ fn run_writer(
                     let now = Instant::now();
                     gather.push(record_bytes(&p.record), now);
                     records.push(p.record);
-                    acks.push(p.ack);
+                    acks.push((p.ack, p.enqueued));
                     // Under load `recv_deadline` keeps returning queued items immediately; this check ends the
                     // batch when the window has passed anyway.
                     if gather.is_due(now) {
@@ -851,7 +853,14 @@ fn run_writer(
             }
         }
         records.clear();
-        for ack in acks.drain(..) {
+        let acked_at = Instant::now();
+        let ok = result.is_ok();
+        for (ack, enqueued) in acks.drain(..) {
+            if ok {
+                shared
+                    .metrics
+                    .record_ack((acked_at - enqueued).as_micros() as u64);
+            }
             // The receiver may be gone (the shard stopped waiting); the record is durable regardless.
             let _ = ack.send(result.clone());
         }

@@ -37,9 +37,9 @@
 //!   (UUIDv7-like), so history pages are range reads in both stores.
 //! - Metrics ([`StorageHandle::metrics_text`]) are plain atomics rendered as Prometheus text:
 //!   `twitchy_storage_batches_total`, `_messages_total`, `_errors_total`, `_busy_rejections_total`,
-//!   `_unavailable_rejections_total`, the histograms `_batch_messages`, `_batch_write_seconds` and
-//!   `_batch_queue_wait_seconds`, the gauges `_queue_depth`, `_request_queue_depth{pool}` and
-//!   `_healthy{state}` (1 healthy, 0 unavailable or failed).
+//!   `_unavailable_rejections_total`, the histograms `_batch_messages`, `_batch_write_seconds`,
+//!   `_batch_queue_wait_seconds` and `_ack_seconds` (per message, append to acknowledgement), the gauges
+//!   `_queue_depth`, `_request_queue_depth{pool}` and `_healthy{state}` (1 healthy, 0 unavailable or failed).
 //!
 //! **Architecture invariant:** no store call, and so no blocking IO, ever runs on the caller's thread; every
 //! `StorageHandle` method returns (or yields its future) without blocking.

@@ -78,6 +78,8 @@ pub(crate) struct WriterMetrics {
     batch_latency_us: Histogram<14>,
     /// How long the oldest message of each batch waited in the queue before the batch was handed to the store.
     batch_queue_wait_us: Histogram<14>,
+    /// Per message: from `append` to its acknowledgement being completed, for acknowledged messages.
+    ack_us: Histogram<14>,
 }
 
 impl Default for WriterMetrics {
@@ -91,6 +93,7 @@ impl Default for WriterMetrics {
             batch_messages: Histogram::new(BATCH_MESSAGES_BOUNDS),
             batch_latency_us: Histogram::new(BATCH_LATENCY_US_BOUNDS),
             batch_queue_wait_us: Histogram::new(BATCH_LATENCY_US_BOUNDS),
+            ack_us: Histogram::new(BATCH_LATENCY_US_BOUNDS),
         }
     }
 }
@@ -115,6 +118,10 @@ impl WriterMetrics {
 
     pub(crate) fn record_unavailable(&self) {
         self.unavailable_rejections_total.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_ack(&self, latency_us: u64) {
+        self.ack_us.record(latency_us);
     }
 
     pub(crate) fn record_queue_wait(&self, wait_us: u64) {
@@ -181,6 +188,12 @@ impl WriterMetrics {
             "# HELP {name} Time the oldest message of a batch waited for the writer.\n# TYPE {name} histogram"
         );
         self.batch_queue_wait_us.render(&mut out, name, 1e6);
+        let name = "twitchy_storage_ack_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Per acknowledged message, from append to acknowledgement.\n# TYPE {name} histogram"
+        );
+        self.ack_us.render(&mut out, name, 1e6);
         let name = "twitchy_storage_queue_depth";
         let _ = writeln!(
             out,
@@ -224,6 +237,7 @@ mod tests {
         m.record_busy();
         m.record_unavailable();
         m.record_queue_wait(300);
+        m.record_ack(3_000);
         let text = m.render(5, &[("auth", 2)], &Health::Unavailable("disk full".into()));
         assert!(text.contains("twitchy_storage_batches_total 3\n"), "{text}");
         assert!(text.contains("twitchy_storage_messages_total 10004\n"));
@@ -241,6 +255,8 @@ mod tests {
         assert!(text.contains("twitchy_storage_batch_write_seconds_bucket{le=\"0.001\"} 2\n"));
         assert!(text.contains("twitchy_storage_queue_depth 5\n"));
         assert!(text.contains("twitchy_storage_unavailable_rejections_total 1\n"));
+        assert!(text.contains("twitchy_storage_ack_seconds_bucket{le=\"0.004\"} 1\n"));
+        assert!(text.contains("twitchy_storage_ack_seconds_count 1\n"));
         assert!(
             text.contains("twitchy_storage_batch_queue_wait_seconds_bucket{le=\"0.0005\"} 1\n")
         );
