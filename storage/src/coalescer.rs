@@ -852,7 +852,6 @@ fn run_writer(
                 drain_result = Err(e.clone());
             }
         }
-        records.clear();
         let acked_at = Instant::now();
         let ok = result.is_ok();
         for (ack, enqueued) in acks.drain(..) {
@@ -864,6 +863,8 @@ fn run_writer(
             // The receiver may be gone (the shard stopped waiting); the record is durable regardless.
             let _ = ack.send(result.clone());
         }
+        // Freeing a large batch's records takes a while; the acknowledgements go out first.
+        records.clear();
     }
     drain_result
 }

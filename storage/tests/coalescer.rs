@@ -693,10 +693,8 @@ fn a_flood_of_history_reads_does_not_starve_logins() {
         .iter()
         .filter(|r| **r == Err(StorageError::Busy))
         .count();
-    assert_eq!(
-        busy, 11,
-        "one read in progress, eight queued, the rest refused"
-    );
-    assert!(results.iter().filter(|r| r.is_ok()).count() == 9);
+    // Eight queued and (once the thread has taken one) one in progress; the rest refused.
+    assert!((11..=12).contains(&busy), "{busy} refused");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 20 - busy);
     service.shutdown().unwrap();
 }
