@@ -883,6 +883,17 @@ impl EmbeddedStore {
             .unwrap_or_default()
     }
 
+    #[cfg(test)]
+    fn sealed_segments_for_test(&self) -> usize {
+        self.log.as_ref().map_or(0, |l| {
+            l.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .log
+                .sealed()
+                .len()
+        })
+    }
+
     /// Log records not yet in the index, right now.
     pub fn index_lag_records(&self) -> u64 {
         let (durable, indexed) = self.inner.progress.get();
@@ -1294,5 +1305,84 @@ impl Store for EmbeddedStore {
                 Err(StorageError::Unavailable(reason))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::MessageIdGen;
+
+    fn batch(ids: &mut MessageIdGen, start_ms: u64, count: u64) -> Vec<MessageRecord> {
+        (0..count)
+            .map(|n| MessageRecord {
+                id: ids.next_id(start_ms + n),
+                room: format!("room{}", n % 3),
+                user_id: n,
+                login: "u".into(),
+                display_name: "U".into(),
+                color: String::new(),
+                badges: String::new(),
+                text: format!("message {n}"),
+                original: String::new(),
+                styled_by: "local".into(),
+            })
+            .collect()
+    }
+
+    fn all(store: &EmbeddedStore) -> Vec<MessageId> {
+        let mut ids: Vec<MessageId> = (0..3)
+            .flat_map(|r| {
+                store
+                    .messages_before(&format!("room{r}"), None, usize::MAX)
+                    .unwrap()
+            })
+            .map(|m| m.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_failed_index_is_reopened_and_caught_up_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions {
+            segment_bytes_max: 1 << 20,
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open_with(dir.path(), options.clone()).unwrap();
+        let mut ids = MessageIdGen::new(0, 0);
+        let mut written = Vec::new();
+        for b in 0..20 {
+            let records = batch(&mut ids, 1_700_000_000_000 + b * 1000, 50);
+            store.append_messages(&records).unwrap();
+            written.extend(records.iter().map(|m| m.id));
+        }
+        assert_eq!(all(&store), written);
+
+        // As after a failed fjall write: the indexer drops fjall, reopens it and replays what it lacks, while the
+        // log keeps taking (and acknowledging) batches.
+        store
+            .inner
+            .set_failure(Some("injected index failure".into()));
+        assert!(matches!(store.health(), Health::Unavailable(_)));
+        for b in 20..40 {
+            let records = batch(&mut ids, 1_700_000_000_000 + b * 1000, 50);
+            store.append_messages(&records).unwrap();
+            written.extend(records.iter().map(|m| m.id));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !store.health().is_healthy() {
+            assert!(Instant::now() < deadline, "{:?}", store.health());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(all(&store), written, "every batch, once, after the reopen");
+        drop(store);
+        let store = EmbeddedStore::open_with(dir.path(), options).unwrap();
+        assert_eq!(all(&store), written, "and after reopening the store");
+        assert!(
+            store.sealed_segments_for_test() <= 3,
+            "covered segments are retired"
+        );
     }
 }
