@@ -2,7 +2,8 @@
 # The engine-core comparisons: Twitchy against the naive baseline in one run, with the CPUs assigned on purpose.
 #
 #   pinned     each server alone on CPU 1 (Twitchy with one shard there), the load generator on CPU 0:
-#              1 room x 1000 WebSocket viewers x 20 msg/s; server CPU per delivery and latency.
+#              1 room x 1000 WebSocket viewers x 20 msg/s; server CPU per delivery and latency. `batched` is
+#              Twitchy with --write-delay-ms 100 (fewer, larger writes for a little latency).
 #   shared     the same load with server and load generator both on CPU 0 (the neighbour case on one core).
 #   saturation pinned as above, rising rates into the 1000-viewer room; the highest deliveries/s each server
 #              sustains with p99 <= 100 ms and nothing lost.
@@ -25,7 +26,7 @@ source perf/servers.sh
 DATA_DIR=$(mktemp -d /tmp/twitchy-core-bench.XXXXXX)
 cleanup() {
     stop_servers
-    rm -rf "$DATA_DIR" "$DATA_DIR.rooms.toml"
+    rm -rf "$DATA_DIR" "$DATA_DIR.rooms.toml" "$DATA_DIR-batched" "$DATA_DIR-batched.rooms.toml"
 }
 trap cleanup EXIT
 
@@ -40,19 +41,24 @@ cargo build --release -p twitchy-engine -p twitchy-perf
 naive_args=(--http 127.0.0.1:0 --irc 127.0.0.1:0 "${LOAD_RATE_LIMIT_ARGS[@]}")
 mapfile -t engine_args < <(TWITCHY_SHARDS=1 twitchy_args "$DATA_DIR")
 
-fanout() { # NAME RATE LOADGEN_CPU
-    taskset -c "$3" target/release/twitchy-perf run --name "$1" --transport ws --rooms 1 \
-        --viewers-per-room "$viewers" --senders-per-room 10 --slow-viewers-per-room 0 --rate "$2" \
-        --duration-ms "$duration_ms" --target "$twitchy_TARGET" --target "$naive_TARGET" \
-        --out "$OUT_DIR" "${progress[@]}" >/dev/null
+fanout() { # NAME RATE LOADGEN_CPU TARGET...
+    local name=$1 rate=$2 cpu=$3
+    shift 3
+    local targets=()
+    for t in "$@"; do targets+=(--target "$t"); done
+    taskset -c "$cpu" target/release/twitchy-perf run --name "$name" --transport ws --rooms 1 \
+        --viewers-per-room "$viewers" --senders-per-room 10 --slow-viewers-per-room 0 --rate "$rate" \
+        --duration-ms "$duration_ms" "${targets[@]}" --out "$OUT_DIR" "${progress[@]}" >/dev/null
 }
 
 # Each server alone on CPU 1.
 start_server twitchy taskset -c 1 target/release/twitchy "${engine_args[@]}" --cpus 1
 start_server naive taskset -c 1 target/release/twitchy-naive "${naive_args[@]}"
-fanout pinned 20 0
+mapfile -t batched_args < <(TWITCHY_SHARDS=1 twitchy_args "$DATA_DIR-batched")
+start_server batched taskset -c 1 target/release/twitchy "${batched_args[@]}" --cpus 1 --write-delay-ms 100
+fanout pinned 20 0 "$twitchy_TARGET" "$naive_TARGET" "$batched_TARGET"
 for rate in $rates; do
-    fanout "saturation-$rate" "$rate" 0 || true
+    fanout "saturation-$rate" "$rate" 0 "$twitchy_TARGET" "$naive_TARGET" "$batched_TARGET" || true
 done
 target/release/twitchy-perf memory --connections "$connections" --target "$twitchy_TARGET" \
     --target "$naive_TARGET" --out "$OUT_DIR" "${progress[@]}" >/dev/null || true
@@ -62,7 +68,7 @@ stop_servers
 rm -rf "$DATA_DIR"
 start_server twitchy taskset -c 0 target/release/twitchy "${engine_args[@]}" --cpus 0
 start_server naive taskset -c 0 target/release/twitchy-naive "${naive_args[@]}"
-fanout shared 20 0
+fanout shared 20 0 "$twitchy_TARGET" "$naive_TARGET"
 stop_servers
 
 # Servers on both CPUs, the load generator on CPU 0 too.
@@ -70,7 +76,7 @@ rm -rf "$DATA_DIR"
 mapfile -t engine_args < <(TWITCHY_SHARDS=2 twitchy_args "$DATA_DIR")
 start_server twitchy target/release/twitchy "${engine_args[@]}"
 start_server naive target/release/twitchy-naive "${naive_args[@]}"
-fanout neighbour 200 0
+fanout neighbour 200 0 "$twitchy_TARGET" "$naive_TARGET"
 stop_servers
 
 python3 perf/core_summary.py "$OUT_DIR" >"$OUT_DIR/SUMMARY.md"

@@ -46,14 +46,15 @@ def main():
             )
             if name.startswith("saturation") and p99_ms <= 100 and t["lost"] == 0:
                 best[server] = max(best.get(server, 0), t["deliveries_per_s"])
-        if "twitchy" in targets and "naive" in targets:
-            tw, nv = targets["twitchy"], targets["naive"]
-            a, b = cpu_per_delivery_us(tw), cpu_per_delivery_us(nv)
-            cpu = a / b if a and b else None
-            p99 = tw["latency"]["p99_us"] / nv["latency"]["p99_us"] if nv["latency"]["p99_us"] else None
-            ratios.append((name, cpu, p99))
+        for ours in ("twitchy", "batched"):
+            if ours in targets and "naive" in targets:
+                tw, nv = targets[ours], targets["naive"]
+                a, b = cpu_per_delivery_us(tw), cpu_per_delivery_us(nv)
+                cpu = a / b if a and b else None
+                p99 = tw["latency"]["p99_us"] / nv["latency"]["p99_us"] if nv["latency"]["p99_us"] else None
+                ratios.append((f"{name} ({ours})", cpu, p99))
     print()
-    print("| scenario | Twitchy CPU per delivery ÷ naive | Twitchy p99 ÷ naive |")
+    print("| scenario (server) | CPU per delivery ÷ naive | p99 ÷ naive |")
     print("|---|---|---|")
     for name, cpu, p99 in ratios:
         print(f"| {name} | {fmt(cpu, '×')} | {fmt(p99, '×')} |")
@@ -63,7 +64,9 @@ def main():
         for server, value in sorted(best.items()):
             print(f"- {server}: {value:,.0f}")
         if best.get("naive"):
-            print(f"- ratio: {best.get('twitchy', 0) / best['naive']:.2f}×")
+            for ours in ("twitchy", "batched"):
+                if ours in best:
+                    print(f"- {ours} ÷ naive: {best[ours] / best['naive']:.2f}×")
     memory = load(folder, "memory")
     if memory:
         print()

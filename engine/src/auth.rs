@@ -2,7 +2,13 @@
 //!
 //! Passwords are hashed with Argon2id on glommio's blocking pool (hashing is deliberately slow and must not stall a
 //! shard). Tokens are 32 random bytes from the OS, hex encoded; only their SHA-256 is stored, so a leaked store does
-//! not leak usable tokens.
+//! not leak usable tokens. Tokens expire (the storage service's `token_ttl_ms`, 30 days by default), are capped per
+//! login (`tokens_per_login_max`), and [`logout`] revokes one.
+//!
+//! A token check has three answers, not two ([`TokenCheck`]): valid, invalid (unknown, expired, revoked, or not the
+//! login's), and *unavailable* (the store could not answer). Only "invalid" may be told to the client as
+//! "Login authentication failed"; "unavailable" is a "try again", after which the web client keeps its token
+//! (see [`LOGIN_UNAVAILABLE_NOTICE`]).
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use sha2::{Digest, Sha256};
@@ -33,6 +39,10 @@ pub enum AuthError {
     BadCredentials,
     #[error("storage is busy, try again")]
     Busy,
+    #[error("storage is unavailable, try again")]
+    Unavailable,
+    #[error("missing or invalid token")]
+    InvalidToken,
     #[error("internal error")]
     Internal,
 }
@@ -42,8 +52,8 @@ impl AuthError {
         match self {
             AuthError::InvalidUsername | AuthError::InvalidPassword => 400,
             AuthError::Taken => 409,
-            AuthError::BadCredentials => 401,
-            AuthError::Busy => 503,
+            AuthError::BadCredentials | AuthError::InvalidToken => 401,
+            AuthError::Busy | AuthError::Unavailable => 503,
             AuthError::Internal => 500,
         }
     }
@@ -54,6 +64,10 @@ impl From<StorageError> for AuthError {
         match err {
             StorageError::AlreadyExists => AuthError::Taken,
             StorageError::Busy => AuthError::Busy,
+            other if other.is_transient() => {
+                log::warn!("account storage unavailable: {other}");
+                AuthError::Unavailable
+            }
             other => {
                 log::error!("account storage failed: {other}");
                 AuthError::Internal
@@ -170,28 +184,36 @@ async fn issue_token(storage: &StorageHandle, login: &str) -> Result<String, Aut
     Ok(token)
 }
 
-/// Checks a chat login's token, telling a bad token apart from a store that cannot answer (the token may be fine
-/// then, and the client should keep it and try again).
-pub async fn check_token(
-    storage: &StorageHandle,
-    login: &str,
-    token: &str,
-) -> crate::core::AuthOutcome {
-    use crate::core::AuthOutcome;
+/// The NOTICE text for a login refused because the token is not valid (Twitch's own wording, no tags). The web
+/// client forgets its saved token on it.
+pub const LOGIN_FAILED_NOTICE: &str = "Login authentication failed";
+/// The NOTICE text for a login that could not be checked because storage is failing. It contains "try again",
+/// which is what the web client matches (before anything else) to keep its token and reconnect with back-off.
+pub const LOGIN_UNAVAILABLE_NOTICE: &str = crate::protocol::session::LOGIN_UNAVAILABLE_TEXT;
+
+/// The answer to an IRC `PASS oauth:<token>` + `NICK <login>`.
+#[derive(Debug)]
+pub enum TokenCheck {
+    Valid(Identity),
+    /// Unknown, expired or revoked, or belonging to another login: "Login authentication failed".
+    Invalid,
+    /// The store could not answer; the token may well be valid: "Login unavailable, try again".
+    Unavailable,
+}
+
+/// Checks a token for a login, telling a bad token apart from a store that cannot answer.
+pub async fn check_token(storage: &StorageHandle, login: &str, token: &str) -> TokenCheck {
     let token = token.strip_prefix("oauth:").unwrap_or(token);
     let owner = match storage.login_for_token(token_sha256(token)).await {
         Ok(Some(owner)) => owner,
-        Ok(None) => return AuthOutcome::Invalid,
-        Err(err) => {
-            log::warn!("token check failed: {err}");
-            return AuthOutcome::Unavailable;
-        }
+        Ok(None) => return TokenCheck::Invalid,
+        Err(err) => return unavailable(&err),
     };
     if !owner.eq_ignore_ascii_case(login) {
-        return AuthOutcome::Invalid;
+        return TokenCheck::Invalid;
     }
     match storage.account(&owner).await {
-        Ok(Some(account)) => AuthOutcome::Valid(Identity {
+        Ok(Some(account)) => TokenCheck::Valid(Identity {
             display_name: account.login.clone(),
             login: account.login,
             user_id: account.user_id,
@@ -199,11 +221,34 @@ pub async fn check_token(
             badges: String::new(),
             is_mod: false,
         }),
-        Ok(None) => AuthOutcome::Invalid,
-        Err(err) => {
-            log::warn!("account lookup failed: {err}");
-            AuthOutcome::Unavailable
-        }
+        Ok(None) => TokenCheck::Invalid,
+        Err(err) => unavailable(&err),
+    }
+}
+
+fn unavailable(err: &StorageError) -> TokenCheck {
+    if err.is_transient() {
+        log::warn!("token check: storage unavailable: {err}");
+    } else {
+        log::error!("token check: storage failed: {err}");
+    }
+    TokenCheck::Unavailable
+}
+
+/// Revokes a token (logout). `InvalidToken` if it was not a live token.
+pub async fn logout(storage: &StorageHandle, token: &str) -> Result<(), AuthError> {
+    let token = token.strip_prefix("oauth:").unwrap_or(token);
+    if token.is_empty() || token.len() > 256 {
+        return Err(AuthError::InvalidToken);
+    }
+    let sha = token_sha256(token);
+    // An expired token is still revoked (its row goes), but logging out with it is reported like any dead token.
+    let live = storage.login_for_token(sha).await?.is_some();
+    let revoked = storage.revoke_token(sha).await?;
+    if live && revoked {
+        Ok(())
+    } else {
+        Err(AuthError::InvalidToken)
     }
 }
 
@@ -225,6 +270,24 @@ mod tests {
         ] {
             assert!(normalize_username(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn storage_failures_are_not_credential_failures() {
+        for err in [
+            StorageError::Io("disk full".into()),
+            StorageError::Unavailable("disk full".into()),
+            StorageError::Closed,
+        ] {
+            let auth = AuthError::from(err);
+            assert!(matches!(auth, AuthError::Unavailable), "{auth:?}");
+            assert_eq!(auth.status(), 503);
+            assert!(auth.to_string().contains("try again"));
+        }
+        assert_eq!(AuthError::from(StorageError::Busy).status(), 503);
+        assert_eq!(AuthError::InvalidToken.status(), 401);
+        assert!(LOGIN_UNAVAILABLE_NOTICE.contains("try again"));
+        assert!(!LOGIN_FAILED_NOTICE.contains("try again"));
     }
 
     #[test]

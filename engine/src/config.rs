@@ -139,6 +139,14 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_DETECT_STALLS_MS", default_value_t = 0)]
     pub detect_stalls_ms: u64,
 
+    /// Days a login token stays valid.
+    #[arg(long, env = "TWITCHY_TOKEN_TTL_DAYS", default_value_t = 30)]
+    pub token_ttl_days: u64,
+
+    /// Live tokens one login may hold; logging in once more revokes the oldest.
+    #[arg(long, env = "TWITCHY_TOKENS_PER_LOGIN_MAX", default_value_t = 10)]
+    pub tokens_per_login_max: usize,
+
     /// Storage: longest wait to fill a write batch after its first message.
     #[arg(long, env = "TWITCHY_STORAGE_BATCH_WAIT_US", default_value_t = 500)]
     pub storage_batch_wait_us: u64,

@@ -1,6 +1,7 @@
 //! HTTP on the main port, through hyper: the JSON API, metrics, the web client, and the WebSocket upgrade.
 //!
-//! Every error is a 4xx/5xx with a JSON body `{"error": "..."}`. Request bodies are capped at
+//! Every error is a 4xx/5xx with a JSON body `{"error": "..."}`. `/healthz` answers 503 with a JSON reason while
+//! storage is failing; `POST /api/logout` revokes the presented token. Request bodies are capped at
 //! [`REQUEST_BODY_BYTES_MAX`]; a slow client has [`HEADER_READ_TIMEOUT_SECS`] to send its headers.
 
 use std::cell::Cell;
@@ -17,7 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use twitchy_inference::rt::{GlommioIo, GlommioTimer};
-use twitchy_storage::{MessageId, MessageRecord};
+use twitchy_storage::{Health, MessageId, MessageRecord};
 
 use crate::conn::{self, Transport};
 use crate::metrics::ShardMetrics;
@@ -122,7 +123,7 @@ async fn route(shard: Rc<Shard>, req: Request<Incoming>, upgraded: &Cell<bool>) 
         (&Method::GET, [""]) => text("text/html; charset=utf-8", INDEX_HTML),
         (&Method::GET, ["assets", "app.js"]) => text("text/javascript; charset=utf-8", APP_JS),
         (&Method::GET, ["assets", "style.css"]) => text("text/css; charset=utf-8", STYLE_CSS),
-        (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        (&Method::GET, ["healthz"]) => healthz(&shard),
         (&Method::GET, ["metrics"]) => metrics(&shard),
         (&Method::GET, ["api", "rooms"]) => rooms(&shard),
         (&Method::GET, ["api", "rooms", room, "messages"]) => {
@@ -130,14 +131,39 @@ async fn route(shard: Rc<Shard>, req: Request<Incoming>, upgraded: &Cell<bool>) 
         }
         (&Method::POST, ["api", "register"]) => account(&shard, req, true).await,
         (&Method::POST, ["api", "login"]) => account(&shard, req, false).await,
+        (&Method::POST, ["api", "logout"]) => logout(&shard, req).await,
         (
             _,
             [""] | ["healthz"] | ["metrics"] | ["api", "rooms"] | ["api", "rooms", _, "messages"],
         )
-        | (_, ["api", "register" | "login"]) => {
+        | (_, ["api", "register" | "login" | "logout"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `200 {"status":"ok"}` while storage takes writes; `503 {"status":"unavailable"|"failed","error":...}` while it
+/// does not. "unavailable" clears by itself (the store keeps trying to recover); "failed" needs a restart.
+fn healthz(shard: &Shard) -> Response<Body> {
+    match shard.shared.storage.health() {
+        Health::Healthy => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        Health::Unavailable(reason) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({
+                "status": "unavailable",
+                "component": "storage",
+                "error": format!("storage is unavailable: {reason}"),
+            }),
+        ),
+        Health::Failed(reason) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({
+                "status": "failed",
+                "component": "storage",
+                "error": format!("storage has failed and needs a restart: {reason}"),
+            }),
+        ),
     }
 }
 
@@ -308,6 +334,65 @@ async fn account(shard: &Shard, req: Request<Incoming>, register: bool) -> Respo
                 &serde_json::json!({ "token": token, "login": login }),
             )
         }
+        Err(err) => error(
+            StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            &err.to_string(),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogoutBody {
+    token: String,
+}
+
+/// The token to revoke: `Authorization: Bearer <token>`, or a JSON body `{"token": ...}`.
+async fn presented_token(req: Request<Incoming>) -> Result<String, Response<Body>> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "expected Authorization: Bearer <token>",
+                )
+            });
+    }
+    let body = match Limited::new(req.into_body(), REQUEST_BODY_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or unreadable",
+            ));
+        }
+    };
+    serde_json::from_slice::<LogoutBody>(&body)
+        .map(|b| b.token)
+        .map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "expected Authorization: Bearer <token> or JSON {\"token\": ...}",
+            )
+        })
+}
+
+/// `POST /api/logout`: revokes the presented token. `200 {"revoked":true}`; `401` if it was not a live token;
+/// `503` if storage cannot answer (the token is then still valid).
+async fn logout(shard: &Shard, req: Request<Incoming>) -> Response<Body> {
+    let token = match presented_token(req).await {
+        Ok(token) => token,
+        Err(response) => return response,
+    };
+    match crate::auth::logout(&shard.shared.storage, &token).await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({ "revoked": true })),
         Err(err) => error(
             StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
             &err.to_string(),

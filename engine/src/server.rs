@@ -89,7 +89,12 @@ enum Event {
     Ready(usize, Result<(), String>),
     Exited(usize),
     Signal(i32),
+    /// The store cannot recover in this process: exit non-zero so a supervisor restarts it.
+    StorageFailed(String),
 }
+
+/// How often the watchdog checks the store's health.
+const STORAGE_WATCHDOG_MS: u64 = 1_000;
 
 /// Runs the server until SIGINT or SIGTERM; `on_ready` is called with the bound addresses once every shard serves.
 pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
@@ -142,6 +147,8 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         CoalescerConfig {
             batch_wait_us_max: args.storage_batch_wait_us,
             queue_messages_max: args.storage_queue_messages_max,
+            token_ttl_ms: args.token_ttl_days.max(1) * 24 * 3600 * 1000,
+            tokens_per_login_max: args.tokens_per_login_max.max(1),
             ..CoalescerConfig::default()
         },
     );
@@ -257,6 +264,24 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         }
     });
 
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let storage = storage.handle();
+        let events = events.clone();
+        let stop = watchdog_stop.clone();
+        std::thread::Builder::new()
+            .name("storage-watchdog".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let twitchy_storage::Health::Failed(reason) = storage.health() {
+                        let _ = events.send(Event::StorageFailed(reason));
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(STORAGE_WATCHDOG_MS));
+                }
+            })?
+    };
+
     let mut ready = 0;
     let mut failure = None;
     while ready < shard_count && failure.is_none() {
@@ -269,6 +294,9 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
                 failure = Some(format!("shard {shard} exited during start"))
             }
             Ok(Event::Signal(_)) => failure = Some("interrupted during start".into()),
+            Ok(Event::StorageFailed(reason)) => {
+                failure = Some(format!("storage failed and cannot recover: {reason}"))
+            }
             Err(_) => failure = Some("all shards exited".into()),
         }
     }
@@ -287,6 +315,11 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
                     failure = Some(format!("shard {shard} exited unexpectedly"));
                     break;
                 }
+                Ok(Event::StorageFailed(reason)) => {
+                    log::error!("storage failed and cannot recover in this process: {reason}");
+                    failure = Some(format!("storage failed: {reason}"));
+                    break;
+                }
                 Ok(Event::Ready(..)) => {}
                 Err(_) => break,
             }
@@ -303,6 +336,8 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     }
     signal_handle.close();
     let _ = signal_thread.join();
+    watchdog_stop.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
     drop(shared);
     storage
         .shutdown()

@@ -22,7 +22,9 @@ use twitchy_inference::{Styler, StylerFactory};
 use twitchy_storage::{StorageError, StorageHandle};
 
 use crate::config::{Args, RoomConfig};
-use crate::core::{ConnId, CoreConfig, Output, PeerMsg, RoomInfo, ShardCore, Transport};
+use crate::core::{
+    AuthOutcome, ConnId, CoreConfig, Output, PeerMsg, RoomInfo, ShardCore, Transport,
+};
 use crate::metrics::{ShardMetrics, ViewerCounts};
 use crate::protocol::session::SessionConfig;
 use crate::ratelimit::RateLimitConfig;
@@ -373,7 +375,15 @@ impl Shard {
                     let shard = self.clone();
                     glommio::spawn_local(async move {
                         let outcome =
-                            crate::auth::check_token(&shard.shared.storage, &login, &token).await;
+                            match crate::auth::check_token(&shard.shared.storage, &login, &token)
+                                .await
+                            {
+                                crate::auth::TokenCheck::Valid(identity) => {
+                                    AuthOutcome::Valid(identity)
+                                }
+                                crate::auth::TokenCheck::Invalid => AuthOutcome::Invalid,
+                                crate::auth::TokenCheck::Unavailable => AuthOutcome::Unavailable,
+                            };
                         shard.core.borrow_mut().auth_done(conn, outcome, unix_ms());
                         shard.pump();
                     })

@@ -1107,6 +1107,13 @@
     function onNotice(msg, room) {
       const text = msg.params[msg.params.length - 1] || '';
       const msgId = msg.tags['msg-id'] || '';
+      if (!registered && (room === null || msg.params[0] === '*') && (msgId === 'login_unavailable' || /try again/i.test(text))) {
+        // The server could not check the token (storage trouble), which says nothing about the token: keep it,
+        // and reconnect with backoff.
+        addSystemLine(`${text}. Keeping your session and retrying…`, 'warn', msgId || 'login_unavailable');
+        if (ws) ws.close();
+        return;
+      }
       if (!registered && (room === null || msg.params[0] === '*') && /auth|login|password|token/i.test(text)) {
         // The stored token was refused (expired, or the account is gone): fall back to reading as a guest.
         if (state.auth) {
@@ -1334,6 +1341,14 @@
   }
 
   function logout() {
+    // Revoke the token on the server too; logging out locally does not wait for it (or need it to succeed).
+    const token = state.auth?.token;
+    if (token) {
+      fetch('/api/logout', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
+      }).catch(() => {});
+    }
     saveAuth(null);
     state.auth = null;
     state.me = { displayName: '', color: '', badges: [] };

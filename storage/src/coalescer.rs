@@ -1,4 +1,4 @@
-//! The coalescing writer and the read pool: the only place where store calls (blocking IO) happen.
+//! The coalescing writer and the request pools: the only place where store calls (blocking IO) happen.
 //!
 //! Shards call [`StorageHandle::append`], which moves the record into a bounded flume channel with `try_send` and
 //! returns an [`AppendAck`] future at once. One writer thread drains the channel into batches — at most
@@ -10,35 +10,40 @@
 //! without writing anything: memory stays bounded by `queue_messages_max` and the shard tells the sender to try
 //! again.
 //!
-//! Reads and account operations go over a second bounded channel to `read_threads` blocking threads and come back
-//! on oneshot channels. Both the acknowledgement and the reply channels are `futures-channel` oneshots, which wake
-//! whatever executor polled them, so shards running glommio can await them.
+//! Other requests go over three more bounded channels, each with its own threads, so that a flood of one kind
+//! cannot starve another: *auth* (account and token lookups, what every login waits on), *history* (message
+//! reads), and *account writes* (registration, token grants and revocations). Replies come back on
+//! `futures-channel` oneshots, which wake whatever executor polled them, so shards running glommio can await them.
+//!
+//! # Health
+//!
+//! A failed batch marks the writes failing: from then on `append` answers [`StorageError::Unavailable`] at once
+//! (nothing is queued, so nothing can be shown or acknowledged), and the writer calls [`Store::recover`] every
+//! `recover_interval_ms` until it succeeds, which clears the failure. [`StorageHandle::health`] combines this with
+//! [`Store::health`]; a store that panicked reports [`Health::Failed`].
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 
-use crate::Store;
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
 use crate::metrics::WriterMetrics;
-use crate::record::{AccountRecord, MessageRecord};
+use crate::record::{AccountRecord, MessageRecord, TokenRecord};
+use crate::{Clock, Health, Store, SystemClock};
 
 /// Largest room name, in bytes, that the stores accept. Room names are Twitch logins (at most 25 characters); the
 /// limit keeps keys small and bounded.
 pub const ROOM_BYTES_MAX: usize = 255;
 
-/// Read requests that may wait for a read thread before `Busy` is returned.
-const READ_QUEUE_REQUESTS_MAX: usize = 4096;
-
-/// Limits of the coalescing writer and the read pool.
+/// Limits of the coalescing writer and the request pools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoalescerConfig {
     /// Most messages in one durable batch.
@@ -49,9 +54,31 @@ pub struct CoalescerConfig {
     pub batch_wait_us_max: u64,
     /// Capacity of the append channel; beyond it [`StorageHandle::append`] returns [`StorageError::Busy`].
     pub queue_messages_max: usize,
-    /// Threads serving reads and account operations (they block on the store).
+    /// Threads serving history reads (they block on the store).
     pub read_threads: usize,
+    /// History reads that may wait for a thread before `Busy` is returned.
+    pub history_queue_requests_max: usize,
+    /// Threads serving account and token lookups.
+    pub auth_threads: usize,
+    /// Account and token lookups that may wait for a thread before `Busy` is returned.
+    pub auth_queue_requests_max: usize,
+    /// Threads serving account creation and token grants and revocations.
+    pub account_write_threads: usize,
+    /// Account writes that may wait for a thread before `Busy` is returned.
+    pub account_write_queue_requests_max: usize,
+    /// How long a session token is valid after it is issued, in milliseconds.
+    pub token_ttl_ms: u64,
+    /// Most live tokens per login; issuing one more revokes the oldest.
+    pub tokens_per_login_max: usize,
+    /// While writes fail, how often the writer asks the store to recover, in milliseconds.
+    pub recover_interval_ms: u64,
+    /// How long [`StorageService::shutdown`] waits for the queued writes and the threads, in milliseconds; past it
+    /// shutdown returns an error and leaves the threads behind (a hung cluster must not hang the process).
+    pub shutdown_ms_max: u64,
 }
+
+/// Thirty days.
+pub const TOKEN_TTL_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 
 impl Default for CoalescerConfig {
     fn default() -> Self {
@@ -60,7 +87,16 @@ impl Default for CoalescerConfig {
             batch_bytes_max: 4 << 20,
             batch_wait_us_max: 500,
             queue_messages_max: 65_536,
-            read_threads: 2,
+            read_threads: 1,
+            history_queue_requests_max: 1024,
+            auth_threads: 1,
+            auth_queue_requests_max: 1024,
+            account_write_threads: 1,
+            account_write_queue_requests_max: 256,
+            token_ttl_ms: TOKEN_TTL_MS_DEFAULT,
+            tokens_per_login_max: 10,
+            recover_interval_ms: 250,
+            shutdown_ms_max: 15_000,
         }
     }
 }
@@ -136,6 +172,7 @@ impl Gather {
 struct Pending {
     record: MessageRecord,
     ack: oneshot::Sender<Result<()>>,
+    enqueued: Instant,
 }
 
 // Items travel by value through the channel; boxing the large variant would add an allocation per message to
@@ -166,7 +203,8 @@ pub struct AppendRejected {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
-enum ReadRequest {
+/// A request for one of the pools; each pool serves only its own kinds.
+enum Request {
     Recent {
         room: String,
         limit: usize,
@@ -188,21 +226,83 @@ enum ReadRequest {
     },
     PutToken {
         token_sha256: [u8; 32],
-        login: String,
+        token: TokenRecord,
+        tokens_per_login_max: usize,
         reply: Reply<()>,
     },
-    LoginForToken {
+    Token {
         token_sha256: [u8; 32],
-        reply: Reply<Option<String>>,
+        reply: Reply<Option<TokenRecord>>,
     },
-    /// One per read thread, sent by [`StorageService::shutdown`].
+    RevokeToken {
+        token_sha256: [u8; 32],
+        reply: Reply<bool>,
+    },
+    /// One per pool thread, sent by [`StorageService::shutdown`].
     Stop,
+}
+
+/// Which pool a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    History,
+    Auth,
+    AccountWrite,
 }
 
 struct Shared {
     /// Set by shutdown before the stop items are queued; checked by every handle call.
     closed: AtomicBool,
+    /// Why the last batch failed, until a batch or a recovery probe succeeds. `writes_failing` mirrors
+    /// `is_some()` so that `append` checks one atomic.
+    write_failure: Mutex<Option<String>>,
+    writes_failing: AtomicBool,
+    /// The store panicked: nothing more is acknowledged, ever.
+    poisoned: AtomicBool,
     metrics: WriterMetrics,
+    /// For health checks. Weak, so that handles kept after shutdown do not keep the store (and its files) open.
+    store: Weak<dyn Store>,
+    clock: Arc<dyn Clock>,
+    token_ttl_ms: u64,
+    tokens_per_login_max: usize,
+}
+
+impl Shared {
+    fn set_write_failure(&self, reason: Option<String>) {
+        let failing = reason.is_some();
+        *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        self.writes_failing.store(failing, Ordering::Release);
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn health(&self) -> Health {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Health::Failed("the store panicked while writing".into());
+        }
+        let Some(store) = self.store.upgrade() else {
+            return Health::Unavailable("storage is shut down".into());
+        };
+        match store.health() {
+            Health::Healthy => {}
+            failed @ Health::Failed(_) => return failed,
+            unavailable @ Health::Unavailable(_) => {
+                return match self.write_failure() {
+                    Some(reason) => Health::Unavailable(reason),
+                    None => unavailable,
+                };
+            }
+        }
+        match self.write_failure() {
+            Some(reason) => Health::Unavailable(reason),
+            None => Health::Healthy,
+        }
+    }
 }
 
 /// Resolves `Ok(())` once the record is durable, or with the error of its batch. If the writer went away without
@@ -229,7 +329,9 @@ impl Future for AppendAck {
 #[derive(Clone)]
 pub struct StorageHandle {
     writer_tx: flume::Sender<WriterItem>,
-    read_tx: flume::Sender<ReadRequest>,
+    history_tx: flume::Sender<Request>,
+    auth_tx: flume::Sender<Request>,
+    account_write_tx: flume::Sender<Request>,
     shared: Arc<Shared>,
 }
 
@@ -243,8 +345,9 @@ impl std::fmt::Debug for StorageHandle {
 }
 
 impl StorageHandle {
-    /// Queues a message for the next durable batch. Never blocks. `Err(Busy)` when the queue is full and
-    /// `Err(Closed)` after shutdown; in both cases nothing was written.
+    /// Queues a message for the next durable batch. Never blocks. `Err(Busy)` when the queue is full,
+    /// `Err(Unavailable)` while the store is failing, and `Err(Closed)` after shutdown; in each case nothing was
+    /// written.
     pub fn append(&self, record: MessageRecord) -> Result<AppendAck> {
         self.try_append(record).map_err(|rejected| rejected.error)
     }
@@ -264,14 +367,31 @@ impl StorageHandle {
                 record,
             });
         }
+        if self.shared.writes_failing.load(Ordering::Acquire)
+            || self.shared.poisoned.load(Ordering::Acquire)
+        {
+            self.shared.metrics.record_unavailable();
+            let reason = self
+                .shared
+                .health()
+                .reason()
+                .unwrap_or("storage is recovering")
+                .to_owned();
+            return Err(AppendRejected {
+                error: StorageError::Unavailable(reason),
+                record,
+            });
+        }
         if let Err(error) = check_room(&record.room) {
             return Err(AppendRejected { error, record });
         }
         let (ack, rx) = oneshot::channel();
-        match self
-            .writer_tx
-            .try_send(WriterItem::Append(Pending { record, ack }))
-        {
+        let pending = Pending {
+            record,
+            ack,
+            enqueued: Instant::now(),
+        };
+        match self.writer_tx.try_send(WriterItem::Append(pending)) {
             Ok(()) => Ok(AppendAck { rx }),
             Err(flume::TrySendError::Full(item)) => {
                 self.shared.metrics.record_busy();
@@ -290,7 +410,7 @@ impl StorageHandle {
     /// The room's newest `limit` messages, oldest first.
     pub async fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>> {
         check_room(room)?;
-        self.request(|reply| ReadRequest::Recent {
+        self.request(Pool::History, |reply| Request::Recent {
             room: room.to_owned(),
             limit,
             reply,
@@ -306,7 +426,7 @@ impl StorageHandle {
         limit: usize,
     ) -> Result<Vec<MessageRecord>> {
         check_room(room)?;
-        self.request(|reply| ReadRequest::Before {
+        self.request(Pool::History, |reply| Request::Before {
             room: room.to_owned(),
             before,
             limit,
@@ -317,41 +437,89 @@ impl StorageHandle {
 
     /// Creates an account durably; `AlreadyExists` if the login is taken.
     pub async fn create_account(&self, account: AccountRecord) -> Result<()> {
-        self.request(|reply| ReadRequest::CreateAccount { account, reply })
-            .await
+        self.request(Pool::AccountWrite, |reply| Request::CreateAccount {
+            account,
+            reply,
+        })
+        .await
     }
 
     /// Looks an account up by login.
     pub async fn account(&self, login: &str) -> Result<Option<AccountRecord>> {
-        self.request(|reply| ReadRequest::Account {
+        self.request(Pool::Auth, |reply| Request::Account {
             login: login.to_owned(),
             reply,
         })
         .await
     }
 
-    /// Records a session token (its SHA-256) for a login, durably.
+    /// Records a session token (its SHA-256) for a login, durably, valid for `token_ttl_ms` from now. If the login
+    /// then has more than `tokens_per_login_max` live tokens, the oldest are revoked.
     pub async fn put_token(&self, token_sha256: [u8; 32], login: &str) -> Result<()> {
-        self.request(|reply| ReadRequest::PutToken {
-            token_sha256,
+        let now = self.shared.clock.now_unix_ms();
+        let token = TokenRecord {
             login: login.to_owned(),
+            issued_unix_ms: now,
+            expires_unix_ms: now.saturating_add(self.shared.token_ttl_ms),
+        };
+        let tokens_per_login_max = self.shared.tokens_per_login_max;
+        self.request(Pool::AccountWrite, |reply| Request::PutToken {
+            token_sha256,
+            token,
+            tokens_per_login_max,
             reply,
         })
         .await
     }
 
-    /// The login a token (by its SHA-256) belongs to.
+    /// The login a live token (by its SHA-256) belongs to: `Ok(None)` for an unknown, revoked or expired token
+    /// (the token is invalid), `Err` when the store cannot tell (try again; the token may well be valid).
     pub async fn login_for_token(&self, token_sha256: [u8; 32]) -> Result<Option<String>> {
-        self.request(|reply| ReadRequest::LoginForToken {
+        let token = self.token(token_sha256).await?;
+        let now = self.shared.clock.now_unix_ms();
+        Ok(token.filter(|t| t.is_live(now)).map(|t| t.login))
+    }
+
+    /// The stored grant of a token, expired or not.
+    pub async fn token(&self, token_sha256: [u8; 32]) -> Result<Option<TokenRecord>> {
+        self.request(Pool::Auth, |reply| Request::Token {
             token_sha256,
             reply,
         })
         .await
     }
 
-    /// Prometheus text for the writer's counters, histograms and queue depth.
+    /// Revokes a token (logout); `Ok(false)` if it was not known.
+    pub async fn revoke_token(&self, token_sha256: [u8; 32]) -> Result<bool> {
+        self.request(Pool::AccountWrite, |reply| Request::RevokeToken {
+            token_sha256,
+            reply,
+        })
+        .await
+    }
+
+    /// Whether the store takes writes, and if not why. Cheap; meant for `/healthz`.
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// Shorthand for `health().is_healthy()`.
+    pub fn is_healthy(&self) -> bool {
+        self.health().is_healthy()
+    }
+
+    /// Prometheus text for the writer's counters, histograms, queue depth and health.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render(self.writer_tx.len())
+        let health = self.health();
+        self.shared.metrics.render(
+            self.writer_tx.len(),
+            &[
+                ("history", self.history_tx.len()),
+                ("auth", self.auth_tx.len()),
+                ("account_write", self.account_write_tx.len()),
+            ],
+            &health,
+        )
     }
 
     /// Messages waiting for the writer right now.
@@ -359,12 +527,17 @@ impl StorageHandle {
         self.writer_tx.len()
     }
 
-    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> ReadRequest) -> Result<T> {
+    async fn request<T>(&self, pool: Pool, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
+        let tx = match pool {
+            Pool::History => &self.history_tx,
+            Pool::Auth => &self.auth_tx,
+            Pool::AccountWrite => &self.account_write_tx,
+        };
         let (reply, rx) = oneshot::channel();
-        match self.read_tx.try_send(make(reply)) {
+        match tx.try_send(make(reply)) {
             Ok(()) => {}
             Err(flume::TrySendError::Full(_)) => {
                 self.shared.metrics.record_busy();
@@ -385,59 +558,94 @@ fn check_room(room: &str) -> Result<()> {
     Ok(())
 }
 
-/// The running writer and read threads. Dropping it shuts it down like [`StorageService::shutdown`].
+/// The running writer and pool threads. Dropping it shuts it down like [`StorageService::shutdown`].
 pub struct StorageService {
     handle: StorageHandle,
     writer: Option<JoinHandle<Result<()>>>,
-    readers: Vec<JoinHandle<()>>,
+    /// Pool threads with the channel that feeds each.
+    pools: Vec<(JoinHandle<()>, Pool)>,
+    shutdown_ms_max: u64,
 }
 
 impl std::fmt::Debug for StorageService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageService")
             .field("handle", &self.handle)
-            .field("readers", &self.readers.len())
+            .field("pool_threads", &self.pools.len())
             .finish()
     }
 }
 
 impl StorageService {
-    /// Spawns the writer thread and `config.read_threads` read threads (at least one) over `store`.
+    /// Spawns the writer thread and the pool threads (at least one each) over `store`, with the system clock.
     pub fn start(store: Arc<dyn Store>, config: CoalescerConfig) -> StorageService {
+        Self::start_with_clock(store, config, Arc::new(SystemClock))
+    }
+
+    /// Like [`start`](Self::start) with an injected clock (token issue and expiry times).
+    pub fn start_with_clock(
+        store: Arc<dyn Store>,
+        config: CoalescerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> StorageService {
         let (writer_tx, writer_rx) = flume::bounded(config.queue_messages_max.max(1));
-        let (read_tx, read_rx) = flume::bounded(READ_QUEUE_REQUESTS_MAX);
+        let (history_tx, history_rx) = flume::bounded(config.history_queue_requests_max.max(1));
+        let (auth_tx, auth_rx) = flume::bounded(config.auth_queue_requests_max.max(1));
+        let (account_write_tx, account_write_rx) =
+            flume::bounded(config.account_write_queue_requests_max.max(1));
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
+            write_failure: Mutex::new(None),
+            writes_failing: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
             metrics: WriterMetrics::default(),
+            store: Arc::downgrade(&store),
+            clock,
+            token_ttl_ms: config.token_ttl_ms,
+            tokens_per_login_max: config.tokens_per_login_max.max(1),
         });
-        let read_threads = config.read_threads.max(1);
         let writer = {
             let store = Arc::clone(&store);
             let shared = Arc::clone(&shared);
+            let config = config.clone();
             std::thread::Builder::new()
                 .name("storage-writer".into())
                 .spawn(move || run_writer(&*store, writer_rx, &config, &shared))
                 .expect("spawning the storage writer thread")
         };
-        let readers = (0..read_threads)
-            .map(|i| {
+        let mut pools = Vec::new();
+        for (pool, rx, threads, name) in [
+            (Pool::History, history_rx, config.read_threads, "history"),
+            (Pool::Auth, auth_rx, config.auth_threads, "auth"),
+            (
+                Pool::AccountWrite,
+                account_write_rx,
+                config.account_write_threads,
+                "account",
+            ),
+        ] {
+            for i in 0..threads.max(1) {
                 let store = Arc::clone(&store);
-                let rx = read_rx.clone();
+                let rx = rx.clone();
                 let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("storage-read-{i}"))
-                    .spawn(move || run_reader(&*store, rx, &shared))
-                    .expect("spawning a storage read thread")
-            })
-            .collect();
+                let thread = std::thread::Builder::new()
+                    .name(format!("storage-{name}-{i}"))
+                    .spawn(move || run_pool(&*store, rx, &shared))
+                    .expect("spawning a storage pool thread");
+                pools.push((thread, pool));
+            }
+        }
         StorageService {
             handle: StorageHandle {
                 writer_tx,
-                read_tx,
+                history_tx,
+                auth_tx,
+                account_write_tx,
                 shared,
             },
             writer: Some(writer),
-            readers,
+            pools,
+            shutdown_ms_max: config.shutdown_ms_max,
         }
     }
 
@@ -447,7 +655,8 @@ impl StorageService {
     }
 
     /// Stops accepting new appends, writes and acknowledges everything already queued, joins the threads. Returns
-    /// the first error of a batch written during the drain, if any.
+    /// the first error of a batch written during the drain, if any, or an error if that took longer than
+    /// `shutdown_ms_max` (the threads are then left behind, still owning their store).
     pub fn shutdown(mut self) -> Result<()> {
         self.stop()
     }
@@ -456,19 +665,52 @@ impl StorageService {
         let Some(writer) = self.writer.take() else {
             return Ok(());
         };
-        self.handle.shared.closed.store(true, Ordering::Release);
-        // A blocking send is fine here: the writer keeps draining, so room for the stop item appears.
-        let _ = self.handle.writer_tx.send(WriterItem::Stop);
-        for _ in 0..self.readers.len() {
-            let _ = self.handle.read_tx.send(ReadRequest::Stop);
+        let deadline = Instant::now() + Duration::from_millis(self.shutdown_ms_max);
+        let h = &self.handle;
+        h.shared.closed.store(true, Ordering::Release);
+        // The writer keeps draining, so room for the stop item appears, unless the store hangs: bounded.
+        let _ = h.writer_tx.send_deadline(WriterItem::Stop, deadline);
+        for (_, pool) in &self.pools {
+            let tx = match pool {
+                Pool::History => &h.history_tx,
+                Pool::Auth => &h.auth_tx,
+                Pool::AccountWrite => &h.account_write_tx,
+            };
+            let _ = tx.send_deadline(Request::Stop, deadline);
+        }
+        fn wait<T>(thread: &JoinHandle<T>, deadline: Instant) -> bool {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            thread.is_finished()
+        }
+        if !wait(&writer, deadline) {
+            let queued = h.writer_tx.len();
+            log::error!(
+                "storage: the writer did not finish within {} ms ({queued} messages still queued); leaving it",
+                self.shutdown_ms_max
+            );
+            return Err(StorageError::Unavailable(format!(
+                "storage did not stop within {} ms",
+                self.shutdown_ms_max
+            )));
         }
         let mut result = match writer.join() {
             Ok(r) => r,
             Err(_) => Err(StorageError::Io("storage writer thread panicked".into())),
         };
-        for reader in self.readers.drain(..) {
-            if reader.join().is_err() && result.is_ok() {
-                result = Err(StorageError::Io("storage read thread panicked".into()));
+        for (thread, _) in self.pools.drain(..) {
+            if !wait(&thread, deadline) {
+                if result.is_ok() {
+                    result = Err(StorageError::Unavailable(format!(
+                        "a storage request thread did not stop within {} ms",
+                        self.shutdown_ms_max
+                    )));
+                }
+                continue;
+            }
+            if thread.join().is_err() && result.is_ok() {
+                result = Err(StorageError::Io("storage request thread panicked".into()));
             }
         }
         result
@@ -483,7 +725,8 @@ impl Drop for StorageService {
     }
 }
 
-/// The writer thread: gather, write, fsync (inside the store), acknowledge; repeat.
+/// The writer thread: gather, write, fsync (inside the store), acknowledge; repeat. While writes fail, it asks the
+/// store to recover every `recover_interval_ms`.
 fn run_writer(
     store: &dyn Store,
     rx: flume::Receiver<WriterItem>,
@@ -493,15 +736,37 @@ fn run_writer(
     let mut gather = Gather::new(config);
     let mut records: Vec<MessageRecord> =
         Vec::with_capacity(config.batch_messages_max.clamp(1, 65_536));
-    let mut acks: Vec<oneshot::Sender<Result<()>>> = Vec::with_capacity(records.capacity());
+    // Each acknowledgement with the instant its message was queued.
+    let mut acks: Vec<(oneshot::Sender<Result<()>>, Instant)> =
+        Vec::with_capacity(records.capacity());
+    let recover_interval = Duration::from_millis(config.recover_interval_ms.max(1));
     let mut stopping = false;
     let mut drain_result = Ok(());
-    // Once the store panicked its state is unknown: nothing more is acknowledged.
-    let mut poisoned = false;
     loop {
         // Wait for the first message of the next batch; once stopping, only take what is already queued.
         let first = if stopping {
             rx.try_recv().ok()
+        } else if shared.writes_failing.load(Ordering::Acquire)
+            && !shared.poisoned.load(Ordering::Acquire)
+        {
+            match rx.recv_timeout(recover_interval) {
+                Ok(item) => Some(item),
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    let recovered = std::panic::catch_unwind(AssertUnwindSafe(|| store.recover()));
+                    match recovered {
+                        Ok(Ok(())) => {
+                            log::info!("storage: the store takes writes again");
+                            shared.set_write_failure(None);
+                        }
+                        Ok(Err(e)) => {
+                            shared.set_write_failure(Some(format!("recovering: {e}")));
+                        }
+                        Err(_) => shared.poisoned.store(true, Ordering::Release),
+                    }
+                    continue;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => None,
+            }
         } else {
             rx.recv().ok()
         };
@@ -512,8 +777,9 @@ fn run_writer(
         };
         gather.reset();
         gather.push(record_bytes(&pending.record), Instant::now());
+        let oldest = pending.enqueued;
         records.push(pending.record);
-        acks.push(pending.ack);
+        acks.push((pending.ack, pending.enqueued));
         while !gather.is_full() {
             let next = if stopping {
                 rx.try_recv().ok()
@@ -535,7 +801,7 @@ fn run_writer(
                     let now = Instant::now();
                     gather.push(record_bytes(&p.record), now);
                     records.push(p.record);
-                    acks.push(p.ack);
+                    acks.push((p.ack, p.enqueued));
                     // Under load `recv_deadline` keeps returning queued items immediately; this check ends the
                     // batch when the window has passed anyway.
                     if gather.is_due(now) {
@@ -546,22 +812,32 @@ fn run_writer(
                 None => break,
             }
         }
-        let result = if poisoned {
-            Err(StorageError::Io(
+        let result = if shared.poisoned.load(Ordering::Acquire) {
+            Err(StorageError::Unavailable(
                 "the store failed earlier; writes are refused".into(),
             ))
         } else {
             let started = Instant::now();
+            shared
+                .metrics
+                .record_queue_wait((started - oldest).as_micros() as u64);
             match std::panic::catch_unwind(AssertUnwindSafe(|| store.append_messages(&records))) {
                 Ok(Ok(())) => {
                     shared
                         .metrics
                         .record_batch(records.len(), started.elapsed().as_micros() as u64);
+                    if shared.writes_failing.load(Ordering::Acquire) {
+                        log::info!("storage: writes succeed again");
+                        shared.set_write_failure(None);
+                    }
                     Ok(())
                 }
-                Ok(Err(e)) => Err(e),
+                Ok(Err(e)) => {
+                    shared.set_write_failure(Some(e.to_string()));
+                    Err(e)
+                }
                 Err(_) => {
-                    poisoned = true;
+                    shared.poisoned.store(true, Ordering::Release);
                     Err(StorageError::Io("the store panicked while writing".into()))
                 }
             }
@@ -576,55 +852,73 @@ fn run_writer(
                 drain_result = Err(e.clone());
             }
         }
-        records.clear();
-        for ack in acks.drain(..) {
+        let acked_at = Instant::now();
+        let ok = result.is_ok();
+        for (ack, enqueued) in acks.drain(..) {
+            if ok {
+                shared
+                    .metrics
+                    .record_ack((acked_at - enqueued).as_micros() as u64);
+            }
             // The receiver may be gone (the shard stopped waiting); the record is durable regardless.
             let _ = ack.send(result.clone());
         }
+        // Freeing a large batch's records takes a while; the acknowledgements go out first.
+        records.clear();
     }
     drain_result
 }
 
-/// A read thread: serve requests until told to stop.
-fn run_reader(store: &dyn Store, rx: flume::Receiver<ReadRequest>, shared: &Shared) {
+/// A pool thread: serve requests until told to stop.
+fn run_pool(store: &dyn Store, rx: flume::Receiver<Request>, shared: &Shared) {
     fn reply<T>(shared: &Shared, tx: Reply<T>, result: Result<T>) {
-        if matches!(result, Err(StorageError::Io(_) | StorageError::Corrupt(_))) {
+        if matches!(
+            result,
+            Err(StorageError::Io(_) | StorageError::Corrupt(_) | StorageError::Unavailable(_))
+        ) {
             shared.metrics.record_error();
         }
         let _ = tx.send(result);
     }
     while let Ok(request) = rx.recv() {
-        // A panicking store must not take the thread (and with it the read capacity) down: the caller gets an
+        // A panicking store must not take the thread (and with it the pool's capacity) down: the caller gets an
         // error and the thread serves the next request.
         let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
             match request {
-                ReadRequest::Recent {
+                Request::Recent {
                     room,
                     limit,
                     reply: tx,
                 } => reply(shared, tx, store.recent_messages(&room, limit)),
-                ReadRequest::Before {
+                Request::Before {
                     room,
                     before,
                     limit,
                     reply: tx,
                 } => reply(shared, tx, store.messages_before(&room, before, limit)),
-                ReadRequest::CreateAccount { account, reply: tx } => {
+                Request::CreateAccount { account, reply: tx } => {
                     reply(shared, tx, store.create_account(&account))
                 }
-                ReadRequest::Account { login, reply: tx } => {
-                    reply(shared, tx, store.account(&login))
-                }
-                ReadRequest::PutToken {
+                Request::Account { login, reply: tx } => reply(shared, tx, store.account(&login)),
+                Request::PutToken {
                     token_sha256,
-                    login,
+                    token,
+                    tokens_per_login_max,
                     reply: tx,
-                } => reply(shared, tx, store.put_token(token_sha256, &login)),
-                ReadRequest::LoginForToken {
+                } => reply(
+                    shared,
+                    tx,
+                    store.put_token(token_sha256, &token, tokens_per_login_max),
+                ),
+                Request::Token {
                     token_sha256,
                     reply: tx,
-                } => reply(shared, tx, store.login_for_token(token_sha256)),
-                ReadRequest::Stop => return false,
+                } => reply(shared, tx, store.token(token_sha256)),
+                Request::RevokeToken {
+                    token_sha256,
+                    reply: tx,
+                } => reply(shared, tx, store.revoke_token(token_sha256)),
+                Request::Stop => return false,
             }
             true
         }));
@@ -634,7 +928,7 @@ fn run_reader(store: &dyn Store, rx: flume::Receiver<ReadRequest>, shared: &Shar
             // The reply sender was dropped during unwinding, so the caller sees `Closed`.
             Err(_) => {
                 shared.metrics.record_error();
-                log::error!("storage: the store panicked while serving a read");
+                log::error!("storage: the store panicked while serving a request");
             }
         }
     }

@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::Health;
+
 /// Upper bounds of the batch size histogram, in messages.
 const BATCH_MESSAGES_BOUNDS: [u64; 14] = [
     1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
@@ -71,8 +73,13 @@ pub(crate) struct WriterMetrics {
     messages_total: AtomicU64,
     errors_total: AtomicU64,
     busy_rejections_total: AtomicU64,
+    unavailable_rejections_total: AtomicU64,
     batch_messages: Histogram<14>,
     batch_latency_us: Histogram<14>,
+    /// How long the oldest message of each batch waited in the queue before the batch was handed to the store.
+    batch_queue_wait_us: Histogram<14>,
+    /// Per message: from `append` to its acknowledgement being completed, for acknowledged messages.
+    ack_us: Histogram<14>,
 }
 
 impl Default for WriterMetrics {
@@ -82,8 +89,11 @@ impl Default for WriterMetrics {
             messages_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             busy_rejections_total: AtomicU64::new(0),
+            unavailable_rejections_total: AtomicU64::new(0),
             batch_messages: Histogram::new(BATCH_MESSAGES_BOUNDS),
             batch_latency_us: Histogram::new(BATCH_LATENCY_US_BOUNDS),
+            batch_queue_wait_us: Histogram::new(BATCH_LATENCY_US_BOUNDS),
+            ack_us: Histogram::new(BATCH_LATENCY_US_BOUNDS),
         }
     }
 }
@@ -106,8 +116,25 @@ impl WriterMetrics {
         self.busy_rejections_total.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn record_unavailable(&self) {
+        self.unavailable_rejections_total.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_ack(&self, latency_us: u64) {
+        self.ack_us.record(latency_us);
+    }
+
+    pub(crate) fn record_queue_wait(&self, wait_us: u64) {
+        self.batch_queue_wait_us.record(wait_us);
+    }
+
     /// Prometheus text exposition format, version 0.0.4.
-    pub(crate) fn render(&self, queue_depth: usize) -> String {
+    pub(crate) fn render(
+        &self,
+        queue_depth: usize,
+        pool_depths: &[(&str, usize)],
+        health: &Health,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let counters = [
             (
@@ -127,8 +154,13 @@ impl WriterMetrics {
             ),
             (
                 "twitchy_storage_busy_rejections_total",
-                "Appends rejected because the writer queue was full.",
+                "Requests rejected because their queue was full.",
                 &self.busy_rejections_total,
+            ),
+            (
+                "twitchy_storage_unavailable_rejections_total",
+                "Appends refused at once because the store was failing.",
+                &self.unavailable_rejections_total,
             ),
         ];
         for (name, help, value) in counters {
@@ -150,10 +182,41 @@ impl WriterMetrics {
             "# HELP {name} Time to write and fsync one batch.\n# TYPE {name} histogram"
         );
         self.batch_latency_us.render(&mut out, name, 1e6);
+        let name = "twitchy_storage_batch_queue_wait_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time the oldest message of a batch waited for the writer.\n# TYPE {name} histogram"
+        );
+        self.batch_queue_wait_us.render(&mut out, name, 1e6);
+        let name = "twitchy_storage_ack_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Per acknowledged message, from append to acknowledgement.\n# TYPE {name} histogram"
+        );
+        self.ack_us.render(&mut out, name, 1e6);
         let name = "twitchy_storage_queue_depth";
         let _ = writeln!(
             out,
             "# HELP {name} Messages waiting for the writer.\n# TYPE {name} gauge\n{name} {queue_depth}"
+        );
+        let name = "twitchy_storage_request_queue_depth";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests waiting for a thread, per pool.\n# TYPE {name} gauge"
+        );
+        for (pool, depth) in pool_depths {
+            let _ = writeln!(out, "{name}{{pool=\"{pool}\"}} {depth}");
+        }
+        let name = "twitchy_storage_healthy";
+        let (value, state) = match health {
+            Health::Healthy => (1, "healthy"),
+            Health::Unavailable(_) => (0, "unavailable"),
+            Health::Failed(_) => (0, "failed"),
+        };
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 when the store takes writes, 0 when it is failing (see the state label and /healthz).\n\
+             # TYPE {name} gauge\n{name}{{state=\"{state}\"}} {value}"
         );
         out
     }
@@ -172,7 +235,10 @@ mod tests {
         m.record_error();
         m.record_busy();
         m.record_busy();
-        let text = m.render(5);
+        m.record_unavailable();
+        m.record_queue_wait(300);
+        m.record_ack(3_000);
+        let text = m.render(5, &[("auth", 2)], &Health::Unavailable("disk full".into()));
         assert!(text.contains("twitchy_storage_batches_total 3\n"), "{text}");
         assert!(text.contains("twitchy_storage_messages_total 10004\n"));
         assert!(text.contains("twitchy_storage_errors_total 1\n"));
@@ -188,6 +254,19 @@ mod tests {
         );
         assert!(text.contains("twitchy_storage_batch_write_seconds_bucket{le=\"0.001\"} 2\n"));
         assert!(text.contains("twitchy_storage_queue_depth 5\n"));
+        assert!(text.contains("twitchy_storage_unavailable_rejections_total 1\n"));
+        assert!(text.contains("twitchy_storage_ack_seconds_bucket{le=\"0.004\"} 1\n"));
+        assert!(text.contains("twitchy_storage_ack_seconds_count 1\n"));
+        assert!(
+            text.contains("twitchy_storage_batch_queue_wait_seconds_bucket{le=\"0.0005\"} 1\n")
+        );
+        assert!(text.contains("twitchy_storage_request_queue_depth{pool=\"auth\"} 2\n"));
+        assert!(
+            text.contains("twitchy_storage_healthy{state=\"unavailable\"} 0\n"),
+            "{text}"
+        );
+        let healthy = m.render(0, &[], &Health::Healthy);
+        assert!(healthy.contains("twitchy_storage_healthy{state=\"healthy\"} 1\n"));
         // Every sample line is `name{labels} value` with a numeric value.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

@@ -39,3 +39,20 @@ pub struct AccountRecord {
     pub color: String,
     pub created_unix_ms: u64,
 }
+
+/// A session token's grant, stored under the token's SHA-256 (the token itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The login the token belongs to.
+    pub login: String,
+    pub issued_unix_ms: u64,
+    /// The token is refused from this instant on.
+    pub expires_unix_ms: u64,
+}
+
+impl TokenRecord {
+    /// Still valid at `now_unix_ms`.
+    pub fn is_live(&self, now_unix_ms: u64) -> bool {
+        now_unix_ms < self.expires_unix_ms
+    }
+}

@@ -11,8 +11,12 @@
 //! room_buckets PRIMARY KEY ((room, epoch), bucket) CLUSTERING ORDER BY (bucket DESC) -- non-empty buckets
 //! room_epochs  PRIMARY KEY ((room), epoch)         CLUSTERING ORDER BY (epoch DESC)  -- non-empty epochs
 //! accounts     PRIMARY KEY (login)                 -- created with IF NOT EXISTS (a lightweight transaction)
-//! tokens       PRIMARY KEY (token)                 -- SHA-256 of the session token
+//! sessions     PRIMARY KEY (token)                 -- SHA-256 of the session token, login, issued, expires
+//! login_sessions PRIMARY KEY ((login), issued_unix_ms, token) -- a login's tokens, oldest first (for the cap)
 //! ```
+//!
+//! The `tokens` table of earlier versions (no expiry) is no longer read: those tokens count as expired. Expired
+//! session rows are deleted when their login is next issued a token.
 //!
 //! The keyspace is created with `TABLETS = {'enabled': false}` where the server knows the option (ScyllaDB with
 //! tablets cannot run the lightweight transaction that makes logins unique) and without it elsewhere.
@@ -48,8 +52,11 @@
 //! before, and runs all of those requests concurrently (at most [`REQUESTS_IN_FLIGHT_MAX`]). It returns `Ok` only
 //! when every request succeeded at `LOCAL_QUORUM`, so an acknowledged message is on a quorum of replicas. All
 //! writes are idempotent upserts keyed by the message id, so a batch that failed part-way and is written again
-//! leaves each message exactly once. The driver's default token- and shard-aware load balancing is left on; a
-//! single-partition batch is routed to that partition's replica and shard.
+//! leaves each message exactly once: a failed batch is retried whole, with the same ids, at most
+//! [`APPEND_ATTEMPTS_MAX`] times within [`APPEND_RETRY_BUDGET_MS`], before it fails. Every request (and every
+//! attempt) is bounded by [`REQUEST_TIMEOUT_MS`], so a hung cluster holds the writer, and with it shutdown, for a
+//! bounded time. The driver's default token- and shard-aware load balancing is left on; a single-partition batch
+//! is routed to that partition's replica and shard.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -69,7 +76,7 @@ use scylla::value::{CqlValue, Row};
 use crate::coalescer::record_bytes;
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
-use crate::record::{AccountRecord, MessageRecord};
+use crate::record::{AccountRecord, MessageRecord, TokenRecord};
 use crate::{ROOM_BYTES_MAX, Store};
 
 /// Width of a message partition's time bucket, in milliseconds. See the module docs for the arithmetic.
@@ -90,6 +97,18 @@ pub const BUCKETS_PER_READ_MAX: usize = 32;
 const INDEX_CACHE_ROOMS_MAX: usize = 100_000;
 /// How long connecting and creating the schema may take before `connect` gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts of one batch (the first included) before it fails, and the time they may take together, in
+/// milliseconds. Every write of a batch is an idempotent upsert keyed by the message id, so writing it again
+/// after a partial failure leaves each message once.
+pub const APPEND_ATTEMPTS_MAX: u32 = 4;
+pub const APPEND_RETRY_BUDGET_MS: u64 = 3_000;
+/// Back-off before the first retry, in milliseconds; doubled before each further one.
+pub const APPEND_RETRY_BACKOFF_MS: u64 = 50;
+/// Longest one attempt (or one read) may take, in milliseconds, so that a hung cluster cannot hang the writer
+/// (and with it shutdown) for longer.
+pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Most session rows of one login read when a token is issued.
+const LOGIN_SESSIONS_READ_MAX: usize = 1000;
 /// Driver worker threads. The driver is IO-bound; the storage threads block on it from outside.
 const RUNTIME_THREADS: usize = 2;
 
@@ -136,7 +155,12 @@ fn schema_statements(keyspace: &str, replication_factor: u32) -> Vec<String> {
              color text, created_unix_ms bigint, PRIMARY KEY (login))"
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.tokens (token blob, login text, PRIMARY KEY (token))"
+            "CREATE TABLE IF NOT EXISTS {keyspace}.sessions (token blob, login text, issued_unix_ms bigint, \
+             expires_unix_ms bigint, PRIMARY KEY (token))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.login_sessions (login text, issued_unix_ms bigint, token blob, \
+             expires_unix_ms bigint, PRIMARY KEY ((login), issued_unix_ms, token))"
         ),
     ]
 }
@@ -154,8 +178,12 @@ struct Prepared {
     select_epoch: PreparedStatement,
     insert_account: PreparedStatement,
     select_account: PreparedStatement,
-    insert_token: PreparedStatement,
-    select_token: PreparedStatement,
+    insert_session: PreparedStatement,
+    insert_login_session: PreparedStatement,
+    select_session: PreparedStatement,
+    select_login_sessions: PreparedStatement,
+    delete_session: PreparedStatement,
+    delete_login_session: PreparedStatement,
 }
 
 /// The newest bucket and epoch whose index rows are known to be written, per room.
@@ -343,8 +371,42 @@ impl ScyllaStore {
                 true,
             )
             .await?,
-            insert_token: prepare(format!("INSERT INTO {ks}.tokens (token, login) VALUES (?, ?)"), true).await?,
-            select_token: prepare(format!("SELECT login FROM {ks}.tokens WHERE token = ?"), true).await?,
+            insert_session: prepare(
+                format!(
+                    "INSERT INTO {ks}.sessions (token, login, issued_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?)"
+                ),
+                true,
+            )
+            .await?,
+            insert_login_session: prepare(
+                format!(
+                    "INSERT INTO {ks}.login_sessions (login, issued_unix_ms, token, expires_unix_ms) \
+                     VALUES (?, ?, ?, ?)"
+                ),
+                true,
+            )
+            .await?,
+            select_session: prepare(
+                format!("SELECT login, issued_unix_ms, expires_unix_ms FROM {ks}.sessions WHERE token = ?"),
+                true,
+            )
+            .await?,
+            select_login_sessions: prepare(
+                format!(
+                    "SELECT issued_unix_ms, token, expires_unix_ms FROM {ks}.login_sessions WHERE login = ? \
+                     LIMIT {LOGIN_SESSIONS_READ_MAX}"
+                ),
+                true,
+            )
+            .await?,
+            delete_session: prepare(format!("DELETE FROM {ks}.sessions WHERE token = ?"), true).await?,
+            delete_login_session: prepare(
+                format!(
+                    "DELETE FROM {ks}.login_sessions WHERE login = ? AND issued_unix_ms = ? AND token = ?"
+                ),
+                true,
+            )
+            .await?,
         };
         Ok((session, statements))
     }
@@ -748,12 +810,93 @@ fn message_rows(result: QueryResult, room: &str) -> Result<Vec<MessageRecord>> {
         .collect()
 }
 
+/// Runs `attempt` until it succeeds, at most `attempts_max` times and while `budget` lasts, sleeping
+/// `backoff`, doubled each time, between attempts. Only failures of the store are retried, not invalid requests.
+async fn with_retries<F, Fut>(
+    attempts_max: u32,
+    budget: Duration,
+    backoff: Duration,
+    mut attempt: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut backoff = backoff;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let error = match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let retriable = matches!(error, StorageError::Io(_) | StorageError::Unavailable(_));
+        if !retriable || tries >= attempts_max || started.elapsed() + backoff > budget {
+            return Err(error);
+        }
+        log::warn!("storage: batch attempt {tries} failed, retrying in {backoff:?}: {error}");
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+    }
+}
+
+/// Bounds one request (or one attempt) by [`REQUEST_TIMEOUT_MS`].
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), f)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StorageError::Io(format!(
+                "{what} timed out after {REQUEST_TIMEOUT_MS} ms"
+            )))
+        })
+}
+
+impl ScyllaStore {
+    fn token_blocking(&self, token_sha256: [u8; 32]) -> Result<Option<TokenRecord>> {
+        let values = (token_sha256.as_slice(),);
+        let result = self.runtime.block_on(bounded("token read", async {
+            self.session
+                .execute_unpaged(&self.statements.select_session, values)
+                .await
+                .map_err(io)
+        }))?;
+        Ok(
+            first_row::<(String, i64, i64)>(result)?.map(|(login, issued, expires)| TokenRecord {
+                login,
+                issued_unix_ms: issued as u64,
+                expires_unix_ms: expires as u64,
+            }),
+        )
+    }
+
+    async fn delete_token(&self, login: &str, issued_unix_ms: i64, token: &[u8]) -> Result<()> {
+        self.session
+            .execute_unpaged(&self.statements.delete_session, (token,))
+            .await
+            .map_err(io)?;
+        self.session
+            .execute_unpaged(
+                &self.statements.delete_login_session,
+                (login, issued_unix_ms, token),
+            )
+            .await
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
 impl Store for ScyllaStore {
     fn append_messages(&self, batch: &[MessageRecord]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.runtime.block_on(self.append(batch))
+        self.runtime.block_on(with_retries(
+            APPEND_ATTEMPTS_MAX,
+            Duration::from_millis(APPEND_RETRY_BUDGET_MS),
+            Duration::from_millis(APPEND_RETRY_BACKOFF_MS),
+            || bounded("batch write", self.append(batch)),
+        ))
     }
 
     fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>> {
@@ -822,27 +965,76 @@ impl Store for ScyllaStore {
         )
     }
 
-    fn put_token(&self, token_sha256: [u8; 32], login: &str) -> Result<()> {
-        let values = (token_sha256.as_slice(), login);
-        self.runtime
-            .block_on(
-                self.session
-                    .execute_unpaged(&self.statements.insert_token, values),
-            )
-            .map_err(io)?;
-        Ok(())
+    fn put_token(
+        &self,
+        token_sha256: [u8; 32],
+        token: &TokenRecord,
+        tokens_per_login_max: usize,
+    ) -> Result<()> {
+        let login = token.login.as_str();
+        self.runtime.block_on(bounded("token write", async {
+            // The login's sessions, oldest first: expired ones go, and the oldest live ones beyond the cap.
+            let result = self
+                .session
+                .execute_unpaged(&self.statements.select_login_sessions, (login,))
+                .await
+                .map_err(io)?;
+            let mut live = Vec::new();
+            for (issued, sha, expires) in rows::<(i64, Vec<u8>, i64)>(result)? {
+                if (expires as u64) <= token.issued_unix_ms {
+                    self.delete_token(login, issued, &sha).await?;
+                } else {
+                    live.push((issued, sha));
+                }
+            }
+            let keep = tokens_per_login_max.max(1) - 1;
+            if live.len() > keep {
+                for (issued, sha) in live.drain(..live.len() - keep) {
+                    self.delete_token(login, issued, &sha).await?;
+                }
+            }
+            let issued = token.issued_unix_ms as i64;
+            let expires = token.expires_unix_ms as i64;
+            self.session
+                .execute_unpaged(
+                    &self.statements.insert_login_session,
+                    (login, issued, token_sha256.as_slice(), expires),
+                )
+                .await
+                .map_err(io)?;
+            self.session
+                .execute_unpaged(
+                    &self.statements.insert_session,
+                    (token_sha256.as_slice(), login, issued, expires),
+                )
+                .await
+                .map_err(io)?;
+            Ok(())
+        }))
     }
 
-    fn login_for_token(&self, token_sha256: [u8; 32]) -> Result<Option<String>> {
-        let values = (token_sha256.as_slice(),);
-        let result = self
-            .runtime
-            .block_on(
-                self.session
-                    .execute_unpaged(&self.statements.select_token, values),
-            )
-            .map_err(io)?;
-        Ok(first_row::<(String,)>(result)?.map(|(login,)| login))
+    fn token(&self, token_sha256: [u8; 32]) -> Result<Option<TokenRecord>> {
+        self.token_blocking(token_sha256)
+    }
+
+    fn revoke_token(&self, token_sha256: [u8; 32]) -> Result<bool> {
+        let Some(token) = self.token_blocking(token_sha256)? else {
+            return Ok(false);
+        };
+        self.runtime.block_on(bounded(
+            "token revocation",
+            self.delete_token(
+                &token.login,
+                token.issued_unix_ms as i64,
+                token_sha256.as_slice(),
+            ),
+        ))?;
+        Ok(true)
+    }
+
+    fn recover(&self) -> Result<()> {
+        // A cheap read that needs the cluster to answer at LOCAL_QUORUM.
+        self.token_blocking([0; 32]).map(|_| ())
     }
 }
 
@@ -1070,6 +1262,67 @@ mod tests {
         let got = walk(&model, "busy", None, n + 5);
         assert_eq!(got.len(), n);
         assert_eq!(got, model.reference("busy", None, n + 5));
+    }
+
+    #[test]
+    fn a_failed_batch_is_retried_within_its_budget() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let calls = Cell::new(0);
+        let flaky = || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 3 {
+                    Err(StorageError::Io("timeout".into()))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let ms = Duration::from_millis;
+        runtime
+            .block_on(with_retries(4, ms(1000), ms(1), flaky))
+            .unwrap();
+        assert_eq!(calls.get(), 3, "two failures, then success");
+
+        calls.set(0);
+        let down = || {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(StorageError::Io("unavailable".into())) }
+        };
+        assert!(
+            runtime
+                .block_on(with_retries(4, ms(1000), ms(1), down))
+                .is_err()
+        );
+        assert_eq!(calls.get(), 4, "at most the attempt limit");
+
+        calls.set(0);
+        assert!(
+            runtime
+                .block_on(with_retries(100, ms(20), ms(8), down))
+                .is_err()
+        );
+        assert!(
+            calls.get() <= 3,
+            "the time budget ends retries: {}",
+            calls.get()
+        );
+
+        calls.set(0);
+        let invalid = || {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(StorageError::Invalid("room".into())) }
+        };
+        assert!(
+            runtime
+                .block_on(with_retries(4, ms(1000), ms(1), invalid))
+                .is_err()
+        );
+        assert_eq!(calls.get(), 1, "invalid requests are not retried");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::{block_on, messages};
 use twitchy_storage::{
-    AccountRecord, CoalescerConfig, MessageId, MessageRecord, StorageError, StorageService, Store,
+    AccountRecord, CoalescerConfig, Health, MessageId, MessageRecord, StorageError, StorageService,
+    Store, TokenRecord,
 };
 
 /// An in-memory store that records every batch it was given.
@@ -63,11 +64,14 @@ impl Store for MemoryStore {
     fn account(&self, _: &str) -> twitchy_storage::Result<Option<AccountRecord>> {
         Ok(None)
     }
-    fn put_token(&self, _: [u8; 32], _: &str) -> twitchy_storage::Result<()> {
+    fn put_token(&self, _: [u8; 32], _: &TokenRecord, _: usize) -> twitchy_storage::Result<()> {
         Ok(())
     }
-    fn login_for_token(&self, _: [u8; 32]) -> twitchy_storage::Result<Option<String>> {
+    fn token(&self, _: [u8; 32]) -> twitchy_storage::Result<Option<TokenRecord>> {
         Ok(None)
+    }
+    fn revoke_token(&self, _: [u8; 32]) -> twitchy_storage::Result<bool> {
+        Ok(false)
     }
 }
 
@@ -134,11 +138,14 @@ impl Store for GatedStore {
     fn account(&self, l: &str) -> twitchy_storage::Result<Option<AccountRecord>> {
         self.inner.account(l)
     }
-    fn put_token(&self, t: [u8; 32], l: &str) -> twitchy_storage::Result<()> {
-        self.inner.put_token(t, l)
+    fn put_token(&self, t: [u8; 32], r: &TokenRecord, max: usize) -> twitchy_storage::Result<()> {
+        self.inner.put_token(t, r, max)
     }
-    fn login_for_token(&self, t: [u8; 32]) -> twitchy_storage::Result<Option<String>> {
-        self.inner.login_for_token(t)
+    fn token(&self, t: [u8; 32]) -> twitchy_storage::Result<Option<TokenRecord>> {
+        self.inner.token(t)
+    }
+    fn revoke_token(&self, t: [u8; 32]) -> twitchy_storage::Result<bool> {
+        self.inner.revoke_token(t)
     }
 }
 
@@ -148,6 +155,9 @@ struct FailingStore {
     inner: MemoryStore,
     batches: AtomicUsize,
     fail_from: usize,
+    /// Space was freed: writes and recovery probes succeed again.
+    healed: std::sync::atomic::AtomicBool,
+    recover_calls: AtomicUsize,
     panic_writes: bool,
     panic_reads: bool,
 }
@@ -158,6 +168,8 @@ impl FailingStore {
             inner: MemoryStore::default(),
             batches: AtomicUsize::new(0),
             fail_from,
+            healed: Default::default(),
+            recover_calls: AtomicUsize::new(0),
             panic_writes: false,
             panic_reads: false,
         }
@@ -166,7 +178,9 @@ impl FailingStore {
 
 impl Store for FailingStore {
     fn append_messages(&self, batch: &[MessageRecord]) -> twitchy_storage::Result<()> {
-        if self.batches.fetch_add(1, Ordering::SeqCst) >= self.fail_from {
+        if self.batches.fetch_add(1, Ordering::SeqCst) >= self.fail_from
+            && !self.healed.load(Ordering::SeqCst)
+        {
             if self.panic_writes {
                 panic!("injected panic in append_messages");
             }
@@ -200,11 +214,36 @@ impl Store for FailingStore {
     fn account(&self, l: &str) -> twitchy_storage::Result<Option<AccountRecord>> {
         self.inner.account(l)
     }
-    fn put_token(&self, t: [u8; 32], l: &str) -> twitchy_storage::Result<()> {
-        self.inner.put_token(t, l)
+    fn put_token(&self, t: [u8; 32], r: &TokenRecord, max: usize) -> twitchy_storage::Result<()> {
+        self.inner.put_token(t, r, max)
     }
-    fn login_for_token(&self, t: [u8; 32]) -> twitchy_storage::Result<Option<String>> {
-        self.inner.login_for_token(t)
+    fn token(&self, t: [u8; 32]) -> twitchy_storage::Result<Option<TokenRecord>> {
+        self.inner.token(t)
+    }
+    fn revoke_token(&self, t: [u8; 32]) -> twitchy_storage::Result<bool> {
+        self.inner.revoke_token(t)
+    }
+    fn recover(&self) -> twitchy_storage::Result<()> {
+        self.recover_calls.fetch_add(1, Ordering::SeqCst);
+        if self.healed.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StorageError::Io(
+                "No space left on device (os error 28)".into(),
+            ))
+        }
+    }
+}
+
+/// Polls `f` until it holds, for at most ten seconds.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -366,15 +405,28 @@ fn a_failing_store_fails_its_batches_and_keeps_what_was_acknowledged() {
     let h = service.handle();
     let msgs = messages("forsen", 0, 1_700_000_000_000, 100);
 
-    // One batch at a time, so batch boundaries are known: batches 0..3 succeed, the rest fail.
+    // One batch at a time, so batch boundaries are known: batches 0..3 succeed, the fourth fails, and from then on
+    // appends are refused at once (nothing queued, so nothing to show or acknowledge) until the store recovers.
     let mut acked = Vec::new();
+    let mut refused = 0;
     for (i, chunk) in msgs.chunks(10).enumerate() {
-        let acks: Vec<_> = chunk.iter().map(|m| h.append(m.clone()).unwrap()).collect();
-        for (m, ack) in chunk.iter().zip(acks) {
+        let mut acks = Vec::new();
+        for m in chunk {
+            match h.append(m.clone()) {
+                Ok(ack) => acks.push((m, ack)),
+                Err(StorageError::Unavailable(reason)) => {
+                    assert!(i > 3, "refused before the failure: {reason}");
+                    assert!(reason.contains("No space left"), "{reason}");
+                    refused += 1;
+                }
+                Err(e) => panic!("append {i}: {e}"),
+            }
+        }
+        for (m, ack) in acks {
             match block_on(ack) {
                 Ok(()) => acked.push(m.clone()),
                 Err(e) => {
-                    assert!(i >= 3, "batch {i} failed: {e}");
+                    assert_eq!(i, 3, "batch {i} failed: {e}");
                     assert!(
                         matches!(e, StorageError::Io(ref s) if s.contains("No space left")),
                         "{e}"
@@ -384,25 +436,59 @@ fn a_failing_store_fails_its_batches_and_keeps_what_was_acknowledged() {
         }
     }
     assert_eq!(
+        refused, 60,
+        "every append after the failed batch is refused"
+    );
+    assert_eq!(
         acked,
         msgs[..30].to_vec(),
         "exactly the batches before the failure were acknowledged"
     );
     assert_eq!(*store.inner.messages.lock().unwrap(), acked);
+    let health = h.health();
+    assert!(
+        matches!(&health, Health::Unavailable(r) if r.contains("No space left")),
+        "{health:?}"
+    );
+    assert!(!h.is_healthy());
     let text = h.metrics_text();
-    assert_eq!(metric(&text, "twitchy_storage_errors_total"), 7.0);
+    assert_eq!(metric(&text, "twitchy_storage_errors_total"), 1.0);
     assert_eq!(metric(&text, "twitchy_storage_messages_total"), 30.0);
+    assert_eq!(
+        metric(&text, "twitchy_storage_unavailable_rejections_total"),
+        60.0
+    );
+    assert_eq!(
+        metric(&text, "twitchy_storage_healthy{state=\"unavailable\"}"),
+        0.0
+    );
     // Reads keep working from what was stored.
     assert_eq!(block_on(h.recent_messages("forsen", 100)).unwrap(), acked);
 
-    // The store stays failed: a later batch is refused too, and shutdown still completes.
-    let acks: Vec<_> = msgs[..10]
-        .iter()
-        .map(|m| h.append(m.clone()).unwrap())
-        .collect();
+    // The writer keeps probing; once space is freed the store takes writes again without a restart.
+    eventually("recovery probes", || {
+        store.recover_calls.load(Ordering::SeqCst) >= 2
+    });
+    assert!(!h.is_healthy(), "still failing while the probes fail");
+    store.healed.store(true, Ordering::SeqCst);
+    eventually("healthy again", || h.is_healthy());
+    // Ten: one whole batch, so the (long) window does not hold it back.
+    let later = messages("forsen", 1, 1_800_000_000_000, 10);
+    let acks: Vec<_> = later.iter().map(|m| h.append(m.clone()).unwrap()).collect();
     for ack in acks {
-        assert!(matches!(block_on(ack), Err(StorageError::Io(_))));
+        block_on(ack).unwrap();
     }
+    assert_eq!(
+        metric(
+            &h.metrics_text(),
+            "twitchy_storage_healthy{state=\"healthy\"}"
+        ),
+        1.0
+    );
+    // The failed batch never shows up: only what was acknowledged is stored.
+    let stored = block_on(h.messages_before("forsen", None, 1000)).unwrap();
+    assert_eq!(stored.len(), 40);
+    assert!(stored.iter().all(|m| !msgs[30..].contains(m)));
     service.shutdown().unwrap();
 }
 
@@ -464,11 +550,13 @@ fn a_panicking_store_fails_acks_without_taking_the_service_down() {
         block_on(h.append(msgs[1].clone()).unwrap()),
         Err(StorageError::Io(_))
     ));
-    // After a panic the store's state is unknown: nothing more is acknowledged, and the store is not called again.
+    // After a panic the store's state is unknown: nothing more is accepted, the store is not called again, and the
+    // health says the process must be restarted.
     assert!(matches!(
-        block_on(h.append(msgs[2].clone()).unwrap()),
-        Err(StorageError::Io(_))
+        h.append(msgs[2].clone()),
+        Err(StorageError::Unavailable(_))
     ));
+    assert!(matches!(h.health(), Health::Failed(_)), "{:?}", h.health());
     assert_eq!(store.batches.load(Ordering::SeqCst), 2);
     // A panicking read fails that request; the single read thread survives and serves the next one.
     assert!(block_on(h.recent_messages("boom", 1)).is_err());
@@ -478,7 +566,7 @@ fn a_panicking_store_fails_acks_without_taking_the_service_down() {
     );
     assert_eq!(
         metric(&h.metrics_text(), "twitchy_storage_errors_total"),
-        3.0
+        2.0
     );
     service.shutdown().unwrap();
 }
@@ -507,4 +595,106 @@ fn acks_resolve_on_another_thread_and_dropped_acks_are_harmless() {
     let mut stored = store.messages.lock().unwrap().clone();
     stored.sort_by_key(|m| m.id);
     assert_eq!(stored, msgs);
+}
+
+/// A store whose history reads block until released, and whose token lookups answer at once.
+struct SlowHistory {
+    inner: MemoryStore,
+    release: Mutex<bool>,
+    released: Condvar,
+}
+
+impl Store for SlowHistory {
+    fn append_messages(&self, batch: &[MessageRecord]) -> twitchy_storage::Result<()> {
+        self.inner.append_messages(batch)
+    }
+    fn recent_messages(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        let mut release = self.release.lock().unwrap();
+        while !*release {
+            release = self.released.wait(release).unwrap();
+        }
+        drop(release);
+        self.inner.recent_messages(room, limit)
+    }
+    fn messages_before(
+        &self,
+        room: &str,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        self.inner.messages_before(room, before, limit)
+    }
+    fn create_account(&self, a: &AccountRecord) -> twitchy_storage::Result<()> {
+        self.inner.create_account(a)
+    }
+    fn account(&self, l: &str) -> twitchy_storage::Result<Option<AccountRecord>> {
+        self.inner.account(l)
+    }
+    fn put_token(&self, t: [u8; 32], r: &TokenRecord, max: usize) -> twitchy_storage::Result<()> {
+        self.inner.put_token(t, r, max)
+    }
+    fn token(&self, _: [u8; 32]) -> twitchy_storage::Result<Option<TokenRecord>> {
+        Ok(Some(TokenRecord {
+            login: "alice".into(),
+            issued_unix_ms: 0,
+            expires_unix_ms: u64::MAX,
+        }))
+    }
+    fn revoke_token(&self, t: [u8; 32]) -> twitchy_storage::Result<bool> {
+        self.inner.revoke_token(t)
+    }
+}
+
+#[test]
+fn a_flood_of_history_reads_does_not_starve_logins() {
+    let store = Arc::new(SlowHistory {
+        inner: MemoryStore::default(),
+        release: Mutex::new(false),
+        released: Condvar::new(),
+    });
+    let config = CoalescerConfig {
+        read_threads: 1,
+        history_queue_requests_max: 8,
+        auth_threads: 1,
+        ..CoalescerConfig::default()
+    };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    // History reads pile up behind a stuck one until their own queue is full and the rest answer Busy.
+    let stuck: Vec<_> = (0..20)
+        .map(|_| {
+            let reader = h.clone();
+            std::thread::spawn(move || block_on(reader.recent_messages("forsen", 10)))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stuck.iter().filter(|t| t.is_finished()).count() < 11 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the history queue is bounded"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Token lookups have their own queue and thread: answered while history is jammed.
+    for _ in 0..50 {
+        assert_eq!(
+            block_on(h.login_for_token([1; 32])).unwrap().as_deref(),
+            Some("alice")
+        );
+    }
+    *store.release.lock().unwrap() = true;
+    store.released.notify_all();
+    let results: Vec<_> = stuck.into_iter().map(|t| t.join().unwrap()).collect();
+    let busy = results
+        .iter()
+        .filter(|r| **r == Err(StorageError::Busy))
+        .count();
+    // Eight queued and (once the thread has taken one) one in progress; the rest refused.
+    assert!((11..=12).contains(&busy), "{busy} refused");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 20 - busy);
+    service.shutdown().unwrap();
 }

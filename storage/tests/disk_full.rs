@@ -38,6 +38,9 @@ fn record(id: MessageId, n: u64) -> MessageRecord {
 
 fn child(dir: &str) {
     let store = Arc::new(EmbeddedStore::open(dir.as_ref()).unwrap());
+    // The log prepares its next segment in the background as soon as it opens; let it finish before the limit
+    // is set, so that the first failure is a write into the active segment, not that preparation.
+    std::thread::sleep(std::time::Duration::from_secs(1));
     // The limit is set after opening: the journal file is created sparse at its full preallocated size, and the
     // limit then makes the first write past FILE_BYTES_MAX into it fail, as a full disk fails the first write that
     // needs a new block.
@@ -62,13 +65,21 @@ fn child(dir: &str) {
     // Write in waves of 512 until a wave has a failure.
     let mut failed = false;
     while !failed {
-        let wave: Vec<_> = (0..512)
-            .map(|_| {
-                n += 1;
-                let id = ids.next_id(1_700_000_000_000 + n / 100);
-                (id, h.append(record(id, n)).unwrap())
-            })
-            .collect();
+        let mut wave = Vec::new();
+        for _ in 0..512 {
+            n += 1;
+            let id = ids.next_id(1_700_000_000_000 + n / 100);
+            match h.append(record(id, n)) {
+                Ok(ack) => wave.push((id, ack)),
+                // The store already knows it cannot write (it could not prepare its next log segment): refused
+                // at once, which is the failure this test waits for.
+                Err(e) => {
+                    writeln!(out, "FAILED {e}").unwrap();
+                    failed = true;
+                    break;
+                }
+            }
+        }
         for (id, ack) in wave {
             match futures_lite::future::block_on(ack) {
                 Ok(()) => writeln!(out, "ACKED {id}").unwrap(),

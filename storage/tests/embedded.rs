@@ -117,7 +117,7 @@ fn acknowledged_messages_and_accounts_survive_reopen() {
     assert_eq!(store.recent_messages("forsen", 5000).unwrap(), written);
     assert_eq!(store.account("alice").unwrap(), Some(account("alice", 1)));
     assert_eq!(
-        store.login_for_token([7; 32]).unwrap().as_deref(),
+        store.token([7; 32]).unwrap().map(|t| t.login).as_deref(),
         Some("alice")
     );
 }
@@ -298,4 +298,86 @@ fn overlapping_late_and_repeated_batches_read_back_in_id_order() {
             .cloned()
             .collect::<Vec<_>>()
     );
+}
+
+/// A clock the test moves by hand.
+#[derive(Default)]
+struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl twitchy_storage::Clock for ManualClock {
+    fn now_unix_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn tokens_expire_are_revoked_and_capped_per_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let clock = Arc::new(ManualClock::default());
+    clock
+        .0
+        .store(1_700_000_000_000, std::sync::atomic::Ordering::SeqCst);
+    let config = CoalescerConfig {
+        token_ttl_ms: 60_000,
+        tokens_per_login_max: 3,
+        ..CoalescerConfig::default()
+    };
+    let service = StorageService::start_with_clock(store.clone(), config, clock.clone());
+    let h = service.handle();
+    let advance = |ms: u64| {
+        clock.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    };
+
+    block_on(h.put_token([1; 32], "alice")).unwrap();
+    assert_eq!(
+        block_on(h.login_for_token([1; 32])).unwrap().as_deref(),
+        Some("alice")
+    );
+    let grant = block_on(h.token([1; 32])).unwrap().unwrap();
+    assert_eq!(grant.expires_unix_ms - grant.issued_unix_ms, 60_000);
+
+    // Expiry: valid until the last millisecond, refused from then on (an invalid token, not an error).
+    advance(59_999);
+    assert!(block_on(h.login_for_token([1; 32])).unwrap().is_some());
+    advance(1);
+    assert_eq!(block_on(h.login_for_token([1; 32])).unwrap(), None);
+
+    // Logout revokes exactly the presented token.
+    block_on(h.put_token([2; 32], "alice")).unwrap();
+    block_on(h.put_token([3; 32], "bob_b")).unwrap();
+    assert!(block_on(h.revoke_token([2; 32])).unwrap());
+    assert!(
+        !block_on(h.revoke_token([2; 32])).unwrap(),
+        "already revoked"
+    );
+    assert_eq!(block_on(h.login_for_token([2; 32])).unwrap(), None);
+    assert!(block_on(h.login_for_token([3; 32])).unwrap().is_some());
+
+    // At most three live tokens per login: a fourth revokes the oldest; expired ones are cleared on the way.
+    for (i, t) in [10u8, 11, 12, 13].into_iter().enumerate() {
+        advance(10);
+        block_on(h.put_token([t; 32], "carol")).unwrap();
+        assert!(
+            block_on(h.login_for_token([t; 32])).unwrap().is_some(),
+            "{i}"
+        );
+    }
+    assert_eq!(block_on(h.login_for_token([10; 32])).unwrap(), None);
+    for t in [11u8, 12, 13] {
+        assert!(block_on(h.login_for_token([t; 32])).unwrap().is_some());
+    }
+    assert_eq!(
+        block_on(h.login_for_token([3; 32])).unwrap().as_deref(),
+        Some("bob_b")
+    );
+
+    // Durable: the same answers after reopening.
+    service.shutdown().unwrap();
+    drop(h);
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.token([10; 32]).unwrap(), None);
+    assert_eq!(store.token([2; 32]).unwrap(), None);
+    assert_eq!(store.token([13; 32]).unwrap().unwrap().login, "carol");
 }

@@ -28,7 +28,7 @@ use common::{block_on, message};
 use twitchy_storage::scylla_store::{BUCKETS_PER_EPOCH, bucket_of, epoch_of};
 use twitchy_storage::{
     CoalescerConfig, MessageId, MessageIdGen, MessageRecord, ScyllaStore, StorageService, Store,
-    StoreConfig, open_store,
+    StoreConfig, TokenRecord, open_store,
 };
 
 /// What the node saw of one BATCH request.
@@ -41,7 +41,12 @@ struct SeenBatch {
     partitions: BTreeSet<(Vec<u8>, Vec<u8>)>,
 }
 
-type Shared = (Mutex<KassandraSession>, Mutex<Vec<SeenBatch>>);
+/// The session, the batches seen, and how many of the next BATCH requests to fail (fault injection).
+type Shared = (
+    Mutex<KassandraSession>,
+    Mutex<Vec<SeenBatch>>,
+    std::sync::atomic::AtomicUsize,
+);
 
 /// An in-memory CQL node served on its own thread; dropped, it stops serving.
 struct Node {
@@ -53,8 +58,11 @@ struct Node {
 
 impl Node {
     fn start() -> Node {
-        let shared: Arc<Shared> =
-            Arc::new((Mutex::new(KassandraSession::new()), Mutex::new(Vec::new())));
+        let shared: Arc<Shared> = Arc::new((
+            Mutex::new(KassandraSession::new()),
+            Mutex::new(Vec::new()),
+            std::sync::atomic::AtomicUsize::new(0),
+        ));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = Arc::clone(&shared);
@@ -102,6 +110,16 @@ impl Node {
         }
     }
 
+    /// Answers the next `n` BATCH requests with a server error instead of applying them.
+    fn fail_batches(&self, n: usize) {
+        self.shared.2.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// BATCH requests still to be failed.
+    fn batches_to_fail(&self) -> usize {
+        self.shared.2.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Every BATCH request the node has answered so far.
     fn batches(&self) -> Vec<SeenBatch> {
         self.shared.1.lock().unwrap().clone()
@@ -136,6 +154,21 @@ async fn serve_client(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
 }
 
 fn answer(shared: &Shared, request: Request<'_>) -> Response {
+    if matches!(request, Request::Batch(_))
+        && shared
+            .2
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+    {
+        return Response::Error(kassandra::frame::response::error::Error::new(
+            kassandra::error::DbError::Overloaded,
+            "injected failure",
+        ));
+    }
     if let Request::Batch(b) = &request {
         let bytes = |v: &FrameValue<'_>| match v {
             FrameValue::Some(b) => b.to_vec(),
@@ -216,10 +249,11 @@ fn schema_is_created_on_first_start_and_reopening_keeps_it() {
         .collect();
     let expected: BTreeSet<String> = [
         "accounts",
+        "login_sessions",
         "messages",
         "room_buckets",
         "room_epochs",
-        "tokens",
+        "sessions",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -370,12 +404,84 @@ fn coalesced_writes_land_once_per_partition_with_their_index_rows() {
 }
 
 #[test]
-fn tokens_are_written_over_cql() {
+fn tokens_expire_are_capped_and_revoked_over_cql() {
     let node = Node::start();
     let store = ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap();
-    store.put_token([9; 32], "alice").unwrap();
-    let rows = node.rows("SELECT token, login FROM chat.tokens");
+    let grant = |issued: u64| TokenRecord {
+        login: "alice".into(),
+        issued_unix_ms: issued,
+        expires_unix_ms: issued + 1000,
+    };
+    store.put_token([9; 32], &grant(1000), 2).unwrap();
+    let rows = node.rows("SELECT token, login, issued_unix_ms, expires_unix_ms FROM chat.sessions");
     assert_eq!(rows.len(), 1);
     assert_eq!(blob(&rows[0][0]), vec![9; 32]);
     assert_eq!(text(&rows[0][1]), "alice");
+    assert_eq!(bigint(&rows[0][3]), 2000);
+    assert_eq!(store.token([9; 32]).unwrap(), Some(grant(1000)));
+    // A cap of two live tokens: the third grant revokes the oldest.
+    store.put_token([8; 32], &grant(1500), 2).unwrap();
+    store.put_token([7; 32], &grant(1600), 2).unwrap();
+    assert_eq!(store.token([9; 32]).unwrap(), None);
+    assert_eq!(store.token([8; 32]).unwrap(), Some(grant(1500)));
+    assert_eq!(store.token([7; 32]).unwrap(), Some(grant(1600)));
+    // A grant after the others expired removes them.
+    store.put_token([6; 32], &grant(5000), 10).unwrap();
+    assert_eq!(store.token([8; 32]).unwrap(), None);
+    assert_eq!(store.token([7; 32]).unwrap(), None);
+    assert_eq!(node.rows("SELECT token FROM chat.login_sessions").len(), 1);
+    assert!(store.revoke_token([6; 32]).unwrap());
+    assert!(!store.revoke_token([6; 32]).unwrap());
+    assert_eq!(store.token([6; 32]).unwrap(), None);
+    assert!(node.rows("SELECT token FROM chat.sessions").is_empty());
+}
+
+/// The rows of `chat.messages`, by id, with how often each id is stored.
+fn stored_counts(node: &Node) -> HashMap<Vec<u8>, usize> {
+    let mut counts = HashMap::new();
+    for r in node.rows("SELECT id FROM chat.messages") {
+        *counts.entry(blob(&r[0])).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_failed_batch_is_retried_with_the_same_ids_and_stored_once() {
+    let node = Node::start();
+    let store = ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap();
+    let mut ids = MessageIdGen::new(0, 0);
+    // Three rooms: three partition batches per append, of which some fail and some succeed.
+    let batch: Vec<MessageRecord> = (0..60u64)
+        .map(|n| {
+            let room = ["forsen", "xqc", "a"][(n % 3) as usize];
+            message(ids.next_id(1_700_000_000_000 + n), room, n)
+        })
+        .collect();
+    node.fail_batches(2);
+    store.append_messages(&batch).unwrap();
+    assert_eq!(node.batches_to_fail(), 0, "the injected failures were hit");
+    let counts = stored_counts(&node);
+    assert_eq!(counts.len(), batch.len());
+    assert!(counts.values().all(|&c| c == 1), "each message once");
+
+    // A cluster that keeps failing: the batch fails within the retry budget, with nothing acknowledged...
+    let more: Vec<MessageRecord> = (0..30u64)
+        .map(|n| message(ids.next_id(1_700_000_100_000 + n), "forsen", n))
+        .collect();
+    node.fail_batches(usize::MAX);
+    let started = std::time::Instant::now();
+    assert!(store.append_messages(&more).is_err());
+    assert!(
+        started.elapsed()
+            < std::time::Duration::from_millis(
+                twitchy_storage::scylla_store::APPEND_RETRY_BUDGET_MS + 2_000
+            ),
+        "bounded by the retry budget"
+    );
+    // ...and the sender's resend of the same messages stores each once.
+    node.fail_batches(0);
+    store.append_messages(&more).unwrap();
+    let counts = stored_counts(&node);
+    assert_eq!(counts.len(), batch.len() + more.len());
+    assert!(counts.values().all(|&c| c == 1), "each message once");
 }

@@ -98,7 +98,10 @@ pub struct RoomState {
 pub const MODERATOR_BADGE: &str = "moderator/1";
 
 /// NOTICE text when the token could not be checked because the store is unavailable (the token may be fine).
+/// The web client matches "try again" in it to keep its saved token.
 pub const LOGIN_UNAVAILABLE_TEXT: &str = "Login unavailable, try again";
+/// The `msg-id` of that NOTICE for clients that asked for tags.
+pub const LOGIN_UNAVAILABLE_MSG_ID: &str = "login_unavailable";
 
 /// What the session asks of its driver, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -640,10 +643,10 @@ impl Session {
         }
         twitch::encode_notice(
             None,
-            None,
+            Some(LOGIN_UNAVAILABLE_MSG_ID),
             LOGIN_UNAVAILABLE_TEXT,
             &self.config.server_name,
-            false,
+            self.caps_tags,
             reply(out),
         );
         out.push(Action::Close);
