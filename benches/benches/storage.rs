@@ -83,6 +83,7 @@ fn messages(ids: &mut MessageIdGen, count: usize) -> Vec<MessageRecord> {
             text: "skibidi W stream fr fr no cap, that play was bussin".into(),
             original: "W stream, that play was great".into(),
             styled_by: "llm".into(),
+            client_nonce: String::new(),
         })
         .collect()
 }

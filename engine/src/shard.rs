@@ -41,6 +41,8 @@ pub const SUBMITS_IN_FLIGHT_PER_CONN_MAX: u32 = 32;
 pub const SUBMIT_AGE_MS_MAX: u64 = 2_000;
 /// How long a `(user, client-nonce)` pair is remembered for idempotent resends.
 pub const DEDUPE_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Messages per room read at start to rebuild the idempotency table (and the last-10 history).
+pub const DEDUPE_RESTORE_MESSAGES_MAX: usize = 10_000;
 /// Idempotency entries a home shard keeps at most.
 pub const DEDUPE_ENTRIES_MAX: usize = 1_000_000;
 /// How long a closing connection may take to flush its last lines.
@@ -250,12 +252,12 @@ impl Shard {
                 continue;
             }
             let name = &self.shared.rooms[room].name;
+            // Enough recent messages for the last-10 history and for resends within the idempotency window.
             let records = self
                 .shared
                 .storage
-                .recent_messages(name, crate::core::HISTORY_ON_JOIN)
+                .recent_messages(name, DEDUPE_RESTORE_MESSAGES_MAX)
                 .await?;
-            let records = records.into_iter().map(|r| (r, None)).collect();
             self.core
                 .borrow_mut()
                 .restore_room(room, records, unix_ms());

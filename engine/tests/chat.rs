@@ -694,3 +694,45 @@ fn help_documents_every_option_with_its_environment_variable() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot read /nonexistent/rooms.toml"));
 }
+
+#[test]
+fn a_resent_nonce_is_acked_with_its_original_id_even_after_a_crash() {
+    let mut server = TestServer::start(&["--shards", "2"]);
+    let token = register(server.http, "resender", PASSWORD);
+    let mut viewer = Irc::ws(server.http);
+    viewer.login_anonymous();
+    viewer.join("globe");
+    let mut sender = Irc::tcp(server.irc);
+    sender.login("resender", &token);
+    sender.join("globe");
+    sender.send("@client-nonce=once-1 PRIVMSG #globe :only once please");
+    let first = tag(&sender.expect("ack", is_ack), "id").unwrap();
+    // The ack was lost (say): the client sends the same message again with the same nonce.
+    sender.send("@client-nonce=once-1 PRIVMSG #globe :only once please");
+    let again = tag(&sender.expect("ack of the resend", is_ack), "id").unwrap();
+    assert_eq!(again, first);
+    let seen = viewer.drain(Duration::from_millis(500));
+    assert_eq!(
+        seen.iter().filter(|l| l.contains(" PRIVMSG ")).count(),
+        1,
+        "delivered once: {seen:?}"
+    );
+
+    // And after a crash and restart.
+    server.kill();
+    server.restart();
+    let mut sender = Irc::tcp(server.irc);
+    sender.login("resender", &token);
+    sender.join("globe");
+    sender.send("@client-nonce=once-1 PRIVMSG #globe :only once please");
+    let after = tag(&sender.expect("ack after restart", is_ack), "id").unwrap();
+    assert_eq!(after, first);
+    let page = http(
+        server.http,
+        "GET",
+        "/api/rooms/globe/messages?limit=100",
+        None,
+    );
+    let stored = page.json()["messages"].as_array().unwrap().len();
+    assert_eq!(stored, 1, "stored once: {}", page.body);
+}

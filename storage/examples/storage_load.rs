@@ -113,6 +113,7 @@ fn message(ids: &mut MessageIdGen, n: u64) -> MessageRecord {
         text: "skibidi W stream fr fr no cap, that play was bussin".into(),
         original: "W stream, that play was great".into(),
         styled_by: "llm".into(),
+        client_nonce: String::new(),
     }
 }
 

@@ -111,6 +111,7 @@ pub(crate) fn record_bytes(r: &MessageRecord) -> usize {
         + r.text.len()
         + r.original.len()
         + r.styled_by.len()
+        + r.client_nonce.len()
 }
 
 /// Decides when a batch being gathered is complete. Sans-IO: the caller passes the time, so the window logic is
@@ -1017,6 +1018,7 @@ mod tests {
             text: String::new(),
             original: String::new(),
             styled_by: String::new(),
+            client_nonce: String::new(),
         };
         let base = record_bytes(&r);
         r.text = "x".repeat(100);

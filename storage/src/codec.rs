@@ -60,6 +60,7 @@ mod tests {
             text: "skibidi hello, stored out of line".into(),
             original: "hello".into(),
             styled_by: "local".into(),
+            client_nonce: String::new(),
         }
     }
 

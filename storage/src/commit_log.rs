@@ -642,9 +642,17 @@ impl CommitLog {
             });
         if let Err(e) = written {
             let path = segment_path(&self.dir, self.active_number);
-            // Zero the failed record before anyone can see it, and make that durable. Overwriting allocated blocks
-            // needs no free space.
-            if let Err(cut) = zero_range(&self.active, at, record_bytes) {
+            // Zero the failed record's header before anyone can see it, and make that durable: a scan stops at a
+            // zero header, so the record can never reappear, and the next append overwrites it. Overwriting
+            // allocated blocks needs no free space. The rest of the record is zeroed too where that works; it can
+            // fail for the reason the append did (a write past the process's file size limit fails even inside the
+            // file), which is harmless once the header is gone.
+            let header_bytes = (RECORD_HEADER_BYTES as u64).min(record_bytes);
+            let cut = zero_range(&self.active, at, header_bytes);
+            if cut.is_ok() {
+                let _ = zero_range(&self.active, at + header_bytes, record_bytes - header_bytes);
+            }
+            if let Err(cut) = cut {
                 let reason = format!(
                     "commit log {}: a failed append ({e}) could not be cut back out ({cut}); restart the process",
                     path.display()

@@ -1326,6 +1326,7 @@ mod tests {
                 text: format!("message {n}"),
                 original: String::new(),
                 styled_by: "local".into(),
+                client_nonce: String::new(),
             })
             .collect()
     }

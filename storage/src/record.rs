@@ -25,6 +25,9 @@ pub struct MessageRecord {
     pub original: String,
     /// How the text was styled: `llm` or `local`.
     pub styled_by: String,
+    /// The sender's IRCv3 `client-nonce`, or empty. Kept so that a resend of the same message after a restart is
+    /// still recognised and acknowledged with this id instead of being stored twice.
+    pub client_nonce: String,
 }
 
 /// A registered account.

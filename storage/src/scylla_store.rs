@@ -140,7 +140,7 @@ fn schema_statements(keyspace: &str, replication_factor: u32) -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.messages (room text, bucket bigint, id blob, user_id bigint, \
              login text, display_name text, color text, badges text, body text, original text, styled_by text, \
-             PRIMARY KEY ((room, bucket), id)) WITH CLUSTERING ORDER BY (id DESC)"
+             client_nonce text, PRIMARY KEY ((room, bucket), id)) WITH CLUSTERING ORDER BY (id DESC)"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.room_buckets (room text, epoch bigint, bucket bigint, \
@@ -166,7 +166,7 @@ fn schema_statements(keyspace: &str, replication_factor: u32) -> Vec<String> {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "id, user_id, login, display_name, color, badges, body, original, styled_by";
+    "id, user_id, login, display_name, color, badges, body, original, styled_by, client_nonce";
 
 struct Prepared {
     insert_message: PreparedStatement,
@@ -321,7 +321,7 @@ impl ScyllaStore {
             insert_message: prepare(
                 format!(
                     "INSERT INTO {ks}.messages (room, bucket, id, user_id, login, display_name, color, badges, \
-                     body, original, styled_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                     body, original, styled_by, client_nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 true,
             )
@@ -735,6 +735,7 @@ type InsertValues<'a> = (
     &'a str,
     &'a str,
     &'a str,
+    &'a str,
 );
 
 fn insert_values(m: &MessageRecord) -> InsertValues<'_> {
@@ -750,6 +751,7 @@ fn insert_values(m: &MessageRecord) -> InsertValues<'_> {
         m.text.as_str(),
         m.original.as_str(),
         m.styled_by.as_str(),
+        m.client_nonce.as_str(),
     )
 }
 
@@ -783,13 +785,26 @@ type MessageRow = (
     String,
     String,
     String,
+    // Null in rows written before nonces were kept.
+    Option<String>,
 );
 
 fn message_rows(result: QueryResult, room: &str) -> Result<Vec<MessageRecord>> {
     rows::<MessageRow>(result)?
         .into_iter()
         .map(
-            |(id, user_id, login, display_name, color, badges, text, original, styled_by)| {
+            |(
+                id,
+                user_id,
+                login,
+                display_name,
+                color,
+                badges,
+                text,
+                original,
+                styled_by,
+                client_nonce,
+            )| {
                 let id: [u8; 16] = id
                     .try_into()
                     .map_err(|_| StorageError::Corrupt("message id is not 16 bytes".into()))?;
@@ -804,6 +819,7 @@ fn message_rows(result: QueryResult, room: &str) -> Result<Vec<MessageRecord>> {
                     text,
                     original,
                     styled_by,
+                    client_nonce: client_nonce.unwrap_or_default(),
                 })
             },
         )
@@ -1159,6 +1175,7 @@ mod tests {
             text: format!("{id}"),
             original: String::new(),
             styled_by: "local".into(),
+            client_nonce: String::new(),
         }
     }
 

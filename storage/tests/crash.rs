@@ -37,6 +37,7 @@ fn record(id: MessageId, shard: u16, n: u64) -> MessageRecord {
         text: format!("crash test message {id} no cap"),
         original: format!("crash test message {id}"),
         styled_by: "local".into(),
+        client_nonce: String::new(),
     }
 }
 

@@ -33,6 +33,7 @@ fn record(id: MessageId, n: u64) -> MessageRecord {
         text: format!("fsize test message {id} {}", "x".repeat(100)),
         original: String::new(),
         styled_by: "local".into(),
+        client_nonce: String::new(),
     }
 }
 

@@ -1182,6 +1182,7 @@ impl ShardCore {
             text,
             original,
             styled_by: by.as_str().to_string(),
+            client_nonce: client_nonce.clone().unwrap_or_default(),
         };
         if let Some(nonce) = &client_nonce {
             let key = DedupeKey {
@@ -1314,20 +1315,17 @@ impl ShardCore {
         }
     }
 
-    /// After a restart: the room's last durable messages, oldest first, and the nonces accepted within the
-    /// idempotency window (so a resend after a restart is still recognised).
-    pub fn restore_room(
-        &mut self,
-        room: usize,
-        records: Vec<(MessageRecord, Option<String>)>,
-        now_ms: u64,
-    ) {
+    /// After a restart: the room's recent durable messages, oldest first. The last ones become the history on
+    /// join, and the nonces accepted within the idempotency window are remembered, so a resend after a restart is
+    /// acknowledged with its original id.
+    pub fn restore_room(&mut self, room: usize, records: Vec<MessageRecord>, now_ms: u64) {
         let info = self.cfg.rooms[room].clone();
         let window_ms = self.cfg.dedupe_window_ms;
         let count = records.len();
         let mut keys = Vec::new();
         let home = self.home_room(room);
-        for (index, (record, nonce)) in records.into_iter().enumerate() {
+        for (index, record) in records.into_iter().enumerate() {
+            let nonce = (!record.client_nonce.is_empty()).then(|| record.client_nonce.clone());
             if let Some(nonce) = &nonce
                 && now_ms.saturating_sub(record.id.unix_ms()) < window_ms
             {

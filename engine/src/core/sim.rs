@@ -1054,4 +1054,36 @@ mod scenarios {
         assert_eq!(after, before + 1);
         assert!(sim.shards[0].conn_finished(sim.clients[slow].conn));
     }
+
+    #[test]
+    fn a_store_that_cannot_answer_is_not_a_bad_token() {
+        let mut sim = world(1);
+        for (outcome, expected) in [
+            (
+                AuthOutcome::Invalid,
+                "NOTICE * :Login authentication failed",
+            ),
+            (
+                AuthOutcome::Unavailable,
+                "msg-id=login_unavailable :tmi.twitch.tv NOTICE * :Login unavailable, try again",
+            ),
+        ] {
+            let conn = sim.shards[0].conn_open(Transport::Tcp, sim.now_ms).unwrap();
+            sim.shards[0].conn_input(
+                conn,
+                b"CAP REQ :twitch.tv/tags\r\nPASS oauth:abc\r\nNICK someone\r\n",
+                sim.now_ms,
+            );
+            sim.collect(0);
+            let (_, asked, _) = sim.auth_jobs.pop().expect("a token check");
+            assert_eq!(asked, conn);
+            sim.shards[0].auth_done(conn, outcome, sim.now_ms);
+            let mut bytes = Vec::new();
+            while sim.shards[0].take_writes(conn, &mut bytes) > 0 {}
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.contains(expected), "{text}");
+            // Either way the connection closes: the client reconnects (and keeps its token on "try again").
+            assert!(sim.shards[0].conn_finished(conn));
+        }
+    }
 }

@@ -24,6 +24,11 @@ pub fn message(id: MessageId, room: &str, n: u64) -> MessageRecord {
         } else {
             "local".into()
         },
+        client_nonce: if n.is_multiple_of(3) {
+            format!("nonce-{n}")
+        } else {
+            String::new()
+        },
     }
 }
 
