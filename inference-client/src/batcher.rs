@@ -61,6 +61,19 @@ impl<T> Batcher<T> {
         self.queue.drain(..count).collect()
     }
 
+    /// Takes the oldest items for as long as `expired` says yes of their arrival time, with their arrival times.
+    pub(crate) fn take_while_oldest(
+        &mut self,
+        mut expired: impl FnMut(&Instant) -> bool,
+    ) -> Vec<(Instant, T)> {
+        let count = self
+            .queue
+            .iter()
+            .take_while(|(arrived, _)| expired(arrived))
+            .count();
+        self.queue.drain(..count).collect()
+    }
+
     /// Removes the items `keep` rejects and returns how many went.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
         let before = self.queue.len();
@@ -106,6 +119,12 @@ mod tests {
         );
         assert_eq!(batcher.take(0).len(), 0);
         assert_eq!(batcher.retain(|item| *item != 4), 1);
+        batcher.push(start, 5);
+        batcher.push(start + wait, 6);
+        let expired = batcher.take_while_oldest(|arrived| *arrived < start + wait);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(batcher.len(), 1);
+        batcher.drain_all();
         assert!(batcher.is_empty());
     }
 }

@@ -34,20 +34,24 @@ mod breaker;
 mod cache;
 mod error;
 mod factory;
+mod gate;
 pub mod http;
 mod llm;
 mod local;
 mod metrics;
 pub mod openai;
+mod prompt;
 pub mod rt;
 pub mod sanitize;
 mod style;
 
 pub use error::{Error, ErrorKind};
 pub use factory::ClusterStylerFactory;
+pub use gate::{Assessment, Rejection, assess_completion};
 pub use llm::LlmStyler;
 pub use local::LocalStyler;
 pub use metrics::{FallbackReason, MetricsTotals};
+pub use prompt::ChatTemplate;
 pub use sanitize::{Garbage, sanitize_completion, sanitize_text};
 
 use std::future::Future;
@@ -112,12 +116,23 @@ pub struct StylerConfig {
     pub batch_prompts_max: usize,
     /// Longest time the first prompt of a batch waits for more prompts to join it.
     pub batch_wait_us_max: u64,
-    /// Most tokens a completion may generate.
+    /// Most tokens a completion may generate. Each style has its own, smaller limit that grows with the message;
+    /// this caps them all.
     pub max_tokens: u32,
     /// Sampling temperature sent with every request.
     pub temperature: f32,
+    /// Frequency penalty sent with every request: a small model otherwise loops ("it's a banger, it's a banger").
+    pub frequency_penalty: f32,
     /// How a batch goes to an endpoint: one request with a list of prompts, or one request per prompt.
     pub batch_mode: BatchMode,
+    /// The served model's chat template, applied here so a batch stays one request with a list of prompts.
+    pub chat_template: ChatTemplate,
+    /// Start each answer with one of the style's openers and let the model continue it (a small model that has
+    /// begun in the style stays in it). The delivered text is the opener and the model's words.
+    pub assistant_prefill: bool,
+    /// Judge every completion (echo, prompt leak, off topic, off style) and deliver the local rewrite instead of a
+    /// rejected one. Off only to measure the model unfiltered.
+    pub quality_gate: bool,
     /// Most requests one shard keeps in flight to one endpoint (each holds one keep-alive connection). With
     /// [`BatchMode::Concurrent`] this bounds the prompts in flight, so it should be near the admission limit.
     pub requests_in_flight_per_endpoint_max: usize,
@@ -143,9 +158,9 @@ pub struct StylerConfig {
     pub admission_prompts_max: usize,
     /// Distinct messages whose completions each shard caches (each with a slot per style); 0 disables the cache.
     pub cache_entries_max: usize,
-    /// Longest prompt, in bytes, sent to the model. With a byte-level tokenizer a prompt of `n` bytes is at most
-    /// `n` tokens, so `prompt_bytes_max + max_tokens` below the served context length means no request is rejected
-    /// for length; longer messages get the local rewrite.
+    /// Longest prompt, in bytes, sent to the model (the style's examples included, about 1 KiB). With a byte-level
+    /// tokenizer a prompt of `n` bytes is at most `n` tokens, so `prompt_bytes_max + max_tokens` below the served
+    /// context length means no request is rejected for length; longer messages get the local rewrite.
     pub prompt_bytes_max: usize,
 }
 
@@ -186,9 +201,13 @@ impl Default for StylerConfig {
             deadline_ms: 150,
             batch_prompts_max: 32,
             batch_wait_us_max: 2_000,
-            max_tokens: 16,
-            temperature: 0.8,
+            max_tokens: 48,
+            temperature: 0.3,
+            frequency_penalty: 0.8,
             batch_mode: BatchMode::List,
+            chat_template: ChatTemplate::ChatMl,
+            assistant_prefill: true,
+            quality_gate: true,
             requests_in_flight_per_endpoint_max: 16,
             request_timeout_ms: 1_000,
             connect_timeout_ms: 200,
@@ -201,7 +220,7 @@ impl Default for StylerConfig {
             admission_prompts_initial: 16,
             admission_prompts_max: 1_024,
             cache_entries_max: 4_096,
-            prompt_bytes_max: 440,
+            prompt_bytes_max: 2_000,
         }
     }
 }
@@ -226,13 +245,44 @@ pub fn local_rewrite(style: &str, text: &str, seed: u64) -> String {
     }
 }
 
-/// The completion prompt the vLLM client sends for `text` in `style` (the text sanitised first), or `None` for an
-/// unknown style. Load tools use it to send exactly the client's prompts.
+/// The completion prompt the vLLM client sends for `text` in `style` (the text sanitised first) with the default
+/// configuration and seed 0, or `None` for an unknown style. Load tools use it to send exactly the client's
+/// prompts.
 pub fn llm_prompt(style: &str, text: &str) -> Option<String> {
+    llm_prompt_with(ChatTemplate::ChatMl, style, text, llm_opener(style, 0)?)
+}
+
+/// The opener the client starts the answer to a message with `seed` with, when `assistant_prefill` is on; `None`
+/// for an unknown style.
+pub fn llm_opener(style: &str, seed: u64) -> Option<&'static str> {
+    Some(prompt::opener(style::style_index(style)?, seed, true))
+}
+
+/// The completion prompt for `text` in `style` with a given chat template, the answer started with `opener` (empty
+/// for none); `None` for an unknown style.
+pub fn llm_prompt_with(
+    template: ChatTemplate,
+    style: &str,
+    text: &str,
+    opener: &str,
+) -> Option<String> {
     let index = style::style_index(style)?;
-    Some(style::prompt(
+    Some(prompt::build(
+        template,
         index,
         &sanitize::sanitize_text(text, STYLED_CHARS_MAX),
+        opener,
+    ))
+}
+
+/// Most tokens the vLLM client lets the completion of `text` in `style` take, under the cap `tokens_max`; `None`
+/// for an unknown style.
+pub fn llm_max_tokens(style: &str, text: &str, tokens_max: u32) -> Option<u32> {
+    let index = style::style_index(style)?;
+    Some(prompt::max_tokens(
+        index,
+        &sanitize::sanitize_text(text, STYLED_CHARS_MAX),
+        tokens_max,
     ))
 }
 
@@ -272,6 +322,12 @@ impl StylerConfig {
         }
         if self.model.is_empty() {
             return Err(Error::new(ErrorKind::InvalidConfig, "model must be named"));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "frequency_penalty must be within -2..=2",
+            ));
         }
         if !(0.0..=2.0).contains(&self.temperature) {
             return Err(Error::new(
@@ -351,7 +407,16 @@ mod tests {
                     .is_some_and(|line| !line.is_empty() && !line.contains('\n'))
             );
             let prompt = llm_prompt(name, "hi\nthere").expect("known style");
-            assert!(prompt.contains("Message: hi there\n"), "{prompt}");
+            let opener = llm_opener(name, 0).expect("known style");
+            assert!(
+                prompt.ends_with(&format!(
+                    ": hi there<|im_end|>\n<|im_start|>assistant\n{opener}"
+                )),
+                "{prompt}"
+            );
+            let plain =
+                llm_prompt_with(ChatTemplate::Plain, name, "hi\nthere", "").expect("known style");
+            assert!(plain.ends_with("Message: hi there\nRewritten:"), "{plain}");
         }
         assert_eq!(style_description("klingon"), None);
         assert_eq!(llm_prompt("klingon", "hi"), None);
