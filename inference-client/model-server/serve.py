@@ -17,7 +17,7 @@ def main() -> int:
     parser.add_argument("--alias", default="smollm2", help="model name clients send")
     parser.add_argument("--port", type=int, default=18431)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parallel", type=int, default=4, help="sequences decoded together")
+    parser.add_argument("--parallel", type=int, default=8, help="sequences decoded together")
     parser.add_argument("--ctx-per-slot", type=int, default=2048, help="context tokens of each sequence")
     args = parser.parse_args()
 
@@ -30,6 +30,9 @@ def main() -> int:
     params.n_ctx = args.parallel * args.ctx_per_slot
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
+    # One KV buffer for all sequences: a prompt prefix computed for one sequence (the style's system line and
+    # examples) is reused by the others instead of being computed again per sequence.
+    params.kv_unified = True
     server = xllamacpp.Server(params)
     print(f"listening {server.listening_address}", flush=True)
     signal.sigwait([signal.SIGTERM, signal.SIGINT])

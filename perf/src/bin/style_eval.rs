@@ -87,6 +87,12 @@ struct Args {
     /// `load`: the styler's deadline.
     #[arg(long, default_value_t = 2_000)]
     deadline_ms: u64,
+    /// `load`: most prompts per batch.
+    #[arg(long, default_value_t = 8)]
+    batch_prompts_max: usize,
+    /// `load`: most requests in flight to the endpoint.
+    #[arg(long, default_value_t = 1)]
+    requests_in_flight: usize,
     /// `load`: share of messages made unique (a corpus line with a number added), so that the cache cannot
     /// answer them; the rest repeat corpus lines as they are, like chat's "gg" and "lol".
     #[arg(long, default_value_t = 0.8)]
@@ -449,6 +455,8 @@ fn load(args: &Args) -> anyhow::Result<serde_json::Value> {
         chat_template: template,
         // A request on a CPU model takes seconds: give it the whole deadline, then some.
         request_timeout_ms: args.deadline_ms * 2,
+        batch_prompts_max: args.batch_prompts_max,
+        requests_in_flight_per_endpoint_max: args.requests_in_flight,
         ..StylerConfig::default()
     };
     config.validate()?;
@@ -520,6 +528,8 @@ fn load(args: &Args) -> anyhow::Result<serde_json::Value> {
         "seconds": args.seconds,
         "rooms": rooms,
         "deadline_ms": args.deadline_ms,
+        "batch_prompts_max": args.batch_prompts_max,
+        "requests_in_flight": args.requests_in_flight,
         "unique_share": args.unique_share,
         "messages": messages,
         "llm": llm,
