@@ -13,8 +13,15 @@ pub struct ModelServer {
     pub url: String,
 }
 
+/// The script, found from the crate that includes this module (`inference-client` or a sibling such as `engine`).
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("model-server/serve.sh")
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let own = manifest.join("model-server/serve.sh");
+    if own.exists() {
+        own
+    } else {
+        manifest.join("../inference-client/model-server/serve.sh")
+    }
 }
 
 impl ModelServer {
