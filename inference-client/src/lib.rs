@@ -9,15 +9,21 @@
 //! - [`sanitize`]: one pass over user text or model output that drops control, bidi-override and replacement
 //!   characters, collapses whitespace and cuts at [`STYLED_CHARS_MAX`] characters on a cluster boundary; model
 //!   output is also checked for garbage (empty, too few letters, long repeats).
+//! - [`prompt`](ChatTemplate): the served model's chat template applied client-side (so a batch stays one request
+//!   with a list of prompts), the style's few-shot examples, an opener that starts the answer, stop sequences and a
+//!   token limit per style.
+//! - [`gate`](assess_completion): the quality gate every completion passes before a viewer sees it; echoes, prompt
+//!   leaks, off-topic or rambling text and text out of style get the local rewrite, counted by reason.
 //! - [`openai`]: the `/v1/completions` wire format, sans IO, tolerant of broken UTF-8 and lone surrogates.
 //! - [`http`] and [`rt`]: a shard-local hyper 1.x HTTP/1.1 client over glommio TCP with keep-alive connections.
 //! - The vLLM path ([`LlmStyler`], one per shard): a completion cache per style, admission control (an AIMD limit
 //!   on outstanding prompts that keeps their age under a share of the deadline), a micro-batcher
 //!   (`batch_prompts_max` prompts or `batch_wait_us_max`, whichever first), least-outstanding-prompts balancing
 //!   over the endpoints, a circuit breaker per endpoint with `/health` probes, and the deadline wrapper: each
-//!   message races its completion against a timer and gets the local rewrite when the timer wins. Batches go out
-//!   as one request with a list of prompts ([`BatchMode::List`]) or as one request per prompt
-//!   ([`BatchMode::Concurrent`]).
+//!   message races its completion against a timer and gets the local rewrite when the timer wins. Under overload
+//!   the newest prompts go first, one style per batch, and prompts that cannot be answered in time are shed at
+//!   once. Batches go out as one request with a list of prompts ([`BatchMode::List`]) or as one request per
+//!   prompt ([`BatchMode::Concurrent`]).
 //! - Metrics: per-shard blocks of atomics written only by their shard, rendered as Prometheus text by
 //!   [`StylerFactory::metrics_text`].
 //!
@@ -25,8 +31,8 @@
 //! back for the LLM beyond its deadline, and under overload the excess goes to the local rewriter at once.
 //! Architecture invariant: the styler of a shard is shard-local (`Rc`, `RefCell`, glommio tasks, no tokio); only
 //! the factory and the metrics blocks are shared between shards.
-//! Architecture invariant: the batcher, admission control, breaker, cache, sanitiser and wire format do no IO and
-//! read no clock: they take `now` and are tested with a driven clock.
+//! Architecture invariant: the batcher, admission control, breaker, cache, sanitiser, prompt builder, quality gate
+//! and wire format do no IO and read no clock: they take `now` and are tested with a driven clock.
 
 mod admission;
 mod batcher;
