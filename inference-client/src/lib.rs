@@ -163,6 +163,9 @@ pub struct StylerConfig {
     pub admission_prompts_initial: usize,
     /// The admission limit never grows beyond this many outstanding prompts per shard.
     pub admission_prompts_max: usize,
+    /// The admission limit never shrinks below this many outstanding prompts per shard. On a CPU server a request
+    /// takes about as long for one prompt as for a batch, so a floor of a batch per request in flight keeps it busy.
+    pub admission_prompts_min: usize,
     /// Distinct messages whose completions each shard caches (each with a slot per style); 0 disables the cache.
     pub cache_entries_max: usize,
     /// Longest prompt, in bytes, sent to the model (the style's examples included, about 1 KiB). With a byte-level
@@ -226,6 +229,7 @@ impl Default for StylerConfig {
             admission_target_percent: 85,
             admission_prompts_initial: 16,
             admission_prompts_max: 1_024,
+            admission_prompts_min: 1,
             cache_entries_max: 4_096,
             prompt_bytes_max: 2_000,
         }

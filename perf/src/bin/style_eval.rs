@@ -457,6 +457,7 @@ fn load(args: &Args) -> anyhow::Result<serde_json::Value> {
         request_timeout_ms: args.deadline_ms * 2,
         batch_prompts_max: args.batch_prompts_max,
         requests_in_flight_per_endpoint_max: args.requests_in_flight,
+        admission_prompts_min: args.batch_prompts_max * args.requests_in_flight,
         ..StylerConfig::default()
     };
     config.validate()?;
@@ -570,7 +571,7 @@ fn load(args: &Args) -> anyhow::Result<serde_json::Value> {
 /// The styler's gate counters from the Prometheus text, on stderr, as the engine would expose them.
 fn log_metrics(metrics: &str) {
     for line in metrics.lines() {
-        if line.starts_with("twitchy_styler_fallbacks_total") && !line.ends_with(" 0") {
+        if !line.starts_with('#') && !line.ends_with(" 0") {
             eprintln!("{line}");
         }
     }
