@@ -30,9 +30,9 @@ def main() -> int:
     params.n_ctx = args.parallel * args.ctx_per_slot
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
-    # One KV buffer for all sequences: a prompt prefix computed for one sequence (the style's system line and
-    # examples) is reused by the others instead of being computed again per sequence.
-    params.kv_unified = True
+    # One KV buffer per sequence: a unified buffer lets sequences share a prefix, but every decoding step then
+    # attends over all of it, and it slowed decoding tenfold as it filled. Each sequence keeps the prefix of the
+    # style it served last, and the client sends one style per batch.
     server = xllamacpp.Server(params)
     print(f"listening {server.listening_address}", flush=True)
     signal.sigwait([signal.SIGTERM, signal.SIGINT])

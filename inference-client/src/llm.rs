@@ -415,10 +415,12 @@ impl Inner {
             BatchMode::Concurrent => slots_max - endpoint.requests_in_flight.get(),
         };
         // The newest prompts go first: they have the most time left, so under overload the model answers as many
-        // messages in time as it can, and the oldest wait out their (short) remaining time or are shed. Styles mix
-        // in a batch: a server with prefix caching (vLLM's, llama.cpp's with one KV buffer) computes each style's
-        // long prefix once for all sequences, and mixed batches stay full where one style's would not.
-        let batch = state.batcher.take_newest_alike(prompts_max, |_, _| true);
+        // messages in time as it can, and the oldest wait out their (short) remaining time or are shed. A batch holds
+        // one style, so its prompts share their long prefix (system line and examples), which the server's prefix
+        // cache keeps per sequence.
+        let batch = state
+            .batcher
+            .take_newest_alike(prompts_max, |a, b| a.style_index == b.style_index);
         endpoint.breaker.borrow_mut().on_dispatch();
         self.metrics.batch_prompts.observe(batch.len() as u64);
         let outstanding_at_send = state.admission.outstanding();
