@@ -1,8 +1,12 @@
 //! The engine styles messages through the LLM when endpoints are configured, and falls back to the local rewriter
-//! when they fail. An in-process OpenAI-compatible server stands in for vLLM; a real one is used when `VLLM_URL`
-//! is set.
+//! when they fail. An in-process OpenAI-compatible server stands in for vLLM; the real model (SmolLM2-135M-Instruct
+//! on llama.cpp's server, started by `inference-client/model-server/serve.sh`) styles end to end, or the server at
+//! `VLLM_URL` when it is set.
 
 mod common;
+#[path = "../../inference-client/tests/model_server/mod.rs"]
+#[allow(dead_code)]
+mod model_server;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -140,12 +144,16 @@ fn send_and_receive(server: &TestServer, user: &str, texts: &[&str]) -> Vec<Stri
 
 #[test]
 fn configured_llm_styles_messages() {
-    let llm = FakeLlm::start(" Arr, the LLM says ahoy!\u{7}\u{1b}[31m");
+    // The reply keeps the messages' words and adds the style's, so the quality gate lets it through.
+    let llm = FakeLlm::start(" hello there and how are you, says the LLM, ahoy!\u{7}\u{1b}[31m");
     let server = TestServer::start(&["--shards", "2", "--vllm", &llm.url()]);
     let styled = send_and_receive(&server, "llm_user", &["hello there", "how are you"]);
     for text in &styled {
         // The model's text, sanitised: control characters and escape sequences are gone.
-        assert!(text.contains("Arr, the LLM says ahoy!"), "{text}");
+        assert!(
+            text.contains("hello there and how are you, says the LLM, ahoy!"),
+            "{text}"
+        );
         assert!(!text.chars().any(char::is_control), "{text:?}");
     }
     assert!(llm.requests.load(Ordering::SeqCst) >= 1);
@@ -176,30 +184,56 @@ fn dead_llm_falls_back_to_the_local_rewriter() {
 }
 
 #[test]
-fn real_vllm_when_configured() {
-    let Ok(url) = std::env::var("VLLM_URL") else {
-        eprintln!("skipping: set VLLM_URL (see README, Testing) to run against a real vLLM server");
-        return;
+fn real_model_styles_through_the_engine() {
+    // The real model by default; a vLLM server instead when `VLLM_URL` names one.
+    let (_model, url, model) = match std::env::var("VLLM_URL") {
+        Ok(url) => (
+            None,
+            url,
+            std::env::var("VLLM_MODEL").unwrap_or_else(|_| "tiny".into()),
+        ),
+        Err(_) => {
+            let server = model_server::ModelServer::start();
+            let url = server.url.clone();
+            (Some(server), url, model_server::MODEL.to_owned())
+        }
     };
+    // A CPU-sized deadline: the first message of a style computes its prompt prefix (seconds on two cores).
+    let deadline_ms = 10_000;
     let server = TestServer::start(&[
         "--shards",
         "2",
         "--vllm",
         &url,
+        "--vllm-model",
+        &model,
         "--style-deadline-ms",
-        "1000",
+        &deadline_ms.to_string(),
     ]);
-    let styled = send_and_receive(
-        &server,
-        "vllm_user",
-        &["hello from the engine", "second message", "third one"],
-    );
-    for text in &styled {
+    let texts = [
+        "hello from the engine",
+        "that last play was amazing",
+        "my internet keeps lagging",
+    ];
+    let started = std::time::Instant::now();
+    let styled = send_and_receive(&server, "model_user", &texts);
+    for (original, text) in texts.iter().zip(&styled) {
+        println!("{original:?} -> {text:?}");
+        // Whatever styled it, the viewer gets clean text: no control characters, no template tokens.
         assert!(
-            !text.is_empty() && text.chars().count() <= 500 && !text.chars().any(char::is_control),
+            !text.is_empty()
+                && text.chars().count() <= 500
+                && !text.chars().any(char::is_control)
+                && !text.contains("<|"),
             "{text:?}"
         );
+        assert_ne!(text, original);
     }
+    assert!(
+        started.elapsed() < Duration::from_millis(texts.len() as u64 * (deadline_ms + 1_000)),
+        "{:?}",
+        started.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert!(
         llm_total(&server) >= 1,

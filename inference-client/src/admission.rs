@@ -37,11 +37,17 @@ const DECREASE_FACTOR_MIN: f64 = 0.5;
 const ADDITIVE_STEPS_MAX: f64 = 4.0;
 
 impl Admission {
-    pub(crate) fn new(limit_initial: usize, limit_max: usize, target: Duration) -> Self {
+    pub(crate) fn new(
+        limit_initial: usize,
+        limit_min: usize,
+        limit_max: usize,
+        target: Duration,
+    ) -> Self {
         let limit_max = limit_max.max(1) as f64;
+        let limit_min = (limit_min.max(1) as f64).min(limit_max);
         Admission {
-            limit: (limit_initial.max(1) as f64).min(limit_max),
-            limit_min: 1.0,
+            limit: (limit_initial.max(1) as f64).clamp(limit_min, limit_max),
+            limit_min,
             limit_max,
             target,
             last_decrease: None,
@@ -136,7 +142,7 @@ mod tests {
 
     #[test]
     fn admits_up_to_the_limit() {
-        let mut admission = Admission::new(2, 100, Duration::from_millis(100));
+        let mut admission = Admission::new(2, 1, 100, Duration::from_millis(100));
         assert!(admission.try_admit());
         assert!(admission.try_admit());
         assert!(!admission.try_admit());
@@ -148,7 +154,7 @@ mod tests {
     #[test]
     fn slow_start_doubles_until_the_first_overshoot() {
         let start = Instant::now();
-        let mut admission = Admission::new(10, 1_000, Duration::from_millis(100));
+        let mut admission = Admission::new(10, 1, 1_000, Duration::from_millis(100));
         // One round trip's worth of fast completions doubles the limit.
         admission.on_batch_done(start, start, 10, 10);
         assert_eq!(admission.limit(), 20);
@@ -175,7 +181,7 @@ mod tests {
     fn grows_while_fast_and_used_shrinks_when_slow() {
         let start = Instant::now();
         let target = Duration::from_millis(100);
-        let mut admission = Admission::new(10, 40, target);
+        let mut admission = Admission::new(10, 1, 40, target);
         // Leave slow start with one overshoot, then grow additively.
         admission.on_deadline_missed(start, Duration::from_millis(120));
         assert_eq!(admission.limit(), 8);

@@ -56,8 +56,54 @@ impl<T> Batcher<T> {
     }
 
     /// Takes the oldest items, at most `items_max` (and at most a batch), with their arrival times.
+    #[cfg(test)]
     pub(crate) fn take(&mut self, items_max: usize) -> Vec<(Instant, T)> {
         let count = self.queue.len().min(self.batch_items_max).min(items_max);
+        self.queue.drain(..count).collect()
+    }
+
+    /// Takes the newest item and the newest others that `alike` pairs with it, at most `items_max` (and at most a
+    /// batch) in all, in arrival order, with their arrival times.
+    pub(crate) fn take_newest_alike(
+        &mut self,
+        items_max: usize,
+        alike: impl Fn(&T, &T) -> bool,
+    ) -> Vec<(Instant, T)> {
+        let count_max = self.batch_items_max.min(items_max);
+        let Some((_, newest)) = self.queue.back() else {
+            return Vec::new();
+        };
+        if count_max == 0 {
+            return Vec::new();
+        }
+        let mut picked: Vec<usize> = Vec::with_capacity(count_max);
+        for (index, (_, item)) in self.queue.iter().enumerate().rev() {
+            if picked.len() == count_max {
+                break;
+            }
+            if alike(newest, item) {
+                picked.push(index);
+            }
+        }
+        // `picked` runs from the newest down; removing in that order keeps the lower indices valid.
+        let mut batch: Vec<(Instant, T)> = picked
+            .into_iter()
+            .filter_map(|index| self.queue.remove(index))
+            .collect();
+        batch.reverse();
+        batch
+    }
+
+    /// Takes the oldest items for as long as `expired` says yes of their arrival time, with their arrival times.
+    pub(crate) fn take_while_oldest(
+        &mut self,
+        mut expired: impl FnMut(&Instant) -> bool,
+    ) -> Vec<(Instant, T)> {
+        let count = self
+            .queue
+            .iter()
+            .take_while(|(arrived, _)| expired(arrived))
+            .count();
         self.queue.drain(..count).collect()
     }
 
@@ -106,6 +152,23 @@ mod tests {
         );
         assert_eq!(batcher.take(0).len(), 0);
         assert_eq!(batcher.retain(|item| *item != 4), 1);
+        batcher.push(start, 7);
+        batcher.push(start, 8);
+        batcher.push(start, 10);
+        // Alike: the same parity as the newest (10), newest first, returned in arrival order.
+        let newest: Vec<i32> = batcher
+            .take_newest_alike(2, |a, b| a % 2 == b % 2)
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect();
+        assert_eq!(newest, vec![8, 10]);
+        assert_eq!(batcher.retain(|item| *item != 7), 1);
+        batcher.push(start, 5);
+        batcher.push(start + wait, 6);
+        let expired = batcher.take_while_oldest(|arrived| *arrived < start + wait);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(batcher.len(), 1);
+        batcher.drain_all();
         assert!(batcher.is_empty());
     }
 }

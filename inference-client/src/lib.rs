@@ -9,15 +9,21 @@
 //! - [`sanitize`]: one pass over user text or model output that drops control, bidi-override and replacement
 //!   characters, collapses whitespace and cuts at [`STYLED_CHARS_MAX`] characters on a cluster boundary; model
 //!   output is also checked for garbage (empty, too few letters, long repeats).
+//! - [`prompt`](ChatTemplate): the served model's chat template applied client-side (so a batch stays one request
+//!   with a list of prompts), the style's few-shot examples, an opener that starts the answer, stop sequences and a
+//!   token limit per style.
+//! - [`gate`](assess_completion): the quality gate every completion passes before a viewer sees it; echoes, prompt
+//!   leaks, off-topic or rambling text and text out of style get the local rewrite, counted by reason.
 //! - [`openai`]: the `/v1/completions` wire format, sans IO, tolerant of broken UTF-8 and lone surrogates.
 //! - [`http`] and [`rt`]: a shard-local hyper 1.x HTTP/1.1 client over glommio TCP with keep-alive connections.
 //! - The vLLM path ([`LlmStyler`], one per shard): a completion cache per style, admission control (an AIMD limit
 //!   on outstanding prompts that keeps their age under a share of the deadline), a micro-batcher
 //!   (`batch_prompts_max` prompts or `batch_wait_us_max`, whichever first), least-outstanding-prompts balancing
 //!   over the endpoints, a circuit breaker per endpoint with `/health` probes, and the deadline wrapper: each
-//!   message races its completion against a timer and gets the local rewrite when the timer wins. Batches go out
-//!   as one request with a list of prompts ([`BatchMode::List`]) or as one request per prompt
-//!   ([`BatchMode::Concurrent`]).
+//!   message races its completion against a timer and gets the local rewrite when the timer wins. Under overload
+//!   the newest prompts go first, one style per batch, and prompts that cannot be answered in time are shed at
+//!   once. Batches go out as one request with a list of prompts ([`BatchMode::List`]) or as one request per
+//!   prompt ([`BatchMode::Concurrent`]).
 //! - Metrics: per-shard blocks of atomics written only by their shard, rendered as Prometheus text by
 //!   [`StylerFactory::metrics_text`].
 //!
@@ -25,8 +31,8 @@
 //! back for the LLM beyond its deadline, and under overload the excess goes to the local rewriter at once.
 //! Architecture invariant: the styler of a shard is shard-local (`Rc`, `RefCell`, glommio tasks, no tokio); only
 //! the factory and the metrics blocks are shared between shards.
-//! Architecture invariant: the batcher, admission control, breaker, cache, sanitiser and wire format do no IO and
-//! read no clock: they take `now` and are tested with a driven clock.
+//! Architecture invariant: the batcher, admission control, breaker, cache, sanitiser, prompt builder, quality gate
+//! and wire format do no IO and read no clock: they take `now` and are tested with a driven clock.
 
 mod admission;
 mod batcher;
@@ -34,20 +40,24 @@ mod breaker;
 mod cache;
 mod error;
 mod factory;
+mod gate;
 pub mod http;
 mod llm;
 mod local;
 mod metrics;
 pub mod openai;
+mod prompt;
 pub mod rt;
 pub mod sanitize;
 mod style;
 
 pub use error::{Error, ErrorKind};
 pub use factory::ClusterStylerFactory;
+pub use gate::{Assessment, Rejection, assess_completion};
 pub use llm::LlmStyler;
 pub use local::LocalStyler;
 pub use metrics::{FallbackReason, MetricsTotals};
+pub use prompt::ChatTemplate;
 pub use sanitize::{Garbage, sanitize_completion, sanitize_text};
 
 use std::future::Future;
@@ -112,16 +122,28 @@ pub struct StylerConfig {
     pub batch_prompts_max: usize,
     /// Longest time the first prompt of a batch waits for more prompts to join it.
     pub batch_wait_us_max: u64,
-    /// Most tokens a completion may generate.
+    /// Most tokens a completion may generate. Each style has its own, smaller limit that grows with the message;
+    /// this caps them all.
     pub max_tokens: u32,
     /// Sampling temperature sent with every request.
     pub temperature: f32,
+    /// Frequency penalty sent with every request: a small model otherwise loops ("it's a banger, it's a banger").
+    pub frequency_penalty: f32,
     /// How a batch goes to an endpoint: one request with a list of prompts, or one request per prompt.
     pub batch_mode: BatchMode,
+    /// The served model's chat template, applied here so a batch stays one request with a list of prompts.
+    pub chat_template: ChatTemplate,
+    /// Start each answer with one of the style's openers and let the model continue it (a small model that has
+    /// begun in the style stays in it). The delivered text is the opener and the model's words.
+    pub assistant_prefill: bool,
+    /// Judge every completion (echo, prompt leak, off topic, off style) and deliver the local rewrite instead of a
+    /// rejected one. Off only to measure the model unfiltered.
+    pub quality_gate: bool,
     /// Most requests one shard keeps in flight to one endpoint (each holds one keep-alive connection). With
     /// [`BatchMode::Concurrent`] this bounds the prompts in flight, so it should be near the admission limit.
     pub requests_in_flight_per_endpoint_max: usize,
-    /// A request that has not been answered after this long fails (and counts against the endpoint's breaker).
+    /// A request that has not been answered after this long fails (and counts against the endpoint's breaker);
+    /// never less than twice the deadline.
     pub request_timeout_ms: u64,
     /// Longest wait for a TCP connection to an endpoint.
     pub connect_timeout_ms: u64,
@@ -141,11 +163,14 @@ pub struct StylerConfig {
     pub admission_prompts_initial: usize,
     /// The admission limit never grows beyond this many outstanding prompts per shard.
     pub admission_prompts_max: usize,
+    /// The admission limit never shrinks below this many outstanding prompts per shard. On a CPU server a request
+    /// takes about as long for one prompt as for a batch, so a floor of a batch per request in flight keeps it busy.
+    pub admission_prompts_min: usize,
     /// Distinct messages whose completions each shard caches (each with a slot per style); 0 disables the cache.
     pub cache_entries_max: usize,
-    /// Longest prompt, in bytes, sent to the model. With a byte-level tokenizer a prompt of `n` bytes is at most
-    /// `n` tokens, so `prompt_bytes_max + max_tokens` below the served context length means no request is rejected
-    /// for length; longer messages get the local rewrite.
+    /// Longest prompt, in bytes, sent to the model (the style's examples included, about 1 KiB). With a byte-level
+    /// tokenizer a prompt of `n` bytes is at most `n` tokens, so `prompt_bytes_max + max_tokens` below the served
+    /// context length means no request is rejected for length; longer messages get the local rewrite.
     pub prompt_bytes_max: usize,
 }
 
@@ -186,9 +211,13 @@ impl Default for StylerConfig {
             deadline_ms: 150,
             batch_prompts_max: 32,
             batch_wait_us_max: 2_000,
-            max_tokens: 16,
-            temperature: 0.8,
+            max_tokens: 48,
+            temperature: 0.3,
+            frequency_penalty: 0.8,
             batch_mode: BatchMode::List,
+            chat_template: ChatTemplate::ChatMl,
+            assistant_prefill: true,
+            quality_gate: true,
             requests_in_flight_per_endpoint_max: 16,
             request_timeout_ms: 1_000,
             connect_timeout_ms: 200,
@@ -200,8 +229,9 @@ impl Default for StylerConfig {
             admission_target_percent: 85,
             admission_prompts_initial: 16,
             admission_prompts_max: 1_024,
+            admission_prompts_min: 1,
             cache_entries_max: 4_096,
-            prompt_bytes_max: 440,
+            prompt_bytes_max: 2_000,
         }
     }
 }
@@ -226,13 +256,44 @@ pub fn local_rewrite(style: &str, text: &str, seed: u64) -> String {
     }
 }
 
-/// The completion prompt the vLLM client sends for `text` in `style` (the text sanitised first), or `None` for an
-/// unknown style. Load tools use it to send exactly the client's prompts.
+/// The completion prompt the vLLM client sends for `text` in `style` (the text sanitised first) with the default
+/// configuration and seed 0, or `None` for an unknown style. Load tools use it to send exactly the client's
+/// prompts.
 pub fn llm_prompt(style: &str, text: &str) -> Option<String> {
+    llm_prompt_with(ChatTemplate::ChatMl, style, text, llm_opener(style, 0)?)
+}
+
+/// The opener the client starts the answer to a message with `seed` with, when `assistant_prefill` is on; `None`
+/// for an unknown style.
+pub fn llm_opener(style: &str, seed: u64) -> Option<&'static str> {
+    Some(prompt::opener(style::style_index(style)?, seed, true))
+}
+
+/// The completion prompt for `text` in `style` with a given chat template, the answer started with `opener` (empty
+/// for none); `None` for an unknown style.
+pub fn llm_prompt_with(
+    template: ChatTemplate,
+    style: &str,
+    text: &str,
+    opener: &str,
+) -> Option<String> {
     let index = style::style_index(style)?;
-    Some(style::prompt(
+    Some(prompt::build(
+        template,
         index,
         &sanitize::sanitize_text(text, STYLED_CHARS_MAX),
+        opener,
+    ))
+}
+
+/// Most tokens the vLLM client lets the completion of `text` in `style` take, under the cap `tokens_max`; `None`
+/// for an unknown style.
+pub fn llm_max_tokens(style: &str, text: &str, tokens_max: u32) -> Option<u32> {
+    let index = style::style_index(style)?;
+    Some(prompt::max_tokens(
+        index,
+        &sanitize::sanitize_text(text, STYLED_CHARS_MAX),
+        tokens_max,
     ))
 }
 
@@ -272,6 +333,12 @@ impl StylerConfig {
         }
         if self.model.is_empty() {
             return Err(Error::new(ErrorKind::InvalidConfig, "model must be named"));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "frequency_penalty must be within -2..=2",
+            ));
         }
         if !(0.0..=2.0).contains(&self.temperature) {
             return Err(Error::new(
@@ -351,7 +418,16 @@ mod tests {
                     .is_some_and(|line| !line.is_empty() && !line.contains('\n'))
             );
             let prompt = llm_prompt(name, "hi\nthere").expect("known style");
-            assert!(prompt.contains("Message: hi there\n"), "{prompt}");
+            let opener = llm_opener(name, 0).expect("known style");
+            assert!(
+                prompt.ends_with(&format!(
+                    ": hi there<|im_end|>\n<|im_start|>assistant\n{opener}"
+                )),
+                "{prompt}"
+            );
+            let plain =
+                llm_prompt_with(ChatTemplate::Plain, name, "hi\nthere", "").expect("known style");
+            assert!(plain.ends_with("Message: hi there\nRewritten:"), "{plain}");
         }
         assert_eq!(style_description("klingon"), None);
         assert_eq!(llm_prompt("klingon", "hi"), None);

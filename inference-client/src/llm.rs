@@ -31,7 +31,8 @@ use crate::local::LocalStyler;
 use crate::metrics::{FallbackReason, ShardMetrics};
 use crate::openai::{CompletionParams, decode_completion_response, encode_completion_request};
 use crate::{
-    BatchMode, ErrorKind, STYLED_CHARS_MAX, Styled, StyledBy, Styler, StylerConfig, sanitize, style,
+    BatchMode, ErrorKind, STYLED_CHARS_MAX, Styled, StyledBy, Styler, StylerConfig, gate, prompt,
+    sanitize, style,
 };
 
 /// What a waiting message receives: a sanitised completion, or why there is none.
@@ -40,7 +41,12 @@ type Outcome = Result<Rc<str>, FallbackReason>;
 /// An admitted prompt waiting in the batcher or in flight.
 struct Pending {
     style_index: usize,
+    /// The sanitised message: the cache key and what the quality gate judges the completion against.
     text: Rc<str>,
+    prompt: String,
+    /// The text the prompt starts the answer with; the delivered text is this and the model's continuation.
+    opener: &'static str,
+    max_tokens: u32,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -85,6 +91,9 @@ struct State {
     batcher: Batcher<Pending>,
     admission: Admission,
     cache: CompletionCache,
+    /// A running estimate of how long a request takes, from send to answer; prompts with less time left than this
+    /// are shed to the local rewrite instead of spending model time on a completion nobody will see.
+    request_latency_estimate: Option<Duration>,
     /// Where the least-outstanding search starts, rotated so ties spread over the endpoints.
     rotation: usize,
     stopped: bool,
@@ -156,10 +165,12 @@ impl LlmStyler {
             ),
             admission: Admission::new(
                 config.admission_prompts_initial,
+                config.admission_prompts_min,
                 config.admission_prompts_max,
                 target,
             ),
             cache: CompletionCache::new(config.cache_entries_max),
+            request_latency_estimate: None,
             rotation: 0,
             stopped: false,
         };
@@ -172,9 +183,15 @@ impl LlmStyler {
                 model: config.model.clone(),
                 max_tokens: config.max_tokens,
                 temperature: config.temperature,
+                frequency_penalty: config.frequency_penalty,
+                stop: config.chat_template.stop_sequences(),
             },
             deadline,
-            request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+            // A completion that misses its deadline still fills the cache, so a request may take longer than the
+            // deadline; a timeout shorter than the deadline would only turn a slow model into a dead one.
+            request_timeout: Duration::from_millis(
+                config.request_timeout_ms.max(2 * config.deadline_ms).max(1),
+            ),
             local: LocalStyler::new(Arc::clone(&metrics)),
             metrics,
             endpoints,
@@ -242,7 +259,9 @@ impl Styler for LlmStyler {
                 by: StyledBy::Llm,
             });
         }
-        let reason = if style::prompt_len(style_index, &sanitized) > inner.config.prompt_bytes_max {
+        let opener = prompt::opener(style_index, seed, inner.config.assistant_prefill);
+        let prompt = prompt::build(inner.config.chat_template, style_index, &sanitized, opener);
+        let reason = if prompt.len() > inner.config.prompt_bytes_max {
             Some(FallbackReason::TooLong)
         } else if state.stopped
             || !inner
@@ -270,7 +289,10 @@ impl Styler for LlmStyler {
             now,
             Pending {
                 style_index,
+                max_tokens: prompt::max_tokens(style_index, &text, inner.config.max_tokens),
                 text: Rc::clone(&text),
+                prompt,
+                opener,
                 reply,
             },
         );
@@ -327,10 +349,27 @@ enum Dispatch {
 impl Inner {
     fn next_dispatch(&self, now: Instant) -> Dispatch {
         let mut state = self.state.borrow_mut();
-        // Prompts whose message already gave up (deadline passed) are not worth GPU time.
+        // Prompts whose message already gave up (deadline passed) are not worth GPU time, and neither are those
+        // that cannot be answered before their deadline: the oldest are shed first, at once, to the local rewrite.
         let dropped = state.batcher.retain(|pending| !pending.reply.is_canceled());
         if dropped > 0 {
             state.admission.release(dropped);
+        }
+        // An estimate beyond the deadline would shed every prompt and never be measured again: then the next batch
+        // goes anyway and measures the endpoint afresh.
+        if let Some(latency) = state
+            .request_latency_estimate
+            .filter(|latency| *latency < self.deadline)
+        {
+            let expired = state
+                .batcher
+                .take_while_oldest(|admitted| *admitted + self.deadline < now + latency);
+            if !expired.is_empty() {
+                state.admission.release(expired.len());
+                for (_, pending) in expired {
+                    let _ = pending.reply.send(Err(FallbackReason::Deadline));
+                }
+            }
         }
         let Some(due_at) = state.batcher.due_at() else {
             return Dispatch::Wait(None);
@@ -375,7 +414,13 @@ impl Inner {
             BatchMode::List => usize::MAX,
             BatchMode::Concurrent => slots_max - endpoint.requests_in_flight.get(),
         };
-        let batch = state.batcher.take(prompts_max);
+        // The newest prompts go first: they have the most time left, so under overload the model answers as many
+        // messages in time as it can, and the oldest wait out their (short) remaining time or are shed. A batch holds
+        // one style, so its prompts share their long prefix (system line and examples), which the server's prefix
+        // cache keeps per sequence.
+        let batch = state
+            .batcher
+            .take_newest_alike(prompts_max, |a, b| a.style_index == b.style_index);
         endpoint.breaker.borrow_mut().on_dispatch();
         self.metrics.batch_prompts.observe(batch.len() as u64);
         let outstanding_at_send = state.admission.outstanding();
@@ -404,6 +449,37 @@ impl Inner {
         Dispatch::Send(flights)
     }
 
+    /// What a viewer may see of a raw completion: sanitised, passed by the quality gate, after the opener; or why
+    /// not.
+    fn judge(&self, pending: &Pending, raw: Option<String>) -> Result<String, FallbackReason> {
+        let raw = raw.ok_or(FallbackReason::Error)?;
+        let generated = sanitize::sanitize_completion(&raw, STYLED_CHARS_MAX)
+            .map_err(|_| FallbackReason::Garbage)?;
+        if self.config.quality_gate {
+            let verdict = gate::assess(
+                pending.style_index,
+                &pending.text,
+                pending.opener,
+                &generated,
+            )
+            .verdict();
+            if let Err(rejection) = verdict {
+                log::debug!(
+                    "completion rejected ({}): {:?} -> {:?}",
+                    rejection.as_str(),
+                    pending.text,
+                    generated
+                );
+                return Err(FallbackReason::from_rejection(rejection));
+            }
+        }
+        if pending.opener.is_empty() {
+            return Ok(generated);
+        }
+        sanitize::sanitize_completion(&format!("{}{raw}", pending.opener), STYLED_CHARS_MAX)
+            .map_err(|_| FallbackReason::Garbage)
+    }
+
     fn publish_health(&self, index: usize) {
         let healthy = self.endpoints[index].breaker.borrow().is_healthy();
         self.metrics.endpoints[index]
@@ -424,12 +500,20 @@ impl Inner {
             .first()
             .map_or_else(Instant::now, |(admitted, _)| *admitted);
 
-        let prompts: Vec<String> = batch
+        let prompt_refs: Vec<&str> = batch
             .iter()
-            .map(|(_, pending)| style::prompt(pending.style_index, &pending.text))
+            .map(|(_, pending)| pending.prompt.as_str())
             .collect();
-        let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let body = Bytes::from(encode_completion_request(&self.params, &prompt_refs));
+        // One request carries one limit: the largest any of its prompts may take (stop sequences end the others).
+        let params = CompletionParams {
+            max_tokens: batch
+                .iter()
+                .map(|(_, pending)| pending.max_tokens)
+                .max()
+                .unwrap_or(self.params.max_tokens),
+            ..self.params.clone()
+        };
+        let body = Bytes::from(encode_completion_request(&params, &prompt_refs));
         let sent_at = Instant::now();
         let result = endpoint
             .client
@@ -448,9 +532,10 @@ impl Inner {
             .prompts_outstanding
             .set(endpoint.prompts_outstanding.get() - prompt_count);
         let endpoint_metrics = &self.metrics.endpoints[index];
+        let latency = now.saturating_duration_since(sent_at);
         endpoint_metrics
             .latency_us
-            .observe(now.saturating_duration_since(sent_at).as_micros() as u64);
+            .observe(latency.as_micros() as u64);
 
         let decoded = result.and_then(|response| {
             if response.status == 200 {
@@ -467,6 +552,11 @@ impl Inner {
         match decoded {
             Ok(texts) => {
                 endpoint.breaker.borrow_mut().on_success();
+                state.request_latency_estimate = Some(match state.request_latency_estimate {
+                    // An exponentially weighted average, a quarter weight on the newest request.
+                    Some(estimate) => (estimate * 3 + latency) / 4,
+                    None => latency,
+                });
                 state.admission.on_batch_done(
                     now,
                     oldest_admitted,
@@ -474,21 +564,15 @@ impl Inner {
                     outstanding_at_send,
                 );
                 for ((_, pending), raw) in batch.into_iter().zip(texts) {
-                    let outcome = match raw
-                        .map(|raw| sanitize::sanitize_completion(&raw, STYLED_CHARS_MAX))
-                    {
-                        Some(Ok(clean)) => {
-                            let clean: Rc<str> = clean.into();
-                            state.cache.insert(
-                                pending.style_index,
-                                Rc::clone(&pending.text),
-                                Rc::clone(&clean),
-                            );
-                            Ok(clean)
-                        }
-                        Some(Err(_)) => Err(FallbackReason::Garbage),
-                        None => Err(FallbackReason::Error),
-                    };
+                    let outcome = self.judge(&pending, raw).map(|clean| {
+                        let clean: Rc<str> = clean.into();
+                        state.cache.insert(
+                            pending.style_index,
+                            Rc::clone(&pending.text),
+                            Rc::clone(&clean),
+                        );
+                        clean
+                    });
                     if pending.reply.send(outcome).is_err() {
                         self.metrics
                             .late_completions

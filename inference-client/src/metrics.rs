@@ -28,10 +28,21 @@ pub enum FallbackReason {
     Error,
     /// The completion was empty or noise after sanitising.
     Garbage,
+    /// The quality gate turned the completion away: it added nothing to the message.
+    Echo,
+    /// The quality gate turned the completion away: it repeated the prompt.
+    PromptLeak,
+    /// The quality gate turned the completion away: it kept none of the message's content words, or rambled.
+    OffTopic,
+    /// The quality gate turned the completion away: it did not read as the room's style.
+    OffStyle,
 }
 
+/// How many fallback reasons there are.
+const FALLBACK_REASONS: usize = 13;
+
 impl FallbackReason {
-    pub const ALL: [FallbackReason; 9] = [
+    pub const ALL: [FallbackReason; FALLBACK_REASONS] = [
         FallbackReason::Disabled,
         FallbackReason::UnknownStyle,
         FallbackReason::EmptyText,
@@ -41,6 +52,10 @@ impl FallbackReason {
         FallbackReason::Deadline,
         FallbackReason::Error,
         FallbackReason::Garbage,
+        FallbackReason::Echo,
+        FallbackReason::PromptLeak,
+        FallbackReason::OffTopic,
+        FallbackReason::OffStyle,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +69,20 @@ impl FallbackReason {
             FallbackReason::Deadline => "deadline",
             FallbackReason::Error => "error",
             FallbackReason::Garbage => "garbage",
+            FallbackReason::Echo => "echo",
+            FallbackReason::PromptLeak => "prompt_leak",
+            FallbackReason::OffTopic => "off_topic",
+            FallbackReason::OffStyle => "off_style",
+        }
+    }
+
+    /// The reason the quality gate's rejection is counted under.
+    pub fn from_rejection(rejection: crate::gate::Rejection) -> Self {
+        match rejection {
+            crate::gate::Rejection::Echo => FallbackReason::Echo,
+            crate::gate::Rejection::PromptLeak => FallbackReason::PromptLeak,
+            crate::gate::Rejection::OffTopic => FallbackReason::OffTopic,
+            crate::gate::Rejection::OffStyle => FallbackReason::OffStyle,
         }
     }
 
@@ -124,7 +153,7 @@ pub(crate) struct ShardMetrics {
     pub shard: usize,
     pub requests_llm: AtomicU64,
     pub requests_local: AtomicU64,
-    fallbacks: [AtomicU64; 9],
+    fallbacks: [AtomicU64; FALLBACK_REASONS],
     pub cache_hits: AtomicU64,
     /// Completions that arrived after their message had been delivered locally.
     pub late_completions: AtomicU64,
@@ -426,7 +455,7 @@ pub struct MetricsTotals {
     pub cache_hits: u64,
     pub late_completions: u64,
     /// Indexed like [`FallbackReason::ALL`].
-    pub fallbacks: [u64; 9],
+    pub fallbacks: [u64; FALLBACK_REASONS],
     pub batches: u64,
     pub batched_prompts: u64,
 }

@@ -14,6 +14,10 @@ pub struct CompletionParams {
     pub model: String,
     pub max_tokens: u32,
     pub temperature: f32,
+    /// Lowers the odds of tokens the completion already used, by how often it used them (OpenAI semantics).
+    pub frequency_penalty: f32,
+    /// Sequences that end a completion (see [`crate::ChatTemplate::stop_sequences`]).
+    pub stop: &'static [&'static str],
 }
 
 #[derive(Serialize)]
@@ -22,8 +26,8 @@ struct CompletionRequest<'a> {
     prompt: &'a [&'a str],
     max_tokens: u32,
     temperature: f32,
-    /// A completion is one chat line: the first line break ends it.
-    stop: [&'static str; 1],
+    frequency_penalty: f32,
+    stop: &'static [&'static str],
 }
 
 /// Encodes a completion request for `prompts` (one choice per prompt).
@@ -33,7 +37,8 @@ pub fn encode_completion_request(params: &CompletionParams, prompts: &[&str]) ->
         prompt: prompts,
         max_tokens: params.max_tokens,
         temperature: params.temperature,
-        stop: ["\n"],
+        frequency_penalty: params.frequency_penalty,
+        stop: params.stop,
     };
     // Serialising plain strings and numbers into a `Vec` cannot fail.
     serde_json::to_vec(&request).unwrap_or_default()
@@ -133,6 +138,8 @@ mod tests {
             model: "tiny".into(),
             max_tokens: 40,
             temperature: 0.5,
+            frequency_penalty: 0.0,
+            stop: &["\n"],
         };
         let body = encode_completion_request(&params, &["a \"quoted\" prompt", "b"]);
         let value: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");

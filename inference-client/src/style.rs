@@ -1,4 +1,4 @@
-//! The styles: a prompt template for the LLM and a rule set for the local rewriter, per style.
+//! The styles: the LLM's prompt parts and quality markers, and the local rewriter's rules, per style.
 //!
 //! The local rewriter never deletes or changes the user's words. It sanitises them (see [`crate::sanitize`]) and
 //! dresses them in the style: an opener, an interjection at a word boundary near the middle of longer messages, one
@@ -56,19 +56,41 @@ pub(crate) struct LocalRules {
     pub terminal: char,
 }
 
-/// One style: its name, its one-line description, its LLM prompt template and its local rules.
+/// One style: its name, its one-line description, its LLM rules and its local rules.
 #[derive(Debug)]
 pub(crate) struct Style {
     pub name: &'static str,
     pub description: &'static str,
-    /// The completion prompt; [`PROMPT_MESSAGE_SLOT`] is replaced by the sanitised message, which carries no line
-    /// breaks, so it can neither end the prompt's line nor forge the `Rewritten:` line.
-    pub prompt_template: &'static str,
+    /// How the LLM is asked for the style, and how its answer is judged.
+    pub llm: LlmRules,
     pub local: LocalRules,
 }
 
-/// Where the message goes in a prompt template.
-pub(crate) const PROMPT_MESSAGE_SLOT: &str = "{message}";
+/// The LLM's side of a style: the prompt's parts (see [`crate::prompt`]) and what the quality gate looks for.
+#[derive(Debug)]
+pub(crate) struct LlmRules {
+    /// The system turn.
+    pub system: &'static str,
+    /// Opens every user turn, before `": "` and the message.
+    pub instruction: &'static str,
+    /// Few-shot examples, `(message, rewrite)`. Each rewrite starts with one of the openers, keeps the message's
+    /// words and adds the style's own: the pattern a small model copies best.
+    pub shots: &'static [(&'static str, &'static str)],
+    /// The assistant's answer is started with one of these (picked by the message's seed) and the model continues
+    /// it: a small model that has begun in the style stays in it, where one that begins on its own often answers the
+    /// message or repeats it plainly.
+    pub openers: &'static [&'static str],
+    /// Most tokens a completion in this style may take.
+    pub max_tokens: u32,
+    /// Tokens a completion may take beyond twice the message's.
+    pub extra_tokens: u32,
+    /// Lower-case words, phrases and emoji that mark text as this style. A completion is in style when it has one
+    /// that the message does not. A phrase matches on word boundaries; an emoji anywhere.
+    pub markers: &'static [&'static str],
+    /// Word endings that mark the style (`"in'"` for the pirate's dropped g, `"eth"` for the Bard's verbs), for
+    /// words at least two letters longer than the ending.
+    pub marker_suffixes: &'static [&'static str],
+}
 
 /// The longest interjection, in bytes; checked by a test so the rewriter can build its parenthetical on the stack.
 pub(crate) const INTERJECTION_BYTES_MAX: usize = 40;
@@ -80,8 +102,97 @@ pub(crate) static STYLES: [Style; 4] = [
     Style {
         name: "brainrot",
         description: "Gen-Z brainrot: no cap, it's giving main character energy fr fr.",
-        prompt_template: "Rewrite the chat message in Gen-Z brainrot slang (bestie, fr fr, no cap, slay, bussin, \
-                          emoji). Keep its meaning and its words. One line.\nMessage: {message}\nRewritten:",
+        llm: LlmRules {
+            system: "You rewrite Twitch chat messages in Gen-Z brainrot slang. Keep the words of the message and add \
+                     slang like fr fr, no cap, bestie, lowkey, ngl, it's giving, and an emoji.",
+            instruction: "Rewrite in Gen-Z slang",
+            shots: &[
+                ("gg that was close", "fr fr gg that was so close 😭"),
+                ("what game is this", "bestie, what game is this no cap 💀"),
+                (
+                    "i need to go to bed soon",
+                    "ngl i need to go to bed soon, this stream is bussin 😴",
+                ),
+                (
+                    "the boss just one shot him lol",
+                    "no cap, the boss just one shot him, he got cooked 💀",
+                ),
+                (
+                    "nice outfit today",
+                    "lowkey the outfit today is giving slay ✨",
+                ),
+            ],
+            openers: &["ngl", "bestie,", "lowkey", "no cap,", "fr fr"],
+            max_tokens: 32,
+            extra_tokens: 10,
+            markers: &[
+                "fr",
+                "fr fr",
+                "no cap",
+                "bestie",
+                "besties",
+                "slay",
+                "slayed",
+                "slaying",
+                "slayyy",
+                "bussin",
+                "lowkey",
+                "highkey",
+                "ngl",
+                "deadass",
+                "ong",
+                "on god",
+                "rizz",
+                "sigma",
+                "skibidi",
+                "gyatt",
+                "sus",
+                "bruh",
+                "it's giving",
+                "main character",
+                "cooked",
+                "based",
+                "mid",
+                "goated",
+                "periodt",
+                "sheesh",
+                "fam",
+                "bet",
+                "npc",
+                "aura",
+                "lmao",
+                "lmfao",
+                "yeet",
+                "vibe check",
+                "vibing",
+                "icl",
+                "tbh",
+                "iykyk",
+                "delulu",
+                "big w",
+                "huge w",
+                "ratio",
+                "💀",
+                "😭",
+                "✨",
+                "🔥",
+                "💅",
+                "🤪",
+                "🗿",
+                "👀",
+                "😤",
+                "🙏",
+                "😂",
+                "🤣",
+                "🥺",
+                "😩",
+                "🫠",
+                "💯",
+                "😎",
+                "😴",
+            ],
+            marker_suffixes: &[],
+        },
         local: LocalRules {
             openers: &[
                 p("Hey bestie! ✨💅"),
@@ -126,8 +237,84 @@ pub(crate) static STYLES: [Style; 4] = [
     Style {
         name: "pirate",
         description: "Pirate: arr, the message hauled aboard with a yo-ho-ho.",
-        prompt_template: "Rewrite the chat message as a pirate would say it (arr, matey, ye, aye). Keep its meaning and \
-                          its words. One line.\nMessage: {message}\nRewritten:",
+        llm: LlmRules {
+            system: "You rewrite Twitch chat messages as a pirate would say them. Keep every word of the message and \
+                     add pirate words like arr, matey, ye, aye, ahoy.",
+            instruction: "Rewrite as a pirate",
+            shots: &[
+                ("gg that was close", "Arr, gg mateys, that be a close one!"),
+                (
+                    "what game is this",
+                    "Ahoy, what game be this ye be playin'?",
+                ),
+                (
+                    "i need to go to bed soon",
+                    "Aye, I be needin' to go to me bed soon, matey.",
+                ),
+                (
+                    "the boss just one shot him lol",
+                    "Har har, the boss just sent him to Davy Jones in one shot!",
+                ),
+                (
+                    "nice outfit today",
+                    "Avast, a fine outfit ye wear today, arr!",
+                ),
+            ],
+            openers: &["Arr,", "Ahoy,", "Aye,", "Har har,", "Avast,"],
+            max_tokens: 36,
+            extra_tokens: 10,
+            markers: &[
+                "arr",
+                "arrr",
+                "arrgh",
+                "matey",
+                "mateys",
+                "ye",
+                "yer",
+                "aye",
+                "ahoy",
+                "avast",
+                "me hearty",
+                "hearties",
+                "hearty",
+                "scallywag",
+                "scallywags",
+                "landlubber",
+                "landlubbers",
+                "plunder",
+                "treasure",
+                "booty",
+                "ship",
+                "sail",
+                "sails",
+                "seas",
+                "the sea",
+                "captain",
+                "cap'n",
+                "davy jones",
+                "plank",
+                "yo ho",
+                "yo-ho-ho",
+                "shiver me timbers",
+                "timbers",
+                "parrot",
+                "doubloons",
+                "grog",
+                "savvy",
+                "blimey",
+                "har",
+                "harr",
+                "buccaneer",
+                "pirate",
+                "pirates",
+                "🏴‍☠️",
+                "⚓",
+                "🦜",
+                "💰",
+                "🗺️",
+            ],
+            marker_suffixes: &["in'"],
+        },
         local: LocalRules {
             openers: &[
                 p("Arr!"),
@@ -160,8 +347,113 @@ pub(crate) static STYLES: [Style; 4] = [
     Style {
         name: "shakespeare",
         description: "Shakespearean: hark, thy message in the tongue of the Bard, forsooth.",
-        prompt_template: "Rewrite the chat message in the English of Shakespeare (thou, thee, hark, prithee, forsooth). \
-                          Keep its meaning and its words. One line.\nMessage: {message}\nRewritten:",
+        llm: LlmRules {
+            system: "You rewrite Twitch chat messages in the English of Shakespeare. Keep the words of the message and \
+                     add old English like thou, thy, hath, doth, 'tis, forsooth, prithee.",
+            instruction: "Rewrite in Shakespearean English",
+            shots: &[
+                (
+                    "gg that was close",
+                    "Forsooth, good game, 'twas close indeed!",
+                ),
+                (
+                    "what game is this",
+                    "Prithee, what game is this thou playest?",
+                ),
+                (
+                    "i need to go to bed soon",
+                    "Alas, I needs must go to my bed soon, good sir.",
+                ),
+                (
+                    "the boss just one shot him lol",
+                    "Hark! The boss hath slain him in one shot, methinks.",
+                ),
+                (
+                    "nice outfit today",
+                    "Verily, thy outfit today is fair, my lord.",
+                ),
+            ],
+            openers: &["Hark!", "Prithee,", "Forsooth,", "Alas,", "Verily,"],
+            max_tokens: 36,
+            extra_tokens: 10,
+            markers: &[
+                "thou",
+                "thee",
+                "thy",
+                "thine",
+                "thyself",
+                "hath",
+                "doth",
+                "dost",
+                "art",
+                "'tis",
+                "'twas",
+                "tis",
+                "twas",
+                "ere",
+                "forsooth",
+                "prithee",
+                "hark",
+                "alas",
+                "verily",
+                "methinks",
+                "wherefore",
+                "anon",
+                "nay",
+                "yea",
+                "good sir",
+                "fair",
+                "o'er",
+                "e'en",
+                "whence",
+                "hence",
+                "hither",
+                "thither",
+                "mayhap",
+                "perchance",
+                "pray",
+                "fie",
+                "zounds",
+                "marry",
+                "lo",
+                "behold",
+                "my lord",
+                "my lady",
+                "liege",
+                "sir",
+                "madam",
+                "dame",
+                "'twill",
+                "'twould",
+                "naught",
+                "aught",
+                "ne'er",
+                "mightest",
+                "shall",
+                "shalt",
+                "wilt",
+                "canst",
+                "hast",
+                "didst",
+                "wouldst",
+                "couldst",
+                "shouldst",
+                "oft",
+                "ye",
+                "good morrow",
+                "morrow",
+                "fare thee well",
+                "knave",
+                "villain",
+                "noble",
+                "sirrah",
+                "🎭",
+                "🪶",
+                "📜",
+                "👑",
+            ],
+            marker_suffixes: &["eth"],
+        },
         local: LocalRules {
             openers: &[
                 p("Hark!"),
@@ -194,8 +486,125 @@ pub(crate) static STYLES: [Style; 4] = [
     Style {
         name: "corporate",
         description: "Corporate-speak: circling back to align on this message's key deliverables.",
-        prompt_template: "Rewrite the chat message in corporate jargon (circle back, synergy, leverage, align, action \
-                          items). Keep its meaning and its words. One line.\nMessage: {message}\nRewritten:",
+        llm: LlmRules {
+            system: "You rewrite Twitch chat messages in corporate jargon. Keep the words of the message and add \
+                     office words like circle back, align, synergy, leverage, action item, bandwidth.",
+            instruction: "Rewrite in corporate jargon",
+            shots: &[
+                (
+                    "gg that was close",
+                    "Quick sync: gg, that was close, great synergy team.",
+                ),
+                (
+                    "what game is this",
+                    "Circling back: can we align on what game this is?",
+                ),
+                (
+                    "i need to go to bed soon",
+                    "Heads up: I need to go to bed soon, my bandwidth is limited.",
+                ),
+                (
+                    "the boss just one shot him lol",
+                    "Key takeaway: the boss just one shot him, let's circle back on strategy.",
+                ),
+                (
+                    "nice outfit today",
+                    "Per my last message, nice outfit today, a real value add.",
+                ),
+            ],
+            openers: &[
+                "Quick sync:",
+                "Circling back:",
+                "Heads up:",
+                "Key takeaway:",
+                "Per my last message,",
+            ],
+            max_tokens: 40,
+            extra_tokens: 12,
+            markers: &[
+                "synergy",
+                "synergies",
+                "leverage",
+                "leveraging",
+                "align",
+                "aligned",
+                "alignment",
+                "circle back",
+                "circling back",
+                "bandwidth",
+                "deliverable",
+                "deliverables",
+                "stakeholder",
+                "stakeholders",
+                "action item",
+                "action items",
+                "kpi",
+                "kpis",
+                "roi",
+                "going forward",
+                "moving forward",
+                "touch base",
+                "loop in",
+                "looping",
+                "per my last",
+                "q1",
+                "q2",
+                "q3",
+                "q4",
+                "quarter",
+                "quarterly",
+                "bottom line",
+                "best practice",
+                "best practices",
+                "value add",
+                "pivot",
+                "scalable",
+                "streamline",
+                "optimize",
+                "onboard",
+                "onboarding",
+                "offline",
+                "sync",
+                "team",
+                "deep dive",
+                "low-hanging fruit",
+                "win-win",
+                "paradigm",
+                "strategic",
+                "strategy",
+                "metrics",
+                "roadmap",
+                "cadence",
+                "ecosystem",
+                "ping",
+                "heads up",
+                "fyi",
+                "asap",
+                "eod",
+                "takeaway",
+                "key takeaway",
+                "brand",
+                "kudos",
+                "meeting",
+                "agenda",
+                "workflow",
+                "productivity",
+                "pipeline",
+                "proactive",
+                "proactively",
+                "initiative",
+                "quick sync",
+                "key takeaway",
+                "next steps",
+                "great synergy",
+                "circle",
+                "📈",
+                "💼",
+                "🤝",
+                "📊",
+            ],
+            marker_suffixes: &[],
+        },
         local: LocalRules {
             openers: &[
                 p("Per my last message:"),
@@ -367,26 +776,6 @@ pub(crate) fn local_rewrite_indexed(style_index: usize, text: &str, seed: u64) -
     out
 }
 
-/// The length in bytes of the prompt [`prompt`] builds, without building it.
-pub(crate) fn prompt_len(style_index: usize, sanitized_text: &str) -> usize {
-    STYLES[style_index].prompt_template.len() - PROMPT_MESSAGE_SLOT.len() + sanitized_text.len()
-}
-
-/// Builds the completion prompt for a sanitised message.
-pub(crate) fn prompt(style_index: usize, sanitized_text: &str) -> String {
-    let template = STYLES[style_index].prompt_template;
-    let mut out = String::with_capacity(template.len() + sanitized_text.len());
-    match template.split_once(PROMPT_MESSAGE_SLOT) {
-        Some((before, after)) => {
-            out.push_str(before);
-            out.push_str(sanitized_text);
-            out.push_str(after);
-        }
-        None => out.push_str(template),
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,17 +809,24 @@ mod tests {
     }
 
     #[test]
-    fn every_style_has_rules_and_a_prompt_slot() {
+    fn every_style_has_local_and_llm_rules() {
         assert_eq!(
             STYLE_NAMES,
             ["brainrot", "pirate", "shakespeare", "corporate"]
         );
         for style in &STYLES {
+            let llm = &style.llm;
+            assert!(!llm.system.contains('\n') && !llm.instruction.is_empty());
+            assert!(llm.shots.len() >= 3 && llm.max_tokens > 0);
+            // Markers are matched against lower-cased text.
             assert!(
-                style.prompt_template.contains(PROMPT_MESSAGE_SLOT),
-                "{}",
-                style.name
+                llm.markers
+                    .iter()
+                    .all(|marker| *marker == marker.to_lowercase())
             );
+            for (message, rewrite) in llm.shots {
+                assert!(!message.contains('\n') && !rewrite.contains('\n'));
+            }
             assert!(!style.local.openers.is_empty() && !style.local.closers.is_empty());
             assert!(!style.local.interjections.is_empty());
             assert!(
@@ -558,13 +954,5 @@ mod tests {
                 "randomized case {case} failed (generator seed {seed:#x}): {input:?}"
             );
         }
-    }
-
-    #[test]
-    fn prompts_embed_the_message_on_one_line() {
-        let prompt = prompt(1, "hi there");
-        assert!(prompt.contains("Message: hi there\nRewritten:"));
-        assert!(prompt.ends_with("Rewritten:"));
-        assert_eq!(prompt.len(), prompt_len(1, "hi there"));
     }
 }

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use fake_server::{FakeServer, Mode, dead_url};
+use fake_server::{FakeServer, Mode, STYLE_TAIL, dead_url};
 use glommio::{LocalExecutorBuilder, Placement};
 use twitchy_inference::{
     BatchMode, ClusterStylerFactory, FallbackReason, Styled, StyledBy, Styler, StylerConfig,
@@ -38,6 +38,8 @@ fn config(endpoints: Vec<String>) -> StylerConfig {
         deadline_ms: 500,
         batch_wait_us_max: 2_000,
         health_interval_ms: 50,
+        // The fake server's answers are whole: no opener before them keeps the expected texts exact.
+        assistant_prefill: false,
         ..StylerConfig::default()
     }
 }
@@ -97,7 +99,7 @@ fn batches_prompts_into_one_request() {
     });
     for ((styled, _), message) in results.iter().zip(messages("full", 8)) {
         assert_eq!(styled.by, StyledBy::Llm);
-        assert_eq!(styled.text, format!("styled: {message}"));
+        assert_eq!(styled.text, format!("styled: {message} {STYLE_TAIL}"));
     }
     assert!(second.iter().all(|(styled, _)| styled.by == StyledBy::Llm));
     assert_eq!(
@@ -191,7 +193,7 @@ fn slow_endpoint_falls_back_at_the_deadline_and_late_completions_fill_the_cache(
     assert_eq!(
         cached[0].0,
         Styled {
-            text: "styled: slow message number 0".into(),
+            text: format!("styled: slow message number 0 {STYLE_TAIL}"),
             by: StyledBy::Llm
         }
     );
@@ -291,12 +293,65 @@ fn garbage_completions_fall_back_and_dirty_ones_are_cleaned() {
     assert_eq!(
         dirty[0].0,
         Styled {
-            text: "[31m styled: dirty message number 0".into(),
+            text: format!("[31m styled: dirty message number 0 {STYLE_TAIL}"),
             by: StyledBy::Llm
         }
     );
     assert_eq!(malformed[0].0.by, StyledBy::Local);
     assert_eq!(totals.fallback(FallbackReason::Error), 1);
+}
+
+#[test]
+fn the_quality_gate_turns_echoes_and_leaks_into_local_rewrites_counted_by_reason() {
+    let server = std::sync::Arc::new(FakeServer::start());
+    let url = server.url();
+    let control = std::sync::Arc::clone(&server);
+    let (parrot, leak, prefilled, totals, metrics) = on_shard(move || async move {
+        let factory = ClusterStylerFactory::new(config(vec![url.clone()]));
+        let styler = factory.local_styler(0);
+        control.set_mode(Mode::Parrot);
+        let parrot = style_all(&styler, "pirate", &messages("parrot", 3)).await;
+        control.set_mode(Mode::Leak);
+        let leak = style_all(&styler, "corporate", &messages("leak", 2)).await;
+        control.set_mode(Mode::Echo);
+        // With prefill the delivered text starts with the style's opener, then the model's words.
+        let prefilling = ClusterStylerFactory::new(StylerConfig {
+            assistant_prefill: true,
+            ..config(vec![url])
+        });
+        let prefilled = prefilling
+            .local_styler(1)
+            .style("shakespeare", "this song is a banger", 2)
+            .await;
+        (
+            parrot,
+            leak,
+            prefilled,
+            factory.totals(),
+            factory.metrics_text(),
+        )
+    });
+    for (styled, _) in parrot.iter().chain(&leak) {
+        assert_eq!(styled.by, StyledBy::Local, "{styled:?}");
+        assert_clean(styled);
+        assert!(!styled.text.contains("<|"), "{styled:?}");
+    }
+    assert_eq!(totals.fallback(FallbackReason::Echo), 3);
+    assert_eq!(totals.fallback(FallbackReason::PromptLeak), 2);
+    assert!(
+        metrics.contains("twitchy_styler_fallbacks_total{reason=\"echo\"} 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("twitchy_styler_fallbacks_total{reason=\"prompt_leak\"} 2\n"),
+        "{metrics}"
+    );
+    let opener = twitchy_inference::llm_opener("shakespeare", 2).expect("known style");
+    assert_eq!(prefilled.by, StyledBy::Llm);
+    assert_eq!(
+        prefilled.text,
+        format!("{opener} styled: this song is a banger {STYLE_TAIL}")
+    );
 }
 
 #[test]
@@ -508,8 +563,14 @@ fn killed_endpoint_mid_run_still_delivers_inside_the_deadline() {
 fn unknown_style_empty_and_oversized_messages_stay_local() {
     let server = FakeServer::start();
     let url = server.url();
+    // Room for a short message's prompt, not for a long one's.
+    let prompt_bytes_max =
+        twitchy_inference::llm_prompt("pirate", "hi").map_or(0, |p| p.len()) + 100;
     let (unknown, empty, long, totals) = on_shard(move || async move {
-        let factory = ClusterStylerFactory::new(config(vec![url]));
+        let factory = ClusterStylerFactory::new(StylerConfig {
+            prompt_bytes_max,
+            ..config(vec![url])
+        });
         let styler = factory.local_styler(0);
         let unknown = styler.style("klingon", "hi\u{7} there\u{202E}", 1).await;
         let empty = styler.style("pirate", " \n\u{0} ", 1).await;

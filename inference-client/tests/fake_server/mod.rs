@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Mode {
-    /// `styled: <message>` per prompt.
+    /// `styled: <message> <STYLE_TAIL>` per prompt: passes the quality gate in every style.
     Echo = 0,
     /// HTTP 500.
     Fail = 1,
@@ -27,6 +27,35 @@ pub enum Mode {
     Hang = 4,
     /// A 200 whose body is not JSON.
     Malformed = 5,
+    /// The message itself, unchanged: the quality gate's echo.
+    Parrot = 6,
+    /// The chat template's own tokens: the quality gate's prompt leak.
+    Leak = 7,
+}
+
+/// Emoji that mark each style (brainrot, pirate, shakespeare, corporate) for the quality gate.
+pub const STYLE_TAIL: &str = "💀🦜🎭🤝";
+
+/// The message of a prompt: the last user turn of a ChatML prompt after its instruction, or a plain prompt's last
+/// `Message:` line.
+fn message_of(prompt: &str) -> String {
+    if let Some(turn) = prompt
+        .rsplit("<|im_start|>user\n")
+        .next()
+        .filter(|_| prompt.contains("<|im_start|>"))
+    {
+        let turn = turn.split("<|im_end|>").next().unwrap_or("");
+        return turn
+            .split_once(": ")
+            .map_or(turn, |(_, message)| message)
+            .to_owned();
+    }
+    prompt
+        .rsplit("Message: ")
+        .next()
+        .and_then(|rest| rest.split('\n').next())
+        .unwrap_or("")
+        .to_owned()
 }
 
 #[derive(Default)]
@@ -275,18 +304,15 @@ fn complete(body: &[u8], shared: &Shared) -> Option<(u16, String)> {
         .iter()
         .enumerate()
         .map(|(index, prompt)| {
-            let message = prompt
-                .split("Message: ")
-                .nth(1)
-                .and_then(|rest| rest.split('\n').next())
-                .unwrap_or("")
-                .to_owned();
+            let message = message_of(prompt);
             let text = match mode {
                 m if m == Mode::Garbage as u8 => "\u{1}\u{FFFD}\u{7}\u{1b}\u{FFFD}".to_owned(),
                 m if m == Mode::Dirty as u8 => {
-                    format!("\u{1b}[31m styled:\u{7} {message}\u{FFFD}\n")
+                    format!("\u{1b}[31m styled:\u{7} {message} {STYLE_TAIL}\u{FFFD}\n")
                 }
-                _ => format!(" styled: {message}"),
+                m if m == Mode::Parrot as u8 => format!(" {message}"),
+                m if m == Mode::Leak as u8 => format!("<|im_start|>assistant\n{message}"),
+                _ => format!(" styled: {message} {STYLE_TAIL}"),
             };
             serde_json::json!({"index": index, "text": text, "finish_reason": "stop"})
         })

@@ -120,6 +120,8 @@ fn direct_run(args: &Args, concurrency: usize) -> anyhow::Result<serde_json::Val
         model: args.model.clone(),
         max_tokens: args.max_tokens,
         temperature: 0.8,
+        frequency_penalty: StylerConfig::default().frequency_penalty,
+        stop: twitchy_inference::ChatTemplate::ChatMl.stop_sequences(),
     };
     let seconds = args.seconds;
     let (completions, errors, mut latencies_us) = on_shard(move || async move {
