@@ -77,6 +77,22 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_VLLM_MODEL", default_value = "tiny")]
     pub vllm_model: String,
 
+    /// Chat template applied to prompts client-side: `chatml` (SmolLM2, Qwen), `llama3`, or `plain` (base models).
+    #[arg(long, env = "TWITCHY_VLLM_CHAT_TEMPLATE", default_value = "chatml")]
+    pub vllm_chat_template: String,
+
+    /// Prompts sent to the model in one request (a list of prompts per batch).
+    #[arg(long, env = "TWITCHY_STYLE_BATCH_PROMPTS_MAX", default_value_t = 32)]
+    pub style_batch_prompts_max: usize,
+
+    /// Requests in flight per model endpoint (a small CPU server wants 1).
+    #[arg(
+        long,
+        env = "TWITCHY_STYLE_REQUESTS_IN_FLIGHT_MAX",
+        default_value_t = 16
+    )]
+    pub style_requests_in_flight_max: usize,
+
     /// Deadline for the LLM's rewrite of one message; later, the local rewrite is used.
     #[arg(long, env = "TWITCHY_STYLE_DEADLINE_MS", default_value_t = 150)]
     pub style_deadline_ms: u64,

@@ -195,9 +195,9 @@ pub fn render(shards: &[ShardMetrics], out: &mut String) {
             |m| &m.cross_shard_sent_total,
         ),
         (
-            "twitchy_styler_fallbacks_total",
+            "twitchy_styled_local_total",
             "counter",
-            "Messages styled by the local rewriter",
+            "Messages styled by the local rewriter (reasons: twitchy_styler_fallbacks_total)",
             |m| &m.styler_fallbacks_total,
         ),
         (

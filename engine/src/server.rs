@@ -157,6 +157,12 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         vllm_endpoints: args.vllm.clone(),
         model: args.vllm_model.clone(),
         deadline_ms: args.style_deadline_ms,
+        chat_template: args
+            .vllm_chat_template
+            .parse()
+            .context("--vllm-chat-template")?,
+        batch_prompts_max: args.style_batch_prompts_max,
+        requests_in_flight_per_endpoint_max: args.style_requests_in_flight_max,
         ..StylerConfig::default()
     };
     styler_config
