@@ -186,6 +186,24 @@ struct DedupeKey {
     room: usize,
     user_id: u64,
     nonce: String,
+    /// A hash of the text as sent: a client that reuses a nonce for a different message gets it sent, not
+    /// swallowed as a resend.
+    text_hash: u64,
+}
+
+impl DedupeKey {
+    fn new(room: usize, user_id: u64, nonce: &str, text: &str) -> DedupeKey {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same text hashes alike on every shard and across restarts.
+        let mut hasher = std::hash::DefaultHasher::new();
+        text.hash(&mut hasher);
+        DedupeKey {
+            room,
+            user_id,
+            nonce: nonce.to_owned(),
+            text_hash: hasher.finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1036,11 +1054,10 @@ impl ShardCore {
                 now_ms,
             );
         }
-        let key = submit.client_nonce.as_ref().map(|nonce| DedupeKey {
-            room,
-            user_id: submit.user_id,
-            nonce: nonce.clone(),
-        });
+        let key = submit
+            .client_nonce
+            .as_ref()
+            .map(|nonce| DedupeKey::new(room, submit.user_id, nonce, &submit.text));
         let is_mod = self.cfg.rooms[room].moderators.contains(&submit.login);
         if let Some(state) = key
             .as_ref()
@@ -1185,11 +1202,7 @@ impl ShardCore {
             client_nonce: client_nonce.clone().unwrap_or_default(),
         };
         if let Some(nonce) = &client_nonce {
-            let key = DedupeKey {
-                room,
-                user_id,
-                nonce: nonce.clone(),
-            };
+            let key = DedupeKey::new(room, user_id, nonce, &record.original);
             if let Some(state) = self.dedupe.entries.get_mut(&key) {
                 *state = DedupeState::Storing(id);
             }
@@ -1234,11 +1247,12 @@ impl ShardCore {
                 ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].store_errors_total);
                 if let Some(nonce) = &failed.message.client_nonce {
                     // A failed message may be sent again under the same nonce.
-                    self.dedupe.entries.remove(&DedupeKey {
+                    self.dedupe.entries.remove(&DedupeKey::new(
                         room,
-                        user_id: failed.message.record.user_id,
-                        nonce: nonce.clone(),
-                    });
+                        failed.message.record.user_id,
+                        nonce,
+                        &failed.message.record.original,
+                    ));
                 }
                 let text = if matches!(err, StorageError::Busy) {
                     "Your message was not sent: the server is busy; please try again."
@@ -1277,11 +1291,12 @@ impl ShardCore {
             ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].messages_acked_total);
             let id = message.record.id;
             if let Some(nonce) = &message.client_nonce {
-                let key = DedupeKey {
+                let key = DedupeKey::new(
                     room,
-                    user_id: message.record.user_id,
-                    nonce: nonce.clone(),
-                };
+                    message.record.user_id,
+                    nonce,
+                    &message.record.original,
+                );
                 if let Some(state) = self.dedupe.entries.get_mut(&key) {
                     *state = DedupeState::Acked(id);
                 }
@@ -1331,11 +1346,7 @@ impl ShardCore {
             {
                 keys.push((
                     record.id.unix_ms(),
-                    DedupeKey {
-                        room,
-                        user_id: record.user_id,
-                        nonce: nonce.clone(),
-                    },
+                    DedupeKey::new(room, record.user_id, nonce, &record.original),
                     record.id,
                 ));
             }

@@ -935,7 +935,30 @@ mod scenarios {
         // And resent after it was acknowledged.
         say(&mut sim, sender, 0, "r1");
         assert!(sim.store_jobs.is_empty());
+        // A client that reuses the nonce for a different message gets that message sent.
+        sim.send(
+            sender,
+            "@client-nonce=r1 PRIVMSG #alpha :something else entirely\r\n",
+        );
+        while sim.channels.iter().flatten().any(|c| !c.is_empty()) {
+            sim.deliver_peer();
+        }
+        while !sim.style_jobs.is_empty() {
+            sim.complete_style();
+        }
+        assert_eq!(
+            sim.store_jobs.len(),
+            1,
+            "a different text is a different message"
+        );
+        finish_store(&mut sim, 0, true);
         let acks = lines(&mut sim, sender);
+        let acks: String = acks
+            .lines()
+            .filter(|l| !l.contains("something else"))
+            .take(3)
+            .map(|l| format!("{l}\n"))
+            .collect();
         let ids: Vec<&str> = acks
             .lines()
             .filter(|l| l.contains("USERSTATE"))
@@ -943,7 +966,7 @@ mod scenarios {
             .collect();
         assert_eq!(ids.len(), 3, "{acks}");
         assert!(ids.iter().all(|id| *id == ids[0]));
-        assert_eq!(lines(&mut sim, viewer).matches("PRIVMSG").count(), 1);
+        assert_eq!(lines(&mut sim, viewer).matches("PRIVMSG").count(), 2);
     }
 
     #[test]
