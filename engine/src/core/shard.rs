@@ -23,6 +23,9 @@ use crate::protocol::twitch::msg_id;
 use crate::protocol::ws::{self, WsDecoder, WsEvent};
 use crate::ratelimit::{RateLimitConfig, RateLimiter};
 
+/// The NOTICE text for a message refused because the server is too busy for it now.
+const BUSY_TEXT: &str = "Your message was not sent: the server is busy; please try again.";
+
 /// Largest WebSocket message accepted from a client.
 pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 
@@ -1100,13 +1103,7 @@ impl ShardCore {
         if now_ms.saturating_sub(submit.sent_ms) > self.cfg.submit_age_ms_max {
             // This home has fallen far behind (a busy or shared core): shed rather than build seconds of queue.
             ShardMetrics::inc(&self.metrics().messages_shed_total);
-            return self.refuse(
-                origin,
-                room,
-                msg_id::TRY_AGAIN,
-                "Your message was not sent: the server is busy; please try again.",
-                now_ms,
-            );
+            return self.refuse(origin, room, msg_id::TRY_AGAIN, BUSY_TEXT, now_ms);
         }
         let rate_key = submit.user_id.wrapping_mul(1024).wrapping_add(room as u64);
         if !self.rate.try_acquire(rate_key, is_mod, now_ms) {
@@ -1119,13 +1116,7 @@ impl ShardCore {
             );
         }
         if self.in_flight >= self.cfg.sequencing_in_flight_max || self.congested {
-            return self.refuse(
-                origin,
-                room,
-                msg_id::TRY_AGAIN,
-                "Your message was not sent: the server is busy; please try again.",
-                now_ms,
-            );
+            return self.refuse(origin, room, msg_id::TRY_AGAIN, BUSY_TEXT, now_ms);
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -1255,7 +1246,7 @@ impl ShardCore {
                     ));
                 }
                 let text = if matches!(err, StorageError::Busy) {
-                    "Your message was not sent: the server is busy; please try again."
+                    BUSY_TEXT
                 } else {
                     "Your message could not be saved; please send it again."
                 };

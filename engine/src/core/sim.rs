@@ -62,6 +62,33 @@ struct Client {
     log: Vec<String>,
 }
 
+impl Client {
+    fn new(
+        shard: usize,
+        conn: ConnId,
+        transport: Transport,
+        user: Option<u64>,
+        slow: bool,
+    ) -> Client {
+        Client {
+            shard,
+            conn,
+            transport,
+            user,
+            slow,
+            rx: Vec::new(),
+            views: BTreeMap::new(),
+            wanted: BTreeSet::new(),
+            nonces: Vec::new(),
+            acked: HashMap::new(),
+            welcomed: false,
+            closed: false,
+            reconnect_seen: false,
+            log: Vec::new(),
+        }
+    }
+}
+
 struct StoreJob {
     shard: usize,
     room: usize,
@@ -227,22 +254,8 @@ impl Sim {
         };
         let user = (self.rng.below(3) != 0).then(|| self.rng.below(6));
         let slow = self.rng.below(8) == 0;
-        self.clients.push(Client {
-            shard,
-            conn,
-            transport,
-            user,
-            slow,
-            rx: Vec::new(),
-            views: BTreeMap::new(),
-            wanted: BTreeSet::new(),
-            nonces: Vec::new(),
-            acked: HashMap::new(),
-            welcomed: false,
-            closed: false,
-            reconnect_seen: false,
-            log: Vec::new(),
-        });
+        self.clients
+            .push(Client::new(shard, conn, transport, user, slow));
         let index = self.clients.len() - 1;
         let login = match user {
             Some(u) => format!(
@@ -781,22 +794,8 @@ mod scenarios {
         room: usize,
     ) -> usize {
         let conn = sim.shards[shard].conn_open(transport, sim.now_ms).unwrap();
-        sim.clients.push(Client {
-            shard,
-            conn,
-            transport,
-            user,
-            slow: false,
-            rx: Vec::new(),
-            views: BTreeMap::new(),
-            wanted: BTreeSet::new(),
-            nonces: Vec::new(),
-            acked: HashMap::new(),
-            welcomed: false,
-            closed: false,
-            reconnect_seen: false,
-            log: Vec::new(),
-        });
+        sim.clients
+            .push(Client::new(shard, conn, transport, user, false));
         let index = sim.clients.len() - 1;
         let login = match user {
             Some(u) => format!(
