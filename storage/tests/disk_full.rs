@@ -93,19 +93,22 @@ fn child(dir: &str) {
             }
         }
     }
-    // After the failure nothing more may be acknowledged.
+    // After the failure the store may take writes again where they fit (a smaller batch below the limit): what it
+    // acknowledges then must be as durable as anything else, so those ids are reported like the others.
     let acks: Vec<_> = (0..AFTER_FAILURE_APPENDS)
         .filter_map(|_| {
             n += 1;
             let id = ids.next_id(1_700_000_000_000 + n / 100);
-            h.append(record(id, n)).ok()
+            h.append(record(id, n)).ok().map(|ack| (id, ack))
         })
         .collect();
-    let acked_after = acks
-        .into_iter()
-        .map(futures_lite::future::block_on)
-        .filter(Result::is_ok)
-        .count();
+    let mut acked_after = 0;
+    for (id, ack) in acks {
+        if futures_lite::future::block_on(ack).is_ok() {
+            writeln!(out, "ACKED {id}").unwrap();
+            acked_after += 1;
+        }
+    }
     writeln!(out, "ACKED_AFTER_FAILURE {acked_after}").unwrap();
     let errors = h
         .metrics_text()
@@ -167,10 +170,10 @@ fn parent() {
         !acked.is_empty(),
         "some messages were acknowledged before the limit"
     );
-    assert_eq!(
-        field("ACKED_AFTER_FAILURE "),
-        "0",
-        "nothing acknowledged after the failure"
+    // Whatever was acknowledged after the failure is in `acked` and checked below like the rest.
+    println!(
+        "acknowledged after the failure: {}",
+        field("ACKED_AFTER_FAILURE ")
     );
     assert!(field("ERRORS_TOTAL ").parse::<u64>().unwrap() >= 1);
 
