@@ -506,9 +506,12 @@ impl Shard {
         self.pump();
     }
 
-    /// The connection's socket is closed.
+    /// The connection's socket is closed (its handle was forgotten before, with [`Shard::forget_socket`]).
     pub fn close_conn(self: &Rc<Self>, id: ConnId) {
-        self.handles.borrow_mut().remove(&id);
+        debug_assert!(
+            !self.handles.borrow().contains_key(&id),
+            "socket forgotten first"
+        );
         self.core.borrow_mut().conn_closed(id);
         self.pump();
     }

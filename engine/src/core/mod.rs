@@ -59,11 +59,16 @@ pub struct ChatMessage {
     pub record: MessageRecord,
     pub room_id: u64,
     pub is_mod: bool,
-    pub client_nonce: Option<String>,
     pub origin: Option<Origin>,
 }
 
 impl ChatMessage {
+    /// The sender's `client-nonce`, kept in the record.
+    pub fn client_nonce(&self) -> Option<&str> {
+        let nonce = self.record.client_nonce.as_str();
+        (!nonce.is_empty()).then_some(nonce)
+    }
+
     pub fn chat_line<'a>(&'a self, historical: bool, id: &'a str) -> ChatLine<'a> {
         let r = &self.record;
         ChatLine {
@@ -78,7 +83,7 @@ impl ChatMessage {
             is_mod: self.is_mod,
             text: &r.text,
             original: &r.original,
-            client_nonce: self.client_nonce.as_deref(),
+            client_nonce: self.client_nonce(),
             sent_unix_ms: r.id.unix_ms(),
             historical,
         }

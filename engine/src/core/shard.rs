@@ -166,6 +166,8 @@ struct Pending {
     durable: bool,
     /// Connections to answer: the sender, then any resends of the same nonce.
     repliers: Vec<Origin>,
+    /// Its idempotency entry, if it came with a nonce.
+    dedupe: Option<DedupeKey>,
 }
 
 /// A room homed on this shard.
@@ -182,6 +184,7 @@ struct StyleJob {
     submit: Box<Submit>,
     is_mod: bool,
     repliers: Vec<Origin>,
+    dedupe: Option<DedupeKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -249,6 +252,20 @@ pub struct ShardCore {
 
 fn slot_of(id: ConnId) -> usize {
     (id & 0xffff_ffff) as usize
+}
+
+/// Asks the driver to flush connection `id` now, or at the next write-delay tick.
+fn flush_later(
+    write_delay: bool,
+    delayed: &mut Vec<ConnId>,
+    outputs: &mut VecDeque<Output>,
+    id: ConnId,
+) {
+    if write_delay {
+        delayed.push(id);
+    } else {
+        outputs.push_back(Output::Flush(id));
+    }
 }
 
 /// The live connection `id` in `slots` (a free function so other fields of the core stay borrowable).
@@ -630,11 +647,12 @@ impl ShardCore {
 
     /// New bytes for a connection whose queue was empty.
     fn wake(&mut self, id: ConnId) {
-        if self.cfg.write_delay {
-            self.delayed_wakes.push(id);
-        } else {
-            self.outputs.push_back(Output::Flush(id));
-        }
+        flush_later(
+            self.cfg.write_delay,
+            &mut self.delayed_wakes,
+            &mut self.outputs,
+            id,
+        );
     }
 
     /// With a write delay: flushes every connection that got bytes since the last call.
@@ -1122,8 +1140,8 @@ impl ShardCore {
         self.next_ticket += 1;
         self.in_flight += 1;
         ShardMetrics::inc(&self.metrics().messages_sequenced_total);
-        if let Some(key) = key {
-            self.dedupe_insert(key, DedupeState::Styling(ticket), now_ms);
+        if let Some(key) = &key {
+            self.dedupe_insert(key.clone(), DedupeState::Styling(ticket), now_ms);
         }
         let seed = ticket ^ submit.user_id.rotate_left(17) ^ (self.cfg.shard as u64) << 56;
         self.outputs.push_back(Output::Style(StyleRequest {
@@ -1138,6 +1156,7 @@ impl ShardCore {
                 submit,
                 is_mod,
                 repliers: vec![origin],
+                dedupe: key,
             },
         );
     }
@@ -1162,6 +1181,7 @@ impl ShardCore {
             submit,
             is_mod,
             repliers,
+            dedupe,
         } = job;
         let Submit {
             room,
@@ -1190,19 +1210,18 @@ impl ShardCore {
             text,
             original,
             styled_by: by.as_str().to_string(),
-            client_nonce: client_nonce.clone().unwrap_or_default(),
+            client_nonce: client_nonce.unwrap_or_default(),
         };
-        if let Some(nonce) = &client_nonce {
-            let key = DedupeKey::new(room, user_id, nonce, &record.original);
-            if let Some(state) = self.dedupe.entries.get_mut(&key) {
-                *state = DedupeState::Storing(id);
-            }
+        if let Some(state) = dedupe
+            .as_ref()
+            .and_then(|key| self.dedupe.entries.get_mut(key))
+        {
+            *state = DedupeState::Storing(id);
         }
         let message = Arc::new(ChatMessage {
             record: record.clone(),
             room_id: info.id,
             is_mod,
-            client_nonce,
             origin: repliers.first().copied(),
         });
         let home = self.home_room(room);
@@ -1211,6 +1230,7 @@ impl ShardCore {
             message,
             durable: false,
             repliers,
+            dedupe,
         });
         self.outputs.push_back(Output::Store { room, record });
     }
@@ -1236,14 +1256,9 @@ impl ShardCore {
                 let failed = home.pending.remove(at).expect("index from search");
                 self.in_flight -= 1;
                 ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].store_errors_total);
-                if let Some(nonce) = &failed.message.client_nonce {
+                if let Some(key) = &failed.dedupe {
                     // A failed message may be sent again under the same nonce.
-                    self.dedupe.entries.remove(&DedupeKey::new(
-                        room,
-                        failed.message.record.user_id,
-                        nonce,
-                        &failed.message.record.original,
-                    ));
+                    self.dedupe.entries.remove(key);
                 }
                 let text = if matches!(err, StorageError::Busy) {
                     BUSY_TEXT
@@ -1266,7 +1281,10 @@ impl ShardCore {
                 return;
             }
             let Pending {
-                message, repliers, ..
+                message,
+                repliers,
+                dedupe,
+                ..
             } = home.pending.pop_front().expect("front checked");
             if home.recent.len() == HISTORY_ON_JOIN {
                 home.recent.pop_front();
@@ -1281,16 +1299,11 @@ impl ShardCore {
             self.in_flight -= 1;
             ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].messages_acked_total);
             let id = message.record.id;
-            if let Some(nonce) = &message.client_nonce {
-                let key = DedupeKey::new(
-                    room,
-                    message.record.user_id,
-                    nonce,
-                    &message.record.original,
-                );
-                if let Some(state) = self.dedupe.entries.get_mut(&key) {
-                    *state = DedupeState::Acked(id);
-                }
+            if let Some(state) = dedupe
+                .as_ref()
+                .and_then(|key| self.dedupe.entries.get_mut(key))
+            {
+                *state = DedupeState::Acked(id);
             }
             for shard in subscribers {
                 self.send_peer(
@@ -1305,7 +1318,7 @@ impl ShardCore {
             for to in repliers {
                 let reply = SubmitReply::Acked {
                     id,
-                    client_nonce: message.client_nonce.clone(),
+                    client_nonce: message.client_nonce().map(str::to_owned),
                     is_mod: message.is_mod,
                 };
                 self.send_peer(
@@ -1331,13 +1344,12 @@ impl ShardCore {
         let mut keys = Vec::new();
         let home = self.home_room(room);
         for (index, record) in records.into_iter().enumerate() {
-            let nonce = (!record.client_nonce.is_empty()).then(|| record.client_nonce.clone());
-            if let Some(nonce) = &nonce
+            if !record.client_nonce.is_empty()
                 && now_ms.saturating_sub(record.id.unix_ms()) < window_ms
             {
                 keys.push((
                     record.id.unix_ms(),
-                    DedupeKey::new(room, record.user_id, nonce, &record.original),
+                    DedupeKey::new(room, record.user_id, &record.client_nonce, &record.original),
                     record.id,
                 ));
             }
@@ -1347,7 +1359,6 @@ impl ShardCore {
                     record,
                     room_id: info.id,
                     is_mod,
-                    client_nonce: nonce,
                     origin: None,
                 }));
             }
@@ -1437,11 +1448,12 @@ impl ShardCore {
             conn.queue.push_lines(bytes.clone());
             delivered += 1;
             if was_empty {
-                if self.cfg.write_delay {
-                    self.delayed_wakes.push(viewer);
-                } else {
-                    self.outputs.push_back(Output::Flush(viewer));
-                }
+                flush_later(
+                    self.cfg.write_delay,
+                    &mut self.delayed_wakes,
+                    &mut self.outputs,
+                    viewer,
+                );
             }
         }
         ShardMetrics::add(

@@ -542,6 +542,13 @@ impl Sim {
         }
     }
 
+    /// Delivers every cross-shard message in flight, and what that causes, until the channels are empty.
+    fn deliver_all_peers(&mut self) {
+        while self.channels.iter().flatten().any(|c| !c.is_empty()) {
+            self.deliver_peer();
+        }
+    }
+
     fn deliver_peer(&mut self) {
         let n = self.shards.len();
         let pairs: Vec<(usize, usize)> = (0..n)
@@ -823,9 +830,7 @@ mod scenarios {
             sim.collect(shard);
         }
         sim.send(index, &format!("JOIN #{}\r\n", ROOMS[room]));
-        while sim.channels.iter().flatten().any(|c| !c.is_empty()) {
-            sim.deliver_peer();
-        }
+        sim.deliver_all_peers();
         sim.drain(index);
         assert!(sim.clients[index].views.contains_key(&room));
         index
@@ -837,9 +842,7 @@ mod scenarios {
             ROOMS[room]
         );
         sim.send(index, &line);
-        while sim.channels.iter().flatten().any(|c| !c.is_empty()) {
-            sim.deliver_peer();
-        }
+        sim.deliver_all_peers();
         while !sim.style_jobs.is_empty() {
             sim.complete_style();
         }
@@ -856,9 +859,7 @@ mod scenarios {
         };
         sim.shards[job.shard].stored(job.room, id, result, sim.now_ms);
         sim.collect(job.shard);
-        while sim.channels.iter().flatten().any(|c| !c.is_empty()) {
-            sim.deliver_peer();
-        }
+        sim.deliver_all_peers();
     }
 
     fn lines(sim: &mut Sim, index: usize) -> String {
@@ -939,9 +940,7 @@ mod scenarios {
             sender,
             "@client-nonce=r1 PRIVMSG #alpha :something else entirely\r\n",
         );
-        while sim.channels.iter().flatten().any(|c| !c.is_empty()) {
-            sim.deliver_peer();
-        }
+        sim.deliver_all_peers();
         while !sim.style_jobs.is_empty() {
             sim.complete_style();
         }

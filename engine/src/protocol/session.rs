@@ -393,14 +393,7 @@ impl Session {
     }
 
     fn notice(&self, room: Option<&str>, id: &str, text: &str, out: &mut Vec<Action>) {
-        twitch::encode_notice(
-            room,
-            Some(id),
-            text,
-            &self.config.server_name,
-            self.caps_tags,
-            reply(out),
-        );
+        self.encode_notice(room, id, text, reply(out));
     }
 
     fn numeric(&self, code: &str, middle: &[&str], text: &str, out: &mut Vec<Action>) {
