@@ -6,7 +6,8 @@
 //!   idempotent resend, subscriptions, fanout — as a deterministic state machine, tested by simulation.
 //! - [`shard`]: the glommio driver of one core: cross-shard channels, timers, and the tasks that wait on the
 //!   authenticator, styler and store. [`conn`]: the socket driver of one connection.
-//! - [`placement`]: which CPUs shards and helper threads run on.
+//! - [`placement`]: which CPUs shards and helper threads run on. [`stall`]: guards against a glommio scheduler bug
+//!   that can leave a shard asleep with work to do.
 //! - [`http`]: hyper on glommio — JSON API, metrics, web client, WebSocket upgrade.
 //! - [`auth`]: accounts and tokens. [`ratelimit`]: per-user message limits. [`config`]: flags and rooms file.
 //! - [`server`]: start and stop everything.
@@ -22,3 +23,4 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod server;
 pub mod shard;
+pub mod stall;

@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use glommio::net::TcpListener;
@@ -26,6 +26,7 @@ use crate::placement;
 use crate::shard::{
     CLOSE_GRACE_MS, INBOUND_CHANNEL_BATCHES_MAX, LocalNotify, PeerBatch, Shard, Shared,
 };
+use crate::stall;
 
 /// Pending connections per listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -95,6 +96,21 @@ enum Event {
 
 /// How often the watchdog checks the store's health.
 const STORAGE_WATCHDOG_MS: u64 = 1_000;
+/// How long every shard may take to load its rooms and start serving before the server gives up and exits.
+pub const STARTUP_MS_MAX: u64 = 30_000;
+
+/// Reports a shard's end to the main thread when dropped, also when its executor could not be built and the shard's
+/// code never ran.
+struct ExitReport {
+    index: usize,
+    events: mpsc::Sender<Event>,
+}
+
+impl Drop for ExitReport {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::Exited(self.index));
+    }
+}
 
 /// Runs the server until SIGINT or SIGTERM; `on_ready` is called with the bound addresses once every shard serves.
 pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
@@ -212,6 +228,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let (events, event_rx) = mpsc::channel::<Event>();
     let drained = Arc::new(AtomicUsize::new(0));
     let stop_flag = Arc::new(AtomicBool::new(false));
+    let first_polls: Arc<[AtomicBool]> = (0..shard_count).map(|_| AtomicBool::new(false)).collect();
     let mut executors = Vec::new();
     for (index, ((receiver, http_fd), irc_fd)) in
         receivers.into_iter().zip(http_fds).zip(irc_fds).enumerate()
@@ -238,9 +255,15 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
                 threshold: Duration::from_millis(args.detect_stalls_ms),
             })));
         }
+        let exit_report = ExitReport {
+            index,
+            events: events.clone(),
+        };
+        let first_poll = first_polls.clone();
         let handle = builder
             .spawn(move || async move {
-                let exited = events.clone();
+                first_poll[index].store(true, Ordering::SeqCst);
+                let _exit_report = exit_report;
                 shard_main(ShardStart {
                     index,
                     shared,
@@ -252,7 +275,6 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
                     stop,
                 })
                 .await;
-                let _ = exited.send(Event::Exited(index));
             })
             .map_err(|err| anyhow::anyhow!("cannot start shard {index}: {err}"))?;
         executors.push(handle);
@@ -288,11 +310,35 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
             })?
     };
 
-    let mut ready = 0;
+    let mut ready = vec![false; shard_count];
     let mut failure = None;
-    while ready < shard_count && failure.is_none() {
-        match event_rx.recv() {
-            Ok(Event::Ready(_, Ok(()))) => ready += 1,
+    let startup_deadline = Instant::now() + Duration::from_millis(STARTUP_MS_MAX);
+    while ready.contains(&false) && failure.is_none() {
+        let wait = startup_deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(stall::FIRST_POLL_WAIT_MS));
+        let event = event_rx.recv_timeout(wait);
+        if matches!(event, Err(mpsc::RecvTimeoutError::Timeout))
+            && Instant::now() < startup_deadline
+        {
+            for (shard, polled) in first_polls.iter().enumerate() {
+                if !polled.load(Ordering::SeqCst) {
+                    // The executor never ran the shard: wake it (see `stall`). glommio names the thread
+                    // "<name>-<executor id>".
+                    match stall::interrupt_threads_named(&format!("shard-{shard}-")) {
+                        Ok(n) => {
+                            log::warn!("shard {shard} has not run yet; interrupted {n} thread(s)")
+                        }
+                        Err(err) => {
+                            log::warn!("shard {shard} has not run yet; cannot interrupt it: {err}")
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        match event {
+            Ok(Event::Ready(shard, Ok(()))) => ready[shard] = true,
             Ok(Event::Ready(shard, Err(err))) => {
                 failure = Some(format!("shard {shard} failed to start: {err}"))
             }
@@ -303,7 +349,14 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
             Ok(Event::StorageFailed(reason)) => {
                 failure = Some(format!("storage failed and cannot recover: {reason}"))
             }
-            Err(_) => failure = Some("all shards exited".into()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let waiting: Vec<usize> = (0..shard_count).filter(|&s| !ready[s]).collect();
+                // A shard that cannot start cannot be told to stop either: leave its thread behind and exit.
+                log::error!("shards {waiting:?} did not start within {STARTUP_MS_MAX} ms; exiting");
+                drop(storage);
+                bail!("shards {waiting:?} did not start within {STARTUP_MS_MAX} ms");
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => failure = Some("all shards exited".into()),
         }
     }
     if failure.is_none() {
@@ -378,6 +431,11 @@ async fn shard_main(start: ShardStart) {
         stop,
     } = start;
     let shard_count = shared.shard_count;
+    let _guard = glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(stall::EXECUTOR_GUARD_MS)).await;
+        }
+    });
     let shard = Shard::new(index, shared);
     if let Err(err) = shard.load_history().await {
         let _ = events.send(Event::Ready(index, Err(err.to_string())));
