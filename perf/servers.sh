@@ -89,7 +89,7 @@ twitchy_args() {
     local rooms_file="$1.rooms.toml"
     write_rooms_file "$rooms_file"
     local args=(--http 127.0.0.1:0 --irc 127.0.0.1:0 --data-dir "$1" --shards "${TWITCHY_SHARDS:-2}"
-        --config "$rooms_file" "${LOAD_RATE_LIMIT_ARGS[@]}")
+        --config "$rooms_file" "${LOAD_RATE_LIMIT_ARGS[@]}" --limits-exempt-loopback)
     if target/release/twitchy --help 2>/dev/null | grep -q -- '--detect-stalls-ms'; then
         args+=(--detect-stalls-ms "${TWITCHY_DETECT_STALLS_MS:-10}")
     fi

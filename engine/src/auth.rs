@@ -1,7 +1,10 @@
 //! Accounts: registration rules, password hashing, session tokens.
 //!
-//! Passwords are hashed with Argon2id on glommio's blocking pool (hashing is deliberately slow and must not stall a
-//! shard). Tokens are 32 random bytes from the OS, hex encoded; only their SHA-256 is stored, so a leaked store does
+//! Passwords are hashed with Argon2id on the [`AuthService`]'s own threads, which run on the CPUs no shard uses when
+//! there are any, behind a bounded queue: hashing is deliberately slow and must neither stall a shard nor queue
+//! without limit (a full queue answers "busy, try again" at once). Logins and registrations are limited per account
+//! and per address ([`crate::throttle`]), and a login for an unknown user verifies against a dummy hash, so its
+//! timing does not tell whether the user exists. Tokens are 32 random bytes from the OS, hex encoded; only their SHA-256 is stored, so a leaked store does
 //! not leak usable tokens. Tokens expire (the storage service's `token_ttl_ms`, 30 days by default), are capped per
 //! login (`tokens_per_login_max`), and [`logout`] revokes one.
 //!
@@ -10,11 +13,18 @@
 //! "Login authentication failed"; "unavailable" is a "try again", after which the web client keeps its token
 //! (see [`LOGIN_UNAVAILABLE_NOTICE`]).
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use futures_channel::oneshot;
 use sha2::{Digest, Sha256};
 use twitchy_storage::{AccountRecord, StorageError, StorageHandle};
 
 use crate::protocol::session::Identity;
+use crate::throttle::{Limits, RetryAfterMs, Throttle};
 
 /// Password length limits, in bytes.
 pub const PASSWORD_BYTES_MIN: usize = 8;
@@ -39,6 +49,10 @@ pub enum AuthError {
     BadCredentials,
     #[error("storage is busy, try again")]
     Busy,
+    #[error("too many sign-in attempts, try again later")]
+    AuthBusy,
+    #[error("too many attempts, try again in {} s", .0.seconds())]
+    Throttled(RetryAfterMs),
     #[error("storage is unavailable, try again")]
     Unavailable,
     #[error("missing or invalid token")]
@@ -53,7 +67,8 @@ impl AuthError {
             AuthError::InvalidUsername | AuthError::InvalidPassword => 400,
             AuthError::Taken => 409,
             AuthError::BadCredentials | AuthError::InvalidToken => 401,
-            AuthError::Busy | AuthError::Unavailable => 503,
+            AuthError::Busy | AuthError::AuthBusy | AuthError::Unavailable => 503,
+            AuthError::Throttled(_) => 429,
             AuthError::Internal => 500,
         }
     }
@@ -115,67 +130,231 @@ fn color_for(login: &str) -> String {
     COLORS[sum % COLORS.len()].to_string()
 }
 
-/// Creates an account and returns a fresh token.
-pub async fn register(
-    storage: &StorageHandle,
-    username: &str,
-    password: &str,
-) -> Result<String, AuthError> {
-    let login = normalize_username(username)?;
-    check_password(password)?;
-    if storage.account(&login).await?.is_some() {
-        return Err(AuthError::Taken);
-    }
-    let password = password.to_string();
-    let hash = glommio::executor()
-        .spawn_blocking(move || {
-            Argon2::default()
-                .hash_password(password.as_bytes())
-                .map(|h: PasswordHash| h.to_string())
-                .map_err(|_| AuthError::Internal)
-        })
-        .await?;
-    let account = AccountRecord {
-        user_id: rand::random::<u64>() >> 12,
-        color: color_for(&login),
-        login: login.clone(),
-        password_hash: hash,
-        created_unix_ms: crate::shard::unix_ms(),
-    };
-    storage.create_account(account).await?;
-    issue_token(storage, &login).await
+/// Settings of the [`AuthService`].
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// Hashing threads.
+    pub threads: usize,
+    /// Hashing jobs that may wait; past this, sign-ins are answered "busy" at once.
+    pub queue_max: usize,
+    pub limits: Limits,
 }
 
-/// Checks a password and returns a fresh token.
-pub async fn login(
-    storage: &StorageHandle,
-    username: &str,
-    password: &str,
-) -> Result<String, AuthError> {
-    let login = normalize_username(username).map_err(|_| AuthError::BadCredentials)?;
-    if password.len() > PASSWORD_BYTES_MAX {
-        return Err(AuthError::BadCredentials);
+enum Job {
+    Hash {
+        password: String,
+        reply: oneshot::Sender<Result<String, AuthError>>,
+    },
+    /// Verifies against `phc`, or against the dummy hash when there is no account.
+    Verify {
+        password: String,
+        phc: Option<String>,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AuthMetrics {
+    pub hashes: AtomicU64,
+    pub verifies: AtomicU64,
+    pub busy: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+/// Password hashing threads behind a bounded queue, and the sign-in limits; one per process.
+pub struct AuthService {
+    jobs: flume::Sender<Job>,
+    throttle: Mutex<Throttle>,
+    started: Instant,
+    pub metrics: std::sync::Arc<AuthMetrics>,
+}
+
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService").finish_non_exhaustive()
     }
-    let account = storage
-        .account(&login)
-        .await?
-        .ok_or(AuthError::BadCredentials)?;
-    let password = password.to_string();
-    let verified = glommio::executor()
-        .spawn_blocking(move || {
-            PasswordHash::new(&account.password_hash)
+}
+
+/// An Argon2 hash of a random password with the same parameters as real ones, made once.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let password: [u8; 16] = rand::random();
+        Argon2::default()
+            .hash_password(&password)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+fn run_job(job: Job, metrics: &AuthMetrics) {
+    match job {
+        Job::Hash { password, reply } => {
+            metrics.hashes.fetch_add(1, Ordering::Relaxed);
+            let hash = Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|h: PasswordHash| h.to_string())
+                .map_err(|_| AuthError::Internal);
+            let _ = reply.send(hash);
+        }
+        Job::Verify {
+            password,
+            phc,
+            reply,
+        } => {
+            metrics.verifies.fetch_add(1, Ordering::Relaxed);
+            let real = phc.is_some();
+            let phc = phc.unwrap_or_else(|| dummy_hash().to_owned());
+            let ok = PasswordHash::new(&phc)
                 .map(|hash| {
                     Argon2::default()
                         .verify_password(password.as_bytes(), &hash)
                         .is_ok()
                 })
-                .unwrap_or(false)
-        })
-        .await;
-    if !verified {
-        return Err(AuthError::BadCredentials);
+                .unwrap_or(false);
+            let _ = reply.send(ok && real);
+        }
     }
-    issue_token(storage, &login).await
+}
+
+impl AuthService {
+    /// Starts the hashing threads. They inherit the calling thread's CPU set, so start this after restricting it to
+    /// the CPUs no shard uses. They end when the service is dropped.
+    pub fn start(config: AuthConfig) -> std::io::Result<AuthService> {
+        let (jobs, queue) = flume::bounded::<Job>(config.queue_max.max(1));
+        let metrics = std::sync::Arc::new(AuthMetrics::default());
+        for i in 0..config.threads.max(1) {
+            let queue = queue.clone();
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name(format!("auth-hash-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = queue.recv() {
+                        run_job(job, &metrics);
+                    }
+                })?;
+        }
+        Ok(AuthService {
+            jobs,
+            throttle: Mutex::new(Throttle::new(config.limits)),
+            started: Instant::now(),
+            metrics,
+        })
+    }
+
+    /// The service's counters in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.metrics;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP twitchy_auth_password_operations_total Argon2 operations run by the hashing threads\n\
+             # TYPE twitchy_auth_password_operations_total counter\n\
+             twitchy_auth_password_operations_total{{op=\"hash\"}} {}\n\
+             twitchy_auth_password_operations_total{{op=\"verify\"}} {}\n\
+             # HELP twitchy_auth_refused_total Sign-ins refused before any password work\n\
+             # TYPE twitchy_auth_refused_total counter\n\
+             twitchy_auth_refused_total{{reason=\"busy\"}} {}\n\
+             twitchy_auth_refused_total{{reason=\"throttled\"}} {}\n",
+            load(&m.hashes),
+            load(&m.verifies),
+            load(&m.busy),
+            load(&m.throttled),
+        )
+    }
+
+    /// Milliseconds on the monotonic clock since the service started.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn submit(&self, job: Job) -> Result<(), AuthError> {
+        self.jobs.try_send(job).map_err(|_| {
+            self.metrics.busy.fetch_add(1, Ordering::Relaxed);
+            AuthError::AuthBusy
+        })
+    }
+
+    async fn hash(&self, password: &str) -> Result<String, AuthError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Hash {
+            password: password.to_owned(),
+            reply,
+        })?;
+        answer.await.map_err(|_| AuthError::Internal)?
+    }
+
+    async fn verify(&self, password: &str, phc: Option<String>) -> Result<bool, AuthError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Verify {
+            password: password.to_owned(),
+            phc,
+            reply,
+        })?;
+        answer.await.map_err(|_| AuthError::Internal)
+    }
+
+    fn throttled(&self, retry: RetryAfterMs) -> AuthError {
+        self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
+        AuthError::Throttled(retry)
+    }
+
+    /// Creates an account and returns a fresh token.
+    pub async fn register(
+        &self,
+        storage: &StorageHandle,
+        ip: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<String, AuthError> {
+        let login = normalize_username(username)?;
+        check_password(password)?;
+        let now_ms = self.now_ms();
+        self.throttle()
+            .register(ip, now_ms)
+            .map_err(|retry| self.throttled(retry))?;
+        if storage.account(&login).await?.is_some() {
+            return Err(AuthError::Taken);
+        }
+        let hash = self.hash(password).await?;
+        let account = AccountRecord {
+            user_id: rand::random::<u64>() >> 12,
+            color: color_for(&login),
+            login: login.clone(),
+            password_hash: hash,
+            created_unix_ms: crate::shard::unix_ms(),
+        };
+        storage.create_account(account).await?;
+        issue_token(storage, &login).await
+    }
+
+    /// Checks a password and returns a fresh token.
+    pub async fn login(
+        &self,
+        storage: &StorageHandle,
+        ip: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<String, AuthError> {
+        let login = normalize_username(username).map_err(|_| AuthError::BadCredentials)?;
+        if password.len() > PASSWORD_BYTES_MAX {
+            return Err(AuthError::BadCredentials);
+        }
+        self.throttle()
+            .check_login(ip, &login, self.now_ms())
+            .map_err(|retry| self.throttled(retry))?;
+        let phc = storage.account(&login).await?.map(|a| a.password_hash);
+        if !self.verify(password, phc).await? {
+            self.throttle().login_failed(ip, &login, self.now_ms());
+            return Err(AuthError::BadCredentials);
+        }
+        self.throttle().login_succeeded(&login);
+        issue_token(storage, &login).await
+    }
 }
 
 async fn issue_token(storage: &StorageHandle, login: &str) -> Result<String, AuthError> {
@@ -288,6 +467,52 @@ mod tests {
         assert_eq!(AuthError::InvalidToken.status(), 401);
         assert!(LOGIN_UNAVAILABLE_NOTICE.contains("try again"));
         assert!(!LOGIN_FAILED_NOTICE.contains("try again"));
+    }
+
+    #[test]
+    fn throttled_sign_ins_answer_429_and_a_full_queue_503() {
+        let err = AuthError::Throttled(RetryAfterMs(1_500));
+        assert_eq!(err.status(), 429);
+        assert!(err.to_string().contains("2 s"), "{err}");
+        assert_eq!(AuthError::AuthBusy.status(), 503);
+        assert!(AuthError::AuthBusy.to_string().contains("try again"));
+    }
+
+    #[test]
+    fn an_unknown_user_is_verified_against_a_dummy_hash_and_fails() {
+        let metrics = AuthMetrics::default();
+        let (reply, mut answer) = oneshot::channel();
+        run_job(
+            Job::Verify {
+                password: "anything at all".into(),
+                phc: None,
+                reply,
+            },
+            &metrics,
+        );
+        assert_eq!(answer.try_recv().unwrap(), Some(false));
+        assert_eq!(metrics.verifies.load(Ordering::Relaxed), 1);
+        assert!(PasswordHash::new(dummy_hash()).is_ok());
+        // A real hash of the same password verifies.
+        let (reply, mut answer) = oneshot::channel();
+        run_job(
+            Job::Hash {
+                password: "anything at all".into(),
+                reply,
+            },
+            &metrics,
+        );
+        let phc = answer.try_recv().unwrap().unwrap().unwrap();
+        let (reply, mut answer) = oneshot::channel();
+        run_job(
+            Job::Verify {
+                password: "anything at all".into(),
+                phc: Some(phc),
+                reply,
+            },
+            &metrics,
+        );
+        assert_eq!(answer.try_recv().unwrap(), Some(true));
     }
 
     #[test]

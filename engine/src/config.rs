@@ -174,7 +174,43 @@ pub struct Args {
         default_value_t = 65_536
     )]
     pub storage_queue_messages_max: usize,
+
+    /// Password-hashing threads (0: one per CPU no shard uses, at least 1, at most 4).
+    #[arg(long, env = "TWITCHY_AUTH_THREADS", default_value_t = 0)]
+    pub auth_threads: usize,
+
+    /// Sign-ins (logins and registrations) waiting for a hashing thread; past this they are answered 503 at once.
+    #[arg(long, env = "TWITCHY_AUTH_QUEUE_MAX", default_value_t = 64)]
+    pub auth_queue_max: usize,
+
+    /// Wrong passwords for one account inside the sign-in window before it is locked (the lock starts at 30 s and
+    /// doubles with each further failure, up to 15 minutes).
+    #[arg(
+        long,
+        env = "TWITCHY_LOGIN_FAILURES_PER_ACCOUNT_MAX",
+        default_value_t = 5
+    )]
+    pub login_failures_per_account_max: u32,
+
+    /// Wrong passwords from one address (over any accounts) inside the sign-in window before it is locked.
+    #[arg(long, env = "TWITCHY_LOGIN_FAILURES_PER_IP_MAX", default_value_t = 20)]
+    pub login_failures_per_ip_max: u32,
+
+    /// Accounts one address may create per sign-in window.
+    #[arg(long, env = "TWITCHY_REGISTRATIONS_PER_IP_MAX", default_value_t = 10)]
+    pub registrations_per_ip_max: u32,
+
+    /// The window the sign-in limits count in, seconds.
+    #[arg(long, env = "TWITCHY_SIGN_IN_WINDOW_SECS", default_value_t = 900)]
+    pub sign_in_window_secs: u64,
+
+    /// Exempt loopback addresses from the per-address limits (for load tests from the same machine).
+    #[arg(long, env = "TWITCHY_LIMITS_EXEMPT_LOOPBACK", default_value_t = false)]
+    pub limits_exempt_loopback: bool,
 }
+
+/// Most password-hashing threads chosen automatically.
+pub const AUTH_THREADS_AUTO_MAX: usize = 4;
 
 /// One preset room.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

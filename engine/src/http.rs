@@ -7,6 +7,7 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -41,6 +42,10 @@ type Body = Full<Bytes>;
 /// run "without shutdown" and the socket (with any bytes hyper read past the request) is taken back from it.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let peer_ip = stream
+        .peer_addr()
+        .map(|addr| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let upgraded = Rc::new(Cell::new(false));
     let service_shard = shard.clone();
     let service_upgraded = upgraded.clone();
@@ -48,7 +53,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let shard = service_shard.clone();
         let upgraded = service_upgraded.clone();
         let response: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>>>> =
-            Box::pin(async move { Ok(route(shard, req, &upgraded).await) });
+            Box::pin(async move { Ok(route(shard, req, peer_ip, &upgraded).await) });
         response
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -107,7 +112,12 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-async fn route(shard: Rc<Shard>, req: Request<Incoming>, upgraded: &Cell<bool>) -> Response<Body> {
+async fn route(
+    shard: Rc<Shard>,
+    req: Request<Incoming>,
+    peer_ip: IpAddr,
+    upgraded: &Cell<bool>,
+) -> Response<Body> {
     ShardMetrics::inc(&shard.metrics().http_requests_total);
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -129,8 +139,8 @@ async fn route(shard: Rc<Shard>, req: Request<Incoming>, upgraded: &Cell<bool>) 
         (&Method::GET, ["api", "rooms", room, "messages"]) => {
             history(&shard, room, req.uri().query()).await
         }
-        (&Method::POST, ["api", "register"]) => account(&shard, req, true).await,
-        (&Method::POST, ["api", "login"]) => account(&shard, req, false).await,
+        (&Method::POST, ["api", "register"]) => account(&shard, req, peer_ip, true).await,
+        (&Method::POST, ["api", "login"]) => account(&shard, req, peer_ip, false).await,
         (&Method::POST, ["api", "logout"]) => logout(&shard, req).await,
         (
             _,
@@ -181,6 +191,7 @@ fn metrics(shard: &Shard) -> Response<Body> {
     }
     out.push_str(&shared.storage.metrics_text());
     out.push_str(&shared.styler_factory.metrics_text());
+    out.push_str(&shared.auth.metrics_text());
     text("text/plain; version=0.0.4", out)
 }
 
@@ -296,7 +307,12 @@ struct Credentials {
     password: String,
 }
 
-async fn account(shard: &Shard, req: Request<Incoming>, register: bool) -> Response<Body> {
+async fn account(
+    shard: &Shard,
+    req: Request<Incoming>,
+    peer_ip: IpAddr,
+    register: bool,
+) -> Response<Body> {
     let body = match Limited::new(req.into_body(), REQUEST_BODY_BYTES_MAX)
         .collect()
         .await
@@ -315,11 +331,23 @@ async fn account(shard: &Shard, req: Request<Incoming>, register: bool) -> Respo
             "expected JSON {\"username\": ..., \"password\": ...}",
         );
     };
-    let storage = &shard.shared.storage;
+    let (auth, storage) = (&shard.shared.auth, &shard.shared.storage);
     let result = if register {
-        crate::auth::register(storage, &credentials.username, &credentials.password).await
+        auth.register(
+            storage,
+            peer_ip,
+            &credentials.username,
+            &credentials.password,
+        )
+        .await
     } else {
-        crate::auth::login(storage, &credentials.username, &credentials.password).await
+        auth.login(
+            storage,
+            peer_ip,
+            &credentials.username,
+            &credentials.password,
+        )
+        .await
     };
     match result {
         Ok(token) => {
@@ -334,10 +362,18 @@ async fn account(shard: &Shard, req: Request<Incoming>, register: bool) -> Respo
                 &serde_json::json!({ "token": token, "login": login }),
             )
         }
-        Err(err) => error(
-            StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            &err.to_string(),
-        ),
+        Err(err) => {
+            let mut response = error(
+                StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                &err.to_string(),
+            );
+            if let crate::auth::AuthError::Throttled(retry) = err {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry.seconds()));
+            }
+            response
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! - [`placement`]: which CPUs shards and helper threads run on. [`stall`]: guards against a glommio scheduler bug
 //!   that can leave a shard asleep with work to do.
 //! - [`http`]: hyper on glommio — JSON API, metrics, web client, WebSocket upgrade.
-//! - [`auth`]: accounts and tokens. [`ratelimit`]: per-user message limits. [`config`]: flags and rooms file.
+//! - [`auth`]: accounts and tokens, password hashing off the shards. [`throttle`]: sign-in limits.
+//!   [`ratelimit`]: per-user message limits. [`config`]: flags and rooms file.
 //! - [`server`]: start and stop everything.
 
 pub mod auth;
@@ -24,3 +25,4 @@ pub mod ratelimit;
 pub mod server;
 pub mod shard;
 pub mod stall;
+pub mod throttle;

@@ -18,7 +18,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use twitchy_inference::StylerConfig;
 use twitchy_storage::{CoalescerConfig, StorageService, StoreConfig};
 
-use crate::config::{Args, derived_room_id, load_rooms};
+use crate::auth::{AuthConfig, AuthService};
+use crate::config::{AUTH_THREADS_AUTO_MAX, Args, derived_room_id, load_rooms};
 use crate::conn::{self, Transport};
 use crate::core::RoomInfo;
 use crate::metrics::{ShardMetrics, ViewerCounts};
@@ -27,6 +28,7 @@ use crate::shard::{
     CLOSE_GRACE_MS, INBOUND_CHANNEL_BATCHES_MAX, LocalNotify, PeerBatch, Shard, Shared,
 };
 use crate::stall;
+use crate::throttle::Limits;
 
 /// Pending connections per listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -169,6 +171,25 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         },
     );
 
+    // After the CPU restriction above, so the hashing threads stay off the shard CPUs when there are spare ones.
+    let auth = AuthService::start(AuthConfig {
+        threads: if args.auth_threads > 0 {
+            args.auth_threads
+        } else {
+            plan.helper_cpus.len().clamp(1, AUTH_THREADS_AUTO_MAX)
+        },
+        queue_max: args.auth_queue_max,
+        limits: Limits {
+            failures_per_account_max: args.login_failures_per_account_max.max(1),
+            failures_per_ip_max: args.login_failures_per_ip_max.max(1),
+            registrations_per_ip_max: args.registrations_per_ip_max,
+            window_ms: args.sign_in_window_secs.max(1) * 1000,
+            exempt_loopback: args.limits_exempt_loopback,
+            ..Limits::default()
+        },
+    })
+    .context("cannot start the password-hashing threads")?;
+
     let styler_config = StylerConfig {
         vllm_endpoints: args.vllm.clone(),
         model: args.vllm_model.clone(),
@@ -220,6 +241,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         room_index,
         shard_count,
         storage: storage.handle(),
+        auth,
         styler_factory,
         inbound: senders.clone(),
         args: args.clone(),

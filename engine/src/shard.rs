@@ -66,6 +66,7 @@ pub struct Shared {
     pub metrics: Arc<[ShardMetrics]>,
     pub viewers: Arc<ViewerCounts>,
     pub storage: StorageHandle,
+    pub auth: crate::auth::AuthService,
     pub styler_factory: Arc<dyn StylerFactory>,
     pub inbound: Vec<flume::Sender<PeerBatch>>,
 }

@@ -225,10 +225,22 @@ pub fn trailing(line: &str) -> &str {
 /// An HTTP response: status and body.
 pub struct HttpResponse {
     pub status: u16,
+    /// The status line and headers.
+    pub head: String,
     pub body: String,
 }
 
 impl HttpResponse {
+    /// A header's value (name matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -263,7 +275,11 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> H
     } else {
         body.to_string()
     };
-    HttpResponse { status, body }
+    HttpResponse {
+        status,
+        head: head.to_string(),
+        body,
+    }
 }
 
 fn dechunk(mut body: &str) -> String {
