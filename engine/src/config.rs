@@ -126,13 +126,44 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
     pub socket_send_buffer_bytes: usize,
 
-    /// Connections one shard accepts; more are refused.
+    /// Connections one shard accepts (chat over TCP and WebSocket, and HTTP); more are refused (HTTP with `429`).
     #[arg(
         long,
         env = "TWITCHY_CONNECTIONS_PER_SHARD_MAX",
         default_value_t = 20_000
     )]
     pub connections_per_shard_max: usize,
+
+    /// A connection that has not finished registering (NICK, and `CAP END` after `CAP LS`) this long after it
+    /// opened is closed with a NOTICE.
+    #[arg(
+        long,
+        env = "TWITCHY_REGISTRATION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub registration_timeout_ms: u64,
+
+    /// Serve `/metrics` on this separate address instead of the main HTTP port (which then answers 404 there).
+    #[arg(long, env = "TWITCHY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// HTTP: time a client has to send a whole request head; past it the request gets `408` and the connection
+    /// closes.
+    #[arg(long, env = "TWITCHY_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+
+    /// HTTP: time a client has to send a whole request body, from the end of its head (a body trickling in is
+    /// cut with `408`).
+    #[arg(long, env = "TWITCHY_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_body_timeout_ms: u64,
+
+    /// HTTP: a keep-alive connection idle this long between requests is closed.
+    #[arg(
+        long,
+        env = "TWITCHY_HTTP_KEEP_ALIVE_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub http_keep_alive_timeout_ms: u64,
 
     /// Send PING to a client that has been silent this long.
     #[arg(long, env = "TWITCHY_IDLE_PING_SECS", default_value_t = 60)]

@@ -14,6 +14,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::core::ConnId;
 pub use crate::core::Transport;
 use crate::metrics::ShardMetrics;
 use crate::shard::{ConnHandle, Shard};
@@ -27,12 +28,26 @@ enum Wait {
     Woken,
 }
 
-/// Serves one client connection until it ends. `preread` holds bytes already read (after an HTTP upgrade).
-pub async fn serve<S>(shard: Rc<Shard>, mut stream: S, transport: Transport, preread: Bytes)
+/// Serves one client connection until it ends.
+pub async fn serve<S>(shard: Rc<Shard>, stream: S, transport: Transport)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
 {
-    let Some((id, handle)) = shard.open_conn(transport, stream.as_raw_fd()) else {
+    let opened = shard.open_conn(transport, stream.as_raw_fd());
+    serve_opened(shard, stream, opened, Bytes::new()).await;
+}
+
+/// Serves a connection already registered with [`Shard::open_conn`] (`None`: it was refused, and the socket is
+/// closed right away). `preread` holds bytes already read (after an HTTP upgrade).
+pub async fn serve_opened<S>(
+    shard: Rc<Shard>,
+    mut stream: S,
+    opened: Option<(ConnId, Rc<ConnHandle>)>,
+    preread: Bytes,
+) where
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
+{
+    let Some((id, handle)) = opened else {
         // Over the connection limit (or shutting down): the socket is dropped (closed) right away.
         return;
     };
@@ -108,7 +123,12 @@ async fn flush<S: AsyncWrite + Unpin>(
             return false;
         }
         let mut buffer = shard.take_write_buffer();
-        if shard.core.borrow_mut().take_writes(id, &mut buffer) == 0 {
+        if shard
+            .core
+            .borrow_mut()
+            .take_writes(id, &mut buffer, crate::shard::unix_ms())
+            == 0
+        {
             shard.give_write_buffer(buffer);
             return true;
         }

@@ -1,18 +1,28 @@
 //! HTTP on the main port, through hyper: the JSON API, metrics, the web client, and the WebSocket upgrade.
 //!
 //! Every error is a 4xx/5xx with a JSON body `{"error": "..."}`. `/healthz` answers 503 with a JSON reason while
-//! storage is failing; `POST /api/logout` revokes the presented token. Request bodies are capped at
-//! [`REQUEST_BODY_BYTES_MAX`]; a slow client has [`HEADER_READ_TIMEOUT_SECS`] to send its headers.
+//! storage is failing; `POST /api/logout` revokes the presented token. With `--metrics-addr`, `/metrics` is served
+//! only there (see [`Listener`]).
+//!
+//! Limits: every HTTP connection counts against the shard's connection limit (with chat connections); one over
+//! it is answered `429` with `Retry-After` and closed. A request head must arrive within the header timeout
+//! (else `408` and close), a body within the body timeout from the end of its head (a body trickling in is cut with
+//! `408`), and a keep-alive connection idle longer than the keep-alive timeout is closed. Request bodies are capped
+//! at [`REQUEST_BODY_BYTES_MAX`]. The deadlines are decided by [`HttpTimeouts`], a plain function of the
+//! connection's phase and the time, so they are unit-tested without sockets.
 
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::TcpStream;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,13 +33,25 @@ use twitchy_storage::{Health, MessageId, MessageRecord};
 
 use crate::conn::{self, Transport};
 use crate::metrics::ShardMetrics;
-use crate::shard::Shard;
+use crate::shard::{LocalNotify, Shard};
 
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
-pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// History page size: default and maximum.
 pub const HISTORY_PAGE_DEFAULT: usize = 50;
 pub const HISTORY_PAGE_MAX: usize = 100;
+/// Connections a shard serves at once on the metrics listener (`--metrics-addr`); more are closed at once.
+pub const METRICS_CONNECTIONS_PER_SHARD_MAX: usize = 16;
+/// What a refused connection's client is told to wait before it tries again, in seconds.
+pub const RETRY_AFTER_SECS: u64 = 1;
+/// How long a refused connection is read (and what it sent discarded) after its `429`, so that closing it does not
+/// reset the connection before the client read the answer.
+const REFUSED_DRAIN_MS: u64 = 500;
+const REFUSED_DRAIN_BYTES_MAX: usize = 16 * 1024;
+
+/// The web client's pages and assets may load scripts and styles only from this server, talk only to it (the
+/// WebSocket included) and never be framed.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
@@ -37,49 +59,331 @@ const STYLE_CSS: &str = include_str!("../web/style.css");
 
 type Body = Full<Bytes>;
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The main port: API, web client, WebSocket, and `/metrics` unless it has its own address.
+    Main,
+    /// `--metrics-addr`: `/metrics` (and `/healthz`) only, outside the chat connection limit.
+    Metrics,
+}
+
+/// Where an HTTP connection is between requests, with times in milliseconds of the driver's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpPhase {
+    /// Waiting for a request since `since_ms` (the connection opened or the last response was ready).
+    Idle { since_ms: u64 },
+    /// The first bytes of a request head arrived at `since_ms` (or the connection opened then).
+    Head { since_ms: u64 },
+    /// A request is being handled; its body has its own deadline inside the handler.
+    Request,
+}
+
+/// Which deadline ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    KeepAlive,
+    Header,
+}
+
+/// The HTTP deadlines of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    pub header_ms: u64,
+    pub body_ms: u64,
+    pub keep_alive_ms: u64,
+}
+
+impl HttpTimeouts {
+    /// When the connection must be closed in `phase`, and why; `None` while a request is handled.
+    pub fn deadline(&self, phase: HttpPhase) -> Option<(u64, Expiry)> {
+        match phase {
+            HttpPhase::Idle { since_ms } => {
+                Some((since_ms + self.keep_alive_ms, Expiry::KeepAlive))
+            }
+            HttpPhase::Head { since_ms } => Some((since_ms + self.header_ms, Expiry::Header)),
+            HttpPhase::Request => None,
+        }
+    }
+
+    /// The phase after bytes arrived: the first bytes while idle start the header deadline.
+    pub fn on_bytes(phase: HttpPhase, now_ms: u64) -> HttpPhase {
+        match phase {
+            HttpPhase::Idle { .. } => HttpPhase::Head { since_ms: now_ms },
+            other => other,
+        }
+    }
+}
+
+/// One connection's phase, shared by its reader, its request handler and its deadline watcher.
+struct ConnTimers {
+    epoch: Instant,
+    phase: Cell<HttpPhase>,
+    /// Requests handled so far.
+    requests: Cell<u64>,
+    changed: LocalNotify,
+}
+
+impl ConnTimers {
+    fn new() -> ConnTimers {
+        ConnTimers {
+            epoch: Instant::now(),
+            // A new connection owes its first request head at once: the header deadline runs from the connect.
+            phase: Cell::new(HttpPhase::Head { since_ms: 0 }),
+            requests: Cell::new(0),
+            changed: LocalNotify::default(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn set(&self, phase: HttpPhase) {
+        if self.phase.replace(phase) != phase {
+            self.changed.notify();
+        }
+    }
+
+    /// Resolves when the connection's current deadline passes.
+    async fn expired(&self, timeouts: HttpTimeouts) -> Expiry {
+        loop {
+            match timeouts.deadline(self.phase.get()) {
+                None => self.changed.wait().await,
+                Some((at_ms, expiry)) => {
+                    let now_ms = self.now_ms();
+                    if now_ms >= at_ms {
+                        return expiry;
+                    }
+                    let sleep = glommio::timer::sleep(Duration::from_millis(at_ms - now_ms));
+                    futures_lite::future::or(sleep, self.changed.wait()).await;
+                }
+            }
+        }
+    }
+}
+
+/// The socket as hyper reads it: notes when the first bytes of a request head arrive.
+struct TimedStream {
+    inner: TcpStream,
+    timers: Rc<ConnTimers>,
+}
+
+impl AsyncRead for TimedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = result
+            && n > 0
+        {
+            let timers = &this.timers;
+            timers.set(HttpTimeouts::on_bytes(timers.phase.get(), timers.now_ms()));
+        }
+        result
+    }
+}
+
+impl AsyncWrite for TimedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// What one request's handler needs besides the request.
+struct RequestCtx<'a> {
+    shard: Rc<Shard>,
+    listener: Listener,
+    upgraded: &'a Cell<bool>,
+    /// The client's address, for the per-address sign-in limits.
+    peer_ip: IpAddr,
+    /// The whole body must have arrived by then.
+    body_deadline: Instant,
+}
+
 /// Serves HTTP/1.1 on one accepted connection (keep-alive), and hands the socket to the WebSocket driver after an
 /// upgrade. hyper's own upgrade machinery needs `Send` IO, which shard-local sockets are not, so the connection is
 /// run "without shutdown" and the socket (with any bytes hyper read past the request) is taken back from it.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: Listener) {
+    let admitted = match listener {
+        Listener::Main => shard.http_open(),
+        Listener::Metrics => shard.metrics_conn_open(METRICS_CONNECTIONS_PER_SHARD_MAX),
+    };
+    if !admitted {
+        if listener == Listener::Main {
+            refuse(stream).await;
+        }
+        return;
+    }
+    let upgraded = serve_admitted(&shard, stream, listener).await;
+    match listener {
+        Listener::Main => shard.http_closed(),
+        Listener::Metrics => shard.metrics_conn_closed(),
+    }
+    if let Some((stream, read_buf)) = upgraded {
+        // The connection stops counting as HTTP and counts as chat from here, with no await in between, so the
+        // freed place cannot be taken meanwhile.
+        let opened = shard.open_conn(Transport::WebSocket, stream.as_raw_fd());
+        // A fresh task for the WebSocket: this one, sized for hyper's connection state, ends here, so a
+        // long-lived WebSocket does not keep that memory.
+        glommio::spawn_local(conn::serve_opened(shard, stream, opened, read_buf)).detach();
+    }
+}
+
+/// Serves requests until the connection ends; after a WebSocket upgrade, returns the socket and the bytes hyper
+/// read past the request.
+async fn serve_admitted(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    listener: Listener,
+) -> Option<(TcpStream, Bytes)> {
     let _ = stream.set_nodelay(true);
     let peer_ip = stream
         .peer_addr()
         .map(|addr| addr.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let fd = stream.as_raw_fd();
+    let args = &shard.shared.args;
+    let timeouts = HttpTimeouts {
+        header_ms: args.http_header_timeout_ms.max(1),
+        body_ms: args.http_body_timeout_ms.max(1),
+        keep_alive_ms: args.http_keep_alive_timeout_ms.max(1),
+    };
+    let timers = Rc::new(ConnTimers::new());
     let upgraded = Rc::new(Cell::new(false));
     let service_shard = shard.clone();
     let service_upgraded = upgraded.clone();
+    let service_timers = timers.clone();
     let service = hyper::service::service_fn(move |req| {
         let shard = service_shard.clone();
         let upgraded = service_upgraded.clone();
+        let timers = service_timers.clone();
         let response: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>>>> =
-            Box::pin(async move { Ok(route(shard, req, peer_ip, &upgraded).await) });
+            Box::pin(async move {
+                timers.set(HttpPhase::Request);
+                let ctx = RequestCtx {
+                    shard,
+                    listener,
+                    peer_ip,
+                    upgraded: &upgraded,
+                    body_deadline: Instant::now() + Duration::from_millis(timeouts.body_ms),
+                };
+                let mut response = route(&ctx, req).await;
+                response.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
+                timers.requests.set(timers.requests.get() + 1);
+                timers.set(HttpPhase::Idle {
+                    since_ms: timers.now_ms(),
+                });
+                Ok(response)
+            });
         response
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(GlommioTimer)
-        .header_read_timeout(Duration::from_secs(HEADER_READ_TIMEOUT_SECS))
+        // The deadlines are kept by `ConnTimers`, which also answers 408; hyper's own would only close.
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
-    match builder
+    let stream = TimedStream {
+        inner: stream,
+        timers: timers.clone(),
+    };
+    let connection = builder
         .serve_connection(GlommioIo::new(stream), service)
-        .without_shutdown()
-        .await
-    {
-        Ok(parts) if upgraded.get() => {
-            // A fresh task for the WebSocket: this one, sized for hyper's connection state, ends here, so a
-            // long-lived WebSocket does not keep that memory.
-            glommio::spawn_local(conn::serve(
-                shard,
-                parts.io.into_inner(),
-                Transport::WebSocket,
-                parts.read_buf,
-            ))
-            .detach();
-        }
-        Ok(_) => {}
-        Err(err) => log::debug!("http connection ended: {err}"),
+        .without_shutdown();
+    let mut connection = std::pin::pin!(connection);
+    enum Ended<T> {
+        Served(T),
+        Expired(Expiry),
     }
+    let ended =
+        futures_lite::future::or(async { Ended::Served(connection.as_mut().await) }, async {
+            Ended::Expired(timers.expired(timeouts).await)
+        })
+        .await;
+    match ended {
+        Ended::Served(Ok(parts)) if upgraded.get() => {
+            return Some((parts.io.into_inner().inner, parts.read_buf));
+        }
+        Ended::Served(Ok(_)) => {}
+        Ended::Served(Err(err)) => log::debug!("http connection ended: {err}"),
+        Ended::Expired(Expiry::Header) => {
+            // Only before the first response: later, a response may still be partly unwritten.
+            if timers.requests.get() == 0 {
+                let _ = crate::shard::send_now(
+                    fd,
+                    &raw_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request head not received in time",
+                        None,
+                    ),
+                );
+            }
+        }
+        Ended::Expired(Expiry::KeepAlive) => {}
+    }
+    None
+}
+
+/// A complete `Connection: close` error response, written directly to a socket hyper does not serve.
+fn raw_error(status: StatusCode, message: &str, retry_after_secs: Option<u64>) -> Vec<u8> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    if let Some(secs) = retry_after_secs {
+        out.push_str(&format!("Retry-After: {secs}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    out.into_bytes()
+}
+
+/// Answers a connection over the limit with `429` and closes it. What the client sent meanwhile is read and
+/// discarded for a short while first, so that the close does not reset the connection before it read the answer.
+async fn refuse(stream: TcpStream) {
+    let response = raw_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many connections; try again shortly",
+        Some(RETRY_AFTER_SECS),
+    );
+    let _ = crate::shard::send_now(stream.as_raw_fd(), &response);
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut stream = stream;
+    let drain = async {
+        let mut scratch = [0u8; 1024];
+        let mut drained = 0;
+        while drained < REFUSED_DRAIN_BYTES_MAX {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    futures_lite::future::or(
+        drain,
+        glommio::timer::sleep(Duration::from_millis(REFUSED_DRAIN_MS)),
+    )
+    .await;
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
@@ -112,36 +416,60 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-async fn route(
-    shard: Rc<Shard>,
-    req: Request<Incoming>,
-    peer_ip: IpAddr,
-    upgraded: &Cell<bool>,
-) -> Response<Body> {
+/// A page or asset of the web client, with its Content-Security-Policy.
+fn web_asset(content_type: &'static str, body: &'static str) -> Response<Body> {
+    let mut response = text(content_type, body);
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    response
+}
+
+async fn route(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
+    let shard = &ctx.shard;
     ShardMetrics::inc(&shard.metrics().http_requests_total);
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if ctx.listener == Listener::Metrics {
+        return match (&method, segments.as_slice()) {
+            (&Method::GET, ["metrics"]) => metrics(shard),
+            (&Method::GET, ["healthz"]) => healthz(shard),
+            (_, ["metrics"] | ["healthz"]) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "this address serves only /metrics and /healthz",
+            ),
+        };
+    }
     if is_websocket_upgrade(&req) {
         return if path == "/" {
-            websocket_upgrade(req, upgraded)
+            websocket_upgrade(req, ctx.upgraded)
         } else {
             error(StatusCode::NOT_FOUND, "WebSocket IRC is served at /")
         };
     }
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let separate_metrics = shard.shared.args.metrics_addr.is_some();
     match (&method, segments.as_slice()) {
-        (&Method::GET, [""]) => text("text/html; charset=utf-8", INDEX_HTML),
-        (&Method::GET, ["assets", "app.js"]) => text("text/javascript; charset=utf-8", APP_JS),
-        (&Method::GET, ["assets", "style.css"]) => text("text/css; charset=utf-8", STYLE_CSS),
-        (&Method::GET, ["healthz"]) => healthz(&shard),
-        (&Method::GET, ["metrics"]) => metrics(&shard),
-        (&Method::GET, ["api", "rooms"]) => rooms(&shard),
+        (&Method::GET, [""]) => web_asset("text/html; charset=utf-8", INDEX_HTML),
+        (&Method::GET, ["assets", "app.js"]) => web_asset("text/javascript; charset=utf-8", APP_JS),
+        (&Method::GET, ["assets", "style.css"]) => web_asset("text/css; charset=utf-8", STYLE_CSS),
+        (&Method::GET, ["healthz"]) => healthz(shard),
+        (_, ["metrics"]) if separate_metrics => error(
+            StatusCode::NOT_FOUND,
+            "metrics are served on the metrics address",
+        ),
+        (&Method::GET, ["metrics"]) => metrics(shard),
+        (&Method::GET, ["api", "rooms"]) => rooms(shard),
         (&Method::GET, ["api", "rooms", room, "messages"]) => {
-            history(&shard, room, req.uri().query()).await
+            history(shard, room, req.uri().query()).await
         }
-        (&Method::POST, ["api", "register"]) => account(&shard, req, peer_ip, true).await,
-        (&Method::POST, ["api", "login"]) => account(&shard, req, peer_ip, false).await,
-        (&Method::POST, ["api", "logout"]) => logout(&shard, req).await,
+        (&Method::POST, ["api", "register"]) => account(ctx, req, true).await,
+        (&Method::POST, ["api", "login"]) => account(ctx, req, false).await,
+        (&Method::POST, ["api", "logout"]) => logout(ctx, req).await,
         (
             _,
             [""] | ["healthz"] | ["metrics"] | ["api", "rooms"] | ["api", "rooms", _, "messages"],
@@ -151,6 +479,32 @@ async fn route(
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// Reads a whole request body: at most [`REQUEST_BODY_BYTES_MAX`], all of it by `deadline`. Past the deadline the
+/// answer is `408` and the connection closes (the rest of the body is never read).
+async fn read_body(body: Incoming, deadline: Instant) -> Result<Bytes, Response<Body>> {
+    let collect = async {
+        match Limited::new(body, REQUEST_BODY_BYTES_MAX).collect().await {
+            Ok(body) => Ok(body.to_bytes()),
+            Err(_) => Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or unreadable",
+            )),
+        }
+    };
+    let timeout = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        let mut response = error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Err(response)
+    };
+    futures_lite::future::or(collect, timeout).await
 }
 
 /// `200 {"status":"ok"}` while storage takes writes; `503 {"status":"unavailable"|"failed","error":...}` while it
@@ -307,23 +661,11 @@ struct Credentials {
     password: String,
 }
 
-async fn account(
-    shard: &Shard,
-    req: Request<Incoming>,
-    peer_ip: IpAddr,
-    register: bool,
-) -> Response<Body> {
-    let body = match Limited::new(req.into_body(), REQUEST_BODY_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or unreadable",
-            );
-        }
+async fn account(ctx: &RequestCtx<'_>, req: Request<Incoming>, register: bool) -> Response<Body> {
+    let shard = &ctx.shard;
+    let body = match read_body(req.into_body(), ctx.body_deadline).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let Ok(credentials) = serde_json::from_slice::<Credentials>(&body) else {
         return error(
@@ -335,7 +677,7 @@ async fn account(
     let result = if register {
         auth.register(
             storage,
-            peer_ip,
+            ctx.peer_ip,
             &credentials.username,
             &credentials.password,
         )
@@ -343,7 +685,7 @@ async fn account(
     } else {
         auth.login(
             storage,
-            peer_ip,
+            ctx.peer_ip,
             &credentials.username,
             &credentials.password,
         )
@@ -383,7 +725,10 @@ struct LogoutBody {
 }
 
 /// The token to revoke: `Authorization: Bearer <token>`, or a JSON body `{"token": ...}`.
-async fn presented_token(req: Request<Incoming>) -> Result<String, Response<Body>> {
+async fn presented_token(
+    req: Request<Incoming>,
+    body_deadline: Instant,
+) -> Result<String, Response<Body>> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         return value
             .to_str()
@@ -398,18 +743,7 @@ async fn presented_token(req: Request<Incoming>) -> Result<String, Response<Body
                 )
             });
     }
-    let body = match Limited::new(req.into_body(), REQUEST_BODY_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or unreadable",
-            ));
-        }
-    };
+    let body = read_body(req.into_body(), body_deadline).await?;
     serde_json::from_slice::<LogoutBody>(&body)
         .map(|b| b.token)
         .map_err(|_| {
@@ -422,8 +756,9 @@ async fn presented_token(req: Request<Incoming>) -> Result<String, Response<Body
 
 /// `POST /api/logout`: revokes the presented token. `200 {"revoked":true}`; `401` if it was not a live token;
 /// `503` if storage cannot answer (the token is then still valid).
-async fn logout(shard: &Shard, req: Request<Incoming>) -> Response<Body> {
-    let token = match presented_token(req).await {
+async fn logout(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
+    let shard = &ctx.shard;
+    let token = match presented_token(req, ctx.body_deadline).await {
         Ok(token) => token,
         Err(response) => return response,
     };
@@ -483,4 +818,55 @@ fn websocket_upgrade(req: Request<Incoming>, upgraded: &Cell<bool>) -> Response<
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_follow_the_connection_phase() {
+        let timeouts = HttpTimeouts {
+            header_ms: 10,
+            body_ms: 20,
+            keep_alive_ms: 30,
+        };
+        // A new connection owes its head from the start; between requests the keep-alive timeout runs, and the
+        // first byte of the next request starts its header deadline.
+        assert_eq!(
+            timeouts.deadline(HttpPhase::Head { since_ms: 0 }),
+            Some((10, Expiry::Header))
+        );
+        let idle = HttpPhase::Idle { since_ms: 100 };
+        assert_eq!(timeouts.deadline(idle), Some((130, Expiry::KeepAlive)));
+        let head = HttpTimeouts::on_bytes(idle, 105);
+        assert_eq!(head, HttpPhase::Head { since_ms: 105 });
+        assert_eq!(timeouts.deadline(head), Some((115, Expiry::Header)));
+        // More bytes of the same head do not move its deadline.
+        assert_eq!(HttpTimeouts::on_bytes(head, 109), head);
+        // While a request is handled, only its body deadline (kept by the handler) applies.
+        assert_eq!(timeouts.deadline(HttpPhase::Request), None);
+        assert_eq!(
+            HttpTimeouts::on_bytes(HttpPhase::Request, 200),
+            HttpPhase::Request
+        );
+    }
+
+    #[test]
+    fn raw_errors_are_complete_json_responses() {
+        let raw = raw_error(StatusCode::TOO_MANY_REQUESTS, "too many", Some(1));
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nRetry-After: 1"), "{head}");
+        assert!(head.contains("\r\nConnection: close"), "{head}");
+        assert!(
+            head.ends_with(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        assert_eq!(body, r#"{"error":"too many"}"#);
+    }
 }

@@ -12,8 +12,12 @@ fn main() {
     let result = twitchy_engine::server::run(args, |bound| {
         log::info!("web client at http://{}/", bound.http);
         // One machine-readable line on stdout: tests and scripts wait for it.
+        let metrics = bound
+            .metrics
+            .map(|addr| format!(" metrics=http://{addr}/metrics"))
+            .unwrap_or_default();
         println!(
-            "twitchy ready http=http://{0}/ ws=ws://{0}/ irc={1}",
+            "twitchy ready http=http://{0}/ ws=ws://{0}/ irc={1}{metrics}",
             bound.http, bound.irc
         );
     });

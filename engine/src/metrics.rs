@@ -1,7 +1,9 @@
 //! Per-shard counters and the Prometheus text exposition.
 //!
 //! Each shard writes only its own [`ShardMetrics`] (relaxed atomics on its own cache lines), so counting costs no
-//! cross-core traffic; `/metrics`, served by whichever shard took the request, reads all of them.
+//! cross-core traffic; `/metrics`, served by whichever shard took the request, reads all of them. Latency
+//! histograms are kept the same way (one [`Histogram`] per shard, plain per-bucket counters) and summed over the
+//! shards at scrape time, so recording is two relaxed adds and never a lock.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -33,6 +35,80 @@ pub struct ShardMetrics {
     pub protocol_disconnects_total: AtomicU64,
     pub reconnects_sent_total: AtomicU64,
     pub socket_writes_total: AtomicU64,
+    /// Message sequenced (its id assigned) to its line handed to a viewer's socket write.
+    pub delivery_latency: Histogram,
+    /// Client's PRIVMSG received to its acknowledgement handed to the socket write.
+    pub ack_latency: Histogram,
+    /// One styling request: asked of the styler to answered (model or local fallback).
+    pub style_latency: Histogram,
+}
+
+/// Upper bounds of the latency histograms, in microseconds (rendered in seconds).
+pub const LATENCY_US_BOUNDS: [u64; 14] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+const LATENCY_SLOTS: usize = LATENCY_US_BOUNDS.len() + 1;
+
+/// A latency histogram with the fixed bounds [`LATENCY_US_BOUNDS`]: one counter per bucket (not cumulative; the
+/// exposition makes them cumulative), the sum in microseconds. Written only by its shard.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; LATENCY_SLOTS],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record_us(&self, value_us: u64) {
+        let slot = LATENCY_US_BOUNDS
+            .iter()
+            .position(|&bound| value_us <= bound)
+            .unwrap_or(LATENCY_US_BOUNDS.len());
+        self.counts[slot].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(value_us, Relaxed);
+    }
+
+    pub fn record_ms(&self, value_ms: u64) {
+        self.record_us(value_ms.saturating_mul(1000));
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+/// Writes one histogram family: the buckets, sum and count of all shards' histograms added together. The count is
+/// the last cumulative bucket, so the exposition is consistent even while shards keep recording.
+fn render_histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: impl Iterator<Item = &'a Histogram> + Clone,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0u64;
+    for slot in 0..LATENCY_SLOTS {
+        cumulative += shards
+            .clone()
+            .map(|h| h.counts[slot].load(Relaxed))
+            .sum::<u64>();
+        match LATENCY_US_BOUNDS.get(slot) {
+            Some(&bound_us) => {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                    bound_us as f64 / 1e6
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+            }
+        }
+    }
+    let sum_us: u64 = shards.map(|h| h.sum_us.load(Relaxed)).sum();
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 impl ShardMetrics {
@@ -231,6 +307,24 @@ pub fn render(shards: &[ShardMetrics], out: &mut String) {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(m).load(Relaxed));
         }
     }
+    render_histogram(
+        out,
+        "twitchy_delivery_latency_seconds",
+        "From a message's sequencing (id assigned) to its line handed to a viewer's socket write (millisecond clock)",
+        shards.iter().map(|m| &m.delivery_latency),
+    );
+    render_histogram(
+        out,
+        "twitchy_ack_latency_seconds",
+        "From a client's PRIVMSG received to its acknowledgement handed to the socket write (millisecond clock)",
+        shards.iter().map(|m| &m.ack_latency),
+    );
+    render_histogram(
+        out,
+        "twitchy_style_latency_seconds",
+        "One styling request, from asking the styler to its answer (model or local fallback)",
+        shards.iter().map(|m| &m.style_latency),
+    );
     if let Some(rss) = resident_memory_bytes() {
         let _ = writeln!(
             out,
@@ -261,6 +355,21 @@ mod tests {
         assert!(out.contains("twitchy_deliveries_total{shard=\"1\"} 42"));
         assert!(out.contains("twitchy_deliveries_total{shard=\"0\"} 0"));
         assert!(out.contains("process_resident_memory_bytes "));
+        // Histograms add up over shards and are cumulative.
+        assert!(out.contains("twitchy_ack_latency_seconds_count 0\n"));
+        shards[0].ack_latency.record_us(300);
+        shards[1].ack_latency.record_ms(3);
+        shards[1].ack_latency.record_us(60_000_000);
+        let mut out = String::new();
+        render(&shards, &mut out);
+        assert!(out.contains("# TYPE twitchy_ack_latency_seconds histogram\n"));
+        assert!(out.contains("twitchy_ack_latency_seconds_bucket{le=\"0.00025\"} 0\n"));
+        assert!(out.contains("twitchy_ack_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(out.contains("twitchy_ack_latency_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(out.contains("twitchy_ack_latency_seconds_bucket{le=\"10\"} 2\n"));
+        assert!(out.contains("twitchy_ack_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("twitchy_ack_latency_seconds_sum 60.0033\n"));
+        assert!(out.contains("twitchy_ack_latency_seconds_count 3\n"));
 
         let viewers = ViewerCounts::new(2, 3);
         viewers.set(0, 2, 5);

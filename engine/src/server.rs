@@ -22,6 +22,7 @@ use crate::auth::{AuthConfig, AuthService};
 use crate::config::{AUTH_THREADS_AUTO_MAX, Args, derived_room_id, load_rooms};
 use crate::conn::{self, Transport};
 use crate::core::RoomInfo;
+use crate::http::Listener;
 use crate::metrics::{ShardMetrics, ViewerCounts};
 use crate::placement;
 use crate::shard::{
@@ -40,6 +41,8 @@ pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 5_000;
 pub struct Bound {
     pub http: SocketAddr,
     pub irc: SocketAddr,
+    /// The metrics listener, with `--metrics-addr`.
+    pub metrics: Option<SocketAddr>,
 }
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<Socket> {
@@ -114,8 +117,40 @@ impl Drop for ExitReport {
     }
 }
 
+/// The name of shard `index`'s thread; [`abort_on_shard_panic`] recognises shard threads by it.
+pub fn shard_thread_name(index: usize) -> String {
+    format!("{SHARD_THREAD_PREFIX}{index}")
+}
+
+const SHARD_THREAD_PREFIX: &str = "shard-";
+
+/// Makes a panic on a shard thread abort the whole process, after the usual panic message.
+///
+/// glommio does not catch a panicking task: the panic unwinds out of the executor and ends the shard's thread, while
+/// the other shards, the storage threads and the listening sockets of the dead shard's siblings live on. Clients
+/// whose room is homed on the dead shard would then wait forever, and `/healthz` could not tell. A shard's state
+/// after a panic cannot be trusted either, so the process stops at once (SIGABRT, a non-zero exit) for its
+/// supervisor to restart it; what was acknowledged is durable, and clients resend the rest with their nonces.
+pub fn abort_on_shard_panic() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let thread = std::thread::current();
+            if let Some(name) = thread.name()
+                && name.starts_with(SHARD_THREAD_PREFIX)
+            {
+                log::error!("{name} panicked: aborting the process so that it restarts whole");
+                std::process::abort();
+            }
+        }));
+    });
+}
+
 /// Runs the server until SIGINT or SIGTERM; `on_ready` is called with the bound addresses once every shard serves.
 pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
+    abort_on_shard_panic();
     let rooms = load_rooms(args.config.as_ref())?;
     let allowed = placement::allowed_cpus();
     let chosen = if args.cpus.trim().is_empty() {
@@ -209,6 +244,13 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
 
     let (http_addr, http_fds) = bind_group(args.http, shard_count)?;
     let (irc_addr, irc_fds) = bind_group(args.irc, shard_count)?;
+    let (metrics_addr, metrics_fds) = match args.metrics_addr {
+        Some(addr) => {
+            let (bound, fds) = bind_group(addr, shard_count)?;
+            (Some(bound), fds.into_iter().map(Some).collect())
+        }
+        None => (None, (0..shard_count).map(|_| None).collect::<Vec<_>>()),
+    };
 
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shard_count)
         .map(|_| flume::bounded::<PeerBatch>(INBOUND_CHANNEL_BATCHES_MAX))
@@ -252,8 +294,12 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let stop_flag = Arc::new(AtomicBool::new(false));
     let first_polls: Arc<[AtomicBool]> = (0..shard_count).map(|_| AtomicBool::new(false)).collect();
     let mut executors = Vec::new();
-    for (index, ((receiver, http_fd), irc_fd)) in
-        receivers.into_iter().zip(http_fds).zip(irc_fds).enumerate()
+    for (index, (((receiver, http_fd), irc_fd), metrics_fd)) in receivers
+        .into_iter()
+        .zip(http_fds)
+        .zip(irc_fds)
+        .zip(metrics_fds)
+        .enumerate()
     {
         let shared = shared.clone();
         let events = events.clone();
@@ -261,7 +307,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         let stop = stop_flag.clone();
         let cpu = plan.shard_cpus[index];
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("shard-{index}"))
+            .name(&shard_thread_name(index))
             .io_memory(args.io_memory_kib * 1024)
             .preempt_timer(Duration::from_millis(args.task_preempt_ms.max(1)));
         if !plan.helper_cpus.is_empty() {
@@ -292,6 +338,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
                     inbound: receiver,
                     http_fd,
                     irc_fd,
+                    metrics_fd,
                     events,
                     drained,
                     stop,
@@ -385,6 +432,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         on_ready(Bound {
             http: http_addr,
             irc: irc_addr,
+            metrics: metrics_addr,
         });
         loop {
             match event_rx.recv() {
@@ -436,6 +484,7 @@ struct ShardStart {
     inbound: flume::Receiver<PeerBatch>,
     http_fd: OwnedFd,
     irc_fd: OwnedFd,
+    metrics_fd: Option<OwnedFd>,
     events: mpsc::Sender<Event>,
     drained: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -448,6 +497,7 @@ async fn shard_main(start: ShardStart) {
         inbound,
         http_fd,
         irc_fd,
+        metrics_fd,
         events,
         drained,
         stop,
@@ -469,8 +519,21 @@ async fn shard_main(start: ShardStart) {
     let http_listener = unsafe { TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
     // SAFETY: as above.
     let irc_listener = unsafe { TcpListener::from_raw_fd(irc_fd.into_raw_fd()) };
-    let http_accept = glommio::spawn_local(accept_loop(shard.clone(), http_listener, true));
-    let irc_accept = glommio::spawn_local(accept_loop(shard.clone(), irc_listener, false));
+    let http_accept = glommio::spawn_local(accept_loop(
+        shard.clone(),
+        http_listener,
+        Accept::Http(Listener::Main),
+    ));
+    let irc_accept = glommio::spawn_local(accept_loop(shard.clone(), irc_listener, Accept::Irc));
+    let metrics_accept = metrics_fd.map(|fd| {
+        // SAFETY: as above.
+        let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        glommio::spawn_local(accept_loop(
+            shard.clone(),
+            listener,
+            Accept::Http(Listener::Metrics),
+        ))
+    });
 
     let stopped = Rc::new(LocalNotify::default());
     let inbound_shard = shard.clone();
@@ -494,6 +557,7 @@ async fn shard_main(start: ShardStart) {
     // Stop accepting: dropping the accept tasks closes this shard's listening sockets.
     drop(http_accept);
     drop(irc_accept);
+    drop(metrics_accept);
     // Finish what this shard sequenced, then wait for every shard to do the same so that acks from other homes
     // still reach this shard's clients.
     let drain = shard.drain_in_flight();
@@ -515,7 +579,14 @@ async fn shard_main(start: ShardStart) {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, http: bool) {
+/// What a listener serves.
+#[derive(Debug, Clone, Copy)]
+enum Accept {
+    Http(Listener),
+    Irc,
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Accept) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -524,17 +595,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, http: bool) {
                     set_send_buffer(&stream, send_buffer_bytes);
                 }
                 let shard = shard.clone();
-                if http {
-                    glommio::spawn_local(crate::http::serve(shard, stream)).detach();
-                } else {
-                    let _ = stream.set_nodelay(true);
-                    glommio::spawn_local(conn::serve(
-                        shard,
-                        stream,
-                        Transport::Tcp,
-                        bytes::Bytes::new(),
-                    ))
-                    .detach();
+                match serves {
+                    Accept::Http(listener) => {
+                        glommio::spawn_local(crate::http::serve(shard, stream, listener)).detach();
+                    }
+                    Accept::Irc => {
+                        let _ = stream.set_nodelay(true);
+                        glommio::spawn_local(conn::serve(shard, stream, Transport::Tcp)).detach();
+                    }
                 }
             }
             Err(err) => {
@@ -561,5 +629,54 @@ fn set_send_buffer(stream: &glommio::net::TcpStream, bytes: usize) {
     };
     if rc != 0 {
         log::warn!("SO_SNDBUF: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHILD_ENV: &str = "TWITCHY_TEST_SHARD_PANIC_CHILD";
+
+    /// A task that panics on a shard thread must take the process down. The panic happens in a child process (this
+    /// test binary run again), which must die by SIGABRT instead of carrying on without its shard.
+    #[test]
+    fn a_panicking_shard_task_aborts_the_process() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            abort_on_shard_panic();
+            let shard = LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&shard_thread_name(0))
+                .io_memory(512 * 1024)
+                .spawn(|| async {
+                    glommio::spawn_local(async { panic!("a bug in a shard task") }).detach();
+                    glommio::timer::sleep(Duration::from_secs(5)).await;
+                })
+                .expect("start a shard");
+            let _ = shard.join();
+            // Reached only if the panic did not abort the process.
+            println!("the process survived its shard");
+            std::process::exit(0);
+        }
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "server::tests::a_panicking_shard_task_aborts_the_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "1")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGABRT),
+            "status {:?}\nstdout: {stdout}\nstderr: {stderr}",
+            output.status
+        );
+        assert!(stderr.contains("a bug in a shard task"), "{stderr}");
+        assert!(!stdout.contains("survived"), "{stdout}");
     }
 }

@@ -139,7 +139,7 @@ impl ConnHandle {
 }
 
 /// One non-blocking `send`; never raises SIGPIPE.
-fn send_now(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
+pub fn send_now(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
     // SAFETY: `bytes` is a valid buffer of its length; `fd` is an open socket owned by a live connection (the
     // handle is removed before the socket is closed).
     let sent = unsafe {
@@ -183,6 +183,8 @@ pub struct Shard {
     dirty: RefCell<Vec<ConnId>>,
     flush_needed: LocalNotify,
     direct_buffer: RefCell<Vec<u8>>,
+    /// Connections open on the metrics listener.
+    metrics_connections: Cell<usize>,
 }
 
 /// Builds the core's configuration from the command line.
@@ -197,6 +199,7 @@ pub fn core_config(shared: &Shared, shard: usize) -> CoreConfig {
             server_name: args.server_name.clone(),
             joins_per_window_max: args.joins_per_window_max,
             join_window_ms: args.join_window_ms,
+            known_rooms: Some(shared.rooms.iter().map(|r| r.name.clone()).collect()),
             ..SessionConfig::default()
         }),
         rate: RateLimitConfig {
@@ -214,6 +217,7 @@ pub fn core_config(shared: &Shared, shard: usize) -> CoreConfig {
         dedupe_entries_max: DEDUPE_ENTRIES_MAX,
         idle_ping_ms: args.idle_ping_secs.max(1) * 1000,
         idle_timeout_ms: args.idle_timeout_secs.max(1) * 1000,
+        registration_timeout_ms: args.registration_timeout_ms.max(1),
         close_grace_ms: CLOSE_GRACE_MS,
         write_delay: args.write_delay_ms > 0,
         metrics: shared.metrics.clone(),
@@ -237,6 +241,7 @@ impl Shard {
             dirty: RefCell::default(),
             flush_needed: LocalNotify::default(),
             direct_buffer: RefCell::default(),
+            metrics_connections: Cell::new(0),
             shared,
         })
     }
@@ -397,10 +402,16 @@ impl Shard {
                     glommio::spawn_local(async move {
                         let styled = {
                             let style = shard.core.borrow().room_style(request.room).to_owned();
-                            shard
+                            let started = std::time::Instant::now();
+                            let styled = shard
                                 .styler
                                 .style(&style, &request.text, request.seed)
-                                .await
+                                .await;
+                            shard
+                                .metrics()
+                                .style_latency
+                                .record_us(started.elapsed().as_micros() as u64);
+                            styled
                         };
                         shard.core.borrow_mut().styled(
                             request.ticket,
@@ -467,7 +478,12 @@ impl Shard {
         // A queue larger than one gather is written in several sends, as long as the socket takes them whole.
         loop {
             buffer.clear();
-            if self.core.borrow_mut().take_writes(id, &mut buffer) == 0 {
+            if self
+                .core
+                .borrow_mut()
+                .take_writes(id, &mut buffer, crate::shard::unix_ms())
+                == 0
+            {
                 break;
             }
             ShardMetrics::inc(&self.metrics().socket_writes_total);
@@ -487,6 +503,32 @@ impl Shard {
     }
 
     // ----- connections (for the connection driver) -----
+
+    /// Counts a new HTTP connection; false at the connection limit (chat and HTTP connections together).
+    pub fn http_open(&self) -> bool {
+        self.core.borrow_mut().http_open()
+    }
+
+    /// An HTTP connection ended or was upgraded.
+    pub fn http_closed(&self) {
+        self.core.borrow_mut().http_closed();
+    }
+
+    /// Counts a connection on the metrics listener; false past `max` (it has its own small limit, so monitoring
+    /// still gets in while chat connections are at theirs).
+    pub fn metrics_conn_open(&self, max: usize) -> bool {
+        let open = self.metrics_connections.get();
+        if open >= max {
+            return false;
+        }
+        self.metrics_connections.set(open + 1);
+        true
+    }
+
+    pub fn metrics_conn_closed(&self) {
+        self.metrics_connections
+            .set(self.metrics_connections.get().saturating_sub(1));
+    }
 
     /// Registers a new connection on socket `fd`; `None` at the connection limit.
     pub fn open_conn(&self, transport: Transport, fd: RawFd) -> Option<(ConnId, Rc<ConnHandle>)> {

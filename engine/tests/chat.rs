@@ -666,6 +666,11 @@ fn help_documents_every_option_with_its_environment_variable() {
         "--store",
         "--scylla-nodes",
         "--vllm",
+        "--metrics-addr",
+        "--http-header-timeout-ms",
+        "--http-body-timeout-ms",
+        "--http-keep-alive-timeout-ms",
+        "--registration-timeout-ms",
     ] {
         assert!(help.contains(option), "{option} missing from --help");
     }
@@ -676,6 +681,11 @@ fn help_documents_every_option_with_its_environment_variable() {
         "TWITCHY_SHARDS",
         "TWITCHY_CONFIG",
         "TWITCHY_VLLM",
+        "TWITCHY_METRICS_ADDR",
+        "TWITCHY_HTTP_HEADER_TIMEOUT_MS",
+        "TWITCHY_HTTP_BODY_TIMEOUT_MS",
+        "TWITCHY_HTTP_KEEP_ALIVE_TIMEOUT_MS",
+        "TWITCHY_REGISTRATION_TIMEOUT_MS",
     ] {
         assert!(help.contains(env), "{env} missing from --help");
     }

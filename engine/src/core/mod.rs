@@ -28,7 +28,7 @@ mod sim;
 
 use std::sync::Arc;
 
-pub use outbound::{OutQueue, Transport, WRITE_GATHER_BYTES_MAX};
+pub use outbound::{OutQueue, Stamp, Transport, WRITE_GATHER_BYTES_MAX};
 pub use shard::{AuthOutcome, CoreConfig, RoomInfo, ShardCore};
 
 use twitchy_storage::{MessageId, MessageRecord};
@@ -112,6 +112,8 @@ pub enum SubmitReply {
         id: MessageId,
         client_nonce: Option<String>,
         is_mod: bool,
+        /// When the origin shard received the message (the start of the ack latency).
+        received_ms: u64,
     },
     Refused {
         msg_id: &'static str,

@@ -4,11 +4,16 @@
 //! queued to every viewer) plus already-framed WebSocket control frames. [`OutQueue::take`] turns everything
 //! queued into one buffer for one socket write; on WebSocket, consecutive lines become one text frame, the way
 //! Twitch batches several IRC lines per frame. Framing happens here and only here.
+//!
+//! A chat line or an acknowledgement carries a [`Stamp`]: when its message was sequenced or sent. When the line is
+//! taken for a socket write, its latency goes into the shard's histograms, so the measured time ends where the
+//! bytes are handed to the socket.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::metrics::ShardMetrics;
 use crate::protocol::ws::{ServerFrame, encode_frame_header};
 
 /// Bytes gathered into one socket write.
@@ -22,10 +27,20 @@ pub enum Transport {
     WebSocket,
 }
 
+/// What a queued line measures when it is written, with the start time in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    None,
+    /// A chat line for a viewer: since its message was sequenced.
+    Delivery(u64),
+    /// A send acknowledgement: since the client's PRIVMSG was received.
+    Ack(u64),
+}
+
 #[derive(Debug)]
 enum OutItem {
     /// Complete IRC lines.
-    Lines(Bytes),
+    Lines(Bytes, Stamp),
     /// An already framed WebSocket control frame.
     Frame(Bytes),
 }
@@ -33,8 +48,20 @@ enum OutItem {
 impl OutItem {
     fn len(&self) -> usize {
         match self {
-            OutItem::Lines(b) | OutItem::Frame(b) => b.len(),
+            OutItem::Lines(b, _) | OutItem::Frame(b) => b.len(),
         }
+    }
+}
+
+fn record(stamp: Stamp, now_ms: u64, metrics: &ShardMetrics) {
+    match stamp {
+        Stamp::None => {}
+        Stamp::Delivery(since_ms) => metrics
+            .delivery_latency
+            .record_ms(now_ms.saturating_sub(since_ms)),
+        Stamp::Ack(since_ms) => metrics
+            .ack_latency
+            .record_ms(now_ms.saturating_sub(since_ms)),
     }
 }
 
@@ -55,11 +82,16 @@ impl OutQueue {
     }
 
     pub fn push_lines(&mut self, lines: Bytes) {
+        self.push_stamped(lines, Stamp::None);
+    }
+
+    /// Queues lines whose latency is measured when they are taken for writing.
+    pub fn push_stamped(&mut self, lines: Bytes, stamp: Stamp) {
         if lines.is_empty() {
             return;
         }
         self.bytes += lines.len();
-        self.items.push_back(OutItem::Lines(lines));
+        self.items.push_back(OutItem::Lines(lines, stamp));
     }
 
     pub fn push_frame(&mut self, frame: Bytes) {
@@ -73,26 +105,39 @@ impl OutQueue {
     }
 
     /// Moves queued bytes into `out` (framed for `transport`), up to about [`WRITE_GATHER_BYTES_MAX`] (a single
-    /// larger item still goes whole). Returns the number of queue bytes taken.
-    pub fn take(&mut self, transport: Transport, out: &mut Vec<u8>) -> usize {
+    /// larger item still goes whole). Returns the number of queue bytes taken. Stamped lines record their latency
+    /// up to `now_ms` in `metrics`.
+    pub fn take(
+        &mut self,
+        transport: Transport,
+        out: &mut Vec<u8>,
+        now_ms: u64,
+        metrics: &ShardMetrics,
+    ) -> usize {
         let mut taken = 0;
         while let Some(item) = self.items.front() {
             if taken > 0 && taken + item.len() > WRITE_GATHER_BYTES_MAX {
                 break;
             }
             match (transport, item) {
-                (Transport::Tcp, OutItem::Lines(b)) | (_, OutItem::Frame(b)) => {
+                (Transport::Tcp, OutItem::Lines(b, stamp)) => {
+                    record(*stamp, now_ms, metrics);
                     out.extend_from_slice(b);
                     taken += b.len();
                     self.items.pop_front();
                 }
-                (Transport::WebSocket, OutItem::Lines(_)) => {
+                (_, OutItem::Frame(b)) => {
+                    out.extend_from_slice(b);
+                    taken += b.len();
+                    self.items.pop_front();
+                }
+                (Transport::WebSocket, OutItem::Lines(..)) => {
                     // One text frame for the run of line items at the front.
                     let mut payload = 0;
                     let mut count = 0;
                     for item in &self.items {
                         match item {
-                            OutItem::Lines(b)
+                            OutItem::Lines(b, _)
                                 if count == 0
                                     || taken + payload + b.len() <= WRITE_GATHER_BYTES_MAX =>
                             {
@@ -104,7 +149,8 @@ impl OutQueue {
                     }
                     encode_frame_header(ServerFrame::Text, payload, out);
                     for item in self.items.drain(..count) {
-                        if let OutItem::Lines(b) = item {
+                        if let OutItem::Lines(b, stamp) = item {
+                            record(stamp, now_ms, metrics);
                             out.extend_from_slice(&b);
                         }
                     }
@@ -134,7 +180,8 @@ mod tests {
         queue.push_lines(Bytes::from_static(b"C\r\n"));
         assert_eq!(queue.bytes(), 11);
         let mut out = Vec::new();
-        assert_eq!(queue.take(Transport::WebSocket, &mut out), 11);
+        let metrics = ShardMetrics::default();
+        assert_eq!(queue.take(Transport::WebSocket, &mut out, 0, &metrics), 11);
         assert!(queue.is_empty());
         assert_eq!(queue.bytes(), 0);
         let (frames, used) = decode_server_frames(&out);
@@ -157,13 +204,40 @@ mod tests {
             queue.push_lines(line.clone());
         }
         let mut out = Vec::new();
-        let first = queue.take(Transport::Tcp, &mut out);
+        let metrics = ShardMetrics::default();
+        let first = queue.take(Transport::Tcp, &mut out, 0, &metrics);
         assert_eq!(first, out.len());
         assert!((WRITE_GATHER_BYTES_MAX - 1000..=WRITE_GATHER_BYTES_MAX).contains(&first));
         let mut rest = Vec::new();
         while !queue.is_empty() {
-            queue.take(Transport::WebSocket, &mut rest);
+            queue.take(Transport::WebSocket, &mut rest, 0, &metrics);
         }
         assert_eq!(queue.bytes(), 0);
+    }
+
+    #[test]
+    fn stamped_lines_record_their_latency_when_taken() {
+        let metrics = ShardMetrics::default();
+        for transport in [Transport::Tcp, Transport::WebSocket] {
+            let mut queue = OutQueue::default();
+            queue.push_stamped(Bytes::from_static(b"A\r\n"), Stamp::Delivery(1_000));
+            queue.push_stamped(Bytes::from_static(b"B\r\n"), Stamp::Ack(1_003));
+            queue.push_lines(Bytes::from_static(b"C\r\n"));
+            let mut out = Vec::new();
+            queue.take(transport, &mut out, 1_005, &metrics);
+        }
+        assert_eq!(metrics.delivery_latency.count(), 2);
+        assert_eq!(metrics.ack_latency.count(), 2);
+        let mut text = String::new();
+        crate::metrics::render(std::slice::from_ref(&metrics), &mut text);
+        // 5 ms twice for deliveries, 2 ms twice for acks.
+        assert!(
+            text.contains("twitchy_delivery_latency_seconds_sum 0.01\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("twitchy_ack_latency_seconds_sum 0.004\n"),
+            "{text}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use twitchy_inference::StyledBy;
 use twitchy_storage::{MessageId, MessageIdGen, MessageRecord, StorageError};
 
-use super::outbound::{OutQueue, Transport};
+use super::outbound::{OutQueue, Stamp, Transport};
 use super::{
     ChatMessage, ConnId, HISTORY_ON_JOIN, Origin, Output, PeerMsg, StyleRequest, Submit,
     SubmitReply, home_shard,
@@ -61,6 +61,8 @@ pub struct CoreConfig {
     pub dedupe_entries_max: usize,
     pub idle_ping_ms: u64,
     pub idle_timeout_ms: u64,
+    /// A connection not registered this long after it opened is closed with a NOTICE.
+    pub registration_timeout_ms: u64,
     /// How long a closing connection may take to flush before it is cut.
     pub close_grace_ms: u64,
     /// With a write delay, connections with new bytes are woken by [`ShardCore::flush_delayed`] instead of at once.
@@ -95,6 +97,7 @@ impl CoreConfig {
             dedupe_entries_max: 1_000_000,
             idle_ping_ms: 60_000,
             idle_timeout_ms: 90_000,
+            registration_timeout_ms: 10_000,
             close_grace_ms: 2_000,
             write_delay: false,
             metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
@@ -128,6 +131,7 @@ struct ConnState {
     rooms: Vec<usize>,
     queue: OutQueue,
     submits_in_flight: u32,
+    opened_ms: u64,
     last_rx_ms: u64,
     pinged: bool,
     /// Set once the connection is closing: no more input is handled, the queue is flushed, then it ends.
@@ -164,8 +168,8 @@ struct LocalRoom {
 struct Pending {
     message: Arc<ChatMessage>,
     durable: bool,
-    /// Connections to answer: the sender, then any resends of the same nonce.
-    repliers: Vec<Origin>,
+    /// Connections to answer (with when each sent it): the sender, then any resends of the same nonce.
+    repliers: Vec<(Origin, u64)>,
     /// Its idempotency entry, if it came with a nonce.
     dedupe: Option<DedupeKey>,
 }
@@ -183,7 +187,7 @@ struct HomeRoom {
 struct StyleJob {
     submit: Box<Submit>,
     is_mod: bool,
-    repliers: Vec<Origin>,
+    repliers: Vec<(Origin, u64)>,
     dedupe: Option<DedupeKey>,
 }
 
@@ -235,6 +239,8 @@ pub struct ShardCore {
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     conn_count: usize,
+    /// Plain HTTP connections (not upgraded): they count against the same limit.
+    http_count: usize,
     rooms: Vec<LocalRoom>,
     home: Vec<Option<HomeRoom>>,
     styling: HashMap<u64, StyleJob>,
@@ -300,6 +306,7 @@ impl ShardCore {
             slots: Vec::new(),
             free_slots: Vec::new(),
             conn_count: 0,
+            http_count: 0,
             rooms: (0..room_count).map(|_| LocalRoom::default()).collect(),
             home,
             styling: HashMap::new(),
@@ -372,9 +379,36 @@ impl ShardCore {
 
     // ----- connections -----
 
+    fn publish_connections(&self) {
+        self.metrics().connections.store(
+            (self.conn_count + self.http_count) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// An HTTP connection opened. False when the shard is at its connection limit (chat and HTTP connections
+    /// together); the driver then refuses it.
+    pub fn http_open(&mut self) -> bool {
+        if self.conn_count + self.http_count >= self.cfg.connections_max || self.shutting_down {
+            ShardMetrics::inc(&self.metrics().connections_refused_total);
+            return false;
+        }
+        self.http_count += 1;
+        ShardMetrics::inc(&self.metrics().connections_accepted_total);
+        self.publish_connections();
+        true
+    }
+
+    /// An HTTP connection ended, or became a chat connection (which [`ShardCore::conn_open`] counts again).
+    pub fn http_closed(&mut self) {
+        assert!(self.http_count > 0, "an HTTP close without an open");
+        self.http_count -= 1;
+        self.publish_connections();
+    }
+
     /// A client connected. `None` when the shard is at its connection limit (the driver closes the socket).
     pub fn conn_open(&mut self, transport: Transport, now_ms: u64) -> Option<ConnId> {
-        if self.conn_count >= self.cfg.connections_max || self.shutting_down {
+        if self.conn_count + self.http_count >= self.cfg.connections_max || self.shutting_down {
             ShardMetrics::inc(&self.metrics().connections_refused_total);
             return None;
         }
@@ -398,6 +432,7 @@ impl ShardCore {
             rooms: Vec::new(),
             queue: OutQueue::default(),
             submits_in_flight: 0,
+            opened_ms: now_ms,
             last_rx_ms: now_ms,
             pinged: false,
             closing_since_ms: None,
@@ -406,9 +441,7 @@ impl ShardCore {
         let id = (u64::from(slot.generation) << 32) | index as u64;
         self.conn_count += 1;
         ShardMetrics::inc(&self.metrics().connections_accepted_total);
-        self.metrics()
-            .connections
-            .store(self.conn_count as u64, std::sync::atomic::Ordering::Relaxed);
+        self.publish_connections();
         Some(id)
     }
 
@@ -424,9 +457,7 @@ impl ShardCore {
         self.slots[index].conn = None;
         self.free_slots.push(index as u32);
         self.conn_count -= 1;
-        self.metrics()
-            .connections
-            .store(self.conn_count as u64, std::sync::atomic::Ordering::Relaxed);
+        self.publish_connections();
     }
 
     /// Whether the driver should read from this client now. Reads pause while the client has too many messages
@@ -479,12 +510,14 @@ impl ShardCore {
     }
 
     /// Moves what is queued for the connection into `out`, framed for its transport, for one socket write.
-    pub fn take_writes(&mut self, id: ConnId, out: &mut Vec<u8>) -> usize {
-        let Some(conn) = self.conn_mut(id) else {
+    /// Lines that measure a latency (chat lines, acks) record it against `now_ms`, the time of the write.
+    pub fn take_writes(&mut self, id: ConnId, out: &mut Vec<u8>, now_ms: u64) -> usize {
+        let metrics = &self.cfg.metrics[self.cfg.shard];
+        let Some(conn) = conn_in(&mut self.slots, id) else {
             return 0;
         };
         let transport = conn.transport;
-        conn.queue.take(transport, out)
+        conn.queue.take(transport, out, now_ms, metrics)
     }
 
     /// Bytes arrived from the client.
@@ -556,6 +589,25 @@ impl ShardCore {
             }
             WsEvent::Fail(code) => {
                 ShardMetrics::inc(&self.metrics().protocol_disconnects_total);
+                let explained = match code {
+                    ws::close_code::TOO_BIG => Some((
+                        msg_id::MESSAGE_TOO_BIG,
+                        "Closing the connection: your WebSocket message is larger than the server accepts.",
+                    )),
+                    ws::close_code::INVALID_PAYLOAD => Some((
+                        msg_id::INVALID_UTF8,
+                        "Closing the connection: your WebSocket text message is not valid UTF-8.",
+                    )),
+                    _ => None,
+                };
+                if let Some((id_text, text)) = explained {
+                    let mut line = Vec::new();
+                    if let Some(conn) = self.conn(id) {
+                        conn.session.encode_notice(None, id_text, text, &mut line);
+                    }
+                    ShardMetrics::inc(&self.metrics().notices_total);
+                    self.push_owned(id, line, now_ms);
+                }
                 let mut frame = Vec::with_capacity(4);
                 ws::encode_close(code, &mut frame);
                 self.push_frame(id, frame);
@@ -664,6 +716,10 @@ impl ShardCore {
 
     /// Queues bytes for this client only (replies, acks, notices, history), against the same limit as fanout.
     fn push_owned(&mut self, id: ConnId, bytes: Vec<u8>, now_ms: u64) {
+        self.push_owned_stamped(id, bytes, Stamp::None, now_ms);
+    }
+
+    fn push_owned_stamped(&mut self, id: ConnId, bytes: Vec<u8>, stamp: Stamp, now_ms: u64) {
         if bytes.is_empty() {
             return;
         }
@@ -679,7 +735,7 @@ impl ShardCore {
             return;
         }
         let was_empty = conn.queue.is_empty();
-        conn.queue.push_lines(Bytes::from(bytes));
+        conn.queue.push_stamped(Bytes::from(bytes), stamp);
         if was_empty {
             self.wake(id);
         }
@@ -740,14 +796,17 @@ impl ShardCore {
         }
     }
 
-    /// Keep-alive and deadlines: PINGs silent clients, drops dead ones, cuts connections that take too long to
-    /// close, and expires idempotency entries. Call about once a second.
+    /// Keep-alive and deadlines: PINGs silent clients, drops dead ones, closes connections that did not register
+    /// in time, cuts connections that take too long to close, and expires idempotency entries. Call about once a
+    /// second.
     pub fn tick(&mut self, now_ms: u64) {
         let ping_ms = self.cfg.idle_ping_ms;
         let timeout_ms = self.cfg.idle_timeout_ms;
         let grace_ms = self.cfg.close_grace_ms;
+        let registration_ms = self.cfg.registration_timeout_ms;
         let mut to_close = Vec::new();
         let mut to_ping = Vec::new();
+        let mut unregistered = Vec::new();
         for id in self.connections() {
             let Some(conn) = self.conn_mut(id) else {
                 continue;
@@ -757,6 +816,12 @@ impl ShardCore {
                     conn.cut = true;
                     self.outputs.push_back(Output::Close(id));
                 }
+                continue;
+            }
+            if !conn.session.is_registered()
+                && now_ms.saturating_sub(conn.opened_ms) >= registration_ms
+            {
+                unregistered.push(id);
                 continue;
             }
             let idle_ms = now_ms.saturating_sub(conn.last_rx_ms);
@@ -776,6 +841,21 @@ impl ShardCore {
         }
         for id in to_close {
             ShardMetrics::inc(&self.metrics().idle_disconnects_total);
+            self.close(id, Farewell::None, now_ms);
+        }
+        for id in unregistered {
+            let mut line = Vec::new();
+            if let Some(conn) = self.conn(id) {
+                conn.session.encode_notice(
+                    None,
+                    msg_id::REGISTRATION_TIMEOUT,
+                    "Closing the connection: it did not finish logging in (NICK, and CAP END after CAP LS) in time.",
+                    &mut line,
+                );
+            }
+            ShardMetrics::inc(&self.metrics().notices_total);
+            ShardMetrics::inc(&self.metrics().idle_disconnects_total);
+            self.push_owned(id, line, now_ms);
             self.close(id, Farewell::None, now_ms);
         }
         if now_ms.saturating_sub(self.last_sweep_ms) >= 10_000 {
@@ -1008,12 +1088,15 @@ impl ShardCore {
         let was_paused = conn.submits_in_flight >= max;
         conn.submits_in_flight -= 1;
         let mut out = Vec::new();
+        let mut stamp = Stamp::None;
         match reply {
             SubmitReply::Acked {
                 id: message_id,
                 client_nonce,
                 is_mod,
+                received_ms,
             } => {
+                stamp = Stamp::Ack(received_ms);
                 let message_id = message_id.to_string();
                 conn.session.encode_ack(
                     name,
@@ -1029,7 +1112,7 @@ impl ShardCore {
                 ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].notices_total);
             }
         }
-        self.push_owned(id, out, now_ms);
+        self.push_owned_stamped(id, out, stamp, now_ms);
         if was_paused {
             // Reads were paused on this connection's in-flight count; let the driver read again.
             self.outputs.push_back(Output::Wake(id));
@@ -1092,6 +1175,7 @@ impl ShardCore {
                         id,
                         client_nonce: submit.client_nonce,
                         is_mod,
+                        received_ms: submit.sent_ms,
                     };
                     self.send_peer(
                         origin.shard,
@@ -1105,7 +1189,7 @@ impl ShardCore {
                 }
                 DedupeState::Styling(ticket) => {
                     let job = self.styling.get_mut(&ticket).expect("dedupe names a job");
-                    job.repliers.push(origin);
+                    job.repliers.push((origin, submit.sent_ms));
                 }
                 DedupeState::Storing(id) => {
                     let home = self.home_room(room);
@@ -1113,7 +1197,7 @@ impl ShardCore {
                         .pending
                         .binary_search_by_key(&id, |p| p.message.record.id)
                         .expect("dedupe names a pending message");
-                    home.pending[at].repliers.push(origin);
+                    home.pending[at].repliers.push((origin, submit.sent_ms));
                 }
             }
             return;
@@ -1150,12 +1234,13 @@ impl ShardCore {
             text: submit.text.clone(),
             seed,
         }));
+        let received_ms = submit.sent_ms;
         self.styling.insert(
             ticket,
             StyleJob {
                 submit,
                 is_mod,
-                repliers: vec![origin],
+                repliers: vec![(origin, received_ms)],
                 dedupe: key,
             },
         );
@@ -1222,7 +1307,7 @@ impl ShardCore {
             record: record.clone(),
             room_id: info.id,
             is_mod,
-            origin: repliers.first().copied(),
+            origin: repliers.first().map(|&(origin, _)| origin),
         });
         let home = self.home_room(room);
         debug_assert!(home.pending.back().is_none_or(|p| p.message.record.id < id));
@@ -1265,7 +1350,7 @@ impl ShardCore {
                 } else {
                     "Your message could not be saved; please send it again."
                 };
-                for to in failed.repliers {
+                for (to, _) in failed.repliers {
                     self.refuse(to, room, msg_id::TRY_AGAIN, text, now_ms);
                 }
             }
@@ -1315,11 +1400,12 @@ impl ShardCore {
                     now_ms,
                 );
             }
-            for to in repliers {
+            for (to, received_ms) in repliers {
                 let reply = SubmitReply::Acked {
                     id,
                     client_nonce: message.client_nonce().map(str::to_owned),
                     is_mod: message.is_mod,
+                    received_ms,
                 };
                 self.send_peer(
                     to.shard,
@@ -1419,6 +1505,7 @@ impl ShardCore {
         let origin = message.origin;
         let shard = self.cfg.shard;
         let id_text = message.record.id.to_string();
+        let sequenced_ms = message.record.id.unix_ms();
         for &viewer in &local.viewers {
             let slot = &mut self.slots[slot_of(viewer)];
             let Some(conn) = slot.conn.as_deref_mut() else {
@@ -1445,7 +1532,8 @@ impl ShardCore {
                 continue;
             }
             let was_empty = conn.queue.is_empty();
-            conn.queue.push_lines(bytes.clone());
+            conn.queue
+                .push_stamped(bytes.clone(), Stamp::Delivery(sequenced_ms));
             delivered += 1;
             if was_empty {
                 flush_later(

@@ -347,7 +347,7 @@ impl Sim {
             (c.shard, c.conn, c.transport)
         };
         let mut bytes = Vec::new();
-        while self.shards[shard].take_writes(conn, &mut bytes) > 0 {}
+        while self.shards[shard].take_writes(conn, &mut bytes, self.now_ms) > 0 {}
         let mut text = Vec::new();
         match transport {
             Transport::Tcp => text = bytes,
@@ -862,11 +862,136 @@ mod scenarios {
         sim.deliver_all_peers();
     }
 
+    #[test]
+    fn a_connection_that_does_not_register_in_time_gets_a_notice_and_is_closed() {
+        let mut sim = world(1);
+        let deadline_ms = sim.shards[0].config().registration_timeout_ms;
+        let opened_ms = sim.now_ms;
+        // CAP LS without CAP END, NICK without CAP END, and nothing at all: none of them registers.
+        let inputs: [&[u8]; 3] = [b"CAP LS 302\r\n", b"CAP LS\r\nNICK justinfan7\r\n", b""];
+        let conns: Vec<_> = inputs
+            .iter()
+            .map(|input| {
+                let conn = sim.shards[0].conn_open(Transport::Tcp, opened_ms).unwrap();
+                sim.shards[0].conn_input(conn, input, opened_ms);
+                conn
+            })
+            .collect();
+        let registered = sim.shards[0].conn_open(Transport::Tcp, opened_ms).unwrap();
+        sim.shards[0].conn_input(registered, b"NICK justinfan8\r\n", opened_ms);
+        // Keep the registered one talking so that only the registration deadline can apply.
+        sim.shards[0].tick(opened_ms + deadline_ms - 1);
+        for &conn in &conns {
+            assert!(
+                !sim.shards[0].conn_finished(conn),
+                "closed before its deadline"
+            );
+        }
+        sim.shards[0].conn_input(registered, b"PING :x\r\n", opened_ms + deadline_ms);
+        sim.shards[0].tick(opened_ms + deadline_ms);
+        for &conn in &conns {
+            let mut bytes = Vec::new();
+            while sim.shards[0].take_writes(conn, &mut bytes, sim.now_ms) > 0 {}
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(
+                text.ends_with(
+                    ":tmi.twitch.tv NOTICE * :Closing the connection: it did not finish logging in \
+                     (NICK, and CAP END after CAP LS) in time.\r\n"
+                ),
+                "{text}"
+            );
+            assert!(sim.shards[0].conn_finished(conn));
+            assert!(!sim.shards[0].conn_wants_read(conn));
+        }
+        assert!(!sim.shards[0].conn_finished(registered));
+    }
+
+    #[test]
+    fn websocket_size_and_utf8_errors_are_explained_before_the_close_frame() {
+        let mut sim = world(1);
+        let too_big = crate::core::shard::WS_MESSAGE_BYTES_MAX + 1;
+        let mut big_header = Vec::new();
+        // The header of a text frame larger than the limit, and the first bytes of its payload.
+        ws::encode_client_frame(1, &vec![b'a'; too_big], [1, 2, 3, 4], &mut big_header);
+        big_header.truncate(64);
+        let mut bad_utf8 = Vec::new();
+        ws::encode_client_frame(1, b"PRIVMSG #a :\xff\xfe\r\n", [9, 8, 7, 6], &mut bad_utf8);
+        for (input, msg_id, code) in [
+            (big_header, "msg_message_too_big", ws::close_code::TOO_BIG),
+            (
+                bad_utf8,
+                "msg_invalid_utf8",
+                ws::close_code::INVALID_PAYLOAD,
+            ),
+        ] {
+            let conn = sim.shards[0]
+                .conn_open(Transport::WebSocket, sim.now_ms)
+                .unwrap();
+            let mut login = Vec::new();
+            ws::encode_client_frame(
+                1,
+                b"CAP REQ :twitch.tv/tags\r\nNICK justinfan12\r\n",
+                [5, 5, 5, 5],
+                &mut login,
+            );
+            sim.shards[0].conn_input(conn, &login, sim.now_ms);
+            let mut bytes = Vec::new();
+            while sim.shards[0].take_writes(conn, &mut bytes, sim.now_ms) > 0 {}
+            sim.shards[0].conn_input(conn, &input, sim.now_ms);
+            let mut bytes = Vec::new();
+            while sim.shards[0].take_writes(conn, &mut bytes, sim.now_ms) > 0 {}
+            let (frames, _) = ws::decode_server_frames(&bytes);
+            assert_eq!(frames.len(), 2, "{frames:?}");
+            let notice = String::from_utf8(frames[0].1.clone()).unwrap();
+            assert_eq!(frames[0].0, 1);
+            assert!(
+                notice.starts_with(&format!(
+                    "@msg-id={msg_id} :tmi.twitch.tv NOTICE * :Closing"
+                )),
+                "{notice}"
+            );
+            assert_eq!(frames[1].0, 8, "a close frame");
+            assert_eq!(frames[1].1[..2], code.to_be_bytes());
+            assert!(sim.shards[0].conn_finished(conn));
+        }
+    }
+
+    #[test]
+    fn acks_and_deliveries_record_their_latency_when_written() {
+        let mut sim = world(1);
+        let viewer = client(&mut sim, 0, Transport::Tcp, None, 0);
+        let sender = client(&mut sim, 0, Transport::WebSocket, Some(3), 0);
+        let all_metrics = sim.shards[0].config().metrics.clone();
+        let metrics = &all_metrics[0];
+        let sent_ms = sim.now_ms;
+        say(&mut sim, sender, 0, "n1");
+        sim.now_ms += 7;
+        finish_store(&mut sim, 0, true);
+        sim.now_ms += 5;
+        assert_eq!(metrics.ack_latency.count(), 0, "recorded only when written");
+        let _ = lines(&mut sim, sender);
+        let _ = lines(&mut sim, viewer);
+        assert_eq!(metrics.ack_latency.count(), 1);
+        assert_eq!(metrics.delivery_latency.count(), 1);
+        let mut text = String::new();
+        crate::metrics::render(&sim.shards[0].config().metrics, &mut text);
+        // Sent at `sent_ms`, sequenced then too (styling was instant here), written 12 ms later.
+        assert_eq!(sim.now_ms - sent_ms, 12);
+        assert!(
+            text.contains("twitchy_ack_latency_seconds_sum 0.012\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("twitchy_delivery_latency_seconds_sum 0.012\n"),
+            "{text}"
+        );
+    }
+
     fn lines(sim: &mut Sim, index: usize) -> String {
         let c = &sim.clients[index];
         let (shard, conn, transport) = (c.shard, c.conn, c.transport);
         let mut bytes = Vec::new();
-        while sim.shards[shard].take_writes(conn, &mut bytes) > 0 {}
+        while sim.shards[shard].take_writes(conn, &mut bytes, sim.now_ms) > 0 {}
         match transport {
             Transport::Tcp => String::from_utf8(bytes).unwrap(),
             Transport::WebSocket => {
@@ -982,7 +1107,7 @@ mod scenarios {
         finish_store(&mut sim, 0, true);
         let c = &sim.clients[viewer];
         let mut bytes = Vec::new();
-        while sim.shards[c.shard].take_writes(c.conn, &mut bytes) > 0 {}
+        while sim.shards[c.shard].take_writes(c.conn, &mut bytes, sim.now_ms) > 0 {}
         let (frames, _) = ws::decode_server_frames(&bytes);
         // Three lines queued in one pass leave as one frame.
         assert_eq!(frames.len(), 1);
@@ -1100,7 +1225,7 @@ mod scenarios {
             assert_eq!(asked, conn);
             sim.shards[0].auth_done(conn, outcome, sim.now_ms);
             let mut bytes = Vec::new();
-            while sim.shards[0].take_writes(conn, &mut bytes) > 0 {}
+            while sim.shards[0].take_writes(conn, &mut bytes, sim.now_ms) > 0 {}
             let text = String::from_utf8(bytes).unwrap();
             assert!(text.contains(expected), "{text}");
             // Either way the connection closes: the client reconnects (and keeps its token on "try again").

@@ -12,7 +12,7 @@
 //! token are held (at most [`PENDING_LINES_MAX`]) and replayed once it answers, because many
 //! clients send `JOIN` right after `NICK` without waiting for the welcome.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 
 use super::irc::{Message, ParseError};
@@ -26,6 +26,9 @@ pub const PENDING_LINES_MAX: usize = 32;
 /// Longest `client-nonce` or `reply-parent-msg-id` passed on, in bytes; longer values are
 /// treated as absent because the nonce is echoed to every viewer.
 pub const CLIENT_TAG_BYTES_MAX: usize = 128;
+
+/// Channel names listed in the NOTICE for one refusal reason of a JOIN line; more are counted.
+pub const REFUSED_JOIN_NAMES_MAX: usize = 10;
 
 /// Longest room (channel) name in bytes, Twitch's login length limit.
 pub const ROOM_NAME_BYTES_MAX: usize = 25;
@@ -46,6 +49,10 @@ pub struct SessionConfig {
     /// Longest accepted line in bytes, terminator excluded; also the limit the transport
     /// should give its `LineBuffer`.
     pub line_bytes_max: usize,
+    /// The rooms that exist, when the server's list is fixed: a JOIN for any other is refused
+    /// here, in the one NOTICE for its JOIN line. `None`: every valid name goes to the engine,
+    /// which answers with `joined` or `join_failed`.
+    pub known_rooms: Option<HashSet<String>>,
 }
 
 impl Default for SessionConfig {
@@ -57,6 +64,7 @@ impl Default for SessionConfig {
             join_window_ms: 10_000,
             rooms_joined_max: 100,
             line_bytes_max: LINE_BYTES_MAX_DEFAULT,
+            known_rooms: None,
         }
     }
 }
@@ -196,6 +204,47 @@ fn reply(out: &mut Vec<Action>) -> &mut Vec<u8> {
         Some(Action::Reply(bytes)) => bytes,
         _ => unreachable!("a Reply action was just ensured at the end"),
     }
+}
+
+/// Why a channel of a JOIN line was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JoinRefusal {
+    NoSuchChannel,
+    RateLimited,
+    TooManyChannels,
+}
+
+impl JoinRefusal {
+    fn msg_id(self) -> &'static str {
+        match self {
+            JoinRefusal::NoSuchChannel => msg_id::CHANNEL_SUSPENDED,
+            JoinRefusal::RateLimited => msg_id::JOIN_RATELIMIT,
+            JoinRefusal::TooManyChannels => msg_id::TOO_MANY_CHANNELS,
+        }
+    }
+
+    fn text(self, config: &SessionConfig) -> String {
+        match self {
+            JoinRefusal::NoSuchChannel => {
+                "This channel does not exist or has been suspended.".to_owned()
+            }
+            JoinRefusal::RateLimited => {
+                "Your JOIN was not processed because you are joining channels too quickly."
+                    .to_owned()
+            }
+            JoinRefusal::TooManyChannels => format!(
+                "Your JOIN was not processed because a connection may be in at most {} channels.",
+                config.rooms_joined_max
+            ),
+        }
+    }
+}
+
+/// A channel refused on a JOIN line; `room` is `None` for a name no room can have.
+#[derive(Debug)]
+struct RefusedJoin {
+    room: Option<String>,
+    reason: JoinRefusal,
 }
 
 /// A PRIVMSG held until the engine confirms the JOIN of its room.
@@ -664,17 +713,29 @@ impl Session {
             self.numeric("461", &["JOIN"], "Not enough parameters", out);
             return;
         };
+        // Every channel refused on this line goes into one NOTICE, however many there are.
+        let mut refused: Vec<RefusedJoin> = Vec::new();
         for raw in list.split(',').filter(|raw| !raw.trim().is_empty()) {
             let room = normalize_room(raw);
             if !is_valid_room_name(&room) {
-                // No room can have this name; the NOTICE goes to `*` because the name may not
+                // No room can have this name; a lone refusal goes to `*` because the name may not
                 // even be a valid parameter.
-                self.notice(
-                    None,
-                    msg_id::CHANNEL_SUSPENDED,
-                    "This channel does not exist or has been suspended.",
-                    out,
-                );
+                refused.push(RefusedJoin {
+                    room: None,
+                    reason: JoinRefusal::NoSuchChannel,
+                });
+                continue;
+            }
+            if self
+                .config
+                .known_rooms
+                .as_ref()
+                .is_some_and(|known| !known.contains(&room))
+            {
+                refused.push(RefusedJoin {
+                    room: Some(room),
+                    reason: JoinRefusal::NoSuchChannel,
+                });
                 continue;
             }
             if self.rooms_joined.contains(&room) || self.rooms_joining.contains(&room) {
@@ -689,26 +750,69 @@ impl Session {
                 self.join_times_ms.pop_front();
             }
             if self.join_times_ms.len() >= self.config.joins_per_window_max as usize {
-                self.notice(
-                    Some(&room),
-                    msg_id::JOIN_RATELIMIT,
-                    "Your JOIN was not processed because you are joining channels too quickly.",
-                    out,
-                );
+                refused.push(RefusedJoin {
+                    room: Some(room),
+                    reason: JoinRefusal::RateLimited,
+                });
                 continue;
             }
             if self.rooms_joined.len() + self.rooms_joining.len() >= self.config.rooms_joined_max {
-                let text = format!(
-                    "Your JOIN was not processed because a connection may be in at most {} channels.",
-                    self.config.rooms_joined_max
-                );
-                self.notice(Some(&room), msg_id::TOO_MANY_CHANNELS, &text, out);
+                refused.push(RefusedJoin {
+                    room: Some(room),
+                    reason: JoinRefusal::TooManyChannels,
+                });
                 continue;
             }
             self.join_times_ms.push_back(now_ms);
             self.rooms_joining.push(room.clone());
             out.push(Action::Join { room });
         }
+        self.notice_refused_joins(&refused, out);
+    }
+
+    /// The one NOTICE for the channels refused on a JOIN line. A single refusal gets the
+    /// channel's own NOTICE (as Twitch sends it); several get one NOTICE to `*` that lists them
+    /// by reason (at most [`REFUSED_JOIN_NAMES_MAX`] names per reason, the rest counted), with
+    /// the `msg-id` of the first.
+    fn notice_refused_joins(&self, refused: &[RefusedJoin], out: &mut Vec<Action>) {
+        let [first, rest @ ..] = refused else {
+            return;
+        };
+        if rest.is_empty() {
+            let text = first.reason.text(&self.config);
+            self.notice(first.room.as_deref(), first.reason.msg_id(), &text, out);
+            return;
+        }
+        let mut text = format!(
+            "Your JOIN was not processed for {} channels.",
+            refused.len()
+        );
+        let mut reasons: Vec<JoinRefusal> = Vec::new();
+        for refusal in refused {
+            if !reasons.contains(&refusal.reason) {
+                reasons.push(refusal.reason);
+            }
+        }
+        for reason in reasons {
+            let of_reason = || refused.iter().filter(move |r| r.reason == reason);
+            let named: Vec<&str> = of_reason().filter_map(|r| r.room.as_deref()).collect();
+            let unnamed = of_reason().count() - named.len();
+            text.push(' ');
+            text.push_str(&reason.text(&self.config));
+            let mut parts: Vec<String> = named
+                .iter()
+                .take(REFUSED_JOIN_NAMES_MAX)
+                .map(|room| format!("#{room}"))
+                .collect();
+            if named.len() > REFUSED_JOIN_NAMES_MAX {
+                parts.push(format!("{} more", named.len() - REFUSED_JOIN_NAMES_MAX));
+            }
+            if unnamed > 0 {
+                parts.push(format!("{unnamed} invalid names"));
+            }
+            text.push_str(&format!(" ({})", parts.join(", ")));
+        }
+        self.notice(None, first.reason.msg_id(), &text, out);
     }
 
     /// The engine confirmed a JOIN: echoes it with the NAMES reply, then USERSTATE and
@@ -1375,6 +1479,52 @@ mod tests {
         );
         harness.session.join_failed("other", &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_join_line_gets_at_most_one_notice_for_its_refused_channels() {
+        let mut harness = Harness::with_config(SessionConfig {
+            known_rooms: Some(["lobby".to_owned(), "tavern".to_owned()].into()),
+            rooms_joined_max: 3,
+            ..SessionConfig::default()
+        });
+        harness.send("CAP REQ :twitch.tv/tags");
+        harness.send("NICK justinfan1");
+        let unknown: Vec<String> = (0..30).map(|i| format!("#nope{i}")).collect();
+        let actions = harness.send(&format!("JOIN {},#bad-name!,#lobby", unknown.join(",")));
+        let notices: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply(bytes) => Some(text(bytes)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert_eq!(notices[0].matches("NOTICE").count(), 1, "{notices:?}");
+        assert!(
+            notices[0].starts_with(
+                "@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE * :Your JOIN was not processed for 31 channels. \
+                 This channel does not exist or has been suspended. (#nope0, #nope1,"
+            ),
+            "{notices:?}"
+        );
+        assert!(
+            notices[0].ends_with("#nope9, 20 more, 1 invalid names)\r\n"),
+            "{notices:?}"
+        );
+        assert!(actions.contains(&Action::Join {
+            room: "lobby".to_owned()
+        }));
+        // One unknown channel keeps Twitch's own NOTICE for that channel.
+        assert_eq!(
+            harness.send_text("JOIN #nope"),
+            "@msg-id=msg_channel_suspended :tmi.twitch.tv NOTICE #nope \
+             :This channel does not exist or has been suspended.\r\n"
+        );
+        let line = harness.send_text("JOIN #lobby,#x1,#x2,#x3");
+        assert_eq!(line.matches("NOTICE").count(), 1, "{line}");
+        assert!(line.contains("for 3 channels."), "{line}");
+        assert!(line.ends_with("(#x1, #x2, #x3)\r\n"), "{line}");
     }
 
     #[test]

@@ -52,6 +52,15 @@ pub mod msg_id {
     /// Not a Twitch id: the line could not be read (too long, not UTF-8, malformed tags or no
     /// command). Twitch drops or disconnects on such lines without explanation.
     pub const INVALID_LINE: &str = "msg_invalid_line";
+    /// Not a Twitch id: the connection did not finish registering (NICK, and `CAP END` after
+    /// `CAP LS`) in time and is closed. Twitch closes such connections silently.
+    pub const REGISTRATION_TIMEOUT: &str = "msg_registration_timeout";
+    /// Not a Twitch id: a WebSocket message was larger than the server accepts; the close frame
+    /// that follows carries code 1009.
+    pub const MESSAGE_TOO_BIG: &str = "msg_message_too_big";
+    /// Not a Twitch id: a WebSocket text message was not valid UTF-8; the close frame that
+    /// follows carries code 1007.
+    pub const INVALID_UTF8: &str = "msg_invalid_utf8";
 }
 
 /// One chat message as delivered to viewers.

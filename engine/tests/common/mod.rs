@@ -17,6 +17,8 @@ pub struct TestServer {
     pub http: SocketAddr,
     /// Plain TCP IRC address.
     pub irc: SocketAddr,
+    /// The metrics listener, when started with `--metrics-addr`.
+    pub metrics: Option<SocketAddr>,
     /// Data directory (kept across restarts).
     pub data_dir: PathBuf,
     args: Vec<String>,
@@ -33,6 +35,7 @@ impl TestServer {
             child: None,
             http: ([0, 0, 0, 0], 0).into(),
             irc: ([0, 0, 0, 0], 0).into(),
+            metrics: None,
             data_dir,
             args,
             _tmp: Some(tmp),
@@ -48,6 +51,7 @@ impl TestServer {
             child: None,
             http: ([0, 0, 0, 0], 0).into(),
             irc: ([0, 0, 0, 0], 0).into(),
+            metrics: None,
             data_dir: data_dir.to_path_buf(),
             args,
             _tmp: None,
@@ -100,6 +104,14 @@ impl TestServer {
             .parse()
             .expect("http addr");
         self.irc = field(&ready, "irc=").parse().expect("irc addr");
+        self.metrics = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("metrics=http://"))
+            .map(|a| {
+                a.trim_end_matches("/metrics")
+                    .parse()
+                    .expect("metrics addr")
+            });
         self.child = Some(child);
     }
 
