@@ -9,26 +9,23 @@ use common::client::{HttpResponse, http, register};
 
 const PASSWORD: &str = "correct horse";
 
-fn login(server: &TestServer, user: &str, password: &str) -> HttpResponse {
+fn post_credentials(server: &TestServer, path: &str, user: &str, password: &str) -> HttpResponse {
     http(
         server.http,
         "POST",
-        "/api/login",
+        path,
         Some(&format!(
             r#"{{"username":"{user}","password":"{password}"}}"#
         )),
     )
 }
 
+fn login(server: &TestServer, user: &str, password: &str) -> HttpResponse {
+    post_credentials(server, "/api/login", user, password)
+}
+
 fn try_register(server: &TestServer, user: &str) -> HttpResponse {
-    http(
-        server.http,
-        "POST",
-        "/api/register",
-        Some(&format!(
-            r#"{{"username":"{user}","password":"{PASSWORD}"}}"#
-        )),
-    )
+    post_credentials(server, "/api/register", user, PASSWORD)
 }
 
 fn counter(server: &TestServer, line_prefix: &str) -> u64 {
