@@ -5,17 +5,13 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use common::client::{Irc, http, metric, register, tag, trailing};
+use common::client::{Irc, http, is_ack, metric, register, tag, trailing};
 
 const PASSWORD: &str = "correct horse";
 
 fn privmsg_in(room: &str) -> impl Fn(&str) -> bool {
     let needle = format!(" PRIVMSG #{room} :");
     move |l: &str| l.contains(&needle)
-}
-
-fn is_ack(l: &str) -> bool {
-    l.contains(" USERSTATE #") && tag(l, "id").is_some()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use common::client::{Irc, http, metric, register, tag};
+use common::client::{Irc, http, is_ack, metric, register};
 
 /// A raw HTTP exchange: the status, the response head (lowercased names) and body, and when the server closed.
 struct RawResponse {
@@ -77,10 +77,6 @@ fn raw_http(
         body: body.to_string(),
         closed_after,
     }
-}
-
-fn is_ack(l: &str) -> bool {
-    l.contains(" USERSTATE #") && tag(l, "id").is_some()
 }
 
 /// `promtool check metrics` must accept what `/metrics` serves after some traffic, histograms included.
@@ -337,22 +333,10 @@ fn http_connections_share_the_connection_limit() {
 fn web_client_responses_carry_security_headers() {
     let server = TestServer::start(&["--shards", "1"]);
     for path in ["/", "/assets/app.js", "/assets/style.css"] {
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            server.http
-        );
-        let response = raw_http(
-            server.http,
-            request.as_bytes(),
-            b"",
-            Duration::ZERO,
-            Duration::from_secs(10),
-        );
+        let response = http(server.http, "GET", path, None);
         assert_eq!(response.status, 200, "{path}");
         let csp = response
-            .head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-security-policy: "))
+            .header("content-security-policy")
             .unwrap_or_else(|| panic!("{path} has no CSP: {}", response.head));
         for directive in [
             "frame-ancestors 'none'",
@@ -362,8 +346,9 @@ fn web_client_responses_carry_security_headers() {
         ] {
             assert!(csp.contains(directive), "{path}: {csp}");
         }
-        assert!(
-            response.head.contains("x-content-type-options: nosniff"),
+        assert_eq!(
+            response.header("x-content-type-options").as_deref(),
+            Some("nosniff"),
             "{path}: {}",
             response.head
         );

@@ -16,6 +16,23 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// Runs `body` on a fresh, unpinned glommio executor (one shard) with `io_memory` bytes of io_uring memory, waits
+/// for it and returns its result. For tools and tests that need one shard outside a server.
+pub fn run_on_new_shard<G, F, T>(io_memory: usize, body: G) -> Result<T, String>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(io_memory)
+        .spawn(body)
+        .map_err(|error| format!("executor: {error}"))?
+        .join()
+        .map_err(|error| format!("executor join: {error}"))
+}
 
 /// Wraps a `futures-io` stream (a glommio `TcpStream`) as hyper IO.
 #[derive(Debug)]

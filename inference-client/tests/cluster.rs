@@ -8,7 +8,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fake_server::{FakeServer, Mode, STYLE_TAIL, dead_url};
-use glommio::{LocalExecutorBuilder, Placement};
 use twitchy_inference::{
     BatchMode, ClusterStylerFactory, FallbackReason, Styled, StyledBy, Styler, StylerConfig,
     StylerFactory,
@@ -24,12 +23,7 @@ where
     F: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(512 << 10)
-        .spawn(body)
-        .expect("executor starts")
-        .join()
-        .expect("executor finishes")
+    twitchy_inference::rt::run_on_new_shard(512 << 10, body).expect("executor runs")
 }
 
 fn config(endpoints: Vec<String>) -> StylerConfig {

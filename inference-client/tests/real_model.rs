@@ -8,7 +8,6 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::{LocalExecutorBuilder, Placement};
 use model_server::{MODEL, ModelServer};
 use twitchy_inference::{
     ClusterStylerFactory, FallbackReason, STYLED_CHARS_MAX, Styled, StyledBy, Styler, StylerConfig,
@@ -37,12 +36,7 @@ where
     F: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(512 << 10)
-        .spawn(body)
-        .expect("executor starts")
-        .join()
-        .expect("executor finishes")
+    twitchy_inference::rt::run_on_new_shard(512 << 10, body).expect("executor runs")
 }
 
 fn config(url: &str) -> StylerConfig {

@@ -1063,16 +1063,21 @@ mod tests {
                     room: room.to_owned()
                 }]
             );
+            replies_only(self.answer_join(room, 77))
+        }
+
+        /// The core's answer to a JOIN of `room`: it joined, as a non-moderator; returns what the session wrote.
+        fn answer_join(&mut self, room: &str, room_id: u64) -> Vec<Action> {
             let mut out = Vec::new();
             self.session.joined(
                 room,
                 &RoomState {
-                    room_id: 77,
+                    room_id,
                     is_mod: false,
                 },
                 &mut out,
             );
-            replies_only(out)
+            out
         }
     }
 
@@ -1281,15 +1286,7 @@ mod tests {
             }]
         );
         // The PRIVMSG waits for the JOIN confirmation.
-        let mut out = Vec::new();
-        harness.session.joined(
-            "room",
-            &RoomState {
-                room_id: 5,
-                is_mod: false,
-            },
-            &mut out,
-        );
+        let out = harness.answer_join("room", 5);
         assert!(matches!(&out[0], Action::Reply(bytes) if text(bytes).contains(" JOIN #room\r\n")));
         assert_eq!(
             out[1..],
@@ -1370,15 +1367,7 @@ mod tests {
                 room: "r".to_owned()
             }]
         );
-        let mut out = Vec::new();
-        harness.session.joined(
-            "r",
-            &RoomState {
-                room_id: 1,
-                is_mod: false,
-            },
-            &mut out,
-        );
+        let out = harness.answer_join("r", 1);
         assert!(
             replies_only(out)
                 .starts_with(":justinfan1!justinfan1@justinfan1.chat.example JOIN #r\r\n")
@@ -1468,15 +1457,7 @@ mod tests {
              :This channel does not exist or has been suspended.\r\n"
         );
         // A confirmation for a room that is not being joined is ignored.
-        let mut out = Vec::new();
-        harness.session.joined(
-            "other",
-            &RoomState {
-                room_id: 1,
-                is_mod: false,
-            },
-            &mut out,
-        );
+        let mut out = harness.answer_join("other", 1);
         harness.session.join_failed("other", &mut out);
         assert!(out.is_empty());
     }
@@ -1566,15 +1547,7 @@ mod tests {
         });
         harness.send("NICK justinfan1");
         harness.send("JOIN #a");
-        let mut out = Vec::new();
-        harness.session.joined(
-            "a",
-            &RoomState {
-                room_id: 1,
-                is_mod: false,
-            },
-            &mut out,
-        );
+        harness.answer_join("a", 1);
         harness.send("JOIN #b");
         assert_eq!(
             harness.send_text("JOIN #c"),
@@ -1614,15 +1587,7 @@ mod tests {
                 room: "late".to_owned()
             }]
         );
-        let mut out = Vec::new();
-        harness.session.joined(
-            "late",
-            &RoomState {
-                room_id: 1,
-                is_mod: false,
-            },
-            &mut out,
-        );
+        let out = harness.answer_join("late", 1);
         assert!(out.is_empty());
         assert_eq!(harness.session.joined_rooms().count(), 0);
     }
@@ -1724,15 +1689,7 @@ mod tests {
         );
         // A later successful JOIN does not resurrect the dropped message.
         harness.send("JOIN #ghost");
-        let mut out = Vec::new();
-        harness.session.joined(
-            "ghost",
-            &RoomState {
-                room_id: 1,
-                is_mod: false,
-            },
-            &mut out,
-        );
+        let out = harness.answer_join("ghost", 1);
         assert_eq!(out.len(), 1, "only the JOIN reply: {out:?}");
     }
 
@@ -1813,15 +1770,7 @@ mod tests {
         let mut joining: Vec<&str> = harness.session.joining_rooms().collect();
         joining.sort_unstable();
         assert_eq!(joining, ["a", "b"]);
-        let mut out = Vec::new();
-        harness.session.joined(
-            "a",
-            &RoomState {
-                room_id: 1,
-                is_mod: false,
-            },
-            &mut out,
-        );
+        harness.answer_join("a", 1);
         assert_eq!(harness.session.joining_rooms().collect::<Vec<_>>(), ["b"]);
         assert_eq!(harness.session.joined_rooms().collect::<Vec<_>>(), ["a"]);
     }

@@ -199,6 +199,11 @@ fn rand_digits() -> u32 {
     nanos % 89_999
 }
 
+/// The server's acknowledgement of a sent message: a `USERSTATE` carrying the stored message's `id`.
+pub fn is_ack(l: &str) -> bool {
+    l.contains(" USERSTATE #") && tag(l, "id").is_some()
+}
+
 /// The value of tag `key` in a line, unescaped for the common cases.
 pub fn tag(line: &str, key: &str) -> Option<String> {
     let tags = line.strip_prefix('@')?.split(' ').next()?;

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use glommio::{LocalExecutorBuilder, Placement};
 use serde_json::json;
 use twitchy_inference::http::{EndpointUrl, HttpLimits, LocalHttpClient};
 use twitchy_inference::openai::{
@@ -108,13 +107,7 @@ where
     F: std::future::Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(2 << 20)
-        .spawn(body)
-        .map_err(|error| anyhow::anyhow!("executor: {error}"))?;
-    handle
-        .join()
-        .map_err(|error| anyhow::anyhow!("executor join: {error}"))
+    twitchy_inference::rt::run_on_new_shard(2 << 20, body).map_err(anyhow::Error::msg)
 }
 
 fn percentile_ms(sorted_us: &[u64], quantile: f64) -> f64 {

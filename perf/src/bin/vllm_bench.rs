@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use glommio::{LocalExecutorBuilder, Placement};
 use serde_json::json;
 use twitchy_inference::http::{EndpointUrl, HttpLimits, LocalHttpClient};
 use twitchy_inference::openai::{
@@ -104,13 +103,7 @@ where
     F: std::future::Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(2 << 20)
-        .spawn(body)
-        .map_err(|error| anyhow::anyhow!("executor: {error}"))?;
-    handle
-        .join()
-        .map_err(|error| anyhow::anyhow!("executor join: {error}"))
+    twitchy_inference::rt::run_on_new_shard(2 << 20, body).map_err(anyhow::Error::msg)
 }
 
 /// One direct run: `concurrency` workers, each sending one prompt per request back to back.
