@@ -230,6 +230,8 @@ impl AuthService {
             std::thread::Builder::new()
                 .name(format!("auth-hash-{i}"))
                 .spawn(move || {
+                    // Made before the first sign-in, so that no unknown login pays for it (and takes longer).
+                    dummy_hash();
                     while let Ok(job) = queue.recv() {
                         run_job(job, &metrics);
                     }

@@ -422,7 +422,6 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
                 let waiting: Vec<usize> = (0..shard_count).filter(|&s| !ready[s]).collect();
                 // A shard that cannot start cannot be told to stop either: leave its thread behind and exit.
                 log::error!("shards {waiting:?} did not start within {STARTUP_MS_MAX} ms; exiting");
-                drop(storage);
                 bail!("shards {waiting:?} did not start within {STARTUP_MS_MAX} ms");
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => failure = Some("all shards exited".into()),

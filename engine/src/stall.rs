@@ -12,7 +12,7 @@
 //!   it is missing, interrupts the shard's thread with a signal ([`interrupt_threads_named`]); glommio treats the
 //!   interrupted wait as a wake-up and runs its queues.
 
-use std::sync::Once;
+use std::sync::OnceLock;
 
 /// Period of the timer every shard keeps pending, bounding a stall to about this long.
 pub const EXECUTOR_GUARD_MS: u64 = 20;
@@ -28,9 +28,8 @@ extern "C" fn on_interrupt(_: libc::c_int) {}
 /// Installs a no-op handler for the interrupt signal, without `SA_RESTART`, so that a blocking `io_uring_enter` in
 /// the signalled thread returns `EINTR` instead of resuming its wait.
 fn install_handler() -> std::io::Result<()> {
-    static INSTALL: Once = Once::new();
-    let mut result = Ok(());
-    INSTALL.call_once(|| {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
         // SAFETY: a zeroed sigaction is valid; the handler is an async-signal-safe no-op; the mask is initialised by
         // sigemptyset before use.
         unsafe {
@@ -39,11 +38,12 @@ fn install_handler() -> std::io::Result<()> {
             action.sa_flags = 0;
             libc::sigemptyset(&mut action.sa_mask);
             if libc::sigaction(INTERRUPT_SIGNAL, &action, std::ptr::null_mut()) != 0 {
-                result = Err(std::io::Error::last_os_error());
+                return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
             }
         }
+        Ok(())
     });
-    result
+    installed.map_err(std::io::Error::from_raw_os_error)
 }
 
 /// Interrupts every thread of this process whose name starts with `prefix`; returns how many were signalled.

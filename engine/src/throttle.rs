@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// The limits; see the module documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub failures_per_account_max: u32,
     pub failures_per_ip_max: u32,
@@ -70,13 +70,18 @@ impl Count {
     }
 
     /// Counts one more event; locks once `max` is reached, for a backoff that doubles with each event past it.
-    fn add(&mut self, now_ms: u64, max: u32, limits: &Limits) {
-        if now_ms >= self.window_start_ms.saturating_add(limits.window_ms)
+    /// Starts a new window once the current one and any lock have passed.
+    fn roll(&mut self, now_ms: u64, window_ms: u64) {
+        if now_ms >= self.window_start_ms.saturating_add(window_ms)
             && now_ms >= self.locked_until_ms
         {
             self.window_start_ms = now_ms;
             self.count = 0;
         }
+    }
+
+    fn add(&mut self, now_ms: u64, max: u32, limits: &Limits) {
+        self.roll(now_ms, limits.window_ms);
         self.count = self.count.saturating_add(1);
         if self.count >= max {
             let doublings = (self.count - max).min(20);
@@ -143,7 +148,7 @@ impl Throttle {
 
     /// A wrong password (or an unknown login) from `ip` for `login`.
     pub fn login_failed(&mut self, ip: IpAddr, login: &str, now_ms: u64) {
-        let limits = self.limits.clone();
+        let limits = self.limits;
         if let Some(count) = slot(&mut self.accounts, &login.to_owned(), now_ms, &limits) {
             count.add(now_ms, limits.failures_per_account_max, &limits);
         }
@@ -164,17 +169,12 @@ impl Throttle {
         if self.exempt(ip) {
             return Ok(());
         }
-        let limits = self.limits.clone();
+        let limits = self.limits;
         let Some(count) = slot(&mut self.registrations, &ip, now_ms, &limits) else {
             return Ok(());
         };
-        if let Some(retry) = count.refusal(now_ms) {
-            return Err(retry);
-        }
-        if now_ms >= count.window_start_ms.saturating_add(limits.window_ms) {
-            count.window_start_ms = now_ms;
-            count.count = 0;
-        }
+        // Registrations never lock: the window alone limits them.
+        count.roll(now_ms, limits.window_ms);
         if count.count >= limits.registrations_per_ip_max {
             let retry = count.window_start_ms.saturating_add(limits.window_ms) - now_ms;
             return Err(RetryAfterMs(retry));
