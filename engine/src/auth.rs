@@ -23,6 +23,7 @@ use futures_channel::oneshot;
 use sha2::{Digest, Sha256};
 use twitchy_storage::{AccountRecord, StorageError, StorageHandle};
 
+use crate::core::moderation::{Profile, keys};
 use crate::protocol::session::Identity;
 use crate::throttle::{Limits, RetryAfterMs, Throttle};
 
@@ -330,7 +331,20 @@ impl AuthService {
             password_hash: hash,
             created_unix_ms: crate::shard::unix_ms(),
         };
+        let user_id = account.user_id;
+        let color = account.color.clone();
         storage.create_account(account).await?;
+        if username != login {
+            // The login is lowercase; the display name keeps the case the user typed.
+            let profile = Profile {
+                display_name: username.to_owned(),
+                color,
+            };
+            if let Err(err) = save_profile(storage, user_id, &profile).await {
+                // The account exists: a failed profile only costs the capitals until the user renames.
+                log::warn!("display name of new account {login} not saved: {err}");
+            }
+        }
         issue_token(storage, &login).await
     }
 
@@ -394,17 +408,92 @@ pub async fn check_token(storage: &StorageHandle, login: &str, token: &str) -> T
         return TokenCheck::Invalid;
     }
     match storage.account(&owner).await {
-        Ok(Some(account)) => TokenCheck::Valid(Identity {
-            display_name: account.login.clone(),
-            login: account.login,
-            user_id: account.user_id,
-            color: account.color,
-            badges: String::new(),
-            is_mod: false,
-        }),
+        Ok(Some(account)) => match identity_for(storage, account).await {
+            Ok(identity) => TokenCheck::Valid(identity),
+            Err(err) => unavailable(&err),
+        },
         Ok(None) => TokenCheck::Invalid,
         Err(err) => unavailable(&err),
     }
+}
+
+/// A user's stored profile (display name and colour); the default when none was saved.
+pub async fn load_profile(storage: &StorageHandle, user_id: u64) -> Result<Profile, StorageError> {
+    let key = keys::profile(user_id);
+    let entries = storage.settings(&keys::profile_prefix(user_id), 8).await?;
+    Ok(entries
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, value)| serde_json::from_slice(&value).ok())
+        .unwrap_or_default())
+}
+
+/// Saves a user's profile durably.
+pub async fn save_profile(
+    storage: &StorageHandle,
+    user_id: u64,
+    profile: &Profile,
+) -> Result<(), StorageError> {
+    let value = serde_json::to_vec(profile).expect("a profile serialises");
+    storage.put_setting(&keys::profile(user_id), value).await
+}
+
+/// The identity of an account: its login and id, with the display name and colour of its profile. A display
+/// name that no longer matches the login (a rename whose profile write failed) falls back to the login.
+pub async fn identity_for(
+    storage: &StorageHandle,
+    account: AccountRecord,
+) -> Result<Identity, StorageError> {
+    let profile = load_profile(storage, account.user_id).await?;
+    let display_name = if profile.display_name.eq_ignore_ascii_case(&account.login) {
+        profile.display_name
+    } else {
+        account.login.clone()
+    };
+    let color = if profile.color.is_empty() {
+        account.color
+    } else {
+        profile.color
+    };
+    Ok(Identity {
+        display_name,
+        login: account.login,
+        user_id: account.user_id,
+        color,
+        badges: String::new(),
+        is_mod: false,
+    })
+}
+
+/// The identity behind a bearer token (the HTTP API's `Authorization: Bearer <token>`).
+pub async fn bearer_identity(storage: &StorageHandle, token: &str) -> Result<Identity, AuthError> {
+    let token = token.strip_prefix("oauth:").unwrap_or(token);
+    let Some(login) = storage.login_for_token(token_sha256(token)).await? else {
+        return Err(AuthError::InvalidToken);
+    };
+    let Some(account) = storage.account(&login).await? else {
+        return Err(AuthError::InvalidToken);
+    };
+    Ok(identity_for(storage, account).await?)
+}
+
+/// Changes a user's name: a new login when more than its case changes (the user id, password and tokens stay;
+/// the old login becomes free), and the display name as typed. Returns the new login.
+pub async fn rename(
+    storage: &StorageHandle,
+    identity: &Identity,
+    new_name: &str,
+) -> Result<String, AuthError> {
+    let login = normalize_username(new_name)?;
+    if login != identity.login {
+        storage.rename_account(&identity.login, &login).await?;
+    }
+    let profile = Profile {
+        display_name: new_name.to_owned(),
+        color: identity.color.clone(),
+    };
+    save_profile(storage, identity.user_id, &profile).await?;
+    Ok(login)
 }
 
 fn unavailable(err: &StorageError) -> TokenCheck {

@@ -254,9 +254,42 @@ pub struct RoomConfig {
     /// Numeric room id for the `room-id` tag; derived from the name when absent.
     #[serde(default)]
     pub id: Option<u64>,
-    /// Logins with the moderator badge and the higher rate limit in this room.
+    /// Logins with the moderator badge and the higher rate limit in this room (`/unmod` can revoke it).
     #[serde(default)]
     pub moderators: Vec<String>,
+    /// The room's owner: the broadcaster badge, and the only one who may `/mod` and `/vip`.
+    #[serde(default)]
+    pub broadcaster: Option<String>,
+    /// Logins with the VIP badge (exempt from slow mode and AutoMod's link rule).
+    #[serde(default)]
+    pub vips: Vec<String>,
+    /// What AutoMod does with a message it flags: `off`, `block` (refused, told to the sender only) or `hold`
+    /// (moderators allow or deny it).
+    #[serde(default)]
+    pub automod: AutoModMode,
+    /// Phrases AutoMod flags from the start; moderators add and remove more with `/automod add|remove`.
+    #[serde(default)]
+    pub banned_phrases: Vec<String>,
+}
+
+/// What AutoMod does with a message it flags.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoModMode {
+    #[default]
+    Off,
+    Block,
+    Hold,
+}
+
+impl AutoModMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoModMode::Off => "off",
+            AutoModMode::Block => "block",
+            AutoModMode::Hold => "hold",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -329,11 +362,12 @@ pub fn parse_rooms(text: &str) -> Result<Vec<RoomConfig>, ConfigError> {
                 twitchy_inference::style_names().join(", ")
             )));
         }
-        room.moderators = room
-            .moderators
-            .iter()
-            .map(|m| m.to_ascii_lowercase())
-            .collect();
+        let lower = |logins: &[String]| -> Vec<String> {
+            logins.iter().map(|m| m.to_ascii_lowercase()).collect()
+        };
+        room.moderators = lower(&room.moderators);
+        room.vips = lower(&room.vips);
+        room.broadcaster = room.broadcaster.map(|b| b.to_ascii_lowercase());
         rooms.push(room);
     }
     Ok(rooms)

@@ -32,7 +32,10 @@ use twitchy_inference::rt::{GlommioIo, GlommioTimer};
 use twitchy_storage::{Health, MessageId, MessageRecord};
 
 use crate::conn::{self, Transport};
+use crate::core::{Actor, CommandReply, ReplyKind};
 use crate::metrics::ShardMetrics;
+use crate::protocol::commands::{self, ChatCommand};
+use crate::protocol::session::Identity;
 use crate::shard::{LocalNotify, Shard};
 
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
@@ -470,10 +473,20 @@ async fn route(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["api", "register"]) => account(ctx, req, true).await,
         (&Method::POST, ["api", "login"]) => account(ctx, req, false).await,
         (&Method::POST, ["api", "logout"]) => logout(ctx, req).await,
+        (&Method::POST, ["api", "rooms", room, "moderation"]) => {
+            moderation_command(ctx, room, req).await
+        }
+        (&Method::GET, ["api", "rooms", room, "moderation"]) => {
+            moderation_state(ctx, room, req).await
+        }
+        (&Method::POST, ["api", "account", "username"]) => account_username(ctx, req).await,
+        (&Method::POST, ["api", "account", "color"]) => account_color(ctx, req).await,
         (
             _,
             [""] | ["healthz"] | ["metrics"] | ["api", "rooms"] | ["api", "rooms", _, "messages"],
         )
+        | (_, ["api", "rooms", _, "moderation"])
+        | (_, ["api", "account", "username" | "color"])
         | (_, ["api", "register" | "login" | "logout"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -699,10 +712,12 @@ async fn account(ctx: &RequestCtx<'_>, req: Request<Incoming>, register: bool) -
                 StatusCode::OK
             };
             let login = credentials.username.to_ascii_lowercase();
-            json(
-                status,
-                &serde_json::json!({ "token": token, "login": login }),
-            )
+            let mut body = serde_json::json!({ "token": token, "login": login });
+            if register {
+                // The case the user typed is their display name.
+                body["display_name"] = credentials.username.clone().into();
+            }
+            json(status, &body)
         }
         Err(err) => {
             let mut response = error(
@@ -768,6 +783,226 @@ async fn logout(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> 
             StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
             &err.to_string(),
         ),
+    }
+}
+
+/// The identity behind `Authorization: Bearer <token>`, or the error response (401, or 503 when storage cannot
+/// tell).
+async fn bearer<B>(shard: &Shard, req: &Request<B>) -> Result<Identity, Response<Body>> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "expected Authorization: Bearer <token>",
+            )
+        })?;
+    crate::auth::bearer_identity(&shard.shared.storage, token)
+        .await
+        .map_err(|err| auth_error(&err))
+}
+
+fn auth_error(err: &crate::auth::AuthError) -> Response<Body> {
+    error(
+        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
+        &err.to_string(),
+    )
+}
+
+/// A command's answer as JSON: `200 {"msg_id","message"}`, or `{"error","msg_id"}` with 403 (no permission),
+/// 404 (no such user or message), 400 (cannot apply) or 503 (not saved, try again).
+fn command_response(reply: &CommandReply) -> Response<Body> {
+    let status = match reply.kind {
+        ReplyKind::Done => StatusCode::OK,
+        ReplyKind::Forbidden => StatusCode::FORBIDDEN,
+        ReplyKind::NotFound => StatusCode::NOT_FOUND,
+        ReplyKind::Invalid => StatusCode::BAD_REQUEST,
+        ReplyKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = if reply.kind == ReplyKind::Done {
+        serde_json::json!({ "msg_id": reply.msg_id, "message": reply.text })
+    } else {
+        serde_json::json!({ "error": reply.text, "msg_id": reply.msg_id })
+    };
+    json(status, &body)
+}
+
+async fn run_api_command(
+    shard: &Rc<Shard>,
+    room: usize,
+    identity: &Identity,
+    command: ChatCommand,
+) -> Result<CommandReply, Response<Body>> {
+    let actor = Actor {
+        user_id: identity.user_id,
+        login: identity.login.clone(),
+        display_name: identity.display_name.clone(),
+        color: identity.color.clone(),
+    };
+    shard
+        .api_command(room, actor, command)
+        .await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting down, try again"))
+}
+
+#[derive(Deserialize)]
+struct CommandBody {
+    command: String,
+}
+
+/// `POST /api/rooms/{room}/moderation {"command": "/timeout bob 600"}`: the chat command, run as the token's user.
+async fn moderation_command(
+    ctx: &RequestCtx<'_>,
+    room: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let shard = &ctx.shard;
+    let Some(index) = shard.shared.room(room) else {
+        return error(StatusCode::NOT_FOUND, "no such room");
+    };
+    let identity = match bearer(shard, &req).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let body = match read_body(req.into_body(), ctx.body_deadline).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Ok(CommandBody { command }) = serde_json::from_slice::<CommandBody>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"command\": \"/timeout <user> [seconds] [reason]\"}",
+        );
+    };
+    let command = command.trim();
+    let text = if command.starts_with('/') || command.starts_with('.') {
+        command.to_owned()
+    } else {
+        format!("/{command}")
+    };
+    let command = match commands::parse(&text) {
+        Some(Ok(command)) => command,
+        Some(Err(usage)) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": usage.text, "msg_id": usage.msg_id }),
+            );
+        }
+        None => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": "unrecognized command", "msg_id": "unrecognized_cmd" }),
+            );
+        }
+    };
+    match run_api_command(shard, index, &identity, command).await {
+        Ok(reply) => command_response(&reply),
+        Err(response) => response,
+    }
+}
+
+/// `GET /api/rooms/{room}/moderation`: modes, roles, bans, AutoMod phrases and held messages, for moderators.
+async fn moderation_state(
+    ctx: &RequestCtx<'_>,
+    room: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let shard = &ctx.shard;
+    let Some(index) = shard.shared.room(room) else {
+        return error(StatusCode::NOT_FOUND, "no such room");
+    };
+    let identity = match bearer(shard, &req).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    match run_api_command(shard, index, &identity, ChatCommand::ModerationState).await {
+        Ok(reply) if reply.kind == ReplyKind::Done => {
+            let state: serde_json::Value =
+                serde_json::from_str(&reply.text).unwrap_or(serde_json::Value::Null);
+            json(StatusCode::OK, &state)
+        }
+        Ok(reply) => command_response(&reply),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct UsernameBody {
+    username: String,
+}
+
+/// `POST /api/account/username {"username": "NewName"}`: renames the token's user; the id and tokens stay.
+async fn account_username(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
+    let shard = &ctx.shard;
+    let identity = match bearer(shard, &req).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let body = match read_body(req.into_body(), ctx.body_deadline).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Ok(UsernameBody { username }) = serde_json::from_slice::<UsernameBody>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "expected JSON {\"username\": ...}");
+    };
+    match crate::auth::rename(&shard.shared.storage, &identity, &username).await {
+        Ok(login) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "login": login, "display_name": username, "user_id": identity.user_id }),
+        ),
+        Err(err) => auth_error(&err),
+    }
+}
+
+#[derive(Deserialize)]
+struct ColorBody {
+    color: String,
+}
+
+/// `POST /api/account/color {"color": "#1E90FF" | "DodgerBlue"}`: the token's user's chat colour, as `/color`.
+async fn account_color(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
+    let shard = &ctx.shard;
+    let identity = match bearer(shard, &req).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let body = match read_body(req.into_body(), ctx.body_deadline).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Some(color) = serde_json::from_slice::<ColorBody>(&body)
+        .ok()
+        .and_then(|b| commands::parse_color(&b.color))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"color\": \"#RRGGBB\" or a Twitch colour name}",
+        );
+    };
+    // The same path as `/color` in chat: this shard's connections of the user take the new colour at once.
+    let Some(room) = (0..shard.shared.rooms.len()).next() else {
+        return error(StatusCode::NOT_FOUND, "no rooms");
+    };
+    match run_api_command(
+        shard,
+        room,
+        &identity,
+        ChatCommand::Color {
+            color: color.clone(),
+        },
+    )
+    .await
+    {
+        Ok(reply) if reply.kind == ReplyKind::Done => {
+            json(StatusCode::OK, &serde_json::json!({ "color": color }))
+        }
+        Ok(reply) => command_response(&reply),
+        Err(response) => response,
     }
 }
 

@@ -32,6 +32,12 @@ pub struct ShardMetrics {
     pub store_errors_total: AtomicU64,
     pub messages_deduplicated_total: AtomicU64,
     pub messages_shed_total: AtomicU64,
+    /// Sends refused by a room's rules: bans, timeouts, slow, emote-only and unique-chat modes, AutoMod blocks.
+    pub messages_moderated_total: AtomicU64,
+    pub automod_held_total: AtomicU64,
+    pub automod_blocked_total: AtomicU64,
+    pub commands_total: AtomicU64,
+    pub commands_refused_total: AtomicU64,
     pub protocol_disconnects_total: AtomicU64,
     pub reconnects_sent_total: AtomicU64,
     pub socket_writes_total: AtomicU64,
@@ -161,7 +167,37 @@ type Field = (
 
 /// Renders all shards' counters, plus process memory.
 pub fn render(shards: &[ShardMetrics], out: &mut String) {
-    let fields: [Field; 23] = [
+    let fields: [Field; 28] = [
+        (
+            "twitchy_messages_moderated_total",
+            "counter",
+            "Sends refused by a room's rules: bans, timeouts, slow, emote-only and unique-chat modes, AutoMod",
+            |m| &m.messages_moderated_total,
+        ),
+        (
+            "twitchy_automod_held_total",
+            "counter",
+            "Messages AutoMod held for the moderators to allow or deny",
+            |m| &m.automod_held_total,
+        ),
+        (
+            "twitchy_automod_blocked_total",
+            "counter",
+            "Messages AutoMod refused outright (rooms in block mode)",
+            |m| &m.automod_blocked_total,
+        ),
+        (
+            "twitchy_chat_commands_total",
+            "counter",
+            "Chat commands carried out (/timeout, /ban, /delete, /slow, /mod, /color, ...)",
+            |m| &m.commands_total,
+        ),
+        (
+            "twitchy_chat_commands_refused_total",
+            "counter",
+            "Chat commands refused (no permission, bad target, store unavailable)",
+            |m| &m.commands_refused_total,
+        ),
         (
             "twitchy_messages_deduplicated_total",
             "counter",

@@ -272,6 +272,10 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
             id,
             style: r.style.clone(),
             moderators: r.moderators.clone(),
+            broadcaster: r.broadcaster.clone(),
+            vips: r.vips.clone(),
+            automod: r.automod,
+            banned_phrases: r.banned_phrases.clone(),
         })
         .collect();
     let shared = Arc::new(Shared {

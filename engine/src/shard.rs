@@ -23,9 +23,11 @@ use twitchy_storage::{StorageError, StorageHandle};
 
 use crate::config::{Args, RoomConfig};
 use crate::core::{
-    AuthOutcome, ConnId, CoreConfig, Output, PeerMsg, RoomInfo, ShardCore, Transport,
+    Actor, AuthOutcome, CommandReply, ConnId, CoreConfig, Output, PeerMsg, RoomInfo, ShardCore,
+    Transport,
 };
 use crate::metrics::{ShardMetrics, ViewerCounts};
+use crate::protocol::commands::ChatCommand;
 use crate::protocol::session::SessionConfig;
 use crate::ratelimit::RateLimitConfig;
 
@@ -185,6 +187,9 @@ pub struct Shard {
     direct_buffer: RefCell<Vec<u8>>,
     /// Connections open on the metrics listener.
     metrics_connections: Cell<usize>,
+    /// HTTP API commands waiting for their answer, by ticket.
+    api_waiters: RefCell<HashMap<u64, futures_channel::oneshot::Sender<CommandReply>>>,
+    next_api_ticket: Cell<u64>,
 }
 
 /// Builds the core's configuration from the command line.
@@ -242,6 +247,8 @@ impl Shard {
             flush_needed: LocalNotify::default(),
             direct_buffer: RefCell::default(),
             metrics_connections: Cell::new(0),
+            api_waiters: RefCell::default(),
+            next_api_ticket: Cell::new(1),
             shared,
         })
     }
@@ -267,6 +274,17 @@ impl Shard {
             self.core
                 .borrow_mut()
                 .restore_room(room, records, unix_ms());
+            let settings = self
+                .shared
+                .storage
+                .settings(
+                    &crate::core::moderation::keys::room_prefix(name),
+                    crate::core::moderation::SETTINGS_PER_ROOM_MAX,
+                )
+                .await?;
+            self.core
+                .borrow_mut()
+                .restore_moderation(room, settings, unix_ms());
         }
         Ok(())
     }
@@ -326,6 +344,24 @@ impl Shard {
                 return;
             }
         }
+    }
+
+    /// Runs a chat command for the HTTP API; the answer arrives when the room's home has carried it out.
+    pub fn api_command(
+        self: &Rc<Self>,
+        room: usize,
+        actor: Actor,
+        command: ChatCommand,
+    ) -> futures_channel::oneshot::Receiver<CommandReply> {
+        let ticket = self.next_api_ticket.get();
+        self.next_api_ticket.set(ticket + 1);
+        let (reply, answer) = futures_channel::oneshot::channel();
+        self.api_waiters.borrow_mut().insert(ticket, reply);
+        self.core
+            .borrow_mut()
+            .api_command(ticket, room, actor, command, unix_ms());
+        self.pump();
+        answer
     }
 
     /// Handles a batch of messages from another shard.
@@ -422,6 +458,63 @@ impl Shard {
                         shard.pump();
                     })
                     .detach();
+                }
+                Output::ResolveUser { ticket, login } => {
+                    let shard = self.clone();
+                    glommio::spawn_local(async move {
+                        let resolved = shard
+                            .shared
+                            .storage
+                            .account(&login)
+                            .await
+                            .map(|account| account.map(|a| a.user_id));
+                        shard
+                            .core
+                            .borrow_mut()
+                            .user_resolved(ticket, resolved, unix_ms());
+                        shard.pump();
+                    })
+                    .detach();
+                }
+                Output::PutSetting { ticket, key, value } => {
+                    let shard = self.clone();
+                    glommio::spawn_local(async move {
+                        let storage = &shard.shared.storage;
+                        let result = match value {
+                            Some(value) => storage.put_setting(&key, value).await,
+                            None => storage.delete_setting(&key).await,
+                        };
+                        shard
+                            .core
+                            .borrow_mut()
+                            .write_done(ticket, result, unix_ms());
+                        shard.pump();
+                    })
+                    .detach();
+                }
+                Output::DeleteMessage { ticket, room, id } => {
+                    let shard = self.clone();
+                    glommio::spawn_local(async move {
+                        let name = shard.shared.rooms[room].name.clone();
+                        let result = shard
+                            .shared
+                            .storage
+                            .delete_message(&name, id)
+                            .await
+                            .map(|_| ());
+                        shard
+                            .core
+                            .borrow_mut()
+                            .write_done(ticket, result, unix_ms());
+                        shard.pump();
+                    })
+                    .detach();
+                }
+                Output::ApiReply { ticket, reply } => {
+                    if let Some(waiter) = self.api_waiters.borrow_mut().remove(&ticket) {
+                        // The request may have gone away (client closed): nobody to answer.
+                        let _ = waiter.send(reply);
+                    }
                 }
                 Output::Store { room, record } => {
                     let id = record.id;

@@ -592,11 +592,15 @@ fn echo_message_capability_returns_own_messages() {
     let own = sender.expect("own PRIVMSG", privmsg_in("globe"));
     assert_eq!(tag(&own, "client-nonce").as_deref(), Some("e1"));
     sender.expect("ack", is_ack);
-    // Twitch's command conventions: ". text" sends text; "/ban" is not a command we run.
+    // Twitch's command conventions: ". text" sends text; "/ban" is a command (refused to a viewer); an unknown
+    // command is answered as Twitch does.
     sender.send("PRIVMSG #globe :. dotted");
     let dotted = sender.expect("dotted PRIVMSG", privmsg_in("globe"));
     assert_eq!(tag(&dotted, "twitchy/original").as_deref(), Some("dotted"));
     sender.send("PRIVMSG #globe :/ban somebody");
+    let notice = sender.expect("NOTICE", |l| l.contains(" NOTICE "));
+    assert_eq!(tag(&notice, "msg-id").as_deref(), Some("no_permission"));
+    sender.send("PRIVMSG #globe :/followers");
     let notice = sender.expect("NOTICE", |l| l.contains(" NOTICE "));
     assert_eq!(tag(&notice, "msg-id").as_deref(), Some("unrecognized_cmd"));
 }

@@ -12,7 +12,8 @@
 //!
 //! Other requests go over three more bounded channels, each with its own threads, so that a flood of one kind
 //! cannot starve another: *auth* (account and token lookups, what every login waits on), *history* (message
-//! reads), and *account writes* (registration, token grants and revocations). Replies come back on
+//! reads and settings scans), and *account writes* (registration, token grants and revocations, renames, message
+//! deletions, settings writes). Replies come back on
 //! `futures-channel` oneshots, which wake whatever executor polled them, so shards running glommio can await them.
 //!
 //! # Health
@@ -238,6 +239,30 @@ enum Request {
     RevokeToken {
         token_sha256: [u8; 32],
         reply: Reply<bool>,
+    },
+    RenameAccount {
+        old_login: String,
+        new_login: String,
+        reply: Reply<AccountRecord>,
+    },
+    DeleteMessage {
+        room: String,
+        id: MessageId,
+        reply: Reply<bool>,
+    },
+    PutSetting {
+        key: String,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    DeleteSetting {
+        key: String,
+        reply: Reply<()>,
+    },
+    Settings {
+        prefix: String,
+        limit: usize,
+        reply: Reply<Vec<(String, Vec<u8>)>>,
     },
     /// One per pool thread, sent by [`StorageService::shutdown`].
     Stop,
@@ -494,6 +519,61 @@ impl StorageHandle {
     pub async fn revoke_token(&self, token_sha256: [u8; 32]) -> Result<bool> {
         self.request(Pool::AccountWrite, |reply| Request::RevokeToken {
             token_sha256,
+            reply,
+        })
+        .await
+    }
+
+    /// Moves an account to a new login, keeping its user id, password hash, colour, creation time and tokens
+    /// (see [`Store::rename_account`]); `AlreadyExists` if the new login is taken, `NotFound` if the old one has
+    /// no account.
+    pub async fn rename_account(&self, old_login: &str, new_login: &str) -> Result<AccountRecord> {
+        self.request(Pool::AccountWrite, |reply| Request::RenameAccount {
+            old_login: old_login.to_owned(),
+            new_login: new_login.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Marks a message deleted durably, so that history never returns it again; `Ok(false)` if the room has no
+    /// message with this id. An account write: it is rare, and must not wait behind a flood of history reads.
+    pub async fn delete_message(&self, room: &str, id: MessageId) -> Result<bool> {
+        check_room(room)?;
+        self.request(Pool::AccountWrite, |reply| Request::DeleteMessage {
+            room: room.to_owned(),
+            id,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets a settings key durably (see [`crate::settings`] for keys and limits).
+    pub async fn put_setting(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.request(Pool::AccountWrite, |reply| Request::PutSetting {
+            key: key.to_owned(),
+            value,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a settings key durably.
+    pub async fn delete_setting(&self, key: &str) -> Result<()> {
+        self.request(Pool::AccountWrite, |reply| Request::DeleteSetting {
+            key: key.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Every settings key starting with `prefix` (at most `limit`), in key order. Served by the history pool:
+    /// a scan of a room's settings is a bounded range read like a history page, and keeping it off the auth pool
+    /// means loading a room with many bans cannot delay logins.
+    pub async fn settings(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        self.request(Pool::History, |reply| Request::Settings {
+            prefix: prefix.to_owned(),
+            limit,
             reply,
         })
         .await
@@ -919,6 +999,29 @@ fn run_pool(store: &dyn Store, rx: flume::Receiver<Request>, shared: &Shared) {
                     token_sha256,
                     reply: tx,
                 } => reply(shared, tx, store.revoke_token(token_sha256)),
+                Request::RenameAccount {
+                    old_login,
+                    new_login,
+                    reply: tx,
+                } => reply(shared, tx, store.rename_account(&old_login, &new_login)),
+                Request::DeleteMessage {
+                    room,
+                    id,
+                    reply: tx,
+                } => reply(shared, tx, store.delete_message(&room, id)),
+                Request::PutSetting {
+                    key,
+                    value,
+                    reply: tx,
+                } => reply(shared, tx, store.put_setting(&key, &value)),
+                Request::DeleteSetting { key, reply: tx } => {
+                    reply(shared, tx, store.delete_setting(&key))
+                }
+                Request::Settings {
+                    prefix,
+                    limit,
+                    reply: tx,
+                } => reply(shared, tx, store.settings(&prefix, limit)),
                 Request::Stop => return false,
             }
             true

@@ -40,6 +40,8 @@
 //! | `tokens`   | SHA-256 of the token (32 B)                                  | `1`, issued ms (8 B BE), expires ms (8 B BE), login |
 //! | `login_tokens` | `len(login) as u8`, `login`, issued ms (8 B BE), SHA-256 | expires ms (8 B BE)         |
 //! | `meta`     | `next_batch`, `indexed_seq`                                  | u64 BE                       |
+//! | `settings` | the settings key (UTF-8)                                     | the value                    |
+//! | `deleted_messages` | `len(room) as u8`, `room`, id (16 B BE)              | empty                        |
 //!
 //! Messages are stored in *chunks*: the messages of one room within one coalesced batch, sorted by id, at most
 //! [`CHUNK_MESSAGES_MAX`] of them and spanning at most [`CHUNK_SPAN_MS_MAX`] of id time. A batch of a few thousand
@@ -67,8 +69,18 @@
 //! those of the original write), so a crash at any point loses no acknowledged message and shows no message
 //! whose append failed (the log cuts failed records out before reporting the failure).
 //!
-//! Accounts and tokens are written straight to fjall with `PersistMode::SyncAll` (they are rare, and must be
-//! readable at once).
+//! Accounts, tokens, settings and deletion markers are written straight to fjall, each change as one batch with
+//! `PersistMode::SyncAll` (they are rare, and must be readable at once): durable when the call returns `Ok`. A
+//! rename is one such batch (the account's old and new keys and every token of the login), so after a crash the
+//! account and its tokens are under exactly one of the two logins.
+//!
+//! # Deleted messages
+//!
+//! Chunks are never rewritten. Deleting a message writes a marker under the room's prefix and the id; a history
+//! read skips marked ids (one point lookup per candidate, and none at all for a room without markers, which one
+//! seek tells) and keeps reading older chunks until its page is full. `delete_message` first waits for the index
+//! like a history read, so a message that was acknowledged but only in the commit log is found; the marker does
+//! not care where the message is, so replaying the log after a crash cannot bring it back.
 //!
 //! # Failure and recovery without a restart
 //!
@@ -102,7 +114,7 @@ use crate::commit_log::{self, CommitLog, RecordKind, SealedSegments};
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
 use crate::record::{AccountRecord, ArchivedMessageRecord, MessageRecord, TokenRecord};
-use crate::{Health, ROOM_BYTES_MAX, Store};
+use crate::{Health, ROOM_BYTES_MAX, Store, settings};
 
 /// Block cache of the embedded store. Recent history of active rooms is what gets read; it is small.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -212,6 +224,8 @@ struct Index {
     tokens: Keyspace,
     login_tokens: Keyspace,
     meta: Keyspace,
+    settings: Keyspace,
+    deleted: Keyspace,
 }
 
 impl Index {
@@ -252,6 +266,8 @@ impl Index {
         let tokens = keyspace("tokens")?;
         let login_tokens = keyspace("login_tokens")?;
         let meta = keyspace("meta")?;
+        let settings = keyspace("settings")?;
+        let deleted = keyspace("deleted_messages")?;
         Ok(Index {
             db,
             messages,
@@ -259,6 +275,8 @@ impl Index {
             tokens,
             login_tokens,
             meta,
+            settings,
+            deleted,
         })
     }
 
@@ -1074,6 +1092,9 @@ fn newest_first(
         return Ok(Vec::new());
     }
     let prefix_len = prefix.len();
+    // Most rooms never had a message deleted: one seek tells, and spares them a lookup per message.
+    let any_deleted = index.deleted.prefix(&prefix).next().is_some();
+    let mut deleted_key = prefix.clone();
     let iter = match before {
         // Chunks that start at or after `before` hold nothing older than it; their keys sort after this end.
         Some(id) => {
@@ -1122,6 +1143,13 @@ fn newest_first(
             if best.contains_key(&id) {
                 continue;
             }
+            if any_deleted {
+                deleted_key.truncate(prefix_len);
+                deleted_key.extend_from_slice(&id.to_be_bytes());
+                if index.deleted.contains_key(&deleted_key).map_err(io)? {
+                    continue;
+                }
+            }
             let record = rkyv::deserialize::<MessageRecord, rancor::Error>(archived)
                 .map_err(|e| StorageError::Corrupt(format!("message: {e}")))?;
             best.insert(id, record);
@@ -1131,6 +1159,41 @@ fn newest_first(
         }
     }
     Ok(best.into_values().rev().collect())
+}
+
+/// Whether `room` has a message with this id in the index. A chunk spans at most `CHUNK_SPAN_MS_MAX`, so only
+/// the chunks that start in that span before the id (and at the id) can hold it.
+fn message_exists(index: &Index, room: &str, id: MessageId) -> Result<bool> {
+    let prefix = room_prefix(room)?;
+    let prefix_len = prefix.len();
+    let mut start = prefix.clone();
+    start.extend_from_slice(
+        &MessageId::min_for_ms(id.unix_ms().saturating_sub(CHUNK_SPAN_MS_MAX)).to_be_bytes(),
+    );
+    // Keys of chunks whose first id is `id` continue past `prefix + id`; the end is the next id, exclusive.
+    let mut end = prefix;
+    end.extend_from_slice(&id.to_be_bytes());
+    end.extend_from_slice(&[0xff; SUFFIX_BYTES - ID_BYTES]);
+    let mut aligned = AlignedVec::<16>::new();
+    for guard in index.messages.range(start..=end) {
+        let (key, value) = guard.into_inner().map_err(io)?;
+        chunk_first_id(&key, prefix_len)?;
+        aligned.clear();
+        aligned.extend_from_slice(&value);
+        let chunk = rkyv::access::<ArchivedVec<ArchivedMessageRecord>, rancor::Error>(&aligned)
+            .map_err(|e| StorageError::Corrupt(format!("message chunk: {e}")))?;
+        if chunk.iter().any(|m| m.id.0.to_native() == id.0) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The key of a message's deletion marker: the room's chunk prefix and the id.
+fn deleted_key(room: &str, id: MessageId) -> Result<Vec<u8>> {
+    let mut key = room_prefix(room)?;
+    key.extend_from_slice(&id.to_be_bytes());
+    Ok(key)
 }
 
 impl Store for EmbeddedStore {
@@ -1253,6 +1316,108 @@ impl Store for EmbeddedStore {
         }
         wb.commit().map_err(|e| self.index_error(e))?;
         Ok(true)
+    }
+
+    fn rename_account(&self, old_login: &str, new_login: &str) -> Result<AccountRecord> {
+        let old_prefix = login_prefix(old_login)?;
+        login_prefix(new_login)?;
+        let index = self.inner.index()?;
+        let _guard = self.account_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(bytes) = index.accounts.get(old_login.as_bytes()).map_err(io)? else {
+            return Err(StorageError::NotFound(format!("no account {old_login:?}")));
+        };
+        if old_login == new_login
+            || index
+                .accounts
+                .contains_key(new_login.as_bytes())
+                .map_err(io)?
+        {
+            return Err(StorageError::AlreadyExists);
+        }
+        let mut account = codec::decode_account(&bytes)?;
+        account.login = new_login.to_owned();
+        // One batch, so a crash leaves the account, and every token, under exactly one of the two logins.
+        let mut wb = index.db.batch().durability(Some(PersistMode::SyncAll));
+        wb.remove(&index.accounts, old_login.as_bytes());
+        wb.insert(
+            &index.accounts,
+            new_login.as_bytes(),
+            codec::encode_account(&account)?.as_slice(),
+        );
+        for guard in index.login_tokens.prefix(&old_prefix) {
+            let (key, expires) = guard.into_inner().map_err(io)?;
+            let sha: [u8; 32] = key
+                .get(key.len().saturating_sub(32)..)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| StorageError::Corrupt("login token key is malformed".into()))?;
+            wb.remove(&index.login_tokens, key.to_vec());
+            let Some(mut token) = index
+                .tokens
+                .get(sha)
+                .map_err(io)?
+                .map(|b| decode_token(&b))
+                .transpose()?
+                .flatten()
+            else {
+                // A token in the old format (no expiry) counts as expired: it is dropped, not moved.
+                wb.remove(&index.tokens, sha.as_slice());
+                continue;
+            };
+            token.login = new_login.to_owned();
+            wb.insert(&index.tokens, sha.as_slice(), encode_token(&token));
+            wb.insert(
+                &index.login_tokens,
+                login_token_key(&token, &sha)?,
+                expires.to_vec(),
+            );
+        }
+        wb.commit().map_err(|e| self.index_error(e))?;
+        Ok(account)
+    }
+
+    fn delete_message(&self, room: &str, id: MessageId) -> Result<bool> {
+        let key = deleted_key(room, id)?;
+        // Waiting for the index means a message acknowledged but still only in the commit log is found too. The
+        // marker does not depend on where the message is: reads check it whatever the index holds, and it is
+        // durable before this returns, so a replay of the log after a crash cannot bring the message back.
+        let index = self.index_for_history()?;
+        if !message_exists(&index, room, id)? {
+            return Ok(false);
+        }
+        let mut wb = index.db.batch().durability(Some(PersistMode::SyncAll));
+        wb.insert(&index.deleted, key, []);
+        wb.commit().map_err(|e| self.index_error(e))?;
+        Ok(true)
+    }
+
+    fn put_setting(&self, key: &str, value: &[u8]) -> Result<()> {
+        settings::key_scope(key)?;
+        settings::check_value(value)?;
+        let index = self.inner.index()?;
+        let mut wb = index.db.batch().durability(Some(PersistMode::SyncAll));
+        wb.insert(&index.settings, key.as_bytes(), value);
+        wb.commit().map_err(|e| self.index_error(e))
+    }
+
+    fn delete_setting(&self, key: &str) -> Result<()> {
+        settings::key_scope(key)?;
+        let index = self.inner.index()?;
+        let mut wb = index.db.batch().durability(Some(PersistMode::SyncAll));
+        wb.remove(&index.settings, key.as_bytes());
+        wb.commit().map_err(|e| self.index_error(e))
+    }
+
+    fn settings(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        settings::prefix_scope(prefix)?;
+        let index = self.inner.index()?;
+        let mut out = Vec::new();
+        for guard in index.settings.prefix(prefix.as_bytes()).take(limit) {
+            let (key, value) = guard.into_inner().map_err(io)?;
+            let key = String::from_utf8(key.to_vec())
+                .map_err(|_| StorageError::Corrupt("setting key is not UTF-8".into()))?;
+            out.push((key, value.to_vec()));
+        }
+        Ok(out)
     }
 
     fn health(&self) -> Health {
@@ -1385,5 +1550,47 @@ mod tests {
             store.sealed_segments_for_test() <= 3,
             "covered segments are retired"
         );
+    }
+
+    #[test]
+    fn a_message_only_in_the_log_can_be_deleted_and_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut ids = MessageIdGen::new(0, 0);
+        let before = batch(&mut ids, 1_700_000_000_000, 30);
+        store.append_messages(&before).unwrap();
+        // The index fails: what is appended now is acknowledged from the log alone, until the indexer has reopened
+        // fjall and replayed the log into it.
+        store
+            .inner
+            .set_failure(Some("injected index failure".into()));
+        let logged = batch(&mut ids, 1_700_000_001_000, 30);
+        store.append_messages(&logged).unwrap();
+        let victim = &logged[29];
+        assert!(store.delete_message(&victim.room, victim.id).unwrap());
+        let room_ids = |store: &EmbeddedStore| -> Vec<MessageId> {
+            store
+                .messages_before(&victim.room, None, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        let mut expected: Vec<MessageId> = before
+            .iter()
+            .chain(&logged)
+            .filter(|m| m.room == victim.room && m.id != victim.id)
+            .map(|m| m.id)
+            .collect();
+        expected.reverse();
+        assert_eq!(room_ids(&store), expected);
+        assert_eq!(
+            store.recent_messages(&victim.room, 1).unwrap()[0].id,
+            expected[0],
+            "the newest message left, not the deleted one"
+        );
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(room_ids(&store), expected, "and after reopening");
     }
 }

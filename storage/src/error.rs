@@ -15,6 +15,9 @@ pub enum StorageError {
     /// An account with this login already exists.
     #[error("already exists")]
     AlreadyExists,
+    /// The account (or other record) the request names does not exist; nothing was written.
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The store failed (IO error, disk full, cluster unavailable). Nothing from the failed batch was acknowledged.
     #[error("store failed: {0}")]
     Io(String),
@@ -66,6 +69,7 @@ mod tests {
         }
         for e in [
             StorageError::AlreadyExists,
+            StorageError::NotFound("x".into()),
             StorageError::Corrupt("x".into()),
             StorageError::Invalid("x".into()),
         ] {

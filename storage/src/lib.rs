@@ -1,5 +1,6 @@
-//! Durable storage for Twitchy Chat: chat history, accounts and session tokens, on one machine (embedded, the
-//! default) or on a ScyllaDB cluster, behind one coalescing writer.
+//! Durable storage for Twitchy Chat: chat history, accounts and session tokens, and the moderation state (a
+//! settings map, deleted messages, renames), on one machine (embedded, the default) or on a ScyllaDB cluster,
+//! behind one coalescing writer.
 //!
 //! # Bird's-eye view
 //!
@@ -12,9 +13,12 @@
 //!        └──────────── AppendAck (oneshot) ◀── after the batch is durable ─┘
 //!  account/login_for_token ─▶ [auth queue] ─────▶ auth threads ────▶ Store::account / token
 //!  recent/messages_before ──▶ [history queue] ──▶ history threads ─▶ Store::recent_messages / messages_before
-//!  create_account/put_token/revoke_token ─▶ [account write queue] ─▶ account threads ─▶ Store::...
+//!  settings (scans) ────────▶ [history queue]                     ─▶ Store::settings
+//!  create_account/put_token/revoke_token/rename_account/
+//!  delete_message/put_setting/delete_setting ─▶ [account write queue] ─▶ account threads ─▶ Store::...
 //!
 //!  EmbeddedStore::append_messages: encode ─▶ commit log append + fdatasync (ack point) ─▶ indexer ─▶ fjall
+//!  EmbeddedStore settings, deletion markers, accounts, tokens: one fjall batch each, SyncAll (durable on Ok)
 //! ```
 //!
 //! - [`Store`] is what the engine needs from a store, synchronous and blocking. Two implementations:
@@ -26,7 +30,21 @@
 //!   appends and requests are `try_send`s into bounded flume channels, and the answers come back on
 //!   `futures-channel` oneshots, which any executor (glommio included) can await. Auth lookups, history reads and
 //!   account writes each have their own bounded queue and threads, so a flood of one kind answers `Busy` for that
-//!   kind only.
+//!   kind only. Renames, message deletions and settings writes are account writes (rare, and they must not wait
+//!   behind history reads); settings scans share the history pool (range reads like history pages, kept off the
+//!   auth pool so that loading a room with many bans cannot delay logins).
+//! - The [`Store`] trait's parts: history (`append_messages`, `recent_messages`, `messages_before`,
+//!   `delete_message`), accounts and tokens (`create_account`, `account`, `rename_account`, `put_token`, `token`,
+//!   `revoke_token`), the settings map (`put_setting`, `delete_setting`, `settings`; keys and limits in
+//!   [`settings`]), and health (`health`, `recover`).
+//! - Deleted messages are never rewritten: a durable marker per deleted id (a fjall keyspace; a ScyllaDB table
+//!   partitioned like the messages) is checked by every history read, which skips marked messages and keeps
+//!   reading older ones until its page is full. A message acknowledged but not yet indexed is found because the
+//!   deletion waits for the index, and stays hidden after a crash because the marker is durable before the
+//!   deletion returns, whatever the replay of the log brings back.
+//! - A rename moves the account and every token of the old login in one atomic step: one fjall batch
+//!   (embedded), or a lightweight transaction that reserves the new login followed by one LOGGED batch
+//!   (ScyllaDB; see [`scylla_store`] for what a crash between the two leaves and how a retry finishes it).
 //! - The writer (module `coalescer`) takes the first queued message, keeps gathering for at most
 //!   `batch_wait_us_max` or until `batch_messages_max` messages or `batch_bytes_max` bytes, hands the batch to
 //!   the store, and only when the store returns `Ok` (durable) completes every acknowledgement in it. While one
@@ -51,9 +69,11 @@
 //! nothing.
 //!
 //! **API boundary:** the engine uses [`open_store`], [`StorageService`], [`StorageHandle`] (including
-//! [`StorageHandle::health`] and [`StorageHandle::revoke_token`]), [`CoalescerConfig`], [`Health`], the records,
-//! [`StorageError`] (with [`StorageError::is_transient`]: "try again", never "invalid token") and
-//! [`MessageIdGen`]; the store types are public for tests, tools and benchmarks.
+//! [`StorageHandle::health`], [`StorageHandle::revoke_token`], [`StorageHandle::rename_account`],
+//! [`StorageHandle::delete_message`] and the settings calls), [`CoalescerConfig`], [`Health`], the records,
+//! [`StorageError`] (with [`StorageError::is_transient`]: "try again", never "invalid token"; `NotFound` and
+//! `AlreadyExists` are answers, not failures), the settings limits and [`MessageIdGen`]; the store types are
+//! public for tests, tools and benchmarks.
 //!
 //! # Where the 100+ ms ack tails came from, and why a commit log in front of fjall: measured
 //!
@@ -148,13 +168,19 @@
 //! - `tests/coalescer.rs`: backpressure (`Busy` at `queue_messages_max`), batches closed by count, bytes and
 //!   time, shutdown draining, a failing store (failed acks, `Unavailable` at once afterwards, health and metrics,
 //!   recovery once the store heals, no failed message stored), a panicking store (`Health::Failed`), a flood of
-//!   history reads not starving token lookups, acks completed across threads.
+//!   history reads not starving token lookups or settings writes (settings scans answer `Busy` with history),
+//!   acks completed across threads, renames, deletions and settings through the handle.
 //! - `tests/embedded.rs`: history order and paging, rooms whose names prefix each other, overlapping and late
 //!   batches against a brute-force answer (`TWITCHY_TEST_SEED` replays), accounts, token expiry, revocation and
-//!   the per-login cap with an injected clock, reopen.
+//!   the per-login cap with an injected clock, reopen; settings by prefix, order, limit, validation and reopen;
+//!   deleted messages hidden from recent and paged reads with full pages, across reopen; renames keeping the
+//!   user id and tokens (and the cap counting them), freeing the old login, refusing taken and unknown logins,
+//!   across reopen. A unit test deletes a message acknowledged while the index was failed (so only in the log).
 //! - `tests/crash.rs` (own harness): 20 rounds of a child process writing acknowledged messages at full speed,
 //!   killed with SIGKILL at a random moment; after each, every acknowledged message is present once and intact.
-//!   `TWITCHY_CRASH_ROUNDS`, `TWITCHY_CRASH_SEED` (printed) tune and replay it.
+//!   Then a quarter as many rounds of a child writing and deleting settings and deleting messages: every change
+//!   that returned `Ok` holds after the kill. `TWITCHY_CRASH_ROUNDS`, `TWITCHY_CRASH_SEED` (printed) tune and
+//!   replay it.
 //! - `tests/disk_full.rs` (own harness): a child writes under `RLIMIT_FSIZE` (with `SIGXFSZ` ignored), so a log
 //!   write fails with `EFBIG` like a full disk; nothing more is acknowledged, nothing panics, and the reopened
 //!   store has every acknowledged message and takes new writes.
@@ -164,8 +190,11 @@
 //! - `tests/scylla_kassandra.rs`: schema creation and the write path over real CQL v4 against an in-process
 //!   `kassandra` node on 127.0.0.1 (ephemeral port): every row in its partition once, UNLOGGED single-partition
 //!   batches at `LOCAL_QUORUM`, index rows; failed BATCH requests (injected) retried with the same ids and stored
-//!   once; tokens with expiry, cap and revocation. That node ignores clustering ranges and `LIMIT`, so history
-//!   reads are not tested there.
+//!   once; tokens with expiry, cap and revocation; settings rows and scope scans; deletion markers; renames (one
+//!   LOGGED batch, tokens moved, a rename cut off after its claim finished by a retry). That node ignores
+//!   clustering ranges and `LIMIT` and has no lightweight transactions (the test node answers `IF NOT EXISTS`
+//!   on `accounts` itself), so history reads and settings prefixes deeper than a scope are not tested there; the
+//!   history walk with deletions is tested against an in-memory model in the unit tests.
 //! - `tests/scylla_cluster.rs`: the whole [`Store`] trait through the coalescer against a real cluster, in a
 //!   fresh keyspace that is dropped afterwards:
 //!   `SCYLLA_NODES=10.0.0.1:9042,10.0.0.2:9042 [SCYLLA_RF=3] cargo test --release -p twitchy-storage --test
@@ -180,6 +209,7 @@ pub mod id;
 mod metrics;
 pub mod record;
 pub mod scylla_store;
+pub mod settings;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -192,6 +222,7 @@ pub use error::{Result, StorageError};
 pub use id::{MessageId, MessageIdGen};
 pub use record::{AccountRecord, MessageRecord, TokenRecord};
 pub use scylla_store::ScyllaStore;
+pub use settings::{SETTING_KEY_BYTES_MAX, SETTING_VALUE_BYTES_MAX};
 
 /// Whether a store can take writes, and if not why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +300,24 @@ pub trait Store: Send + Sync + 'static {
     fn token(&self, token_sha256: [u8; 32]) -> Result<Option<TokenRecord>>;
     /// Revokes a token durably; `false` if it was not known.
     fn revoke_token(&self, token_sha256: [u8; 32]) -> Result<bool>;
+    /// Moves the account `old_login` to `new_login` durably and atomically, keeping its user id, password hash,
+    /// colour and creation time, and returns the moved record. Every token of the old login now belongs to the
+    /// new one ([`Store::token`] answers the new login, and the per-login cap counts them). The old login is free
+    /// afterwards. `AlreadyExists` if `new_login` is taken (including `new_login == old_login`), `NotFound` if
+    /// `old_login` has no account.
+    fn rename_account(&self, old_login: &str, new_login: &str) -> Result<AccountRecord>;
+    /// Marks a message of `room` deleted, durably: from then on history reads skip it (and fill their page with
+    /// older messages). Returns whether the room has a message with this id (deleted before or not, so a retry
+    /// answers the same); for an unknown id nothing is written.
+    fn delete_message(&self, room: &str, id: MessageId) -> Result<bool>;
+    /// Sets a settings key (see [`settings`] for the key rules and size limits) durably.
+    fn put_setting(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// Removes a settings key durably; removing an absent key is not an error.
+    fn delete_setting(&self, key: &str) -> Result<()>;
+    /// Every settings key starting with `prefix`, with its value, in key (byte) order, at most `limit` of them.
+    /// `prefix` must start with a scope and a slash (`room/lobby/`); it may continue into a key, or be a whole
+    /// key.
+    fn settings(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>>;
     /// The store's own view of its health. Cheap and non-blocking: called from the health endpoint.
     fn health(&self) -> Health {
         Health::Healthy

@@ -13,7 +13,12 @@
 //! accounts     PRIMARY KEY (login)                 -- created with IF NOT EXISTS (a lightweight transaction)
 //! sessions     PRIMARY KEY (token)                 -- SHA-256 of the session token, login, issued, expires
 //! login_sessions PRIMARY KEY ((login), issued_unix_ms, token) -- a login's tokens, oldest first (for the cap)
+//! deleted_messages PRIMARY KEY ((room, bucket), id) -- deletion markers, partitioned like the messages
+//! settings     PRIMARY KEY ((scope), setting_key)  -- scope = the key's first two segments, e.g. room/lobby
 //! ```
+//!
+//! `accounts.renamed_from` (added with `ALTER TABLE` to tables created before it existed) marks a row as a
+//! rename's reservation while the rename is unfinished; null or '' is an account.
 //!
 //! The `tokens` table of earlier versions (no expiry) is no longer read: those tokens count as expired. Expired
 //! session rows are deleted when their login is next issued a token.
@@ -44,6 +49,26 @@
 //! partition read and a quiet one by a few rounds. Each bucket read is paged by id (`id < last seen`,
 //! [`MESSAGES_PAGE_MAX`] rows at a time), so no request ever returns an unbounded result.
 //!
+//! A history read also reads the deleted ids of each bucket it reads (concurrently with the bucket's first page)
+//! and skips them, reading further pages of the bucket, and further buckets, until its page is full. Deleting a
+//! message reads the message's row (so that the answer says whether it exists) and writes the marker; the row
+//! itself stays.
+//!
+//! Settings scans of a whole scope read its partition, paged; a longer prefix reads the clustering range from the
+//! prefix on and stops at the first key past it.
+//!
+//! # Renames
+//!
+//! A lightweight transaction cannot span partitions, so a rename is two steps: `INSERT ... IF NOT EXISTS` of the
+//! new login's row with `renamed_from` set (the claim: it makes the new login unique exactly as registration
+//! does, and the row is not yet an account: `account()` ignores it), then one LOGGED batch that deletes the old
+//! row, marks the new one finished, points every session of the old login at the new one and moves its
+//! `login_sessions` rows. The batchlog makes the second step all-or-nothing. A crash between the steps leaves
+//! the old login owning the account and the new login reserved for it; retrying the same rename finds its own
+//! reservation (same user id, same `renamed_from`) and finishes. Sessions are moved with `UPDATE ... SET login`,
+//! so a session revoked during the rename can come back only as a row without its times, which reads as unknown
+//! (its `login_sessions` row may survive until it expires and counts toward the cap meanwhile).
+//!
 //! # Writes
 //!
 //! One `append_messages` call groups the batch by partition `(room, bucket)`, splits each group into UNLOGGED
@@ -58,7 +83,7 @@
 //! bounded time. The driver's default token- and shard-aware load balancing is left on; a single-partition batch
 //! is routed to that partition's replica and shard.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -77,7 +102,7 @@ use crate::coalescer::record_bytes;
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
 use crate::record::{AccountRecord, MessageRecord, TokenRecord};
-use crate::{ROOM_BYTES_MAX, Store};
+use crate::{ROOM_BYTES_MAX, Store, settings};
 
 /// Width of a message partition's time bucket, in milliseconds. See the module docs for the arithmetic.
 pub const BUCKET_MS: u64 = 1000;
@@ -107,8 +132,10 @@ pub const APPEND_RETRY_BACKOFF_MS: u64 = 50;
 /// Longest one attempt (or one read) may take, in milliseconds, so that a hung cluster cannot hang the writer
 /// (and with it shutdown) for longer.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
-/// Most session rows of one login read when a token is issued.
+/// Most session rows of one login read when a token is issued or the login renamed.
 const LOGIN_SESSIONS_READ_MAX: usize = 1000;
+/// Rows per page of the paged reads (deleted message ids of a bucket, settings of a scope).
+pub const ROWS_PAGE_MAX: usize = 1000;
 /// Driver worker threads. The driver is IO-bound; the storage threads block on it from outside.
 const RUNTIME_THREADS: usize = 2;
 
@@ -152,7 +179,7 @@ fn schema_statements(keyspace: &str, replication_factor: u32) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.accounts (login text, user_id bigint, password_hash text, \
-             color text, created_unix_ms bigint, PRIMARY KEY (login))"
+             color text, created_unix_ms bigint, renamed_from text, PRIMARY KEY (login))"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.sessions (token blob, login text, issued_unix_ms bigint, \
@@ -162,7 +189,23 @@ fn schema_statements(keyspace: &str, replication_factor: u32) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {keyspace}.login_sessions (login text, issued_unix_ms bigint, token blob, \
              expires_unix_ms bigint, PRIMARY KEY ((login), issued_unix_ms, token))"
         ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.deleted_messages (room text, bucket bigint, id blob, \
+             PRIMARY KEY ((room, bucket), id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.settings (scope text, setting_key text, setting_value blob, \
+             PRIMARY KEY ((scope), setting_key))"
+        ),
     ]
+}
+
+/// Adds the column that tables created before renames existed lack. Run after [`schema_statements`]; a server
+/// that already has the column rejects it, which is fine.
+fn schema_upgrade_statements(keyspace: &str) -> Vec<String> {
+    vec![format!(
+        "ALTER TABLE {keyspace}.accounts ADD renamed_from text"
+    )]
 }
 
 const MESSAGE_COLUMNS: &str =
@@ -184,6 +227,18 @@ struct Prepared {
     select_login_sessions: PreparedStatement,
     delete_session: PreparedStatement,
     delete_login_session: PreparedStatement,
+    insert_renamed_account: PreparedStatement,
+    delete_account: PreparedStatement,
+    clear_renamed_from: PreparedStatement,
+    set_session_login: PreparedStatement,
+    delete_login_sessions: PreparedStatement,
+    select_message_id: PreparedStatement,
+    insert_deleted: PreparedStatement,
+    select_deleted: PreparedStatement,
+    insert_setting: PreparedStatement,
+    delete_setting: PreparedStatement,
+    select_settings_scope: PreparedStatement,
+    select_settings_from: PreparedStatement,
 }
 
 /// The newest bucket and epoch whose index rows are known to be written, per room.
@@ -299,6 +354,18 @@ impl ScyllaStore {
                 .await
                 .map_err(|e| StorageError::Io(format!("creating schema: {e}")))?;
         }
+        for statement in schema_upgrade_statements(ks) {
+            match session.query_unpaged(statement.clone(), &[]).await {
+                Ok(_) => log::info!("storage: upgraded the schema: {statement}"),
+                // The column exists already (the usual case: the table was created with it). Had the statement
+                // failed for another reason, preparing the statements that use the column fails below.
+                Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                    DbError::Invalid | DbError::SyntaxError | DbError::ConfigError,
+                    _,
+                ))) => {}
+                Err(e) => return Err(StorageError::Io(format!("upgrading schema: {e}"))),
+            }
+        }
         // Fresh metadata lets token-aware routing see the new keyspace's replication at once. If it cannot be
         // fetched (a node with incomplete system tables), requests still work and the driver refreshes
         // periodically, so this is only a warning.
@@ -314,6 +381,15 @@ impl ScyllaStore {
                     .map_err(|e| StorageError::Io(format!("{cql}: {e}")))?;
                 p.set_consistency(Consistency::LocalQuorum);
                 p.set_is_idempotent(idempotent);
+                Ok::<_, StorageError>(p)
+            }
+        };
+        // Statements read with paging: each page is one bounded request.
+        let prepare_paged = |cql: String| {
+            let prepare = &prepare;
+            async move {
+                let mut p = prepare(cql, true).await?;
+                p.set_page_size(ROWS_PAGE_MAX as i32);
                 Ok::<_, StorageError>(p)
             }
         };
@@ -366,7 +442,8 @@ impl ScyllaStore {
             .await?,
             select_account: prepare(
                 format!(
-                    "SELECT login, user_id, password_hash, color, created_unix_ms FROM {ks}.accounts WHERE login = ?"
+                    "SELECT login, user_id, password_hash, color, created_unix_ms, renamed_from FROM {ks}.accounts \
+                     WHERE login = ?"
                 ),
                 true,
             )
@@ -406,6 +483,62 @@ impl ScyllaStore {
                 ),
                 true,
             )
+            .await?,
+            // The rename's claim on the new login: a lightweight transaction, like account creation. The row is
+            // a reservation (`renamed_from` set) until the rename's logged batch clears it.
+            insert_renamed_account: prepare(
+                format!(
+                    "INSERT INTO {ks}.accounts (login, user_id, password_hash, color, created_unix_ms, renamed_from) \
+                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+                ),
+                false,
+            )
+            .await?,
+            delete_account: prepare(format!("DELETE FROM {ks}.accounts WHERE login = ?"), true).await?,
+            // Sets `renamed_from` to '' (finished) rather than deleting the cell: the in-process test node can
+            // neither prepare a column DELETE nor store a null.
+            clear_renamed_from: prepare(
+                format!("UPDATE {ks}.accounts SET renamed_from = ? WHERE login = ?"),
+                true,
+            )
+            .await?,
+            // An UPDATE, not an INSERT: a token revoked meanwhile comes back, if at all, as a row without its
+            // times, which reads as unknown.
+            set_session_login: prepare(format!("UPDATE {ks}.sessions SET login = ? WHERE token = ?"), true)
+                .await?,
+            delete_login_sessions: prepare(format!("DELETE FROM {ks}.login_sessions WHERE login = ?"), true)
+                .await?,
+            select_message_id: prepare(
+                format!("SELECT id FROM {ks}.messages WHERE room = ? AND bucket = ? AND id = ?"),
+                true,
+            )
+            .await?,
+            insert_deleted: prepare(
+                format!("INSERT INTO {ks}.deleted_messages (room, bucket, id) VALUES (?, ?, ?)"),
+                true,
+            )
+            .await?,
+            select_deleted: prepare_paged(format!(
+                "SELECT id FROM {ks}.deleted_messages WHERE room = ? AND bucket = ?"
+            ))
+            .await?,
+            insert_setting: prepare(
+                format!("INSERT INTO {ks}.settings (scope, setting_key, setting_value) VALUES (?, ?, ?)"),
+                true,
+            )
+            .await?,
+            delete_setting: prepare(
+                format!("DELETE FROM {ks}.settings WHERE scope = ? AND setting_key = ?"),
+                true,
+            )
+            .await?,
+            select_settings_scope: prepare_paged(format!(
+                "SELECT setting_key, setting_value FROM {ks}.settings WHERE scope = ?"
+            ))
+            .await?,
+            select_settings_from: prepare_paged(format!(
+                "SELECT setting_key, setting_value FROM {ks}.settings WHERE scope = ? AND setting_key >= ?"
+            ))
             .await?,
         };
         Ok((session, statements))
@@ -560,6 +693,8 @@ trait HistoryReads {
         bucket_max: i64,
         limit: usize,
     ) -> Result<Vec<i64>>;
+    /// The ids of the bucket's messages that are marked deleted.
+    async fn deleted_in_bucket(&self, room: &str, bucket: i64) -> Result<HashSet<MessageId>>;
     /// Up to `limit` messages of one bucket with id `< before` (all if `None`), newest first.
     async fn bucket_page(
         &self,
@@ -571,6 +706,22 @@ trait HistoryReads {
 }
 
 impl HistoryReads for ScyllaStore {
+    async fn deleted_in_bucket(&self, room: &str, bucket: i64) -> Result<HashSet<MessageId>> {
+        let mut rows = self
+            .session
+            .execute_iter(self.statements.select_deleted.clone(), (room, bucket))
+            .await
+            .map_err(io)?
+            .rows_stream::<(Vec<u8>,)>()
+            .map_err(corrupt)?;
+        let mut out = HashSet::new();
+        while let Some(row) = rows.next().await {
+            let (id,) = row.map_err(io)?;
+            out.insert(message_id(id)?);
+        }
+        Ok(out)
+    }
+
     async fn newest_epoch(&self, room: &str, epoch_max: i64) -> Result<Option<i64>> {
         let result = self
             .session
@@ -623,7 +774,9 @@ impl HistoryReads for ScyllaStore {
     }
 }
 
-/// Up to `want` messages of one bucket with id `< before`, newest first, in pages of [`MESSAGES_PAGE_MAX`].
+/// Up to `want` messages of one bucket with id `< before` that are not deleted, newest first, in pages of
+/// [`MESSAGES_PAGE_MAX`]. The bucket's deleted ids are read alongside its first page; a page that loses rows to
+/// them is followed by another, so the result is as long as without deletions wherever the bucket allows.
 async fn bucket_newest_first<H: HistoryReads>(
     h: &H,
     room: &str,
@@ -632,9 +785,16 @@ async fn bucket_newest_first<H: HistoryReads>(
     want: usize,
 ) -> Result<Vec<MessageRecord>> {
     let mut out = Vec::new();
-    while out.len() < want {
-        let page = (want - out.len()).min(MESSAGES_PAGE_MAX);
-        let rows = h.bucket_page(room, bucket, before, page).await?;
+    if want == 0 {
+        return Ok(out);
+    }
+    let mut page = want.min(MESSAGES_PAGE_MAX);
+    let (deleted, mut rows) = futures_util::future::try_join(
+        h.deleted_in_bucket(room, bucket),
+        h.bucket_page(room, bucket, before, page),
+    )
+    .await?;
+    loop {
         let got = rows.len();
         if got > page || rows.iter().any(|m| before.is_some_and(|b| m.id >= b)) {
             return Err(StorageError::Corrupt(
@@ -642,12 +802,13 @@ async fn bucket_newest_first<H: HistoryReads>(
             ));
         }
         before = rows.last().map(|m| m.id);
-        out.extend(rows);
-        if got < page {
-            break;
+        out.extend(rows.into_iter().filter(|m| !deleted.contains(&m.id)));
+        if got < page || out.len() == want {
+            return Ok(out);
         }
+        page = (want - out.len()).min(MESSAGES_PAGE_MAX);
+        rows = h.bucket_page(room, bucket, before, page).await?;
     }
-    Ok(out)
 }
 
 /// Up to `limit` messages of `room` with id `< before` (all if `None`), newest first: epochs newest first, their
@@ -789,6 +950,44 @@ type MessageRow = (
     Option<String>,
 );
 
+/// A message id from its 16-byte `blob` column.
+fn message_id(bytes: Vec<u8>) -> Result<MessageId> {
+    let id: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| StorageError::Corrupt("message id is not 16 bytes".into()))?;
+    Ok(MessageId::from_be_bytes(id))
+}
+
+type AccountRow = (String, i64, String, String, i64, Option<String>);
+
+/// Whether a lightweight transaction applied: it answers with an `[applied]` boolean first column.
+fn applied(result: QueryResult) -> Result<bool> {
+    let row =
+        first_row::<Row>(result)?.ok_or_else(|| corrupt("no [applied] row from IF NOT EXISTS"))?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        _ => Err(corrupt(
+            "the [applied] column of IF NOT EXISTS is not a boolean",
+        )),
+    }
+}
+
+fn check_room(room: &str) -> Result<()> {
+    if room.is_empty() || room.len() > ROOM_BYTES_MAX {
+        return Err(StorageError::Invalid(format!(
+            "room name must be 1..={ROOM_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_login(login: &str) -> Result<()> {
+    if login.is_empty() || login.len() > u8::MAX as usize {
+        return Err(StorageError::Invalid("login must be 1..=255 bytes".into()));
+    }
+    Ok(())
+}
+
 fn message_rows(result: QueryResult, room: &str) -> Result<Vec<MessageRecord>> {
     rows::<MessageRow>(result)?
         .into_iter()
@@ -805,11 +1004,8 @@ fn message_rows(result: QueryResult, room: &str) -> Result<Vec<MessageRecord>> {
                 styled_by,
                 client_nonce,
             )| {
-                let id: [u8; 16] = id
-                    .try_into()
-                    .map_err(|_| StorageError::Corrupt("message id is not 16 bytes".into()))?;
                 Ok(MessageRecord {
-                    id: MessageId::from_be_bytes(id),
+                    id: message_id(id)?,
                     room: room.to_owned(),
                     user_id: user_id as u64,
                     login,
@@ -877,13 +1073,114 @@ impl ScyllaStore {
                 .await
                 .map_err(io)
         }))?;
+        // A row without its times is what a rename's UPDATE leaves of a token revoked meanwhile: unknown.
         Ok(
-            first_row::<(String, i64, i64)>(result)?.map(|(login, issued, expires)| TokenRecord {
-                login,
-                issued_unix_ms: issued as u64,
-                expires_unix_ms: expires as u64,
-            }),
+            match first_row::<(Option<String>, Option<i64>, Option<i64>)>(result)? {
+                Some((Some(login), Some(issued), Some(expires))) => Some(TokenRecord {
+                    login,
+                    issued_unix_ms: issued as u64,
+                    expires_unix_ms: expires as u64,
+                }),
+                _ => None,
+            },
         )
+    }
+
+    /// The account row of a login, with its `renamed_from` while the row is an unfinished rename's reservation
+    /// (`None` for an account: the column is null, or '' once a rename finished).
+    async fn account_row(&self, login: &str) -> Result<Option<(AccountRecord, Option<String>)>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_account, (login,))
+            .await
+            .map_err(io)?;
+        Ok(first_row::<AccountRow>(result)?.map(
+            |(login, user_id, password_hash, color, created_unix_ms, renamed_from)| {
+                let account = AccountRecord {
+                    login,
+                    user_id: user_id as u64,
+                    password_hash,
+                    color,
+                    created_unix_ms: created_unix_ms as u64,
+                };
+                (account, renamed_from.filter(|from| !from.is_empty()))
+            },
+        ))
+    }
+
+    /// See [`Store::rename_account`] and the module docs on renames.
+    async fn rename(&self, old_login: &str, new_login: &str) -> Result<AccountRecord> {
+        let account = match self.account_row(old_login).await? {
+            Some((account, None)) => account,
+            // A reservation of an unfinished rename owns nothing.
+            Some((_, Some(_))) | None => {
+                return Err(StorageError::NotFound(format!("no account {old_login:?}")));
+            }
+        };
+        if old_login == new_login {
+            return Err(StorageError::AlreadyExists);
+        }
+        let moved = AccountRecord {
+            login: new_login.to_owned(),
+            ..account
+        };
+        let claim = (
+            new_login,
+            moved.user_id as i64,
+            moved.password_hash.as_str(),
+            moved.color.as_str(),
+            moved.created_unix_ms as i64,
+            old_login,
+        );
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.insert_renamed_account, claim)
+            .await
+            .map_err(io)?;
+        if !applied(result)? {
+            // The same rename claimed the login before and did not finish (a crash or a timeout): finish it now.
+            match self.account_row(new_login).await? {
+                Some((taken, Some(from)))
+                    if from == old_login && taken.user_id == moved.user_id => {}
+                _ => return Err(StorageError::AlreadyExists),
+            }
+        }
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_login_sessions, (old_login,))
+            .await
+            .map_err(io)?;
+        let sessions = rows::<(i64, Vec<u8>, i64)>(result)?;
+        let text = |s: &str| Some(CqlValue::Text(s.to_owned()));
+        let p = &self.statements;
+        let mut statements = vec![p.delete_account.clone(), p.clear_renamed_from.clone()];
+        let mut values = vec![vec![text(old_login)], vec![text(""), text(new_login)]];
+        for (issued, sha, expires) in sessions {
+            statements.push(p.set_session_login.clone());
+            values.push(vec![text(new_login), Some(CqlValue::Blob(sha.clone()))]);
+            statements.push(p.insert_login_session.clone());
+            values.push(vec![
+                text(new_login),
+                Some(CqlValue::BigInt(issued)),
+                Some(CqlValue::Blob(sha)),
+                Some(CqlValue::BigInt(expires)),
+            ]);
+        }
+        statements.push(p.delete_login_sessions.clone());
+        values.push(vec![text(old_login)]);
+        // LOGGED: the batchlog applies every statement or, after a coordinator failure, replays them all, so the
+        // account and its tokens end up under the new login only.
+        let mut batch = Batch::new_with_statements(
+            BatchType::Logged,
+            statements
+                .into_iter()
+                .map(BatchStatement::PreparedStatement)
+                .collect(),
+        );
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_is_idempotent(true);
+        self.session.batch(&batch, values).await.map_err(io)?;
+        Ok(moved)
     }
 
     async fn delete_token(&self, login: &str, issued_unix_ms: i64, token: &[u8]) -> Result<()> {
@@ -933,6 +1230,107 @@ impl Store for ScyllaStore {
             .block_on(walk_newest_first(self, room, before, limit))
     }
 
+    fn rename_account(&self, old_login: &str, new_login: &str) -> Result<AccountRecord> {
+        check_login(old_login)?;
+        check_login(new_login)?;
+        self.runtime
+            .block_on(bounded("account rename", self.rename(old_login, new_login)))
+    }
+
+    fn delete_message(&self, room: &str, id: MessageId) -> Result<bool> {
+        check_room(room)?;
+        let bucket = bucket_of(id);
+        let id = id.to_be_bytes();
+        self.runtime.block_on(bounded("message deletion", async {
+            let result = self
+                .session
+                .execute_unpaged(
+                    &self.statements.select_message_id,
+                    (room, bucket, id.as_slice()),
+                )
+                .await
+                .map_err(io)?;
+            if first_row::<(Vec<u8>,)>(result)?.is_none() {
+                return Ok(false);
+            }
+            self.session
+                .execute_unpaged(
+                    &self.statements.insert_deleted,
+                    (room, bucket, id.as_slice()),
+                )
+                .await
+                .map_err(io)?;
+            Ok(true)
+        }))
+    }
+
+    fn put_setting(&self, key: &str, value: &[u8]) -> Result<()> {
+        let scope = settings::key_scope(key)?;
+        settings::check_value(value)?;
+        self.runtime.block_on(bounded("setting write", async {
+            self.session
+                .execute_unpaged(&self.statements.insert_setting, (scope, key, value))
+                .await
+                .map_err(io)?;
+            Ok(())
+        }))
+    }
+
+    fn delete_setting(&self, key: &str) -> Result<()> {
+        let scope = settings::key_scope(key)?;
+        self.runtime.block_on(bounded("setting deletion", async {
+            self.session
+                .execute_unpaged(&self.statements.delete_setting, (scope, key))
+                .await
+                .map_err(io)?;
+            Ok(())
+        }))
+    }
+
+    fn settings(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        let scope = settings::prefix_scope(prefix)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // A whole scope is its whole partition; a longer prefix starts a clustering range at itself.
+        let whole_scope = prefix.len() == scope.len() + 1;
+        let mut statement = if whole_scope {
+            self.statements.select_settings_scope.clone()
+        } else {
+            self.statements.select_settings_from.clone()
+        };
+        statement.set_page_size(limit.min(ROWS_PAGE_MAX) as i32);
+        self.runtime.block_on(bounded("settings read", async {
+            let pager = if whole_scope {
+                self.session.execute_iter(statement, (scope,)).await
+            } else {
+                self.session.execute_iter(statement, (scope, prefix)).await
+            };
+            let mut rows = pager
+                .map_err(io)?
+                .rows_stream::<(String, Vec<u8>)>()
+                .map_err(corrupt)?;
+            let mut out = Vec::new();
+            // Rows come in key order from the prefix on, so the first key past the prefix ends the scan.
+            while let Some(row) = rows.next().await {
+                let (key, value) = row.map_err(io)?;
+                if !key.starts_with(prefix) {
+                    if key.as_str() < prefix {
+                        return Err(corrupt(format!(
+                            "settings read returned {key:?}, before the prefix {prefix:?}"
+                        )));
+                    }
+                    break;
+                }
+                out.push((key, value));
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        }))
+    }
+
     fn create_account(&self, account: &AccountRecord) -> Result<()> {
         let values = (
             account.login.as_str(),
@@ -948,37 +1346,17 @@ impl Store for ScyllaStore {
                     .execute_unpaged(&self.statements.insert_account, values),
             )
             .map_err(io)?;
-        // A lightweight transaction answers with an `[applied]` boolean first column.
-        let row = first_row::<Row>(result)?
-            .ok_or_else(|| corrupt("no [applied] row from IF NOT EXISTS"))?;
-        match row.columns.first() {
-            Some(Some(CqlValue::Boolean(true))) => Ok(()),
-            Some(Some(CqlValue::Boolean(false))) => Err(StorageError::AlreadyExists),
-            _ => Err(corrupt(
-                "the [applied] column of IF NOT EXISTS is not a boolean",
-            )),
+        if applied(result)? {
+            Ok(())
+        } else {
+            Err(StorageError::AlreadyExists)
         }
     }
 
     fn account(&self, login: &str) -> Result<Option<AccountRecord>> {
-        let result = self
-            .runtime
-            .block_on(
-                self.session
-                    .execute_unpaged(&self.statements.select_account, (login,)),
-            )
-            .map_err(io)?;
-        Ok(
-            first_row::<(String, i64, String, String, i64)>(result)?.map(
-                |(login, user_id, password_hash, color, created_unix_ms)| AccountRecord {
-                    login,
-                    user_id: user_id as u64,
-                    password_hash,
-                    color,
-                    created_unix_ms: created_unix_ms as u64,
-                },
-            ),
-        )
+        let row = self.runtime.block_on(self.account_row(login))?;
+        // A rename's reservation is not an account until the rename's batch has finished it.
+        Ok(row.and_then(|(account, renamed_from)| renamed_from.is_none().then_some(account)))
     }
 
     fn put_token(
@@ -1079,6 +1457,7 @@ mod tests {
     #[derive(Default)]
     struct Model {
         partitions: BTreeMap<(String, i64), BTreeMap<MessageId, MessageRecord>>,
+        deleted: HashSet<MessageId>,
         reads: Cell<usize>,
     }
 
@@ -1102,7 +1481,7 @@ mod tests {
                 .iter()
                 .filter(|((r, _), _)| r == room)
                 .flat_map(|(_, p)| p.values().cloned())
-                .filter(|m| before.is_none_or(|b| m.id < b))
+                .filter(|m| before.is_none_or(|b| m.id < b) && !self.deleted.contains(&m.id))
                 .collect();
             all.sort_by_key(|m| std::cmp::Reverse(m.id));
             all.truncate(limit);
@@ -1118,6 +1497,17 @@ mod tests {
     }
 
     impl HistoryReads for Model {
+        async fn deleted_in_bucket(&self, room: &str, bucket: i64) -> Result<HashSet<MessageId>> {
+            self.reads.set(self.reads.get() + 1);
+            let Some(p) = self.partitions.get(&(room.to_owned(), bucket)) else {
+                return Ok(HashSet::new());
+            };
+            Ok(p.keys()
+                .filter(|id| self.deleted.contains(id))
+                .copied()
+                .collect())
+        }
+
         async fn newest_epoch(&self, room: &str, epoch_max: i64) -> Result<Option<i64>> {
             self.reads.set(self.reads.get() + 1);
             Ok(self
@@ -1220,6 +1610,12 @@ mod tests {
             .values()
             .flat_map(|p| p.keys().copied())
             .collect();
+        // Deleted messages: scattered single ones, and a whole run of them so that pages must reach past it.
+        for (i, id) in ids.iter().enumerate() {
+            if next() % 7 == 0 || (1200..1500).contains(&i) {
+                model.deleted.insert(*id);
+            }
+        }
         for room in ["busy", "quiet", "other", "nobody"] {
             for limit in [0, 1, 2, 7, 50, 1001, 5000] {
                 assert_eq!(
@@ -1259,12 +1655,33 @@ mod tests {
         let got = walk(&model, "quiet", None, 50);
         assert_eq!(got, model.reference("quiet", None, 50));
         assert_eq!(got.len(), 3);
-        // Per non-empty epoch: the epoch, its buckets (twice at most), one bucket page; then one final epoch read.
+        // Per non-empty epoch: the epoch, its buckets (twice at most), one bucket page and its deleted ids; then
+        // one final epoch read.
         assert!(
-            model.reads.get() <= 3 * 4 + 1,
+            model.reads.get() <= 3 * 5 + 1,
             "{} reads",
             model.reads.get()
         );
+    }
+
+    #[test]
+    fn deleted_messages_are_skipped_and_the_page_filled_from_older_ones() {
+        let mut model = Model::default();
+        let mut g = MessageIdGen::new(0, 0);
+        // One bucket larger than a read page, so that filling up needs a second page of the same bucket.
+        let ids: Vec<MessageId> = (0..MESSAGES_PAGE_MAX + 100)
+            .map(|_| g.next_id(1_700_000_000_000))
+            .collect();
+        for &id in &ids {
+            model.insert(record(id, "busy"));
+        }
+        // The newest 600 are deleted: the newest 500 that remain come from further back.
+        model.deleted.extend(ids[ids.len() - 600..].iter().copied());
+        let got = walk(&model, "busy", None, 500);
+        assert_eq!(got.len(), 500);
+        assert_eq!(got, model.reference("busy", None, 500));
+        assert!(got.iter().all(|m| !model.deleted.contains(&m.id)));
+        assert_eq!(got[0].id, ids[ids.len() - 601]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -12,11 +13,16 @@ use twitchy_storage::{
     Store, TokenRecord,
 };
 
-/// An in-memory store that records every batch it was given.
+/// An in-memory store that records every batch it was given. Accounts and tokens are not kept (creation succeeds,
+/// lookups find nothing); deletions, settings and renames are, so the handle's new requests can be checked.
 #[derive(Default)]
 struct MemoryStore {
     messages: Mutex<Vec<MessageRecord>>,
     batch_sizes: Mutex<Vec<usize>>,
+    deleted: Mutex<HashSet<MessageId>>,
+    settings: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Logins renamed so far, old to new; an account exists for any login named `exists_*`.
+    renamed: Mutex<Vec<(String, String)>>,
 }
 
 impl Store for MemoryStore {
@@ -35,7 +41,7 @@ impl Store for MemoryStore {
             .lock()
             .unwrap()
             .iter()
-            .filter(|m| m.room == room)
+            .filter(|m| m.room == room && !self.deleted.lock().unwrap().contains(&m.id))
             .cloned()
             .collect();
         Ok(all[all.len().saturating_sub(limit)..].to_vec())
@@ -51,7 +57,11 @@ impl Store for MemoryStore {
             .lock()
             .unwrap()
             .iter()
-            .filter(|m| m.room == room && before.is_none_or(|b| m.id < b))
+            .filter(|m| {
+                m.room == room
+                    && before.is_none_or(|b| m.id < b)
+                    && !self.deleted.lock().unwrap().contains(&m.id)
+            })
             .cloned()
             .collect();
         all.reverse();
@@ -72,6 +82,60 @@ impl Store for MemoryStore {
     }
     fn revoke_token(&self, _: [u8; 32]) -> twitchy_storage::Result<bool> {
         Ok(false)
+    }
+    fn rename_account(&self, old: &str, new: &str) -> twitchy_storage::Result<AccountRecord> {
+        if !old.starts_with("exists_") {
+            return Err(StorageError::NotFound(old.into()));
+        }
+        if new.starts_with("exists_") {
+            return Err(StorageError::AlreadyExists);
+        }
+        self.renamed.lock().unwrap().push((old.into(), new.into()));
+        Ok(AccountRecord {
+            login: new.into(),
+            user_id: 7,
+            password_hash: String::new(),
+            color: String::new(),
+            created_unix_ms: 0,
+        })
+    }
+    fn delete_message(&self, room: &str, id: MessageId) -> twitchy_storage::Result<bool> {
+        let exists = self
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.room == room && m.id == id);
+        if exists {
+            self.deleted.lock().unwrap().insert(id);
+        }
+        Ok(exists)
+    }
+    fn put_setting(&self, key: &str, value: &[u8]) -> twitchy_storage::Result<()> {
+        self.settings
+            .lock()
+            .unwrap()
+            .insert(key.into(), value.to_vec());
+        Ok(())
+    }
+    fn delete_setting(&self, key: &str) -> twitchy_storage::Result<()> {
+        self.settings.lock().unwrap().remove(key);
+        Ok(())
+    }
+    fn settings(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .settings
+            .lock()
+            .unwrap()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 
@@ -146,6 +210,25 @@ impl Store for GatedStore {
     }
     fn revoke_token(&self, t: [u8; 32]) -> twitchy_storage::Result<bool> {
         self.inner.revoke_token(t)
+    }
+    fn rename_account(&self, old: &str, new: &str) -> twitchy_storage::Result<AccountRecord> {
+        self.inner.rename_account(old, new)
+    }
+    fn delete_message(&self, room: &str, id: MessageId) -> twitchy_storage::Result<bool> {
+        self.inner.delete_message(room, id)
+    }
+    fn put_setting(&self, key: &str, value: &[u8]) -> twitchy_storage::Result<()> {
+        self.inner.put_setting(key, value)
+    }
+    fn delete_setting(&self, key: &str) -> twitchy_storage::Result<()> {
+        self.inner.delete_setting(key)
+    }
+    fn settings(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.settings(prefix, limit)
     }
 }
 
@@ -222,6 +305,25 @@ impl Store for FailingStore {
     }
     fn revoke_token(&self, t: [u8; 32]) -> twitchy_storage::Result<bool> {
         self.inner.revoke_token(t)
+    }
+    fn rename_account(&self, old: &str, new: &str) -> twitchy_storage::Result<AccountRecord> {
+        self.inner.rename_account(old, new)
+    }
+    fn delete_message(&self, room: &str, id: MessageId) -> twitchy_storage::Result<bool> {
+        self.inner.delete_message(room, id)
+    }
+    fn put_setting(&self, key: &str, value: &[u8]) -> twitchy_storage::Result<()> {
+        self.inner.put_setting(key, value)
+    }
+    fn delete_setting(&self, key: &str) -> twitchy_storage::Result<()> {
+        self.inner.delete_setting(key)
+    }
+    fn settings(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.settings(prefix, limit)
     }
     fn recover(&self) -> twitchy_storage::Result<()> {
         self.recover_calls.fetch_add(1, Ordering::SeqCst);
@@ -647,6 +749,25 @@ impl Store for SlowHistory {
     fn revoke_token(&self, t: [u8; 32]) -> twitchy_storage::Result<bool> {
         self.inner.revoke_token(t)
     }
+    fn rename_account(&self, old: &str, new: &str) -> twitchy_storage::Result<AccountRecord> {
+        self.inner.rename_account(old, new)
+    }
+    fn delete_message(&self, room: &str, id: MessageId) -> twitchy_storage::Result<bool> {
+        self.inner.delete_message(room, id)
+    }
+    fn put_setting(&self, key: &str, value: &[u8]) -> twitchy_storage::Result<()> {
+        self.inner.put_setting(key, value)
+    }
+    fn delete_setting(&self, key: &str) -> twitchy_storage::Result<()> {
+        self.inner.delete_setting(key)
+    }
+    fn settings(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.settings(prefix, limit)
+    }
 }
 
 #[test]
@@ -686,6 +807,22 @@ fn a_flood_of_history_reads_does_not_starve_logins() {
             Some("alice")
         );
     }
+    // Settings scans share the history queue, so they are refused too; settings writes go through the account
+    // write pool and are answered.
+    assert_eq!(
+        block_on(h.settings("room/forsen/", 10)),
+        Err(StorageError::Busy)
+    );
+    block_on(h.put_setting("room/forsen/modes", b"{}".to_vec())).unwrap();
+    assert_eq!(
+        store
+            .inner
+            .settings
+            .lock()
+            .unwrap()
+            .get("room/forsen/modes"),
+        Some(&b"{}".to_vec())
+    );
     *store.release.lock().unwrap() = true;
     store.released.notify_all();
     let results: Vec<_> = stuck.into_iter().map(|t| t.join().unwrap()).collect();
@@ -697,4 +834,62 @@ fn a_flood_of_history_reads_does_not_starve_logins() {
     assert!((11..=12).contains(&busy), "{busy} refused");
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 20 - busy);
     service.shutdown().unwrap();
+}
+
+#[test]
+fn moderation_requests_go_through_the_handle_and_answer() {
+    let store = Arc::new(MemoryStore::default());
+    let service = StorageService::start(store.clone(), CoalescerConfig::default());
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 10);
+    let acks: Vec<_> = msgs.iter().map(|m| h.append(m.clone()).unwrap()).collect();
+    for ack in acks {
+        block_on(ack).unwrap();
+    }
+
+    assert!(block_on(h.delete_message("forsen", msgs[9].id)).unwrap());
+    assert!(!block_on(h.delete_message("xqc", msgs[8].id)).unwrap());
+    assert_eq!(
+        block_on(h.recent_messages("forsen", 3)).unwrap(),
+        msgs[6..9].to_vec(),
+        "the deleted newest message is gone and the page is filled from older ones"
+    );
+    assert!(matches!(
+        block_on(h.delete_message("", msgs[0].id)),
+        Err(StorageError::Invalid(_))
+    ));
+
+    block_on(h.put_setting("room/forsen/modes", b"{\"slow\":30}".to_vec())).unwrap();
+    block_on(h.put_setting("room/forsen/ban/42", b"{}".to_vec())).unwrap();
+    block_on(h.put_setting("room/xqc/modes", b"{}".to_vec())).unwrap();
+    assert_eq!(
+        block_on(h.settings("room/forsen/", 10)).unwrap(),
+        vec![
+            ("room/forsen/ban/42".to_string(), b"{}".to_vec()),
+            ("room/forsen/modes".to_string(), b"{\"slow\":30}".to_vec()),
+        ]
+    );
+    block_on(h.delete_setting("room/forsen/ban/42")).unwrap();
+    assert_eq!(block_on(h.settings("room/forsen/", 10)).unwrap().len(), 1);
+
+    let moved = block_on(h.rename_account("exists_a", "newname")).unwrap();
+    assert_eq!(moved.login, "newname");
+    assert_eq!(
+        *store.renamed.lock().unwrap(),
+        vec![("exists_a".to_string(), "newname".to_string())]
+    );
+    assert_eq!(
+        block_on(h.rename_account("exists_a", "exists_b")),
+        Err(StorageError::AlreadyExists)
+    );
+    assert!(matches!(
+        block_on(h.rename_account("ghost", "newname")),
+        Err(StorageError::NotFound(_))
+    ));
+
+    service.shutdown().unwrap();
+    assert_eq!(
+        block_on(h.put_setting("room/forsen/modes", Vec::new())),
+        Err(StorageError::Closed)
+    );
 }

@@ -2,9 +2,14 @@
 //! embedded store, printing each acknowledged id, and is killed with SIGKILL at a random moment. After every kill
 //! the store is reopened (recovery) and every acknowledged message must be there exactly once, intact.
 //!
+//! Then a few rounds of the same with a child that writes and deletes settings and deletes messages, printing
+//! each change once it returned `Ok`: after every kill, each printed setting has its value, each printed
+//! deletion holds, and no deleted message is read back.
+//!
 //! This file is its own test harness (`harness = false`): run without `TWITCHY_CRASH_CHILD_DIR` it is the parent
-//! (the test); with it, it is the child writer. `TWITCHY_CRASH_ROUNDS` (default 20) and `TWITCHY_CRASH_SEED`
-//! (default: from the clock, always printed) control the run.
+//! (the test); with it, it is the child writer (`TWITCHY_CRASH_KIND=settings` for the settings child).
+//! `TWITCHY_CRASH_ROUNDS` (default 20; the settings rounds are a quarter of it, at least one) and
+//! `TWITCHY_CRASH_SEED` (default: from the clock, always printed) control the run.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -18,6 +23,9 @@ use twitchy_storage::{
 };
 
 const CHILD_ENV: &str = "TWITCHY_CRASH_CHILD_DIR";
+const KIND_ENV: &str = "TWITCHY_CRASH_KIND";
+/// Messages the settings child appends, to delete them one by one.
+const DELETABLE_MESSAGES: u64 = 2000;
 const ROUND_ENV: &str = "TWITCHY_CRASH_ROUND";
 const ROOMS: [&str; 4] = ["forsen", "xqc", "pokimane", "lirik"];
 /// Producer threads in the child, each with its own id generator (shard).
@@ -234,14 +242,160 @@ fn parent() {
             verify.elapsed().as_millis()
         );
     }
+    settings_parent((rounds / 4).max(1), &mut rng, dir.path());
     println!(
         "crash test passed in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
 
+/// The settings child: appends messages to delete, then loops: put a setting, every third step delete an
+/// earlier one, every other step delete a message; each change is printed after it returned `Ok`.
+fn settings_child(dir: &str) {
+    let round: u16 = std::env::var(ROUND_ENV).unwrap().parse().unwrap();
+    let store = EmbeddedStore::open(dir.as_ref()).unwrap();
+    // Shards past those of the message rounds, so that no id repeats.
+    let shard = 500 + round;
+    let mut ids = MessageIdGen::new(0, shard);
+    let doomed: Vec<MessageRecord> = (0..DELETABLE_MESSAGES)
+        .map(|n| record(ids.next_id(now_ms()), shard, n))
+        .collect();
+    store.append_messages(&doomed).unwrap();
+    let mut out = std::io::stdout().lock();
+    for n in 0u64.. {
+        store
+            .put_setting(&setting_key(round, n), &setting_value(n))
+            .unwrap();
+        writeln!(out, "put {n}").unwrap();
+        if n % 3 == 2 {
+            store.delete_setting(&setting_key(round, n - 2)).unwrap();
+            writeln!(out, "del {}", n - 2).unwrap();
+        }
+        if n % 2 == 1 && n / 2 < DELETABLE_MESSAGES {
+            let m = &doomed[(n / 2) as usize];
+            assert!(store.delete_message(&m.room, m.id).unwrap());
+            writeln!(out, "msg {} {}", m.room, m.id).unwrap();
+        }
+        out.flush().unwrap();
+    }
+}
+
+fn setting_key(round: u16, n: u64) -> String {
+    format!("crash/round{round}/key{n:08}")
+}
+
+fn setting_value(n: u64) -> Vec<u8> {
+    format!(
+        "{{\"n\":{n},\"pad\":\"{}\"}}",
+        "x".repeat((n % 200) as usize)
+    )
+    .into_bytes()
+}
+
+fn settings_parent(rounds: u16, rng: &mut Rng, dir: &std::path::Path) {
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..rounds {
+        let mut child = Command::new(&exe)
+            .env(CHILD_ENV, dir)
+            .env(KIND_ENV, "settings")
+            .env(ROUND_ENV, round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let stdout = child.stdout.take().unwrap();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let mut first_tx = Some(first_tx);
+            let mut reader = BufReader::new(stdout);
+            while reader.read_until(b'\n', &mut text).unwrap_or(0) > 0 {
+                if let Some(tx) = first_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            text
+        });
+        first_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the settings child changed nothing within 30 s");
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        // SAFETY: plain syscall on the pid of a child this test started and has not yet reaped.
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill failed");
+        assert!(!child.wait().unwrap().success());
+        // A last line cut by the kill has no newline; it is dropped (a cut "put 12" would read as "put 1").
+        let text = String::from_utf8(reader.join().unwrap()).unwrap();
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        lines.pop();
+
+        let store = EmbeddedStore::open(dir).unwrap();
+        let mut present = std::collections::BTreeMap::new();
+        let mut deleted_messages = Vec::new();
+        for line in lines {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["put", n] => {
+                    if let Ok(n) = n.parse::<u64>() {
+                        present.insert(n, true);
+                    }
+                }
+                ["del", n] => {
+                    if let Ok(n) = n.parse::<u64>() {
+                        present.insert(n, false);
+                    }
+                }
+                ["msg", room, id] => {
+                    if let Ok(id) = id.parse::<MessageId>() {
+                        deleted_messages.push(((*room).to_owned(), id));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let stored: HashMap<String, Vec<u8>> = store
+            .settings(&format!("crash/round{round}/"), usize::MAX)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let last_put = present.keys().max().copied().unwrap_or(0);
+        for (&n, &kept) in &present {
+            let key = setting_key(round, n);
+            // Key n (n % 3 == 0) is deleted right after "put n+2" is printed: if the kill came between that
+            // deletion and its line, the key is gone without a "del" line, and either state is correct.
+            let maybe_deleted = n % 3 == 0 && last_put >= n + 2;
+            if kept && !maybe_deleted {
+                assert_eq!(
+                    stored.get(&key),
+                    Some(&setting_value(n)),
+                    "settings round {round}: {key} was written and is lost after SIGKILL"
+                );
+            } else if !kept {
+                assert!(
+                    !stored.contains_key(&key),
+                    "settings round {round}: {key} was deleted and is back after SIGKILL"
+                );
+            }
+        }
+        for (room, id) in &deleted_messages {
+            let history = read_since(&store, room, *id);
+            assert!(
+                history.iter().all(|m| m.id != *id),
+                "settings round {round}: deleted message {id} is back after SIGKILL"
+            );
+        }
+        println!(
+            "settings round {round}: {} settings changes and {} message deletions acknowledged, all held",
+            present.len(),
+            deleted_messages.len()
+        );
+    }
+}
+
 fn main() {
     match std::env::var(CHILD_ENV) {
+        Ok(dir) if std::env::var(KIND_ENV).as_deref() == Ok("settings") => settings_child(&dir),
         Ok(dir) => child(&dir),
         Err(_) => parent(),
     }

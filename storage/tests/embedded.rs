@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use common::{block_on, message, messages};
 use twitchy_storage::{
-    AccountRecord, CoalescerConfig, EmbeddedStore, MessageId, MessageIdGen, StorageError,
-    StorageService, Store, StoreConfig, open_store,
+    AccountRecord, CoalescerConfig, EmbeddedStore, MessageId, MessageIdGen, SETTING_KEY_BYTES_MAX,
+    SETTING_VALUE_BYTES_MAX, StorageError, StorageService, Store, StoreConfig, open_store,
 };
 
 fn account(login: &str, user_id: u64) -> AccountRecord {
@@ -380,4 +380,251 @@ fn tokens_expire_are_revoked_and_capped_per_login() {
     assert_eq!(store.token([10; 32]).unwrap(), None);
     assert_eq!(store.token([2; 32]).unwrap(), None);
     assert_eq!(store.token([13; 32]).unwrap().unwrap().login, "carol");
+}
+
+#[test]
+fn settings_are_listed_by_prefix_in_key_order_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    // Written out of order, with a room whose name extends another's and a key that sorts between the scopes.
+    for (key, value) in [
+        ("room/lobby/role/7", "mod"),
+        ("room/lobby/ban/42", "ban42"),
+        ("room/lobby2/modes", "other room"),
+        ("room/lobby/modes", "{\"slow\":30}"),
+        ("room/lobby/ban/41", "ban41"),
+        ("user/42/profile", "profile"),
+    ] {
+        store.put_setting(key, value.as_bytes()).unwrap();
+    }
+    let keys = |prefix: &str, limit: usize| -> Vec<String> {
+        store
+            .settings(prefix, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    assert_eq!(
+        keys("room/lobby/", 100),
+        [
+            "room/lobby/ban/41",
+            "room/lobby/ban/42",
+            "room/lobby/modes",
+            "room/lobby/role/7"
+        ]
+    );
+    assert_eq!(
+        keys("room/lobby/", 2),
+        ["room/lobby/ban/41", "room/lobby/ban/42"]
+    );
+    assert!(keys("room/lobby/", 0).is_empty());
+    assert_eq!(
+        keys("room/lobby/ban/", 100),
+        ["room/lobby/ban/41", "room/lobby/ban/42"]
+    );
+    assert_eq!(
+        store.settings("room/lobby/modes", 100).unwrap(),
+        vec![("room/lobby/modes".to_string(), b"{\"slow\":30}".to_vec())]
+    );
+    assert_eq!(keys("user/42/", 100), ["user/42/profile"]);
+    assert!(keys("room/nobody/", 100).is_empty());
+
+    // Overwrite and delete; deleting an absent key is fine.
+    store.put_setting("room/lobby/modes", b"{}").unwrap();
+    store.delete_setting("room/lobby/ban/41").unwrap();
+    store.delete_setting("room/lobby/ban/41").unwrap();
+    drop(store);
+
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.settings("room/lobby/", 100).unwrap(),
+        vec![
+            ("room/lobby/ban/42".to_string(), b"ban42".to_vec()),
+            ("room/lobby/modes".to_string(), b"{}".to_vec()),
+            ("room/lobby/role/7".to_string(), b"mod".to_vec()),
+        ]
+    );
+}
+
+#[test]
+fn bad_setting_keys_prefixes_and_values_are_rejected_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let invalid = |r: twitchy_storage::Result<()>| matches!(r, Err(StorageError::Invalid(_)));
+    assert!(invalid(store.put_setting("room/lobby", b"x")));
+    assert!(invalid(store.put_setting("room//modes", b"x")));
+    let long_key = format!("room/lobby/{}", "k".repeat(SETTING_KEY_BYTES_MAX));
+    assert!(invalid(store.put_setting(&long_key, b"x")));
+    assert!(invalid(store.put_setting(
+        "room/lobby/modes",
+        &vec![b'x'; SETTING_VALUE_BYTES_MAX + 1]
+    )));
+    assert!(invalid(store.delete_setting("room")));
+    assert!(matches!(
+        store.settings("room/", 10),
+        Err(StorageError::Invalid(_))
+    ));
+    store
+        .put_setting("room/lobby/modes", &vec![b'x'; SETTING_VALUE_BYTES_MAX])
+        .unwrap();
+    assert_eq!(store.settings("room/lobby/", 10).unwrap().len(), 1);
+}
+
+#[test]
+fn deleted_messages_leave_history_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = messages("forsen", 0, 1_700_000_000_000, 300);
+    let other = messages("forsenx", 1, 1_700_000_000_000, 10);
+    // The ids deleted: the newest, a run in the middle, and the oldest.
+    let mut gone: Vec<MessageId> = vec![written[299].id, written[0].id];
+    gone.extend(written[100..150].iter().map(|m| m.id));
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        // Appended and deleted at once: the delete does not depend on the indexer having caught up.
+        for chunk in written.chunks(50) {
+            store.append_messages(chunk).unwrap();
+        }
+        store.append_messages(&other).unwrap();
+        for &id in &gone {
+            assert!(store.delete_message("forsen", id).unwrap(), "{id}");
+        }
+        assert!(
+            store.delete_message("forsen", written[0].id).unwrap(),
+            "a second delete still finds the message"
+        );
+        assert!(
+            !store.delete_message("forsen", other[0].id).unwrap(),
+            "another room's"
+        );
+        assert!(
+            !store
+                .delete_message("forsen", MessageId(written[5].id.0 + 1))
+                .unwrap(),
+            "an id never written"
+        );
+        assert!(matches!(
+            store.delete_message("", written[5].id),
+            Err(StorageError::Invalid(_))
+        ));
+    }
+    let kept: Vec<_> = written
+        .iter()
+        .filter(|m| !gone.contains(&m.id))
+        .cloned()
+        .collect();
+    assert_eq!(kept.len(), 248);
+    // After reopening (the log replayed into the index), through the coalescer as the engine reads.
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let service = StorageService::start(store.clone(), CoalescerConfig::default());
+    let h = service.handle();
+    assert_eq!(
+        block_on(h.recent_messages("forsen", 20)).unwrap(),
+        kept[kept.len() - 20..].to_vec(),
+        "a full page, the deleted newest message skipped"
+    );
+    // Paging back across the deleted run: pages stay full and nothing repeats or goes missing.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = block_on(h.messages_before("forsen", before, 30)).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        if paged.len() + page.len() < kept.len() {
+            assert_eq!(page.len(), 30, "pages are filled past deleted messages");
+        }
+        before = page.last().map(|m| m.id);
+        paged.extend(page);
+    }
+    paged.reverse();
+    assert_eq!(paged, kept);
+    assert_eq!(block_on(h.recent_messages("forsenx", 100)).unwrap(), other);
+
+    // A message deleted through the handle, right after it was acknowledged.
+    let late = message(
+        MessageIdGen::new(0, 9).next_id(1_700_000_100_000),
+        "forsen",
+        7,
+    );
+    block_on(h.append(late.clone()).unwrap()).unwrap();
+    assert!(block_on(h.delete_message("forsen", late.id)).unwrap());
+    assert_eq!(
+        block_on(h.recent_messages("forsen", 1)).unwrap(),
+        vec![kept[kept.len() - 1].clone()]
+    );
+    service.shutdown().unwrap();
+}
+
+#[test]
+fn a_rename_moves_the_account_and_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let config = CoalescerConfig {
+            tokens_per_login_max: 3,
+            ..CoalescerConfig::default()
+        };
+        let service = StorageService::start(store.clone(), config);
+        let h = service.handle();
+        block_on(h.create_account(account("alice", 1))).unwrap();
+        block_on(h.create_account(account("bob_b", 2))).unwrap();
+        block_on(h.put_token([1; 32], "alice")).unwrap();
+        block_on(h.put_token([2; 32], "alice")).unwrap();
+        block_on(h.put_token([9; 32], "bob_b")).unwrap();
+
+        let moved = block_on(h.rename_account("alice", "alicia")).unwrap();
+        assert_eq!(
+            moved,
+            AccountRecord {
+                login: "alicia".into(),
+                ..account("alice", 1)
+            }
+        );
+        assert_eq!(block_on(h.account("alicia")).unwrap(), Some(moved.clone()));
+        assert_eq!(block_on(h.account("alice")).unwrap(), None);
+        for t in [1u8, 2] {
+            assert_eq!(
+                block_on(h.login_for_token([t; 32])).unwrap().as_deref(),
+                Some("alicia"),
+                "token {t} follows the account"
+            );
+        }
+        assert_eq!(
+            block_on(h.login_for_token([9; 32])).unwrap().as_deref(),
+            Some("bob_b")
+        );
+
+        // The per-login cap counts the moved tokens: two more grants (cap 3) revoke the oldest moved one.
+        block_on(h.put_token([3; 32], "alicia")).unwrap();
+        block_on(h.put_token([4; 32], "alicia")).unwrap();
+        assert_eq!(block_on(h.login_for_token([1; 32])).unwrap(), None);
+        for t in [2u8, 3, 4] {
+            assert!(block_on(h.login_for_token([t; 32])).unwrap().is_some());
+        }
+        // Revoking a moved token works under its new login.
+        assert!(block_on(h.revoke_token([2; 32])).unwrap());
+        assert_eq!(block_on(h.login_for_token([2; 32])).unwrap(), None);
+
+        // Taken (by another account, or by itself), unknown, and a free old login.
+        assert_eq!(
+            block_on(h.rename_account("alicia", "bob_b")),
+            Err(StorageError::AlreadyExists)
+        );
+        assert_eq!(
+            block_on(h.rename_account("alicia", "alicia")),
+            Err(StorageError::AlreadyExists)
+        );
+        let err = block_on(h.rename_account("alice", "alice2")).unwrap_err();
+        assert!(matches!(err, StorageError::NotFound(_)), "{err}");
+        assert!(!err.is_transient());
+        block_on(h.create_account(account("alice", 3))).unwrap();
+        service.shutdown().unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.account("alicia").unwrap().unwrap().user_id, 1);
+    assert_eq!(store.account("alice").unwrap().unwrap().user_id, 3);
+    assert_eq!(store.token([3; 32]).unwrap().unwrap().login, "alicia");
+    assert_eq!(store.token([9; 32]).unwrap().unwrap().login, "bob_b");
+    assert_eq!(store.token([1; 32]).unwrap(), None);
 }

@@ -183,5 +183,62 @@ fn the_whole_store_trait_against_a_real_cluster() {
         block_on(h.login_for_token([3; 32])).unwrap().as_deref(),
         Some("alice")
     );
+
+    // Renames: the account and its token move, the old login is free.
+    let moved = block_on(h.rename_account("alice", "alicia")).unwrap();
+    assert_eq!(moved.user_id, 1);
+    assert_eq!(block_on(h.account("alice")).unwrap(), None);
+    assert_eq!(block_on(h.account("alicia")).unwrap(), Some(moved));
+    assert_eq!(
+        block_on(h.login_for_token([3; 32])).unwrap().as_deref(),
+        Some("alicia")
+    );
+
+    // Deleted messages: skipped by recent and paged reads, pages filled from older messages.
+    let gone: Vec<MessageId> = busy[2000..2400].iter().map(|m| m.id).collect();
+    for &id in &gone {
+        assert!(block_on(h.delete_message("busy", id)).unwrap());
+    }
+    let kept: Vec<MessageRecord> = busy
+        .iter()
+        .filter(|m| !gone.contains(&m.id))
+        .cloned()
+        .collect();
+    assert_eq!(
+        block_on(h.recent_messages("busy", 200)).unwrap(),
+        kept[kept.len() - 200..].to_vec()
+    );
+    let page = block_on(h.messages_before("busy", Some(busy[2400].id), 50)).unwrap();
+    let want: Vec<MessageRecord> = busy[1950..2000].iter().rev().cloned().collect();
+    assert_eq!(page, want);
+
+    // Settings, including prefixes deeper than the scope (a clustering range).
+    for key in [
+        "room/busy/ban/41",
+        "room/busy/ban/42",
+        "room/busy/modes",
+        "room/busy/role/7",
+    ] {
+        block_on(h.put_setting(key, key.as_bytes().to_vec())).unwrap();
+    }
+    let keys = |prefix: &str, limit: usize| -> Vec<String> {
+        block_on(h.settings(prefix, limit))
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    assert_eq!(keys("room/busy/", 100).len(), 4);
+    assert_eq!(
+        keys("room/busy/", 2),
+        ["room/busy/ban/41", "room/busy/ban/42"]
+    );
+    assert_eq!(
+        keys("room/busy/ban/", 100),
+        ["room/busy/ban/41", "room/busy/ban/42"]
+    );
+    assert_eq!(keys("room/busy/modes", 100), ["room/busy/modes"]);
+    block_on(h.delete_setting("room/busy/ban/41")).unwrap();
+    assert_eq!(keys("room/busy/ban/", 100), ["room/busy/ban/42"]);
     service.shutdown().unwrap();
 }

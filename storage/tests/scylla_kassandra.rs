@@ -4,21 +4,31 @@
 //! The node ignores `ORDER BY`, `LIMIT` and clustering-column ranges, so reads are not tested here; they are
 //! tested against a real cluster in `scylla_cluster.rs`. What is checked here is what the store sends: the
 //! keyspace and tables, every acknowledged message in its `(room, bucket)` partition exactly once with all its
-//! columns, and the bucket and epoch index rows.
+//! columns, and the bucket and epoch index rows; settings, message deletion markers and account renames.
+//!
+//! The node has no lightweight transactions either: it parses `INSERT ... IF NOT EXISTS` as a plain upsert and
+//! answers without the `[applied]` row. The test node below stands in for them: an INSERT into `accounts` (the
+//! only table written with `IF NOT EXISTS`) is applied only if the login is free, and answered with `[applied]`.
+//! Settings scans that go deeper than a scope (`room/lobby/ban/`) bind a clustering range (`setting_key >= ?`),
+//! which the node cannot parse, so they are tested in `scylla_cluster.rs` only.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use kassandra::KassandraSession;
+use kassandra::cql::query::QueryString;
+use kassandra::cql::schema::column::ColumnType;
 use kassandra::cql::value::CqlValue;
 use kassandra::frame::consistency::Consistency;
 use kassandra::frame::request::Request;
 use kassandra::frame::request::batch::{BatchStatement, BatchType};
 use kassandra::frame::request::query::Query;
 use kassandra::frame::response::Response;
-use kassandra::frame::response::result::QueryResult;
+use kassandra::frame::response::result::{
+    ColumnSpec, QueryResult, ResultMetadata, Row, Rows, TableSpec,
+};
 use kassandra::frame::value::FrameValue;
 use kassandra::frame::{request_stream, response_sink};
 
@@ -41,11 +51,13 @@ struct SeenBatch {
     partitions: BTreeSet<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The session, the batches seen, and how many of the next BATCH requests to fail (fault injection).
+/// The session, the batches seen, how many of the next BATCH requests to fail (fault injection), and the ids of
+/// the prepared INSERTs into `accounts` (the lightweight transactions the node is made to answer).
 type Shared = (
     Mutex<KassandraSession>,
     Mutex<Vec<SeenBatch>>,
     std::sync::atomic::AtomicUsize,
+    Mutex<HashSet<u128>>,
 );
 
 /// An in-memory CQL node served on its own thread; dropped, it stops serving.
@@ -62,6 +74,7 @@ impl Node {
             Mutex::new(KassandraSession::new()),
             Mutex::new(Vec::new()),
             std::sync::atomic::AtomicUsize::new(0),
+            Mutex::new(HashSet::new()),
         ));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -108,6 +121,12 @@ impl Node {
             QueryResult::Rows(rows) => rows.rows.into_iter().map(|r| r.columns).collect(),
             other => panic!("{cql}: expected rows, got {other:?}"),
         }
+    }
+
+    /// Runs a CQL write directly on the node.
+    fn exec(&self, cql: &str) {
+        let query = Query::simple(cql).unwrap();
+        self.shared.0.lock().unwrap().process(query).unwrap();
     }
 
     /// Answers the next `n` BATCH requests with a server error instead of applying them.
@@ -170,16 +189,17 @@ fn answer(shared: &Shared, request: Request<'_>) -> Response {
         ));
     }
     if let Request::Batch(b) = &request {
-        let bytes = |v: &FrameValue<'_>| match v {
-            FrameValue::Some(b) => b.to_vec(),
-            FrameValue::Null | FrameValue::NotSet => Vec::new(),
+        // Statements with fewer than two markers (a rename's batch has some) count as empty values.
+        let bytes = |v: Option<&FrameValue<'_>>| match v {
+            Some(FrameValue::Some(b)) => b.to_vec(),
+            _ => Vec::new(),
         };
         let partitions = b
             .statements
             .iter()
             .map(|s| match s {
                 BatchStatement::Query { values, .. } | BatchStatement::Prepared { values, .. } => {
-                    (bytes(&values[0]), bytes(&values[1]))
+                    (bytes(values.first()), bytes(values.get(1)))
                 }
             })
             .collect();
@@ -195,7 +215,21 @@ fn answer(shared: &Shared, request: Request<'_>) -> Response {
         Request::StartUp(_) | Request::Register { .. } => return Response::Ready,
         Request::Options => return Response::options(),
         Request::Query(q) => s.process(q),
-        Request::Prepare(q) => s.prepare(q),
+        Request::Prepare(q) => {
+            let lwt = matches!(&q, QueryString::Insert(i) if i.table == "accounts");
+            let prepared = s.prepare(q);
+            if let (true, Ok(QueryResult::Prepared(p))) = (lwt, &prepared) {
+                shared.3.lock().unwrap().insert(p.id);
+            }
+            prepared
+        }
+        Request::Execute(e)
+            if e.id
+                .try_into()
+                .is_ok_and(|id| shared.3.lock().unwrap().contains(&u128::from_be_bytes(id))) =>
+        {
+            if_not_exists(&mut s, e)
+        }
         Request::Execute(e) => s.execute(e),
         Request::Batch(b) => s.process_batch(b),
         Request::AuthResponse => {
@@ -209,6 +243,41 @@ fn answer(shared: &Shared, request: Request<'_>) -> Response {
         Ok(r) => Response::Result(r),
         Err(e) => Response::Error(e),
     }
+}
+
+/// `INSERT INTO accounts ... IF NOT EXISTS` as a cluster answers it: applied only if the login (the first bound
+/// value) has no row, with the `[applied]` column either way.
+fn if_not_exists(
+    s: &mut KassandraSession,
+    e: kassandra::frame::request::execute::Execute<'_>,
+) -> Result<QueryResult, kassandra::frame::response::error::Error> {
+    let FrameValue::Some(login) = e.parameters.data[0] else {
+        panic!("an account insert without a login");
+    };
+    let login = std::str::from_utf8(login).unwrap().replace('\'', "''");
+    let cql = format!("SELECT login FROM chat.accounts WHERE login = '{login}'");
+    let mut query = Query::simple(&cql).unwrap();
+    query.parameters.result_page_size = Some(usize::MAX);
+    let QueryResult::Rows(existing) = s.process(query)? else {
+        panic!("a select answered without rows");
+    };
+    let applied = existing.rows.is_empty();
+    if applied {
+        s.execute(e)?;
+    }
+    Ok(QueryResult::Rows(Rows {
+        metadata: ResultMetadata {
+            global_spec: Some(TableSpec {
+                ks_name: "chat".into(),
+                table_name: "accounts".into(),
+            }),
+            paging_state: None,
+            col_specs: vec![ColumnSpec::new("[applied]", ColumnType::Boolean)],
+        },
+        rows: vec![Row {
+            columns: vec![Some(CqlValue::Boolean(applied))],
+        }],
+    }))
 }
 
 fn text(v: &Option<CqlValue>) -> String {
@@ -249,11 +318,13 @@ fn schema_is_created_on_first_start_and_reopening_keeps_it() {
         .collect();
     let expected: BTreeSet<String> = [
         "accounts",
+        "deleted_messages",
         "login_sessions",
         "messages",
         "room_buckets",
         "room_epochs",
         "sessions",
+        "settings",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -484,4 +555,267 @@ fn a_failed_batch_is_retried_with_the_same_ids_and_stored_once() {
     let counts = stored_counts(&node);
     assert_eq!(counts.len(), batch.len() + more.len());
     assert!(counts.values().all(|&c| c == 1), "each message once");
+}
+
+#[test]
+fn settings_are_written_to_their_scope_and_listed_over_cql() {
+    let node = Node::start();
+    let store = ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap();
+    for (key, value) in [
+        ("room/lobby/role/7", "mod"),
+        ("room/lobby/ban/42", "ban42"),
+        ("room/lobby/modes", "{\"slow\":30}"),
+        ("room/lobby/ban/41", "ban41"),
+        ("room/other/modes", "{}"),
+        ("user/42/profile", "profile"),
+    ] {
+        store.put_setting(key, value.as_bytes()).unwrap();
+    }
+    // Partitioned by the first two segments, keyed by the whole key.
+    let mut rows: Vec<(String, String, Vec<u8>)> = node
+        .rows("SELECT scope, setting_key, setting_value FROM chat.settings")
+        .iter()
+        .map(|r| (text(&r[0]), text(&r[1]), blob(&r[2])))
+        .collect();
+    rows.sort();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(
+        rows[0],
+        (
+            "room/lobby".into(),
+            "room/lobby/ban/41".into(),
+            b"ban41".to_vec()
+        )
+    );
+    assert_eq!(
+        rows[5],
+        (
+            "user/42".into(),
+            "user/42/profile".into(),
+            b"profile".to_vec()
+        )
+    );
+
+    let keys = |prefix: &str, limit: usize| -> Vec<String> {
+        store
+            .settings(prefix, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    assert_eq!(
+        keys("room/lobby/", 100),
+        [
+            "room/lobby/ban/41",
+            "room/lobby/ban/42",
+            "room/lobby/modes",
+            "room/lobby/role/7"
+        ]
+    );
+    // The limit holds even though this node ignores LIMIT (the page size and the reader bound it).
+    assert_eq!(keys("room/lobby/", 3).len(), 3);
+    assert_eq!(keys("user/42/", 100), ["user/42/profile"]);
+    assert!(keys("room/nobody/", 100).is_empty());
+
+    store.put_setting("room/lobby/modes", b"{}").unwrap();
+    store.delete_setting("room/lobby/ban/41").unwrap();
+    assert_eq!(
+        store.settings("room/lobby/", 100).unwrap(),
+        vec![
+            ("room/lobby/ban/42".to_string(), b"ban42".to_vec()),
+            ("room/lobby/modes".to_string(), b"{}".to_vec()),
+            ("room/lobby/role/7".to_string(), b"mod".to_vec()),
+        ]
+    );
+    assert!(matches!(
+        store.put_setting("room/lobby", b"x"),
+        Err(twitchy_storage::StorageError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.settings("room/", 10),
+        Err(twitchy_storage::StorageError::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_deleted_message_gets_a_marker_in_its_bucket() {
+    let node = Node::start();
+    let store = ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap();
+    let mut ids = MessageIdGen::new(0, 0);
+    let batch: Vec<MessageRecord> = (0..10u64)
+        .map(|n| message(ids.next_id(1_700_000_000_000 + n * 400), "forsen", n))
+        .collect();
+    store.append_messages(&batch).unwrap();
+    assert!(store.delete_message("forsen", batch[3].id).unwrap());
+    assert!(
+        store.delete_message("forsen", batch[3].id).unwrap(),
+        "again: still found"
+    );
+    assert!(
+        !store.delete_message("xqc", batch[4].id).unwrap(),
+        "another room's"
+    );
+    assert!(
+        !store
+            .delete_message("forsen", MessageId(batch[4].id.0 + 1))
+            .unwrap(),
+        "never written"
+    );
+    let markers: Vec<(String, i64, Vec<u8>)> = node
+        .rows("SELECT room, bucket, id FROM chat.deleted_messages")
+        .iter()
+        .map(|r| (text(&r[0]), bigint(&r[1]), blob(&r[2])))
+        .collect();
+    assert_eq!(
+        markers,
+        vec![(
+            "forsen".to_string(),
+            bucket_of(batch[3].id),
+            batch[3].id.to_be_bytes().to_vec()
+        )]
+    );
+    // The message itself stays stored; reads skip it (tested against the history model and a real cluster).
+    assert_eq!(stored_counts(&node).len(), batch.len());
+}
+
+#[test]
+fn a_rename_moves_the_account_and_its_sessions_in_one_logged_batch() {
+    let node = Node::start();
+    let store = ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap();
+    let account = |login: &str, user_id: u64| twitchy_storage::AccountRecord {
+        login: login.into(),
+        user_id,
+        password_hash: format!("hash{user_id}"),
+        color: "#1E90FF".into(),
+        created_unix_ms: 1_700_000_000_000 + user_id,
+    };
+    store.create_account(&account("alice", 1)).unwrap();
+    store.create_account(&account("bob_b", 2)).unwrap();
+    assert_eq!(
+        store.create_account(&account("alice", 3)),
+        Err(twitchy_storage::StorageError::AlreadyExists)
+    );
+    let grant = |login: &str, issued: u64| TokenRecord {
+        login: login.into(),
+        issued_unix_ms: issued,
+        expires_unix_ms: issued + 60_000,
+    };
+    store.put_token([1; 32], &grant("alice", 1000), 3).unwrap();
+    store.put_token([2; 32], &grant("alice", 2000), 3).unwrap();
+    store.put_token([9; 32], &grant("bob_b", 1000), 3).unwrap();
+    let batches_before = node.batches().len();
+
+    let moved = store.rename_account("alice", "alicia").unwrap();
+    assert_eq!(
+        moved,
+        twitchy_storage::AccountRecord {
+            login: "alicia".into(),
+            ..account("alice", 1)
+        }
+    );
+    let batches = node.batches();
+    assert_eq!(batches.len(), batches_before + 1, "one batch");
+    assert!(!batches[batches_before].unlogged, "a LOGGED batch");
+    assert!(batches[batches_before].local_quorum);
+
+    assert_eq!(store.account("alicia").unwrap(), Some(moved));
+    assert_eq!(store.account("alice").unwrap(), None);
+    assert_eq!(store.token([1; 32]).unwrap(), Some(grant("alicia", 1000)));
+    assert_eq!(store.token([2; 32]).unwrap(), Some(grant("alicia", 2000)));
+    assert_eq!(store.token([9; 32]).unwrap(), Some(grant("bob_b", 1000)));
+    let mut sessions: Vec<(String, Vec<u8>)> = node
+        .rows("SELECT login, token FROM chat.login_sessions")
+        .iter()
+        .map(|r| (text(&r[0]), blob(&r[1])))
+        .collect();
+    sessions.sort();
+    assert_eq!(
+        sessions,
+        vec![
+            ("alicia".to_string(), vec![1; 32]),
+            ("alicia".to_string(), vec![2; 32]),
+            ("bob_b".to_string(), vec![9; 32]),
+        ]
+    );
+    // The reservation mark is cleared ('' = finished): the row is a plain account again.
+    let renamed_from: Vec<Option<CqlValue>> = node
+        .rows("SELECT renamed_from FROM chat.accounts WHERE login = 'alicia'")
+        .into_iter()
+        .map(|mut r| r.remove(0))
+        .collect();
+    assert_eq!(renamed_from, vec![Some(CqlValue::Text(String::new()))]);
+
+    // The cap counts the moved sessions: a grant beyond three revokes the oldest moved one.
+    store.put_token([3; 32], &grant("alicia", 3000), 3).unwrap();
+    store.put_token([4; 32], &grant("alicia", 4000), 3).unwrap();
+    assert_eq!(store.token([1; 32]).unwrap(), None);
+    assert!(store.revoke_token([2; 32]).unwrap());
+
+    assert_eq!(
+        store.rename_account("alicia", "bob_b"),
+        Err(twitchy_storage::StorageError::AlreadyExists)
+    );
+    assert!(matches!(
+        store.rename_account("alice", "alice2"),
+        Err(twitchy_storage::StorageError::NotFound(_))
+    ));
+    // The old login is free again.
+    store.create_account(&account("alice", 5)).unwrap();
+    assert_eq!(store.account("alice").unwrap().unwrap().user_id, 5);
+}
+
+#[test]
+fn a_rename_cut_off_after_its_claim_is_finished_by_retrying_it() {
+    let node = Node::start();
+    let store = ScyllaStore::connect(&[node.addr.to_string()], "chat", 1).unwrap();
+    let carol = twitchy_storage::AccountRecord {
+        login: "carol".into(),
+        user_id: 7,
+        password_hash: "hash7".into(),
+        color: "#FF0000".into(),
+        created_unix_ms: 1_700_000_000_007,
+    };
+    store.create_account(&carol).unwrap();
+    // What a crash between the claim (the lightweight transaction) and the logged batch leaves behind.
+    node.exec(
+        "INSERT INTO chat.accounts (login, user_id, password_hash, color, created_unix_ms, renamed_from) \
+         VALUES ('carol2', 7, 'hash7', '#FF0000', 1700000000007, 'carol')",
+    );
+    assert_eq!(
+        store.account("carol").unwrap(),
+        Some(carol.clone()),
+        "the old login still owns it"
+    );
+    assert_eq!(
+        store.account("carol2").unwrap(),
+        None,
+        "a reservation is not an account"
+    );
+    assert!(matches!(
+        store.rename_account("carol2", "carol3"),
+        Err(twitchy_storage::StorageError::NotFound(_))
+    ));
+    assert_eq!(
+        store.create_account(&twitchy_storage::AccountRecord {
+            login: "carol2".into(),
+            user_id: 8,
+            ..carol.clone()
+        }),
+        Err(twitchy_storage::StorageError::AlreadyExists),
+        "and not free for someone else"
+    );
+    // Another account cannot take over the reservation; the same rename, retried, finishes.
+    let mut dave = carol.clone();
+    dave.login = "dave".into();
+    dave.user_id = 9;
+    store.create_account(&dave).unwrap();
+    assert_eq!(
+        store.rename_account("dave", "carol2"),
+        Err(twitchy_storage::StorageError::AlreadyExists)
+    );
+    let moved = store.rename_account("carol", "carol2").unwrap();
+    assert_eq!(moved.user_id, 7);
+    assert_eq!(store.account("carol2").unwrap(), Some(moved));
+    assert_eq!(store.account("carol").unwrap(), None);
 }

@@ -21,6 +21,8 @@
 //! id order, without duplicates. **Architecture invariant:** every [`Submit`] is answered exactly once (ack or
 //! NOTICE), which is what lets a connection's in-flight count pause its reads (backpressure).
 
+pub mod automod;
+pub mod moderation;
 mod outbound;
 mod shard;
 #[cfg(test)]
@@ -31,9 +33,11 @@ use std::sync::Arc;
 pub use outbound::{OutQueue, Stamp, Transport, WRITE_GATHER_BYTES_MAX};
 pub use shard::{AuthOutcome, CoreConfig, RoomInfo, ShardCore};
 
-use twitchy_storage::{MessageId, MessageRecord};
+use twitchy_storage::{MessageId, MessageRecord, StorageError};
 
-use crate::protocol::twitch::ChatLine;
+use crate::protocol::commands::{ChatCommand, Role};
+use crate::protocol::twitch::{ChatLine, RoomModes};
+use moderation::RoomView;
 
 /// A connection, unique on its shard for the shard's lifetime: slot index in the low 32 bits, generation above.
 pub type ConnId = u64;
@@ -111,13 +115,14 @@ pub enum SubmitReply {
     Acked {
         id: MessageId,
         client_nonce: Option<String>,
-        is_mod: bool,
+        /// The sender's role in the room when the message was sequenced (USERSTATE's badges and `mod`).
+        role: Role,
         /// When the origin shard received the message (the start of the ack latency).
         received_ms: u64,
     },
     Refused {
         msg_id: &'static str,
-        text: &'static str,
+        text: std::borrow::Cow<'static, str>,
     },
 }
 
@@ -130,10 +135,25 @@ pub enum PeerMsg {
     Subscribe { room: usize, shard: usize },
     /// To a room's home: `shard` has no viewers left.
     Unsubscribe { room: usize, shard: usize },
-    /// From a room's home: the last durable messages, in reply to `Subscribe`.
+    /// From a room's home: the last durable messages and the room's roles and modes, in reply to `Subscribe`.
     Snapshot {
         room: usize,
         messages: Vec<Arc<ChatMessage>>,
+        view: Box<RoomView>,
+    },
+    /// To a room's home: a chat command to check and carry out.
+    Command(Box<CommandSubmit>),
+    /// To the shard a command came from: its answer.
+    CommandReply {
+        to: CommandFrom,
+        room: usize,
+        reply: CommandReply,
+    },
+    /// From a room's home: something moderation changed, for every shard with viewers.
+    Event {
+        room: usize,
+        event: Arc<RoomEvent>,
+        at_unix_ms: u64,
     },
     /// From a room's home: one newly durable message.
     Deliver {
@@ -145,6 +165,111 @@ pub enum PeerMsg {
         conn: ConnId,
         room: usize,
         reply: SubmitReply,
+    },
+}
+
+/// Who ran a chat command: a chat connection, or a request to the HTTP API (answered by ticket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandFrom {
+    Conn(Origin),
+    Api { shard: usize, ticket: u64 },
+}
+
+impl CommandFrom {
+    pub fn shard(&self) -> usize {
+        match self {
+            CommandFrom::Conn(origin) => origin.shard,
+            CommandFrom::Api { shard, .. } => *shard,
+        }
+    }
+}
+
+/// The user running a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: u64,
+    pub login: String,
+    pub display_name: String,
+    pub color: String,
+}
+
+/// A chat command on its way to the room's home shard.
+#[derive(Debug)]
+pub struct CommandSubmit {
+    pub room: usize,
+    pub from: CommandFrom,
+    pub actor: Actor,
+    pub command: ChatCommand,
+}
+
+/// How a command ended, which the HTTP API maps to a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    Done,
+    /// The user may not run it (403).
+    Forbidden,
+    /// Its target does not exist (404).
+    NotFound,
+    /// It cannot apply (already banned, not a moderator, …) (400).
+    Invalid,
+    /// The store could not save it; try again (503).
+    Unavailable,
+}
+
+/// The answer to a command: Twitch's NOTICE `msg-id` and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandReply {
+    pub kind: ReplyKind,
+    pub msg_id: &'static str,
+    pub text: String,
+    /// Twitch answers some commands (`/clear`) with the room event alone, no NOTICE; the HTTP API still answers.
+    pub notice: bool,
+}
+
+/// A user a CLEARCHAT names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClearUser {
+    pub login: String,
+    pub user_id: u64,
+    /// A timeout's length; `None` for a ban.
+    pub duration_secs: Option<u32>,
+}
+
+/// A change moderation made to a room, sent by its home to every shard with viewers, in order with its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// `/clear` (`user` None), a timeout or a ban.
+    Clear {
+        user: Option<ClearUser>,
+    },
+    /// A message was deleted: it leaves the last-10 replay and viewers get CLEARMSG.
+    Deleted {
+        id: MessageId,
+        login: String,
+        text: String,
+    },
+    Modes {
+        before: RoomModes,
+        after: RoomModes,
+    },
+    /// A granted role changed: the user's connections get a fresh USERSTATE.
+    Role {
+        user_id: u64,
+        role: Role,
+    },
+    /// AutoMod holds a message: moderators see it.
+    Held {
+        held_id: u64,
+        login: String,
+        display_name: String,
+        user_id: u64,
+        reason: &'static str,
+        text: String,
+    },
+    /// A held message was allowed or denied.
+    Resolved {
+        held_id: u64,
+        allowed: bool,
     },
 }
 
@@ -179,4 +304,23 @@ pub enum Output {
     Style(StyleRequest),
     /// Append a message to the store; answer with [`ShardCore::stored`].
     Store { room: usize, record: MessageRecord },
+    /// Find the user id of a login; answer with [`ShardCore::user_resolved`].
+    ResolveUser { ticket: u64, login: String },
+    /// Write (`Some`) or delete (`None`) a setting durably; answer with [`ShardCore::write_done`].
+    PutSetting {
+        ticket: u64,
+        key: String,
+        value: Option<Vec<u8>>,
+    },
+    /// Mark a stored message deleted; answer with [`ShardCore::write_done`].
+    DeleteMessage {
+        ticket: u64,
+        room: usize,
+        id: MessageId,
+    },
+    /// The answer to [`ShardCore::api_command`].
+    ApiReply { ticket: u64, reply: CommandReply },
 }
+
+/// The result of a user lookup for a command.
+pub type Resolved = Result<Option<u64>, StorageError>;

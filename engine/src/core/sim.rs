@@ -133,6 +133,10 @@ impl Sim {
                 id: 100 + i as u64,
                 style: "pirate".into(),
                 moderators: vec!["u0".into()],
+                broadcaster: None,
+                vips: Vec::new(),
+                automod: crate::config::AutoModMode::Off,
+                banned_phrases: Vec::new(),
             })
             .collect();
         let base = CoreConfig::for_tests(0, shard_count, rooms);
@@ -215,6 +219,12 @@ impl Sim {
                     room,
                     record,
                 }),
+                Output::ResolveUser { .. }
+                | Output::PutSetting { .. }
+                | Output::DeleteMessage { .. }
+                | Output::ApiReply { .. } => {
+                    self.fail("the simulated clients run no chat commands");
+                }
             }
         }
     }

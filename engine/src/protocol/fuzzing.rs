@@ -7,10 +7,12 @@
 
 use std::rc::Rc;
 
+use super::commands::Role;
 use super::irc::{self, Message};
 use super::line::{LineBuffer, split_frame_lines};
 use super::session::{Action, Identity, RoomState, Session, SessionConfig};
 use super::tags::{escape_tag_value, unescape_tag_value};
+use super::twitch::RoomModes;
 
 /// Line limit used while fuzzing: small, so the too-long paths are reached often.
 const FUZZ_LINE_BYTES_MAX: usize = 300;
@@ -161,6 +163,13 @@ impl Driver {
                         let chars = text.chars().count();
                         assert!((1..=self.config.message_chars_max).contains(&chars));
                     }
+                    Action::Command { room, .. } => {
+                        assert!(self.session.identity().is_some(), "anonymous command");
+                        assert!(
+                            self.session.joined_rooms().any(|joined| joined == room),
+                            "command to unjoined {room:?}"
+                        );
+                    }
                     Action::Close => {
                         self.reached.closes += 1;
                         assert!(self.session.is_closed());
@@ -173,7 +182,16 @@ impl Driver {
                 } else {
                     let state = RoomState {
                         room_id: room.len() as u64,
-                        is_mod: room.len() % 2 == 0,
+                        role: if room.len() % 2 == 0 {
+                            Role::Moderator
+                        } else {
+                            Role::Viewer
+                        },
+                        modes: RoomModes {
+                            slow_secs: (room.len() % 5) as u32,
+                            emote_only: room.len() % 7 == 0,
+                            r9k: false,
+                        },
                     };
                     self.session.joined(&room, &state, &mut self.actions);
                     if self.session.joined_rooms().any(|joined| joined == room) {

@@ -9,10 +9,14 @@
 //! - [`irc`] parses a line into a borrowed [`irc::Message`] and encodes generic lines.
 //! - [`tags`] escapes and unescapes IRCv3 tag values.
 //! - [`twitch`] encodes the lines a Twitch server sends (PRIVMSG, USERSTATE, NOTICE, ...).
+//! - [`commands`] parses Twitch's chat commands (`/timeout`, `/ban`, `/slow`, `/color`, …) and names the roles.
+//! - [`emotes`] is the global emote set (codes and ids).
 //! - [`session`] is the per-connection state machine.
 //! - [`ws`] decodes client WebSocket frames and writes server frame headers.
 //! - [`fuzzing`] is the shared body of the fuzz target and its seeded unit-test stand-in.
 
+pub mod commands;
+pub mod emotes;
 pub mod fuzzing;
 pub mod irc;
 pub mod line;

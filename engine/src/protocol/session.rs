@@ -15,9 +15,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 
+use super::commands::{self, ChatCommand, Role};
 use super::irc::{Message, ParseError};
 use super::line::{LINE_BYTES_MAX_DEFAULT, LineError};
-use super::twitch::{self, CAPABILITIES, SERVER_NAME_DEFAULT, UserState, msg_id};
+use super::twitch::{
+    self, CAPABILITIES, ClearTarget, HeldLine, RoomModes, SERVER_NAME_DEFAULT, UserState, msg_id,
+};
 
 /// Most lines held while the engine checks a token, and most PRIVMSGs held per connection for
 /// rooms whose JOIN the engine has not confirmed yet.
@@ -93,17 +96,14 @@ impl Identity {
     }
 }
 
-/// What the engine knows about a room when confirming a JOIN. ROOMSTATE values other than
-/// `room-id` are fixed (all chat modes off) for now.
+/// What the engine knows about a room when confirming a JOIN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomState {
     pub room_id: u64,
-    /// Whether this connection's user moderates the room (USERSTATE's `mod` and badge).
-    pub is_mod: bool,
+    /// This connection's user's role in the room (USERSTATE's badges and `mod`).
+    pub role: Role,
+    pub modes: RoomModes,
 }
-
-/// The badge a room moderator carries.
-pub const MODERATOR_BADGE: &str = "moderator/1";
 
 /// NOTICE text when the token could not be checked because the store is unavailable (the token may be fine).
 /// The web client matches "try again" in it to keep its saved token.
@@ -129,6 +129,8 @@ pub enum Action {
         client_nonce: Option<String>,
         reply_parent_msg_id: Option<String>,
     },
+    /// Run a chat command (`/timeout`, `/color`, …) typed in a room this connection has joined.
+    Command { room: String, command: ChatCommand },
     /// Close the connection after writing the replies before it.
     Close,
 }
@@ -357,18 +359,18 @@ impl Session {
         self.rooms_joining.iter().map(String::as_str)
     }
 
-    /// The values USERSTATE and acks carry for this user in a room they do (or do not) moderate.
-    fn room_user_state(identity: &Identity, is_mod: bool) -> UserState<'_> {
+    /// The values USERSTATE and acks carry for this user with `role` in a room.
+    fn room_user_state(identity: &Identity, role: Role) -> UserState<'_> {
         UserState {
             login: &identity.login,
             display_name: &identity.display_name,
             color: &identity.color,
-            badges: if is_mod {
-                MODERATOR_BADGE
-            } else {
+            badges: if role == Role::Viewer {
                 &identity.badges
+            } else {
+                role.badge()
             },
-            is_mod: is_mod || identity.is_mod,
+            is_mod: role.mod_tag() || identity.is_mod,
         }
     }
 
@@ -378,7 +380,7 @@ impl Session {
     pub fn encode_ack(
         &self,
         room: &str,
-        is_mod: bool,
+        role: Role,
         message_id: &str,
         client_nonce: Option<&str>,
         out: &mut Vec<u8>,
@@ -391,7 +393,7 @@ impl Session {
         }
         twitch::encode_ack(
             room,
-            &Self::room_user_state(identity, is_mod),
+            &Self::room_user_state(identity, role),
             message_id,
             client_nonce,
             &self.config.server_name,
@@ -426,6 +428,138 @@ impl Session {
     /// Appends a chat line replayed from history (or delivered live) in this client's variant.
     pub fn encode_privmsg(&self, line: &twitch::ChatLine<'_>, out: &mut Vec<u8>) {
         twitch::encode_privmsg(line, &self.config.server_name, self.caps_tags, out);
+    }
+
+    /// Appends a fresh `USERSTATE #room` after the user's role in the room changed (with the commands capability).
+    pub fn encode_role_change(&self, room: &str, role: Role, out: &mut Vec<u8>) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        if self.caps_commands {
+            twitch::encode_userstate(
+                room,
+                &Self::room_user_state(identity, role),
+                &self.config.server_name,
+                self.caps_tags,
+                out,
+            );
+        }
+    }
+
+    /// Appends the `ROOMSTATE` of a mode change (with the commands capability).
+    pub fn encode_modes_change(
+        &self,
+        room: &str,
+        room_id: u64,
+        before: &RoomModes,
+        after: &RoomModes,
+        out: &mut Vec<u8>,
+    ) {
+        if self.caps_commands {
+            twitch::encode_roomstate_change(
+                room,
+                room_id,
+                before,
+                after,
+                &self.config.server_name,
+                self.caps_tags,
+                out,
+            );
+        }
+    }
+
+    /// Appends a `CLEARCHAT` (timeout, ban or `/clear`) with the commands capability.
+    pub fn encode_clearchat(
+        &self,
+        room: &str,
+        room_id: u64,
+        target: ClearTarget<'_>,
+        sent_unix_ms: u64,
+        out: &mut Vec<u8>,
+    ) {
+        if self.caps_commands {
+            twitch::encode_clearchat(
+                room,
+                room_id,
+                target,
+                sent_unix_ms,
+                &self.config.server_name,
+                self.caps_tags,
+                out,
+            );
+        }
+    }
+
+    /// Appends a `CLEARMSG` (one message deleted) with the commands capability.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_clearmsg(
+        &self,
+        room: &str,
+        room_id: u64,
+        login: &str,
+        message_id: &str,
+        text: &str,
+        sent_unix_ms: u64,
+        out: &mut Vec<u8>,
+    ) {
+        if self.caps_commands {
+            twitch::encode_clearmsg(
+                room,
+                room_id,
+                login,
+                message_id,
+                text,
+                sent_unix_ms,
+                &self.config.server_name,
+                self.caps_tags,
+                out,
+            );
+        }
+    }
+
+    /// Appends AutoMod's `USERNOTICE` for a held message (`resolved` None) or its resolution, with the commands
+    /// capability. Only moderators are sent these.
+    pub fn encode_automod(
+        &self,
+        room: &str,
+        room_id: u64,
+        held: &HeldLine<'_>,
+        resolved: Option<bool>,
+        sent_unix_ms: u64,
+        out: &mut Vec<u8>,
+    ) {
+        if !self.caps_commands {
+            return;
+        }
+        let server = &self.config.server_name;
+        match resolved {
+            None => twitch::encode_automod_held(
+                room,
+                room_id,
+                held,
+                sent_unix_ms,
+                server,
+                self.caps_tags,
+                out,
+            ),
+            Some(allowed) => twitch::encode_automod_resolved(
+                room,
+                room_id,
+                held.held_id,
+                allowed,
+                sent_unix_ms,
+                server,
+                self.caps_tags,
+                out,
+            ),
+        }
+    }
+
+    /// Replaces the user's colour (after `/color`), for lines encoded from now on.
+    pub fn set_color(&mut self, color: &str) {
+        if let Some(identity) = &mut self.identity {
+            identity.color = color.to_owned();
+        }
     }
 
     pub fn server_name(&self) -> &str {
@@ -837,13 +971,20 @@ impl Session {
             if let Some(identity) = &self.identity {
                 twitch::encode_userstate(
                     &room,
-                    &Self::room_user_state(identity, state.is_mod),
+                    &Self::room_user_state(identity, state.role),
                     server,
                     self.caps_tags,
                     buffer,
                 );
             }
-            twitch::encode_roomstate(&room, state.room_id, server, self.caps_tags, buffer);
+            twitch::encode_roomstate(
+                &room,
+                state.room_id,
+                &state.modes,
+                server,
+                self.caps_tags,
+                buffer,
+            );
         }
         let held = std::mem::take(&mut self.privmsgs_held);
         for privmsg in held {
@@ -903,12 +1044,14 @@ impl Session {
     }
 
     /// PRIVMSG rules: only registered, non-anonymous users send; the text is 1 to
-    /// `message_chars_max` characters; the target is one room the connection has joined.
+    /// `message_chars_max` characters; the target is one room that exists.
     ///
-    /// Twitch accepts PRIVMSG to channels a client has not joined. This server requires the
-    /// JOIN so that the engine only ever sees messages for rooms it confirmed to exist; a
-    /// PRIVMSG for a room whose JOIN is still being confirmed is held until the answer, so
-    /// clients that send JOIN and PRIVMSG back to back keep working.
+    /// Twitch accepts PRIVMSG to channels a client has not joined, and client libraries rely on
+    /// it (twitch-irc sends from whichever pooled connection is least busy). So does this server
+    /// when the room list is fixed ([`SessionConfig::known_rooms`]): the engine then only ever
+    /// sees messages for rooms that exist. Without a fixed list the JOIN is required. A PRIVMSG
+    /// for a room whose JOIN is still being confirmed is held until the answer, so it cannot
+    /// overtake the JOIN.
     fn handle_privmsg(&mut self, message: &Message<'_>, out: &mut Vec<Action>) {
         if !self.require_registration(out) {
             return;
@@ -933,13 +1076,20 @@ impl Session {
             );
             return;
         }
-        let text = match chat_command(text) {
-            ChatText::Plain(text) => text,
-            ChatText::Command(command) => {
-                let text = format!("Unrecognized command: {command}");
-                self.notice(notice_room, msg_id::UNRECOGNIZED_CMD, &text, out);
-                return;
-            }
+        let (text, command) = match chat_command(text) {
+            ChatText::Plain(text) => (text, None),
+            ChatText::Command(name) => match commands::parse(text) {
+                Some(Ok(command)) => (text, Some(command)),
+                Some(Err(usage)) => {
+                    self.notice(notice_room, usage.msg_id, usage.text, out);
+                    return;
+                }
+                None => {
+                    let text = format!("Unrecognized command: {name}");
+                    self.notice(notice_room, msg_id::UNRECOGNIZED_CMD, &text, out);
+                    return;
+                }
+            },
         };
         if text.is_empty() {
             self.numeric("412", &[], "No text to send", out);
@@ -955,7 +1105,13 @@ impl Session {
         }
         let joined = room_known && self.rooms_joined.contains(&room);
         let joining = room_known && !joined && self.rooms_joining.contains(&room);
-        if !joined && !joining {
+        let exists = room_known
+            && self
+                .config
+                .known_rooms
+                .as_ref()
+                .is_some_and(|known| known.contains(&room));
+        if !joined && !joining && !exists {
             self.notice(
                 notice_room,
                 msg_id::NOT_JOINED,
@@ -970,13 +1126,19 @@ impl Session {
                 .filter(|value| !value.is_empty() && value.len() <= CLIENT_TAG_BYTES_MAX)
                 .map(|value| value.into_owned())
         };
-        let action = Action::Privmsg {
-            room: room.clone(),
-            text: text.to_owned(),
-            client_nonce: client_tag("client-nonce"),
-            reply_parent_msg_id: client_tag("reply-parent-msg-id"),
+        let action = match command {
+            Some(command) => Action::Command {
+                room: room.clone(),
+                command,
+            },
+            None => Action::Privmsg {
+                room: room.clone(),
+                text: text.to_owned(),
+                client_nonce: client_tag("client-nonce"),
+                reply_parent_msg_id: client_tag("reply-parent-msg-id"),
+            },
         };
-        if joined {
+        if joined || !joining {
             out.push(action);
         } else if self.privmsgs_held.len() < PENDING_LINES_MAX {
             self.privmsgs_held.push_back(HeldPrivmsg { room, action });
@@ -1073,7 +1235,8 @@ mod tests {
                 room,
                 &RoomState {
                     room_id,
-                    is_mod: false,
+                    role: Role::Viewer,
+                    modes: RoomModes::default(),
                 },
                 &mut out,
             );
@@ -1782,7 +1945,7 @@ mod tests {
         assert!(
             harness
                 .session
-                .encode_ack("room", false, "m-1", Some("n-1"), &mut out)
+                .encode_ack("room", Role::Viewer, "m-1", Some("n-1"), &mut out)
         );
         assert_eq!(
             text(&out),
@@ -1794,13 +1957,13 @@ mod tests {
         assert!(
             !harness
                 .session
-                .encode_ack("room", false, "m-1", None, &mut out)
+                .encode_ack("room", Role::Viewer, "m-1", None, &mut out)
         );
         let harness = Harness::anonymous("twitch.tv/tags twitch.tv/commands");
         assert!(
             !harness
                 .session
-                .encode_ack("room", false, "m-1", None, &mut out)
+                .encode_ack("room", Role::Viewer, "m-1", None, &mut out)
         );
         assert!(out.is_empty());
     }
@@ -1826,6 +1989,104 @@ mod tests {
         ] {
             assert!(!is_valid_room_name(name), "{name:?}");
         }
+    }
+
+    #[test]
+    fn chat_commands_become_actions_or_usage_notices() {
+        let mut harness = Harness::registered("twitch.tv/tags twitch.tv/commands");
+        harness.join("lobby");
+        assert_eq!(
+            harness.send("PRIVMSG #lobby :/timeout @Bob 10m spam"),
+            [Action::Command {
+                room: "lobby".into(),
+                command: ChatCommand::Timeout {
+                    user: "bob".into(),
+                    seconds: 600,
+                    reason: "spam".into(),
+                },
+            }]
+        );
+        // `. /ban` is Twitch's escape for text that looks like a command: it is sent as text.
+        assert!(matches!(
+            harness.send("PRIVMSG #lobby :. /ban bob").as_slice(),
+            [Action::Privmsg { text, .. }] if text == "/ban bob"
+        ));
+        let usage = harness.send_text("PRIVMSG #lobby :/timeout");
+        assert!(usage.starts_with("@msg-id=usage_timeout "), "{usage}");
+        let unknown = harness.send_text("PRIVMSG #lobby :/dance now");
+        assert!(
+            unknown.starts_with("@msg-id=unrecognized_cmd "),
+            "{unknown}"
+        );
+        assert!(
+            unknown.ends_with(":Unrecognized command: /dance\r\n"),
+            "{unknown}"
+        );
+        // Commands, like messages, need the room joined.
+        let not_joined = harness.send_text("PRIVMSG #elsewhere :/slow");
+        assert!(
+            not_joined.starts_with("@msg-id=msg_not_joined "),
+            "{not_joined}"
+        );
+    }
+
+    #[test]
+    fn privmsg_to_an_existing_room_needs_no_join_as_on_twitch() {
+        let mut harness = Harness::with_config(SessionConfig {
+            known_rooms: Some(["lobby".to_owned()].into()),
+            ..SessionConfig::default()
+        });
+        harness.send("CAP REQ :twitch.tv/tags twitch.tv/commands");
+        harness.send("PASS oauth:secret");
+        harness.send("NICK ronni");
+        let mut out = Vec::new();
+        harness.session.authenticated(identity(), &mut out);
+        assert!(matches!(
+            harness.send("PRIVMSG #lobby :hi without joining").as_slice(),
+            [Action::Privmsg { room, .. }] if room == "lobby"
+        ));
+        assert!(matches!(
+            harness.send("PRIVMSG #lobby :/mods").as_slice(),
+            [Action::Command {
+                command: ChatCommand::Mods,
+                ..
+            }]
+        ));
+        let refused = harness.send_text("PRIVMSG #nowhere :hi");
+        assert!(refused.starts_with("@msg-id=msg_not_joined "), "{refused}");
+    }
+
+    #[test]
+    fn anonymous_users_run_no_commands() {
+        let mut harness = Harness::anonymous("twitch.tv/tags twitch.tv/commands");
+        harness.join("lobby");
+        let refused = harness.send_text("PRIVMSG #lobby :/mods");
+        assert!(
+            refused.starts_with("@msg-id=msg_login_required "),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn moderation_events_need_the_commands_capability() {
+        let mut with = Harness::registered("twitch.tv/tags twitch.tv/commands");
+        let without = Harness::registered("twitch.tv/tags");
+        with.join("lobby");
+        let mut out = Vec::new();
+        let all = ClearTarget::All;
+        without
+            .session
+            .encode_clearchat("lobby", 7, all, 1, &mut out);
+        without
+            .session
+            .encode_role_change("lobby", Role::Moderator, &mut out);
+        assert!(out.is_empty(), "{}", text(&out));
+        with.session.encode_clearchat("lobby", 7, all, 1, &mut out);
+        with.session
+            .encode_role_change("lobby", Role::Vip, &mut out);
+        let lines = text(&out);
+        assert!(lines.contains("CLEARCHAT #lobby\r\n"), "{lines}");
+        assert!(lines.contains("badges=vip/1;"), "{lines}");
     }
 }
 

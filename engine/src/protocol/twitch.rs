@@ -306,24 +306,203 @@ pub fn encode_globaluserstate(
     out.extend_from_slice(b"GLOBALUSERSTATE\r\n");
 }
 
-/// `ROOMSTATE #room`. Only `room-id` varies for now; the chat modes are all off.
+/// A room's chat modes, as ROOMSTATE carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomModes {
+    /// Seconds a non-exempt user must wait between messages; 0 = off.
+    pub slow_secs: u32,
+    pub emote_only: bool,
+    /// Twitch's unique-chat mode (`r9k`).
+    pub r9k: bool,
+}
+
+/// `ROOMSTATE #room` with every mode, sent after a JOIN. Followers-only and subscribers-only do not exist here
+/// and are always off.
 pub fn encode_roomstate(
     room: &str,
     room_id: u64,
+    modes: &RoomModes,
     server: &str,
     with_tags: bool,
     out: &mut Vec<u8>,
 ) {
     TagWriter::new(out, with_tags)
-        .bool("emote-only", false)
+        .bool("emote-only", modes.emote_only)
         .str("followers-only", "-1")
-        .bool("r9k", false)
+        .bool("r9k", modes.r9k)
         .u64("room-id", room_id)
-        .str("slow", "0")
+        .u64("slow", u64::from(modes.slow_secs))
         .bool("subs-only", false)
         .finish();
     push_server_prefix(out, server);
     out.extend_from_slice(b"ROOMSTATE ");
+    push_room(out, room);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `ROOMSTATE #room` after a mode changed: `room-id` and the tags that differ between `before` and `after`, as
+/// Twitch sends it.
+pub fn encode_roomstate_change(
+    room: &str,
+    room_id: u64,
+    before: &RoomModes,
+    after: &RoomModes,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    let mut tags = TagWriter::new(out, with_tags);
+    if before.emote_only != after.emote_only {
+        tags.bool("emote-only", after.emote_only);
+    }
+    if before.r9k != after.r9k {
+        tags.bool("r9k", after.r9k);
+    }
+    tags.u64("room-id", room_id);
+    if before.slow_secs != after.slow_secs {
+        tags.u64("slow", u64::from(after.slow_secs));
+    }
+    tags.finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"ROOMSTATE ");
+    push_room(out, room);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What a `CLEARCHAT` clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClearTarget<'a> {
+    /// `/clear`: the whole chat.
+    All,
+    /// A timeout (`ban_duration_secs` set) or a ban of one user.
+    User {
+        login: &'a str,
+        user_id: u64,
+        ban_duration_secs: Option<u32>,
+    },
+}
+
+/// `CLEARCHAT #room [:login]`: a timeout, ban or `/clear`.
+pub fn encode_clearchat(
+    room: &str,
+    room_id: u64,
+    target: ClearTarget<'_>,
+    sent_unix_ms: u64,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    let mut tags = TagWriter::new(out, with_tags);
+    if let ClearTarget::User {
+        ban_duration_secs: Some(secs),
+        ..
+    } = target
+    {
+        tags.u64("ban-duration", u64::from(secs));
+    }
+    tags.u64("room-id", room_id);
+    if let ClearTarget::User { user_id, .. } = target {
+        tags.u64("target-user-id", user_id);
+    }
+    tags.u64("tmi-sent-ts", sent_unix_ms).finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"CLEARCHAT ");
+    push_room(out, room);
+    if let ClearTarget::User { login, .. } = target {
+        out.extend_from_slice(b" :");
+        push_trailing(out, login);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `CLEARMSG #room :text`: one message was deleted.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_clearmsg(
+    room: &str,
+    room_id: u64,
+    login: &str,
+    message_id: &str,
+    text: &str,
+    sent_unix_ms: u64,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    TagWriter::new(out, with_tags)
+        .str("login", login)
+        .u64("room-id", room_id)
+        .str("target-msg-id", message_id)
+        .u64("tmi-sent-ts", sent_unix_ms)
+        .finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"CLEARMSG ");
+    push_room(out, room);
+    out.extend_from_slice(b" :");
+    push_trailing(out, text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A message AutoMod holds for the room's moderators to allow or deny.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldLine<'a> {
+    pub held_id: u64,
+    pub login: &'a str,
+    pub display_name: &'a str,
+    pub user_id: u64,
+    /// Why AutoMod held it (`caps`, `link`, `phrase`, …).
+    pub reason: &'a str,
+    pub text: &'a str,
+}
+
+/// `USERNOTICE #room :text` with `msg-id=automod-held`, to moderators only: a message AutoMod holds.
+pub fn encode_automod_held(
+    room: &str,
+    room_id: u64,
+    held: &HeldLine<'_>,
+    sent_unix_ms: u64,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    TagWriter::new(out, with_tags)
+        .str("display-name", display_name(held.display_name, held.login))
+        .u64("held-id", held.held_id)
+        .str("login", held.login)
+        .str("msg-id", "automod-held")
+        .str("reason", held.reason)
+        .u64("room-id", room_id)
+        .u64("tmi-sent-ts", sent_unix_ms)
+        .u64("user-id", held.user_id)
+        .finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"USERNOTICE ");
+    push_room(out, room);
+    out.extend_from_slice(b" :");
+    push_trailing(out, held.text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `USERNOTICE #room` with `msg-id=automod-resolved`, to moderators only: a held message was allowed or denied.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_automod_resolved(
+    room: &str,
+    room_id: u64,
+    held_id: u64,
+    allowed: bool,
+    sent_unix_ms: u64,
+    server: &str,
+    with_tags: bool,
+    out: &mut Vec<u8>,
+) {
+    TagWriter::new(out, with_tags)
+        .u64("held-id", held_id)
+        .str("msg-id", "automod-resolved")
+        .u64("room-id", room_id)
+        .str("status", if allowed { "allowed" } else { "denied" })
+        .u64("tmi-sent-ts", sent_unix_ms)
+        .finish();
+    push_server_prefix(out, server);
+    out.extend_from_slice(b"USERNOTICE ");
     push_room(out, room);
     out.extend_from_slice(b"\r\n");
 }
@@ -733,10 +912,11 @@ mod tests {
             is_mod: false,
         };
         let mut out = Vec::new();
-        encode_roomstate("room", 7, SERVER, true, &mut out);
+        let off = RoomModes::default();
+        encode_roomstate("room", 7, &off, SERVER, true, &mut out);
         encode_userstate("room", &user, SERVER, true, &mut out);
         encode_globaluserstate(&user, 99, SERVER, true, &mut out);
-        encode_roomstate("room", 7, SERVER, false, &mut out);
+        encode_roomstate("room", 7, &off, SERVER, false, &mut out);
         assert_eq!(
             text(&out),
             "@emote-only=0;followers-only=-1;r9k=0;room-id=7;slow=0;subs-only=0 \
@@ -861,14 +1041,135 @@ mod client_compatibility {
         assert_eq!(global.user_id, "42");
 
         out.clear();
-        encode_roomstate("ronni", 1337, SERVER_NAME_DEFAULT, true, &mut out);
+        let modes = RoomModes {
+            slow_secs: 30,
+            emote_only: true,
+            r9k: false,
+        };
+        encode_roomstate("ronni", 1337, &modes, SERVER_NAME_DEFAULT, true, &mut out);
         let ServerMessage::RoomState(roomstate) = parse_one(&out) else {
             panic!("not a ROOMSTATE");
         };
         assert_eq!(roomstate.channel_login, "ronni");
         assert_eq!(roomstate.channel_id, "1337");
-        assert_eq!(roomstate.emote_only, Some(false));
+        assert_eq!(roomstate.emote_only, Some(true));
+        assert_eq!(roomstate.r9k, Some(false));
+        assert_eq!(
+            roomstate.slow_mode,
+            Some(std::time::Duration::from_secs(30))
+        );
         assert_eq!(roomstate.subscribers_only, Some(false));
+    }
+
+    #[test]
+    fn moderation_lines_parse_as_twitch_clients_read_them() {
+        use twitch_irc::message::ClearChatAction;
+        let mut out = Vec::new();
+        let before = RoomModes::default();
+        let after = RoomModes {
+            slow_secs: 10,
+            ..before
+        };
+        encode_roomstate_change(
+            "ronni",
+            7,
+            &before,
+            &after,
+            SERVER_NAME_DEFAULT,
+            true,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "@room-id=7;slow=10 :tmi.twitch.tv ROOMSTATE #ronni\r\n"
+        );
+        let ServerMessage::RoomState(change) = parse_one(&out) else {
+            panic!("not a ROOMSTATE");
+        };
+        assert_eq!(change.slow_mode, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(change.emote_only, None, "unchanged modes are left out");
+
+        let timeout = ClearTarget::User {
+            login: "bob",
+            user_id: 5,
+            ban_duration_secs: Some(600),
+        };
+        for (target, want) in [
+            (
+                timeout,
+                ClearChatAction::UserTimedOut {
+                    user_login: "bob".into(),
+                    user_id: "5".into(),
+                    timeout_length: std::time::Duration::from_secs(600),
+                },
+            ),
+            (
+                ClearTarget::User {
+                    login: "bob",
+                    user_id: 5,
+                    ban_duration_secs: None,
+                },
+                ClearChatAction::UserBanned {
+                    user_login: "bob".into(),
+                    user_id: "5".into(),
+                },
+            ),
+            (ClearTarget::All, ClearChatAction::ChatCleared),
+        ] {
+            out.clear();
+            encode_clearchat(
+                "ronni",
+                7,
+                target,
+                1_700_000_000_000,
+                SERVER_NAME_DEFAULT,
+                true,
+                &mut out,
+            );
+            let ServerMessage::ClearChat(clear) = parse_one(&out) else {
+                panic!("not a CLEARCHAT: {}", String::from_utf8_lossy(&out));
+            };
+            assert_eq!(clear.action, want);
+            assert_eq!(clear.channel_id, "7");
+        }
+
+        out.clear();
+        encode_clearmsg(
+            "ronni",
+            7,
+            "bob",
+            "abc-1",
+            "arr; a text: with spaces",
+            1_700_000_000_000,
+            SERVER_NAME_DEFAULT,
+            true,
+            &mut out,
+        );
+        let ServerMessage::ClearMsg(clear) = parse_one(&out) else {
+            panic!("not a CLEARMSG");
+        };
+        assert_eq!(clear.sender_login, "bob");
+        assert_eq!(clear.message_id, "abc-1");
+        assert_eq!(clear.message_text, "arr; a text: with spaces");
+
+        out.clear();
+        let held = HeldLine {
+            held_id: 9,
+            login: "bob",
+            display_name: "Bob",
+            user_id: 5,
+            reason: "caps",
+            text: "LOUD",
+        };
+        encode_automod_held("ronni", 7, &held, 1, SERVER_NAME_DEFAULT, true, &mut out);
+        encode_automod_resolved("ronni", 7, 9, false, 2, SERVER_NAME_DEFAULT, true, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "@display-name=Bob;held-id=9;login=bob;msg-id=automod-held;reason=caps;room-id=7;tmi-sent-ts=1;\
+             user-id=5 :tmi.twitch.tv USERNOTICE #ronni :LOUD\r\n\
+             @held-id=9;msg-id=automod-resolved;room-id=7;status=denied;tmi-sent-ts=2 \
+             :tmi.twitch.tv USERNOTICE #ronni\r\n"
+        );
     }
 
     #[test]

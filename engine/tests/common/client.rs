@@ -253,13 +253,27 @@ impl HttpResponse {
 
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+    http_as(addr, method, path, None, body)
+}
+
+/// One HTTP/1.1 request with `Connection: close`, with `Authorization: Bearer <token>` when a token is given.
+pub fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).expect("connect http");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let body = body.unwrap_or("");
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).unwrap();
