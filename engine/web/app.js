@@ -753,7 +753,7 @@
     };
     button('delete', '✕', mine ? 'Delete your message' : `Delete this message from ${name}`, !mine);
     if (!mine) {
-      button('timeout', '⏱', `Time out ${name} for 10 minutes`, true);
+      button('timeout', '◔', `Time out ${name} for 10 minutes`, true);
       button('ban', '⊘', `Ban ${name}`, true);
     }
     return wrap;
