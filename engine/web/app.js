@@ -32,9 +32,60 @@
     pongWaitMs: 20000,
     toastMs: 3500,
     composerErrorMs: 8000,
+    // Messages in the AutoMod queue shown to a moderator; the oldest leave the view beyond this.
+    heldItemsMax: 100,
+    // How long an own message held by AutoMod waits for a moderator's decision before it is forgotten.
+    heldWaitMs: 30 * 60 * 1000,
+    // Ids of own messages deleted by their author, remembered to word the deletion.
+    selfDeletesMax: 200,
   };
 
   const TOKEN_KEY = 'twitchy.auth';
+
+  // Timeout length offered as a one-click action on each line, in seconds (Twitch's default).
+  const TIMEOUT_ACTION_SECS = 600;
+
+  // Chat commands that may also start with "." (as on Twitch); any text starting with "/" is a command except /me.
+  const CHAT_COMMANDS = new Set([
+    'timeout', 'untimeout', 'ban', 'unban', 'delete', 'clear', 'slow', 'slowoff', 'emoteonly', 'emoteonlyoff',
+    'uniquechat', 'uniquechatoff', 'r9kbeta', 'r9kbetaoff', 'mod', 'unmod', 'vip', 'unvip', 'mods', 'vips',
+    'color', 'automod',
+  ]);
+
+  // Twitch's named chat colours, offered in the settings.
+  const TWITCH_COLORS = [
+    ['Blue', '#0000FF'], ['BlueViolet', '#8A2BE2'], ['CadetBlue', '#5F9EA0'], ['Chocolate', '#D2691E'],
+    ['Coral', '#FF7F50'], ['DodgerBlue', '#1E90FF'], ['Firebrick', '#B22222'], ['GoldenRod', '#DAA520'],
+    ['Green', '#008000'], ['HotPink', '#FF69B4'], ['OrangeRed', '#FF4500'], ['Red', '#FF0000'],
+    ['SeaGreen', '#2E8B57'], ['SpringGreen', '#00FF7F'], ['YellowGreen', '#9ACD32'],
+  ];
+
+  // NOTICE msg-ids that report a command that worked, shown as plain status lines rather than errors.
+  const NOTICE_OK_IDS = new Set([
+    'slow_on', 'slow_off', 'emote_only_on', 'emote_only_off', 'r9k_on', 'r9k_off', 'color_changed',
+    'automod_allowed', 'automod_denied', 'automod_phrase_added', 'automod_phrase_removed', 'room_mods', 'no_mods',
+    'no_vips', 'automod_message_approved',
+  ]);
+
+  // Refused sends that the chat itself explains (modes, timeouts, bans, AutoMod), beside the refused line.
+  const REFUSAL_TEXT = {
+    msg_slowmode: ['slow mode', 'This room is in slow mode; wait a little before sending again.'],
+    msg_timedout: ['you are timed out', 'You are timed out in this room.'],
+    msg_banned: ['you are banned', 'You are banned from talking in this room.'],
+    msg_emoteonly: ['emote-only mode', 'This room is in emote-only mode.'],
+    msg_r9k: ['not unique', 'This room is in unique-chat mode and your message repeats a recent one.'],
+    msg_rejected: ['held for moderators', 'Your message is being checked by mods and has not been sent.'],
+    msg_rejected_mandatory: ['blocked by AutoMod', "Your message wasn't posted due to the channel's moderation settings."],
+  };
+
+  const AUTOMOD_REASONS = {
+    caps: 'too many capitals',
+    repeated_words: 'repeated words',
+    repeated_chars: 'repeated characters',
+    link: 'link',
+    duplicate: 'duplicate message',
+    phrase: 'blocked phrase',
+  };
 
   // ---------------------------------------------------------------------------------------------
   // IRC line codec (IRCv3 message tags, Twitch dialect).
@@ -236,7 +287,13 @@
     rooms: [],
     room: null,
     auth: loadAuth(),
-    me: { displayName: '', color: '', badges: [] },
+    me: freshMe(),
+    // The current room's modes, from ROOMSTATE.
+    modes: { slow: 0, emoteOnly: false, r9k: false },
+    // Messages held by AutoMod in the current room, by held id (moderators only).
+    held: new Map(),
+    // Ids of own messages this page deleted, so their lines read "message deleted" rather than "by a moderator".
+    selfDeletes: new Set(),
     // Own messages by client nonce: { nonce, room, text, status, styled, id, el, timer, reason }.
     own: new Map(),
     seenIds: new Set(),
@@ -248,6 +305,12 @@
     noOlder: false,
     loadingOlder: false,
   };
+
+  // Who this page chats as: display name, colour and badges from USERSTATE, the user id from GLOBALUSERSTATE, and the
+  // room roles that decide which moderation actions are offered.
+  function freshMe() {
+    return { displayName: '', color: '', badges: [], userId: '', isMod: false, isBroadcaster: false };
+  }
 
   function loadAuth() {
     try {
@@ -321,6 +384,21 @@
     tabLogin: $('tab-login'),
     tabSignup: $('tab-signup'),
     toast: $('toast'),
+    roomModes: $('room-modes'),
+    automodQueue: $('automod-queue'),
+    automodTitle: $('automod-title'),
+    automodList: $('automod-list'),
+    settings: $('settings-dialog'),
+    colorForm: $('color-form'),
+    colorSwatches: $('color-swatches'),
+    colorInput: $('settings-color'),
+    colorPreview: $('color-preview'),
+    colorSave: $('color-save'),
+    colorMsg: $('color-msg'),
+    usernameForm: $('username-form'),
+    usernameInput: $('settings-username'),
+    usernameSave: $('username-save'),
+    usernameMsg: $('username-msg'),
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -473,6 +551,7 @@
     if (location.hash !== `#${name}`) history.replaceState(null, '', `#${name}`);
     // The first room keeps what was said before it was chosen (e.g. a refused login).
     if (previous) resetLines();
+    resetRoomState();
     renderRooms();
     addSystemLine(`Joining #${name}…`);
     conn.switchRoom(previous, name);
@@ -594,8 +673,11 @@
     const line = el('div', 'line msg');
     if (m.id) line.dataset.id = m.id;
     line.dataset.login = m.login;
+    if (m.userId) line.dataset.userId = m.userId;
     if (m.historical) line.classList.add('historical');
     if (m.own) line.classList.add('own');
+    const mine = !!m.own || isMine(m.login, m.userId);
+    if (mine) line.classList.add('mine');
 
     const sent = new Date(m.sentMs || Date.now());
     const ts = el('time', 'ts', timeFormat.format(sent));
@@ -604,6 +686,10 @@
     line.append(ts);
 
     const badges = parseBadges(m.badges);
+    // Which actions a moderator gets on this line depends on the author's role (see the stylesheet).
+    if (badges.some((b) => b.name === 'broadcaster')) line.classList.add('from-broadcaster');
+    if (badges.some((b) => b.name === 'moderator')) line.classList.add('from-mod');
+    if (m.login) line.append(renderActions(m.displayName || m.login, mine));
     if (badges.length) {
       const wrap = el('span', 'badges');
       for (const badge of badges) {
@@ -648,7 +734,47 @@
     line.append(originalBox);
 
     if (m.own) line.append(el('span', 'status'));
+    if (m.deleted) showDeleted(line, m.deleted);
     return line;
+  }
+
+  // The moderation buttons of one line. Every line gets them; the stylesheet shows them only to moderators (the
+  // app carries `can-moderate`), so a role granted or revoked later applies to lines already on screen. The
+  // author's own lines get only "delete".
+  function renderActions(name, mine) {
+    const wrap = el('span', 'actions');
+    const button = (action, glyph, label, modOnly) => {
+      const b = el('button', `act act-${action}${modOnly ? ' act-mod' : ''}`, glyph);
+      b.type = 'button';
+      b.dataset.action = action;
+      b.title = label;
+      b.setAttribute('aria-label', label);
+      wrap.append(b);
+    };
+    button('delete', '✕', mine ? 'Delete your message' : `Delete this message from ${name}`, !mine);
+    if (!mine) {
+      button('timeout', '◔', `Time out ${name} for 10 minutes`, true);
+      button('ban', '⊘', `Ban ${name}`, true);
+    }
+    return wrap;
+  }
+
+  // Whether a line was written by the account this page is logged in as (by user id when known, since the login
+  // can change).
+  function isMine(login, userId) {
+    if (!state.auth) return false;
+    if (userId && state.me.userId) return userId === state.me.userId;
+    return !!login && login === state.auth.username;
+  }
+
+  function showDeleted(line, text) {
+    line.classList.add('deleted');
+    line.classList.remove('show-original', 'has-original');
+    const body = line.querySelector('.text');
+    body.textContent = text;
+    body.removeAttribute('title');
+    // The removed text is not kept in the page, not even as the "original".
+    line.querySelector('.original-text').textContent = '';
   }
 
   function addChatMessage(m) {
@@ -662,7 +788,7 @@
   // ---------------------------------------------------------------------------------------------
   // Own messages: pending until the server's USERSTATE acknowledgement carries our nonce.
 
-  const OWN_STATUS_TEXT = { pending: 'sending…', acked: '', failed: 'not sent' };
+  const OWN_STATUS_TEXT = { pending: 'sending…', acked: '', failed: 'not sent', held: 'held for moderators' };
 
   function applyOwnStatus(entry) {
     const line = entry.el;
@@ -670,18 +796,19 @@
     line.classList.toggle('pending', entry.status === 'pending');
     line.classList.toggle('acked', entry.status === 'acked');
     line.classList.toggle('failed', entry.status === 'failed');
+    line.classList.toggle('held', entry.status === 'held');
     if (entry.id) line.dataset.id = entry.id;
     line.dataset.nonce = entry.nonce;
-    if (entry.status === 'failed' && entry.failMsgId) line.dataset.msgId = entry.failMsgId;
+    if ((entry.status === 'failed' || entry.status === 'held') && entry.failMsgId) line.dataset.msgId = entry.failMsgId;
     else delete line.dataset.msgId;
     const status = line.querySelector('.status');
     if (status) {
       status.textContent = entry.status === 'failed' && entry.reason ? `not sent: ${entry.reason}` : OWN_STATUS_TEXT[entry.status];
       if (entry.status === 'pending') status.title = 'Waiting for the server to confirm';
-      else if (entry.status === 'failed') status.title = entry.failText || entry.reason;
+      else if (entry.status === 'failed' || entry.status === 'held') status.title = entry.failText || entry.reason;
       else status.title = '';
     }
-    if (entry.styled !== null) {
+    if (entry.styled !== null && !line.classList.contains('deleted')) {
       const body = line.querySelector('.text');
       const action = /^\u0001ACTION (.*?)\u0001?$/s.exec(entry.styled);
       body.textContent = action ? action[1] : entry.styled;
@@ -697,8 +824,10 @@
     entry.reason = reason || '';
     clearTimeout(entry.timer);
     if (status !== 'pending') {
-      // Forget settled entries after a while; their lines keep the final state.
-      entry.timer = setTimeout(() => state.own.delete(entry.nonce), LIMITS.ackWaitMs * 4);
+      // Forget settled entries after a while; their lines keep the final state. A held message waits for a
+      // moderator, which can take much longer.
+      const keepMs = status === 'held' ? LIMITS.heldWaitMs : LIMITS.ackWaitMs * 4;
+      entry.timer = setTimeout(() => state.own.delete(entry.nonce), keepMs);
     }
     applyOwnStatus(entry);
   }
@@ -720,6 +849,7 @@
     entry.el = renderMessage({
       id: entry.id,
       login: state.auth?.username || '',
+      userId: state.me.userId,
       displayName: state.me.displayName || state.auth?.username || '',
       color: state.me.color,
       badges: state.me.badges,
@@ -770,6 +900,7 @@
       showComposerError('Not connected right now; your message was kept. It can be sent once chat reconnects.', 'conn');
       return false;
     }
+    if (isChatCommand(text)) return sendCommand(text);
     let body = text;
     const me = /^\/me\s+(.+)$/i.exec(text);
     if (me) body = `\u0001ACTION ${me[1]}\u0001`;
@@ -796,6 +927,297 @@
     return true;
   }
 
+  // A chat command ("/timeout bob", ".ban bob") rather than a message; "/me" is a message.
+  function isChatCommand(text) {
+    const match = /^([/.])(\w+)/.exec(text);
+    if (!match || match[2].toLowerCase() === 'me') return false;
+    return match[1] === '/' || CHAT_COMMANDS.has(match[2].toLowerCase());
+  }
+
+  // Sends a chat command to the current room. The server answers with a NOTICE (and, for moderation, with the
+  // CLEARCHAT / CLEARMSG / ROOMSTATE every viewer gets), so no own line is drawn for it.
+  function sendCommand(text) {
+    if (!state.auth) {
+      showComposerError('Log in or sign up to chat.', 'auth');
+      return false;
+    }
+    if (!conn.isReady()) {
+      showComposerError('Not connected right now. Try again once chat reconnects.', 'conn');
+      return false;
+    }
+    conn.send(`PRIVMSG #${state.room} :${oneLine(text)}`);
+    return true;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Moderation: actions on chat lines, deletions, timeouts and clears, room modes, the AutoMod queue.
+
+  function onLineAction(button) {
+    const line = button.closest('.line.msg');
+    if (!line) return;
+    const id = line.dataset.id || '';
+    const login = line.dataset.login || '';
+    switch (button.dataset.action) {
+      case 'delete':
+        if (!id) return;
+        if (line.classList.contains('mine')) rememberSelfDelete(id);
+        sendCommand(`/delete ${id}`);
+        break;
+      case 'timeout':
+        if (login) sendCommand(`/timeout ${login} ${TIMEOUT_ACTION_SECS}`);
+        break;
+      case 'ban':
+        if (login) sendCommand(`/ban ${login}`);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function rememberSelfDelete(id) {
+    state.selfDeletes.add(id);
+    if (state.selfDeletes.size > LIMITS.selfDeletesMax) {
+      state.selfDeletes.delete(state.selfDeletes.values().next().value);
+    }
+  }
+
+  // The USERSTATE for the room says whether this account moderates it: `mod=1`, or the broadcaster badge (Twitch
+  // gives the broadcaster `mod=0`).
+  function applyRole(tags) {
+    if (!state.auth) return;
+    const badges = parseBadges(tags.badges || '');
+    const wasModerator = canModerate();
+    if ('mod' in tags || 'badges' in tags) {
+      state.me.isBroadcaster = badges.some((b) => b.name === 'broadcaster');
+      state.me.isMod = tags.mod === '1' || badges.some((b) => b.name === 'moderator');
+    }
+    if (tags['user-id']) state.me.userId = tags['user-id'];
+    renderRole();
+    if (canModerate() && !wasModerator) loadHeld(state.room);
+    if (!canModerate() && wasModerator) clearHeld();
+  }
+
+  function canModerate() {
+    return !!state.auth && (state.me.isMod || state.me.isBroadcaster);
+  }
+
+  function renderRole() {
+    ui.app.classList.toggle('can-moderate', canModerate());
+    ui.app.classList.toggle('is-broadcaster', !!state.auth && state.me.isBroadcaster);
+  }
+
+  // Leaving a room (or logging out) forgets the roles and the queue that belonged to it.
+  function resetRoomState() {
+    state.me.isMod = false;
+    state.me.isBroadcaster = false;
+    renderRole();
+    clearHeld();
+    state.modes = { slow: 0, emoteOnly: false, r9k: false };
+    renderModes();
+  }
+
+  // Queued lines not yet drawn are changed too, so a deletion that arrives in the same frame as its message wins.
+  function forEachMessage(match, apply) {
+    for (const item of state.renderQueue) {
+      if (item.kind === 'msg' && match(item)) item.deleted = apply(null, item);
+    }
+    for (const line of ui.lines.querySelectorAll('.line.msg')) {
+      if (match({ id: line.dataset.id || '', login: line.dataset.login || '', userId: line.dataset.userId || '' })) {
+        showDeleted(line, apply(line, null));
+      }
+    }
+  }
+
+  function markDeleted(id) {
+    if (!id) return;
+    const text = state.selfDeletes.has(id) ? 'message deleted' : 'message deleted by a moderator';
+    forEachMessage((m) => m.id === id, () => text);
+  }
+
+  function formatDuration(seconds) {
+    const units = [[604800, 'week'], [86400, 'day'], [3600, 'hour'], [60, 'minute'], [1, 'second']];
+    for (const [size, name] of units) {
+      if (seconds >= size && seconds % size === 0) {
+        const n = seconds / size;
+        return `${n} ${name}${n === 1 ? '' : 's'}`;
+      }
+    }
+    return `${seconds} seconds`;
+  }
+
+  // CLEARCHAT: with a login, that user was timed out or banned and their lines are hidden; without one, a
+  // moderator cleared the chat.
+  function clearChat(login, tags) {
+    if (!login) {
+      resetLines();
+      addSystemLine('Chat was cleared by a moderator', 'info', 'clearchat');
+      return;
+    }
+    const userId = tags['target-user-id'] || '';
+    forEachMessage(
+      (m) => (userId && m.userId ? m.userId === userId : m.login === login),
+      () => '<message deleted>',
+    );
+    const seconds = Number(tags['ban-duration']) || 0;
+    const me = isMine(login, userId);
+    let text;
+    if (seconds > 0) {
+      text = me ? `You have been timed out for ${formatDuration(seconds)}.` : `${login} has been timed out for ${formatDuration(seconds)}.`;
+    } else {
+      text = me ? 'You have been banned from this room.' : `${login} has been banned.`;
+    }
+    addSystemLine(text, me ? 'warn' : 'info', seconds > 0 ? 'timeout' : 'ban');
+  }
+
+  // ROOMSTATE: the JOIN's carries every mode and only sets them; later ones carry what changed and are announced.
+  function applyRoomState(tags, initial) {
+    const next = initial ? { slow: 0, emoteOnly: false, r9k: false } : { ...state.modes };
+    if ('slow' in tags) next.slow = Math.max(0, Number(tags.slow) || 0);
+    if ('emote-only' in tags) next.emoteOnly = tags['emote-only'] === '1';
+    if ('r9k' in tags) next.r9k = tags.r9k === '1';
+    const before = state.modes;
+    state.modes = next;
+    renderModes();
+    if (initial) return;
+    if (next.slow !== before.slow) {
+      addSystemLine(next.slow ? `Slow mode on: ${next.slow} s` : 'Slow mode off', 'info', 'roomstate-slow');
+    }
+    if (next.emoteOnly !== before.emoteOnly) {
+      addSystemLine(`Emote-only mode ${next.emoteOnly ? 'on' : 'off'}`, 'info', 'roomstate-emote-only');
+    }
+    if (next.r9k !== before.r9k) {
+      addSystemLine(`Unique-chat mode ${next.r9k ? 'on' : 'off'}`, 'info', 'roomstate-r9k');
+    }
+  }
+
+  function renderModes() {
+    const chips = [];
+    if (state.modes.slow) chips.push(['slow', `Slow mode: ${state.modes.slow} s`]);
+    if (state.modes.emoteOnly) chips.push(['emote-only', 'Emote-only']);
+    if (state.modes.r9k) chips.push(['r9k', 'Unique chat']);
+    ui.roomModes.replaceChildren(
+      ...chips.map(([key, text]) => {
+        const chip = el('span', 'mode-chip', text);
+        chip.dataset.mode = key;
+        return chip;
+      }),
+    );
+    ui.roomModes.hidden = chips.length === 0;
+  }
+
+  // AutoMod queue (moderators only): held messages with Allow / Deny.
+
+  function addHeld(item) {
+    if (!item.heldId || state.held.has(item.heldId)) return;
+    const li = el('li', 'held');
+    li.dataset.heldId = item.heldId;
+    const head = el('div', 'held-head');
+    const name = el('span', 'name', item.displayName || item.login);
+    name.style.color = readableColor(item.color || '', item.login);
+    const reason = AUTOMOD_REASONS[item.reason] || item.reason || 'flagged';
+    head.append(name, el('span', 'held-reason', `held: ${reason}`));
+    const text = el('p', 'held-text', item.text);
+    const actions = el('div', 'held-actions');
+    const who = item.displayName || item.login;
+    for (const [verb, label, cls] of [['allow', 'Allow', 'primary'], ['deny', 'Deny', 'ghost']]) {
+      const button = el('button', `btn small ${cls} held-${verb}`, label);
+      button.type = 'button';
+      button.dataset.verb = verb;
+      button.setAttribute('aria-label', `${label} the message from ${who}`);
+      actions.append(button);
+    }
+    li.append(head, text, actions);
+    state.held.set(item.heldId, li);
+    ui.automodList.append(li);
+    while (state.held.size > LIMITS.heldItemsMax) {
+      const [oldest, node] = state.held.entries().next().value;
+      node.remove();
+      state.held.delete(oldest);
+    }
+    renderHeldCount();
+  }
+
+  function removeHeld(heldId) {
+    const li = state.held.get(heldId);
+    if (!li) return;
+    li.remove();
+    state.held.delete(heldId);
+    renderHeldCount();
+  }
+
+  function clearHeld() {
+    state.held.clear();
+    ui.automodList.replaceChildren();
+    renderHeldCount();
+  }
+
+  function renderHeldCount() {
+    const n = state.held.size;
+    ui.automodTitle.textContent = `Held by AutoMod (${n})`;
+    ui.automodQueue.hidden = n === 0;
+  }
+
+  function onHeldAction(button) {
+    const li = button.closest('.held');
+    if (!li) return;
+    if (sendCommand(`/automod ${button.dataset.verb} ${li.dataset.heldId}`)) {
+      // The item leaves when the server says it was resolved (automod-resolved), for every moderator at once.
+      for (const b of li.querySelectorAll('button')) b.disabled = true;
+    }
+  }
+
+  // Messages already held when this page became a moderator come from the moderation API.
+  async function loadHeld(room) {
+    const token = state.auth?.token;
+    if (!token || !room) return;
+    try {
+      const response = await fetch(`/api/rooms/${encodeURIComponent(room)}/moderation`, {
+        headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
+      });
+      if (!response.ok) return;
+      const body = await response.json();
+      if (room !== state.room || !canModerate()) return;
+      for (const h of Array.isArray(body?.held) ? body.held : []) {
+        if (!h) continue;
+        addHeld({
+          heldId: String(h.held_id ?? ''),
+          login: String(h.login || ''),
+          displayName: String(h.display_name || h.login || ''),
+          reason: String(h.reason || ''),
+          text: String(h.text ?? ''),
+        });
+      }
+    } catch (_) {
+      // Live automod-held notices still fill the queue.
+    }
+  }
+
+  function onUserNotice(msg, room) {
+    const tags = msg.tags;
+    const msgId = tags['msg-id'] || '';
+    if (msgId === 'automod-held') {
+      if (room === state.room && canModerate()) {
+        addHeld({
+          heldId: tags['held-id'] || '',
+          login: tags.login || '',
+          displayName: tags['display-name'] || tags.login || '',
+          color: tags.color || '',
+          reason: tags.reason || '',
+          text: msg.params[1] ?? '',
+        });
+      }
+      return;
+    }
+    if (msgId === 'automod-resolved') {
+      if (room === state.room) removeHeld(tags['held-id'] || '');
+      return;
+    }
+    if (room === state.room) {
+      const text = tags['system-msg'] || msg.params[1] || '';
+      if (text) addSystemLine(text, 'info', msgId);
+    }
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Connection: WebSocket + Twitch IRC, with reconnect and exponential backoff.
 
@@ -805,6 +1227,8 @@
     let joinedRoom = null;
     // Set once the server confirmed the current JOIN with ROOMSTATE or the end of NAMES.
     let joinConfirmed = false;
+    // Set once the current JOIN's ROOMSTATE (which carries every mode) arrived; later ones are changes.
+    let roomStateSeen = false;
     let attempt = 0;
     let everJoined = false;
     let retryTimer = 0;
@@ -954,6 +1378,7 @@
       if (!registered || !state.room || joinedRoom === state.room) return;
       joinedRoom = state.room;
       joinConfirmed = false;
+      roomStateSeen = false;
       rawSend(`JOIN #${state.room}`);
     }
 
@@ -1019,6 +1444,10 @@
           break;
         case 'ROOMSTATE':
         case '366':
+          if (msg.command === 'ROOMSTATE' && room === state.room && room === joinedRoom) {
+            applyRoomState(msg.tags, !roomStateSeen);
+            roomStateSeen = true;
+          }
           if (room === state.room && room === joinedRoom && !joinConfirmed) {
             joinConfirmed = true;
             onJoined();
@@ -1031,16 +1460,13 @@
           onNotice(msg, room);
           break;
         case 'USERNOTICE':
-          if (room === state.room) {
-            const text = msg.tags['system-msg'] || msg.params[1] || '';
-            if (text) addSystemLine(text, 'info', msg.tags['msg-id']);
-          }
+          onUserNotice(msg, room);
           break;
         case 'CLEARMSG':
           if (room === state.room) markDeleted(msg.tags['target-msg-id']);
           break;
         case 'CLEARCHAT':
-          if (room === state.room) clearChat(msg.params[1] ? msg.params[1].toLowerCase() : null);
+          if (room === state.room) clearChat(msg.params[1] ? msg.params[1].toLowerCase() : null, msg.tags);
           break;
         default:
           break;
@@ -1052,6 +1478,7 @@
       if (tags['display-name']) state.me.displayName = tags['display-name'];
       if ('color' in tags) state.me.color = tags.color;
       if ('badges' in tags) state.me.badges = tags.badges;
+      if (tags['user-id']) state.me.userId = tags['user-id'];
       ui.meName.textContent = state.me.displayName || state.auth.username;
     }
 
@@ -1067,7 +1494,10 @@
         if (entry.styled === null) setTimeout(() => fetchOwnStyled(entry), LIMITS.echoWaitMs);
         return;
       }
-      if (room === state.room) applyMe(msg.tags);
+      if (room === state.room) {
+        applyMe(msg.tags);
+        applyRole(msg.tags);
+      }
     }
 
     function onPrivmsg(msg, room) {
@@ -1076,6 +1506,19 @@
       const nonce = tags['client-nonce'];
       const entry = nonce ? state.own.get(nonce) : undefined;
       const text = msg.params[1] ?? '';
+      const original = tags['twitchy/original'] ?? '';
+      const login = nickOf(msg.prefix);
+      const heldEntry = entry ? null : ownHeldMatching(room, login, tags['user-id'] || '', original);
+      if (heldEntry) {
+        // A message AutoMod held and a moderator allowed arrives like any other; its pending line takes it.
+        heldEntry.styled = text;
+        if (tags.id) {
+          heldEntry.id = tags.id;
+          rememberId(tags.id);
+        }
+        setOwnStatus(heldEntry, 'acked');
+        return;
+      }
       if (entry) {
         // Our own message, echoed styled: update the pending line instead of adding a second one.
         entry.styled = text;
@@ -1084,7 +1527,7 @@
           rememberId(tags.id);
         }
         // A replayed historical copy proves the message was stored even if the ack was lost.
-        if (tags.historical === '1' || entry.status === 'failed') setOwnStatus(entry, 'acked');
+        if (tags.historical === '1' || entry.status === 'failed' || entry.status === 'held') setOwnStatus(entry, 'acked');
         else applyOwnStatus(entry);
         return;
       }
@@ -1093,12 +1536,13 @@
       addChatMessage({
         room,
         id: tags.id || '',
-        login: nickOf(msg.prefix),
-        displayName: tags['display-name'] || nickOf(msg.prefix),
+        login,
+        userId: tags['user-id'] || '',
+        displayName: tags['display-name'] || login,
         color: tags.color || '',
         badges: tags.badges || '',
         text,
-        original: tags['twitchy/original'] ?? '',
+        original,
         sentMs,
         historical: tags.historical === '1',
       });
@@ -1127,18 +1571,46 @@
         }
       }
       if (room && room !== state.room) return;
+      if (msgId === 'automod_message_approved' || msgId === 'automod_message_denied') {
+        onOwnHeldResolved(msgId, text);
+        return;
+      }
       const nonce = msg.tags['client-nonce'];
       let entry = nonce ? state.own.get(nonce) : null;
       if (!entry && msgId.startsWith('msg_')) entry = newestUnechoedPending(state.room);
+      const refusal = msgId in REFUSAL_TEXT;
       if (entry && entry.status === 'pending') {
         // The refused line itself says why; the full text goes above the input box.
         entry.failMsgId = msgId;
         entry.failText = describeNotice(msgId, text);
-        setOwnStatus(entry, 'failed', shortReason(msgId, text));
-      } else {
-        addSystemLine(text || msgId, 'error', msgId || 'notice');
+        setOwnStatus(entry, msgId === 'msg_rejected' ? 'held' : 'failed', shortReason(msgId, text));
+      } else if (!refusal) {
+        addSystemLine(text || msgId, noticeTone(msgId), msgId || 'notice');
       }
+      // Refusals by the room's rules (modes, timeouts, bans, AutoMod) also get a line in the chat, in the
+      // server's words, so the reason stays readable after the composer message goes away.
+      if (refusal) addSystemLine(describeNotice(msgId, text), msgId === 'msg_rejected' ? 'warn' : 'error', msgId);
       if (entry || msgId.startsWith('msg_')) showComposerError(describeNotice(msgId, text), msgId || 'notice');
+    }
+
+    // The author of a held message hears whether a moderator allowed or denied it (the NOTICE does not say which
+    // message; held messages are resolved one at a time, so the oldest waiting one is taken).
+    function onOwnHeldResolved(msgId, text) {
+      let entry = null;
+      for (const e of state.own.values()) {
+        if (e.status === 'held' && e.room === state.room) {
+          entry = e;
+          break;
+        }
+      }
+      if (msgId === 'automod_message_denied') {
+        if (entry) setOwnStatus(entry, 'failed', 'denied by a moderator');
+        addSystemLine(text || 'A moderator denied your message.', 'error', msgId);
+      } else {
+        // The allowed message itself follows like any other and takes over the held line (see onPrivmsg).
+        if (entry) entry.approved = true;
+        addSystemLine(text || 'A moderator allowed your message.', 'ok', msgId);
+      }
     }
 
     function isReady() {
@@ -1154,7 +1626,24 @@
     return { connect, restart, switchRoom, send: rawSend, isReady, reconnectNow };
   })();
 
+  function noticeTone(msgId) {
+    return NOTICE_OK_IDS.has(msgId) || msgId.endsWith('_success') ? 'ok' : 'error';
+  }
+
+  // The own message held by AutoMod that a delivered PRIVMSG is: same author, same room, same original text.
+  function ownHeldMatching(room, login, userId, original) {
+    if (!isMine(login, userId)) return null;
+    let oldest = null;
+    for (const entry of state.own.values()) {
+      if (entry.room !== room || !(entry.status === 'held' || entry.approved) || entry.styled !== null) continue;
+      if (original && entry.text === original) return entry;
+      if (!original && !oldest) oldest = entry;
+    }
+    return oldest;
+  }
+
   function shortReason(msgId, text) {
+    if (REFUSAL_TEXT[msgId]) return REFUSAL_TEXT[msgId][0];
     switch (msgId) {
       case 'msg_ratelimit':
         return 'sending too fast';
@@ -1168,6 +1657,7 @@
   }
 
   function describeNotice(msgId, text) {
+    if (REFUSAL_TEXT[msgId]) return text || REFUSAL_TEXT[msgId][1];
     switch (msgId) {
       case 'msg_ratelimit':
         return text || 'You are sending messages too quickly. Wait a moment and try again.';
@@ -1175,30 +1665,6 @@
         return text || `Messages can be at most ${LIMITS.messageCharsMax} characters.`;
       default:
         return text || msgId;
-    }
-  }
-
-  function markDeleted(id) {
-    if (!id) return;
-    for (const line of ui.lines.querySelectorAll('.line.msg')) {
-      if (line.dataset.id === id) {
-        line.classList.add('deleted');
-        line.querySelector('.text').textContent = '<message deleted>';
-      }
-    }
-  }
-
-  function clearChat(login) {
-    if (!login) {
-      resetLines();
-      addSystemLine('Chat was cleared by a moderator.', 'info');
-      return;
-    }
-    for (const line of ui.lines.querySelectorAll('.line.msg')) {
-      if (line.dataset.login === login) {
-        line.classList.add('deleted');
-        line.querySelector('.text').textContent = '<message deleted>';
-      }
     }
   }
 
@@ -1227,6 +1693,7 @@
             room,
             id: m.id ? String(m.id) : '',
             login: String(m.login || ''),
+            userId: m.user_id ? String(m.user_id) : '',
             displayName: String(m.display_name || m.login || ''),
             color: String(m.color || ''),
             badges: m.badges,
@@ -1314,7 +1781,8 @@
       }
       if (response.ok && typeof body?.token === 'string') {
         state.auth = { username, token: body.token };
-        state.me = { displayName: '', color: '', badges: [] };
+        state.me = freshMe();
+        resetRoomState();
         saveAuth(state.auth);
         ui.dialog.close();
         ui.authUsername.value = username;
@@ -1351,7 +1819,8 @@
     }
     saveAuth(null);
     state.auth = null;
-    state.me = { displayName: '', color: '', badges: [] };
+    state.me = freshMe();
+    resetRoomState();
     renderAuth();
     toast('Logged out');
     conn.restart();
@@ -1366,7 +1835,135 @@
     ui.composer.hidden = !loggedIn;
     ui.guestBar.hidden = loggedIn;
     ui.meName.textContent = loggedIn ? state.me.displayName || state.auth.username : '';
+    if (!loggedIn && ui.settings.open) ui.settings.close();
+    renderRole();
     updateCounter();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Settings: name colour and username, over the account API with the Bearer token.
+
+  function renderSwatches() {
+    for (const [name, hex] of TWITCH_COLORS) {
+      const swatch = el('button', 'swatch');
+      swatch.type = 'button';
+      swatch.dataset.color = hex;
+      swatch.title = name;
+      swatch.setAttribute('aria-label', name);
+      swatch.setAttribute('aria-pressed', 'false');
+      swatch.style.backgroundColor = hex;
+      ui.colorSwatches.append(swatch);
+    }
+  }
+
+  function selectColor(hex) {
+    const value = /^#[0-9a-fA-F]{6}$/.test(hex || '') ? hex.toUpperCase() : '#1E90FF';
+    ui.colorInput.value = value.toLowerCase();
+    for (const swatch of ui.colorSwatches.children) {
+      swatch.setAttribute('aria-pressed', String(swatch.dataset.color === value));
+    }
+    const named = TWITCH_COLORS.find(([, h]) => h === value);
+    ui.colorPreview.textContent = named ? `${named[0]} (${value})` : value;
+    ui.colorPreview.style.color = readableColor(value, '');
+  }
+
+  function settingsMessage(node, text, ok) {
+    node.textContent = text;
+    node.dataset.kind = ok ? 'ok' : 'error';
+    node.hidden = false;
+  }
+
+  function openSettings() {
+    if (!state.auth) return;
+    ui.colorMsg.hidden = true;
+    ui.usernameMsg.hidden = true;
+    selectColor(state.me.color);
+    ui.usernameInput.value = state.me.displayName || state.auth.username;
+    if (!ui.settings.open) ui.settings.showModal();
+  }
+
+  // POSTs JSON to the account API; returns { status, body } (body null when not JSON) or throws when offline.
+  async function accountRequest(path, payload) {
+    const response = await fetch(path, {
+      method: 'POST',
+      headers: {
+        Authorization: `Bearer ${state.auth?.token || ''}`,
+        'Content-Type': 'application/json',
+        Accept: 'application/json',
+      },
+      body: JSON.stringify(payload),
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    return { status: response.status, body };
+  }
+
+  function apiError(status, body, fallback) {
+    if (typeof body?.error === 'string' && body.error) return body.error;
+    if (status === 401) return 'Your session has expired. Please log in again.';
+    return `${fallback} (HTTP ${status}).`;
+  }
+
+  async function submitColor(event) {
+    event.preventDefault();
+    if (!state.auth) return;
+    const color = ui.colorInput.value.toUpperCase();
+    ui.colorSave.disabled = true;
+    try {
+      const { status, body } = await accountRequest('/api/account/color', { color });
+      if (status === 200) {
+        state.me.color = typeof body?.color === 'string' ? body.color : color;
+        selectColor(state.me.color);
+        settingsMessage(ui.colorMsg, `Your colour is now ${state.me.color}.`, true);
+        toast('Colour saved');
+      } else {
+        settingsMessage(ui.colorMsg, apiError(status, body, 'The colour could not be saved'), false);
+      }
+    } catch (_) {
+      settingsMessage(ui.colorMsg, 'Cannot reach the server. Check your connection and try again.', false);
+    } finally {
+      ui.colorSave.disabled = false;
+    }
+  }
+
+  async function submitUsername(event) {
+    event.preventDefault();
+    if (!state.auth) return;
+    const wanted = ui.usernameInput.value.trim();
+    if (!wanted) {
+      settingsMessage(ui.usernameMsg, 'Enter the new username.', false);
+      ui.usernameInput.focus();
+      return;
+    }
+    ui.usernameSave.disabled = true;
+    try {
+      const { status, body } = await accountRequest('/api/account/username', { username: wanted });
+      if (status === 200 && typeof body?.login === 'string') {
+        const displayName = typeof body.display_name === 'string' && body.display_name ? body.display_name : body.login;
+        // The token stays valid; the new login is what the next NICK says, so the connection is made again now.
+        state.auth = { username: body.login, token: state.auth.token };
+        saveAuth(state.auth);
+        state.me.displayName = displayName;
+        renderAuth();
+        settingsMessage(ui.usernameMsg, `Your username is now ${displayName}.`, true);
+        toast(`You are now ${displayName}`);
+        addSystemLine(`You are now chatting as ${displayName}.`, 'ok', 'username_changed');
+        conn.restart();
+      } else if (status === 409) {
+        const serverText = typeof body?.error === 'string' ? body.error : '';
+        settingsMessage(ui.usernameMsg, serverText || `The username “${wanted}” is taken.`, false);
+      } else {
+        settingsMessage(ui.usernameMsg, apiError(status, body, 'The username could not be changed'), false);
+      }
+    } catch (_) {
+      settingsMessage(ui.usernameMsg, 'Cannot reach the server. Check your connection and try again.', false);
+    } finally {
+      ui.usernameSave.disabled = false;
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1431,9 +2028,18 @@
 
     // Tapping (or pressing Enter on) a message reveals its original, unstyled text.
     ui.lines.addEventListener('click', (event) => {
+      const action = event.target.closest('button[data-action]');
+      if (action) {
+        onLineAction(action);
+        return;
+      }
       if (window.getSelection && String(window.getSelection()).length) return;
       const line = event.target.closest('.line.msg');
-      if (line) line.classList.toggle('show-original');
+      if (line && !line.classList.contains('deleted')) line.classList.toggle('show-original');
+    });
+    ui.automodList.addEventListener('click', (event) => {
+      const button = event.target.closest('button[data-verb]');
+      if (button) onHeldAction(button);
     });
 
     $('btn-login').addEventListener('click', () => openAuth('login'));
@@ -1441,6 +2047,16 @@
     $('guest-login').addEventListener('click', () => openAuth('login'));
     $('guest-signup').addEventListener('click', () => openAuth('signup'));
     $('btn-logout').addEventListener('click', logout);
+    $('btn-settings').addEventListener('click', openSettings);
+    $('settings-close').addEventListener('click', () => ui.settings.close());
+    ui.colorForm.addEventListener('submit', submitColor);
+    ui.colorInput.addEventListener('input', () => selectColor(ui.colorInput.value));
+    ui.colorSwatches.addEventListener('click', (event) => {
+      const swatch = event.target.closest('button[data-color]');
+      if (swatch) selectColor(swatch.dataset.color);
+    });
+    ui.usernameForm.addEventListener('submit', submitUsername);
+    renderSwatches();
     $('auth-cancel').addEventListener('click', () => ui.dialog.close());
     ui.tabLogin.addEventListener('click', () => setAuthMode('login'));
     ui.tabSignup.addEventListener('click', () => setAuthMode('signup'));
