@@ -6,6 +6,7 @@ use crate::http::EndpointUrl;
 use crate::llm::LlmStyler;
 use crate::local::LocalStyler;
 use crate::metrics::{MetricsTotals, SharedMetrics};
+use crate::protect::{ProtectedWords, check_protected_word};
 use crate::{Styler, StylerConfig, StylerFactory};
 
 /// Builds a [`LlmStyler`] per shard when endpoints are configured, a [`LocalStyler`] otherwise.
@@ -13,6 +14,8 @@ use crate::{Styler, StylerConfig, StylerFactory};
 pub struct ClusterStylerFactory {
     config: StylerConfig,
     urls: Vec<EndpointUrl>,
+    /// Prepared once; every shard's styler gets its own copy.
+    protected: ProtectedWords,
     metrics: SharedMetrics,
 }
 
@@ -29,10 +32,25 @@ impl ClusterStylerFactory {
                 }
             })
             .collect();
+        for word in &config.protected_words {
+            if let Err(error) = check_protected_word(word) {
+                log::error!("{error}: left out");
+            }
+        }
+        let protected = ProtectedWords::new(&config.protected_words);
+        if protected.len() < config.protected_words.len() {
+            log::warn!(
+                "{} of {} protected words kept (invalid ones, repeats and any beyond {} are left out)",
+                protected.len(),
+                config.protected_words.len(),
+                crate::PROTECTED_WORDS_MAX
+            );
+        }
         let metrics = SharedMetrics::new(urls.iter().map(|url| url.base.clone()).collect());
         ClusterStylerFactory {
             config,
             urls,
+            protected,
             metrics,
         }
     }
@@ -47,11 +65,12 @@ impl StylerFactory for ClusterStylerFactory {
     fn local_styler(&self, shard: usize) -> Rc<dyn Styler> {
         let metrics = self.metrics.register(shard);
         if self.urls.is_empty() {
-            Rc::new(LocalStyler::new(metrics))
+            Rc::new(LocalStyler::new(metrics, self.protected.clone()))
         } else {
             Rc::new(LlmStyler::start(
                 self.config.clone(),
                 self.urls.clone(),
+                self.protected.clone(),
                 metrics,
             ))
         }

@@ -4,8 +4,16 @@
 //! # Internals
 //!
 //! - [`style`](crate::style_names) tables: per style a name, a one-line description, an LLM prompt template and
-//!   the local rewriter's rules (openers, interjections, closers, emoji). [`local_rewrite`] is a pure function of
-//!   `(style, text, seed)`: it sanitises the message and dresses it without changing a word, in one allocation.
+//!   the local rewriter's rules (openers, interjections, closers, emoji). [`local_rewrite_protected`] is a pure
+//!   function of `(style, text, seed, protected words)`: it sanitises the message and dresses it without changing
+//!   a word, in one allocation.
+//! - [`protect`](ProtectedWords): the protected words ([`StylerConfig::protected_words`], the engine's emote
+//!   codes) that styling delivers unchanged, as whole words. The local rewriter keeps each occurrence in place and
+//!   in order; the vLLM path sends the model numbered placeholders (`[E1]`, `[E2]`, …) instead, puts the words back
+//!   in the completion and delivers the local rewrite when a placeholder is missing, altered or repeated or the
+//!   model wrote a protected word of its own (fallback reason `emotes`, whether or not the quality gate is on). A
+//!   message of protected words alone is never sent to the model: it is delivered as it is, sanitised
+//!   (`emote_only`).
 //! - [`sanitize`]: one pass over user text or model output that drops control, bidi-override and replacement
 //!   characters, collapses whitespace and cuts at [`STYLED_CHARS_MAX`] characters on a cluster boundary; model
 //!   output is also checked for garbage (empty, too few letters, long repeats).
@@ -16,10 +24,11 @@
 //!   leaks, off-topic or rambling text and text out of style get the local rewrite, counted by reason.
 //! - [`openai`]: the `/v1/completions` wire format, sans IO, tolerant of broken UTF-8 and lone surrogates.
 //! - [`http`] and [`rt`]: a shard-local hyper 1.x HTTP/1.1 client over glommio TCP with keep-alive connections.
-//! - The vLLM path ([`LlmStyler`], one per shard): a completion cache per style, admission control (an AIMD limit
-//!   on outstanding prompts that keeps their age under a share of the deadline), a micro-batcher
-//!   (`batch_prompts_max` prompts or `batch_wait_us_max`, whichever first), least-outstanding-prompts balancing
-//!   over the endpoints, a circuit breaker per endpoint with `/health` probes, and the deadline wrapper: each
+//! - The vLLM path ([`LlmStyler`], one per shard): a completion cache per style (keyed by the message with its
+//!   placeholders and holding completions with placeholders, so `gg twiGG` and `gg twiHype` share one), admission
+//!   control (an AIMD limit on outstanding prompts that keeps their age under a share of the deadline), a
+//!   micro-batcher (`batch_prompts_max` prompts or `batch_wait_us_max`, whichever first), least-outstanding-prompts
+//!   balancing over the endpoints, a circuit breaker per endpoint with `/health` probes, and the deadline wrapper: each
 //!   message races its completion against a timer and gets the local rewrite when the timer wins. Under overload
 //!   the newest prompts go first, one style per batch, and prompts that cannot be answered in time are shed at
 //!   once. Batches go out as one request with a list of prompts ([`BatchMode::List`]) or as one request per
@@ -47,6 +56,7 @@ mod local;
 mod metrics;
 pub mod openai;
 mod prompt;
+mod protect;
 pub mod rt;
 pub mod sanitize;
 mod style;
@@ -58,6 +68,9 @@ pub use llm::LlmStyler;
 pub use local::LocalStyler;
 pub use metrics::{FallbackReason, MetricsTotals};
 pub use prompt::ChatTemplate;
+pub use protect::{
+    PROTECTED_WORD_CHARS_MAX, PROTECTED_WORDS_MAX, ProtectedWords, check_protected_word,
+};
 pub use sanitize::{Garbage, sanitize_completion, sanitize_text};
 
 use std::future::Future;
@@ -93,6 +106,13 @@ pub struct Styled {
 ///
 /// API boundary: `style` always resolves, within the configured deadline, with a non-empty text of at most
 /// [`STYLED_CHARS_MAX`] characters and no control characters.
+///
+/// API boundary: every occurrence of a protected word ([`StylerConfig::protected_words`]) in the sanitised message,
+/// a whole space-separated word matched case-sensitively, is in the styled text as a whole word, unchanged, as
+/// often as in the message, and no other occurrence is added; the local rewriter also keeps their order (a model
+/// may move them). Text glued to a word makes another word: `twiGG!` is not `twiGG` and is styled freely. A
+/// message longer than [`STYLED_CHARS_MAX`] characters loses what is cut off, occurrences included, and a cut inside
+/// a word never leaves a fragment that spells a protected word.
 pub trait Styler {
     /// Rewrites `text` in the named style. `seed` makes the local rewriter deterministic per message.
     fn style(&self, style: &str, text: &str, seed: u64) -> Pin<Box<dyn Future<Output = Styled>>>;
@@ -137,7 +157,8 @@ pub struct StylerConfig {
     /// begun in the style stays in it). The delivered text is the opener and the model's words.
     pub assistant_prefill: bool,
     /// Judge every completion (echo, prompt leak, off topic, off style) and deliver the local rewrite instead of a
-    /// rejected one. Off only to measure the model unfiltered.
+    /// rejected one. Off only to measure the model unfiltered. The check of protected words is no part of it and
+    /// stays on: the engine's `emotes` tag depends on it.
     pub quality_gate: bool,
     /// Most requests one shard keeps in flight to one endpoint (each holds one keep-alive connection). With
     /// [`BatchMode::Concurrent`] this bounds the prompts in flight, so it should be near the admission limit.
@@ -172,6 +193,11 @@ pub struct StylerConfig {
     /// tokenizer a prompt of `n` bytes is at most `n` tokens, so `prompt_bytes_max + max_tokens` below the served
     /// context length means no request is rejected for length; longer messages get the local rewrite.
     pub prompt_bytes_max: usize,
+    /// Words that styling delivers unchanged, as whole words, as often as the message has them (the engine passes
+    /// its emote codes, from which it computes the `emotes` tag of the styled text). Matched case-sensitively
+    /// against whole space-separated words of the sanitised message. Each must pass [`check_protected_word`]; at
+    /// most [`PROTECTED_WORDS_MAX`]. Empty by default.
+    pub protected_words: Vec<String>,
 }
 
 /// How a batch of prompts goes to an endpoint.
@@ -232,6 +258,7 @@ impl Default for StylerConfig {
             admission_prompts_min: 1,
             cache_entries_max: 4_096,
             prompt_bytes_max: 2_000,
+            protected_words: Vec::new(),
         }
     }
 }
@@ -248,11 +275,26 @@ pub fn style_description(name: &str) -> Option<&'static str> {
 
 /// The pure local rewriter: deterministic for a given `(style, text, seed)`, keeps every word of the sanitised
 /// message in order, returns a non-empty text of at most [`STYLED_CHARS_MAX`] characters without control
-/// characters. An unknown style returns the sanitised text (or `"…"` when nothing of it is left).
+/// characters. An unknown style returns the sanitised text (or `"…"` when nothing of it is left). No word is
+/// protected: see [`local_rewrite_protected`].
 pub fn local_rewrite(style: &str, text: &str, seed: u64) -> String {
+    local_rewrite_protected(style, text, seed, &ProtectedWords::default())
+}
+
+/// [`local_rewrite`] that also delivers every `protected` word of the sanitised message unchanged, as a whole word,
+/// in order and as often as the message has it, and adds none: no comma or closing punctuation is glued to one, no
+/// decoration that contains one is used, and a message of protected words alone comes back as it is, sanitised
+/// (nothing to style, and an emote-only room stays emote-only). Deterministic for a given
+/// `(style, text, seed, protected)`; with no protected words it is [`local_rewrite`].
+pub fn local_rewrite_protected(
+    style: &str,
+    text: &str,
+    seed: u64,
+    protected: &ProtectedWords,
+) -> String {
     match style::style_index(style) {
-        Some(index) => style::local_rewrite_indexed(index, text, seed),
-        None => local::unstyled(text),
+        Some(index) => style::local_rewrite_indexed(index, text, seed, protected),
+        None => local::unstyled(text, protected),
     }
 }
 
@@ -346,6 +388,15 @@ impl StylerConfig {
                 "temperature must be within 0..=2",
             ));
         }
+        if self.protected_words.len() > PROTECTED_WORDS_MAX {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("more than PROTECTED_WORDS_MAX ({PROTECTED_WORDS_MAX}) protected words"),
+            ));
+        }
+        for word in &self.protected_words {
+            check_protected_word(word)?;
+        }
         Ok(())
     }
 }
@@ -362,6 +413,11 @@ mod tests {
             ..StylerConfig::default()
         };
         assert!(with_endpoints.validate().is_ok());
+        let with_emotes = StylerConfig {
+            protected_words: vec!["twiGG".into(), "twiHype".into(), "<3".into()],
+            ..StylerConfig::default()
+        };
+        assert!(with_emotes.validate().is_ok());
         let bad_url = StylerConfig {
             vllm_endpoints: vec!["ftp://x".into()],
             ..StylerConfig::default()
@@ -389,6 +445,22 @@ mod tests {
             },
             StylerConfig {
                 temperature: f32::NAN,
+                ..StylerConfig::default()
+            },
+            StylerConfig {
+                protected_words: vec!["twiGG".into(), "two words".into()],
+                ..StylerConfig::default()
+            },
+            StylerConfig {
+                protected_words: vec![String::new()],
+                ..StylerConfig::default()
+            },
+            StylerConfig {
+                protected_words: vec!["[E1]".into()],
+                ..StylerConfig::default()
+            },
+            StylerConfig {
+                protected_words: (0..=PROTECTED_WORDS_MAX).map(|n| format!("w{n}")).collect(),
                 ..StylerConfig::default()
             },
         ] {

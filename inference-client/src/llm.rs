@@ -1,12 +1,14 @@
 //! The vLLM styler of one shard: cache, admission, micro-batching, least-outstanding balancing over the cluster, a
 //! circuit breaker and health probes per endpoint, and the deadline-and-fallback wrapper around it all.
 //!
-//! A message's path: [`LlmStyler::style`] sanitises it, answers from the cache if it can, and otherwise asks
-//! admission control for a slot; without one (or without a healthy endpoint) it resolves at once with the local
-//! rewrite. An admitted prompt joins the shard's [`Batcher`]; the dispatcher task sends due batches to the endpoint
-//! with the fewest outstanding prompts; the send task sanitises each completion and hands it to the waiting message
-//! through a oneshot channel. The message's future races that channel against its deadline timer and falls back to
-//! the local rewrite when the timer wins; a completion that arrives later only fills the cache.
+//! A message's path: [`LlmStyler::style`] sanitises it and replaces its protected words with placeholders (a message
+//! of protected words alone is delivered as it is), answers from the cache if it can, and otherwise asks admission
+//! control for a slot; without one (or without a healthy endpoint) it resolves at once with the local rewrite. An
+//! admitted prompt joins the shard's [`Batcher`]; the dispatcher task sends due batches to the endpoint with the
+//! fewest outstanding prompts; the send task sanitises each completion, passes it through the quality gate, puts the
+//! protected words back and checks them, and hands it to the waiting message through a oneshot channel. The
+//! message's future races that channel against its deadline timer and falls back to the local rewrite when the timer
+//! wins; a completion that arrives later only fills the cache.
 //!
 //! Architecture invariant: everything here is shard-local (`Rc`, `RefCell`, glommio tasks); the only shared state is
 //! the metrics block this shard alone writes.
@@ -30,19 +32,24 @@ use crate::http::{EndpointUrl, HttpLimits, LocalHttpClient};
 use crate::local::LocalStyler;
 use crate::metrics::{FallbackReason, ShardMetrics};
 use crate::openai::{CompletionParams, decode_completion_response, encode_completion_request};
+use crate::protect::{ProtectedWords, Shield};
 use crate::{
     BatchMode, ErrorKind, STYLED_CHARS_MAX, Styled, StyledBy, Styler, StylerConfig, gate, prompt,
     sanitize, style,
 };
 
-/// What a waiting message receives: a sanitised completion, or why there is none.
-type Outcome = Result<Rc<str>, FallbackReason>;
+/// What a waiting message receives: the text to deliver (a sanitised completion with the protected words back), or
+/// why there is none.
+type Outcome = Result<String, FallbackReason>;
 
 /// An admitted prompt waiting in the batcher or in flight.
 struct Pending {
     style_index: usize,
-    /// The sanitised message: the cache key and what the quality gate judges the completion against.
+    /// The sanitised message with its protected words replaced by placeholders: what the model sees, the cache key,
+    /// and what the quality gate judges the completion against.
     text: Rc<str>,
+    /// The protected words the placeholders stand for, in order (`[E1]` is the first); empty for most messages.
+    codes: Vec<Box<str>>,
     prompt: String,
     /// The text the prompt starts the answer with; the delivered text is this and the model's continuation.
     opener: &'static str,
@@ -136,6 +143,7 @@ impl LlmStyler {
     pub(crate) fn start(
         config: StylerConfig,
         urls: Vec<EndpointUrl>,
+        protected: ProtectedWords,
         metrics: Arc<ShardMetrics>,
     ) -> Self {
         let limits = HttpLimits {
@@ -192,7 +200,7 @@ impl LlmStyler {
             request_timeout: Duration::from_millis(
                 config.request_timeout_ms.max(2 * config.deadline_ms).max(1),
             ),
-            local: LocalStyler::new(Arc::clone(&metrics)),
+            local: LocalStyler::new(Arc::clone(&metrics), protected),
             metrics,
             endpoints,
             state: RefCell::new(state),
@@ -237,7 +245,8 @@ impl Styler for LlmStyler {
                     .rewrite(None, text, seed, FallbackReason::UnknownStyle),
             );
         };
-        let sanitized = sanitize::sanitize_text(text, STYLED_CHARS_MAX);
+        let protected = inner.local.protected();
+        let sanitized = protected.sanitize(text);
         if sanitized.is_empty() {
             return ready(inner.local.rewrite(
                 Some(style_index),
@@ -246,21 +255,58 @@ impl Styler for LlmStyler {
                 FallbackReason::EmptyText,
             ));
         }
+        // `key` is what the model sees and the cache holds; `text` is what the local rewrite styles if the model's
+        // answer is not used. They differ only for a message with protected words.
+        let (key, text, codes): (Rc<str>, Rc<str>, Vec<Box<str>>) =
+            match protected.shield(&sanitized) {
+                Shield::Plain => {
+                    let text: Rc<str> = sanitized.into();
+                    (Rc::clone(&text), text, Vec::new())
+                }
+                // Nothing to style; the local rewriter returns such a message as it is.
+                Shield::Only => {
+                    return ready(inner.local.rewrite(
+                        Some(style_index),
+                        &sanitized,
+                        seed,
+                        FallbackReason::EmoteOnly,
+                    ));
+                }
+                Shield::Conflict => {
+                    return ready(inner.local.rewrite(
+                        Some(style_index),
+                        &sanitized,
+                        seed,
+                        FallbackReason::Emotes,
+                    ));
+                }
+                Shield::Placeholders { text, codes } => (text.into(), sanitized.into(), codes),
+            };
         let now = Instant::now();
         let mut state = inner.state.borrow_mut();
-        if let Some(hit) = state.cache.get(style_index, &sanitized) {
-            inner
-                .metrics
-                .cache_hits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            inner.metrics.llm();
-            return ready(Styled {
-                text: hit.to_string(),
-                by: StyledBy::Llm,
+        if let Some(hit) = state.cache.get(style_index, &key) {
+            drop(state);
+            // The cache holds completions with placeholders: another message with the same text around other
+            // protected words shares them, and the words are put back (and checked) for each message.
+            return ready(match protected.restore(&hit, &codes) {
+                Some(restored) => {
+                    inner
+                        .metrics
+                        .cache_hits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    inner.metrics.llm();
+                    Styled {
+                        text: restored,
+                        by: StyledBy::Llm,
+                    }
+                }
+                None => inner
+                    .local
+                    .rewrite(Some(style_index), &text, seed, FallbackReason::Emotes),
             });
         }
         let opener = prompt::opener(style_index, seed, inner.config.assistant_prefill);
-        let prompt = prompt::build(inner.config.chat_template, style_index, &sanitized, opener);
+        let prompt = prompt::build(inner.config.chat_template, style_index, &key, opener);
         let reason = if prompt.len() > inner.config.prompt_bytes_max {
             Some(FallbackReason::TooLong)
         } else if state.stopped
@@ -277,20 +323,16 @@ impl Styler for LlmStyler {
         };
         if let Some(reason) = reason {
             drop(state);
-            return ready(
-                inner
-                    .local
-                    .rewrite(Some(style_index), &sanitized, seed, reason),
-            );
+            return ready(inner.local.rewrite(Some(style_index), &text, seed, reason));
         }
-        let text: Rc<str> = sanitized.into();
         let (reply, receiver) = oneshot::channel();
         state.batcher.push(
             now,
             Pending {
                 style_index,
-                max_tokens: prompt::max_tokens(style_index, &text, inner.config.max_tokens),
-                text: Rc::clone(&text),
+                max_tokens: prompt::max_tokens(style_index, &key, inner.config.max_tokens),
+                text: key,
+                codes,
                 prompt,
                 opener,
                 reply,
@@ -316,7 +358,7 @@ impl Styler for LlmStyler {
                 Ok(completion) => {
                     inner.metrics.llm();
                     Styled {
-                        text: completion.to_string(),
+                        text: completion,
                         by: StyledBy::Llm,
                     }
                 }
@@ -564,14 +606,23 @@ impl Inner {
                     outstanding_at_send,
                 );
                 for ((_, pending), raw) in batch.into_iter().zip(texts) {
-                    let outcome = self.judge(&pending, raw).map(|clean| {
-                        let clean: Rc<str> = clean.into();
+                    let outcome = self.judge(&pending, raw).and_then(|clean| {
+                        let Some(restored) = self.local.protected().restore(&clean, &pending.codes)
+                        else {
+                            log::debug!(
+                                "completion lost or invented protected words: {:?} -> {:?}",
+                                pending.text,
+                                clean
+                            );
+                            return Err(FallbackReason::Emotes);
+                        };
+                        // Only completions whose protected words check out are cached, with their placeholders.
                         state.cache.insert(
                             pending.style_index,
                             Rc::clone(&pending.text),
-                            Rc::clone(&clean),
+                            clean.into(),
                         );
-                        clean
+                        Ok(restored)
                     });
                     if pending.reply.send(outcome).is_err() {
                         self.metrics

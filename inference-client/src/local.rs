@@ -5,12 +5,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::metrics::{FallbackReason, ShardMetrics};
-use crate::{STYLED_CHARS_MAX, Styled, StyledBy, Styler, sanitize, style};
+use crate::protect::ProtectedWords;
+use crate::{Styled, StyledBy, Styler, style};
 
-/// What an unknown style returns: the sanitised text, or an ellipsis when nothing of it is left, so the result is
-/// never empty.
-pub(crate) fn unstyled(text: &str) -> String {
-    let out = sanitize::sanitize_text(text, STYLED_CHARS_MAX);
+/// What an unknown style returns: the sanitised text (cut as [`ProtectedWords::sanitize`] cuts it), or an ellipsis
+/// when nothing of it is left, so the result is never empty.
+pub(crate) fn unstyled(text: &str, protected: &ProtectedWords) -> String {
+    let out = protected.sanitize(text);
     if out.is_empty() {
         "…".to_owned()
     } else {
@@ -22,11 +23,17 @@ pub(crate) fn unstyled(text: &str) -> String {
 #[derive(Debug)]
 pub struct LocalStyler {
     metrics: Arc<ShardMetrics>,
+    /// This shard's copy of the protected words.
+    protected: ProtectedWords,
 }
 
 impl LocalStyler {
-    pub(crate) fn new(metrics: Arc<ShardMetrics>) -> Self {
-        LocalStyler { metrics }
+    pub(crate) fn new(metrics: Arc<ShardMetrics>, protected: ProtectedWords) -> Self {
+        LocalStyler { metrics, protected }
+    }
+
+    pub(crate) fn protected(&self) -> &ProtectedWords {
+        &self.protected
     }
 
     /// The local rewrite of a message, counted as a fallback for `reason`.
@@ -39,8 +46,8 @@ impl LocalStyler {
     ) -> Styled {
         self.metrics.fallback(reason);
         let text = match style_index {
-            Some(index) => style::local_rewrite_indexed(index, text, seed),
-            None => unstyled(text),
+            Some(index) => style::local_rewrite_indexed(index, text, seed, &self.protected),
+            None => unstyled(text, &self.protected),
         };
         Styled {
             text,

@@ -36,10 +36,18 @@ pub enum FallbackReason {
     OffTopic,
     /// The quality gate turned the completion away: it did not read as the room's style.
     OffStyle,
+    /// A protected word (an emote code) of the message was missing, altered or repeated in the completion, or the
+    /// completion had one of its own; or the message had protected words and text that reads as a placeholder, so
+    /// it could not be sent with placeholders. Unlike the quality gate this check is always on: the engine's
+    /// `emotes` tag depends on it.
+    Emotes,
+    /// The message is protected words alone: nothing to style, so it is delivered as it is, sanitised, without
+    /// asking the model.
+    EmoteOnly,
 }
 
 /// How many fallback reasons there are.
-const FALLBACK_REASONS: usize = 13;
+const FALLBACK_REASONS: usize = 15;
 
 impl FallbackReason {
     pub const ALL: [FallbackReason; FALLBACK_REASONS] = [
@@ -56,6 +64,8 @@ impl FallbackReason {
         FallbackReason::PromptLeak,
         FallbackReason::OffTopic,
         FallbackReason::OffStyle,
+        FallbackReason::Emotes,
+        FallbackReason::EmoteOnly,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +83,8 @@ impl FallbackReason {
             FallbackReason::PromptLeak => "prompt_leak",
             FallbackReason::OffTopic => "off_topic",
             FallbackReason::OffStyle => "off_style",
+            FallbackReason::Emotes => "emotes",
+            FallbackReason::EmoteOnly => "emote_only",
         }
     }
 
@@ -509,5 +521,33 @@ mod tests {
         assert_eq!(totals.llm, 2);
         assert_eq!(totals.fallback(FallbackReason::Deadline), 1);
         assert_eq!(totals.batches, 2);
+    }
+
+    #[test]
+    fn every_fallback_reason_has_its_own_slot_and_label() {
+        // The counters are indexed by discriminant: `ALL` must list the reasons in declaration order.
+        for (slot, reason) in FallbackReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), slot, "{reason:?}");
+        }
+        let labels: std::collections::HashSet<&str> = FallbackReason::ALL
+            .iter()
+            .map(|reason| reason.as_str())
+            .collect();
+        assert_eq!(labels.len(), FALLBACK_REASONS);
+        let metrics = SharedMetrics::new(Vec::new());
+        let shard = metrics.register(0);
+        shard.fallback(FallbackReason::Emotes);
+        shard.fallback(FallbackReason::Emotes);
+        shard.fallback(FallbackReason::EmoteOnly);
+        let text = metrics.render();
+        assert!(
+            text.contains("twitchy_styler_fallbacks_total{reason=\"emotes\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("twitchy_styler_fallbacks_total{reason=\"emote_only\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(metrics.totals().fallback(FallbackReason::Emotes), 2);
     }
 }

@@ -5,10 +5,15 @@
 //! or two closers and an emoji tail, each picked by a seeded generator. That keeps every message recognisable,
 //! makes the output a pure function of `(style, text, seed)`, and costs one allocation per message.
 //!
+//! Protected words (see [`crate::protect`]) come through untouched and in order: the interjection goes after a word
+//! that may take its comma, a message that ends in a protected word gets no closing punctuation glued to it, a
+//! decoration that contains a protected word is left out, and a message of protected words alone is returned as it
+//! is, sanitised: there is nothing to style, and an emote-only room stays emote-only.
+//!
 //! Architecture invariant: nothing here does IO, reads a clock or draws unseeded randomness.
 
 use crate::STYLED_CHARS_MAX;
-use crate::sanitize;
+use crate::protect::ProtectedWords;
 
 /// A decoration with its length in characters, computed at compile time so the hot path never counts it.
 #[derive(Debug, Clone, Copy)]
@@ -671,8 +676,14 @@ impl SplitMix64 {
     }
 }
 
-/// Rewrites `text` in the style at `style_index` with the local rules. See [`crate::local_rewrite`].
-pub(crate) fn local_rewrite_indexed(style_index: usize, text: &str, seed: u64) -> String {
+/// Rewrites `text` in the style at `style_index` with the local rules, leaving `protected` words as they are. See
+/// [`crate::local_rewrite_protected`].
+pub(crate) fn local_rewrite_indexed(
+    style_index: usize,
+    text: &str,
+    seed: u64,
+    protected: &ProtectedWords,
+) -> String {
     let rules = &STYLES[style_index].local;
     // Mixing the style in keeps the same seed from picking the same table positions in every style.
     let mut rng = SplitMix64::new(seed ^ (style_index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
@@ -693,50 +704,79 @@ pub(crate) fn local_rewrite_indexed(style_index: usize, text: &str, seed: u64) -
     out.push_str(opener.text);
     out.push(' ');
     let text_start = out.len();
-    let summary = sanitize::push_sanitized(&mut out, text, STYLED_CHARS_MAX);
+    let summary = protected.push_sanitized(&mut out, text, STYLED_CHARS_MAX);
     if summary.chars == 0 {
         // Nothing of the message survived sanitising: the decorations alone still make a non-empty message.
-        out.truncate(text_start - 1);
-        out.push(' ');
-        out.push_str(closer_first.text);
+        out.clear();
+        for piece in [opener, closer_first] {
+            if !protected.bans(piece.text) {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(piece.text);
+            }
+        }
+        if out.is_empty() {
+            out.push('…');
+        }
+        return out;
+    }
+    if protected.covers(&out[text_start..]) {
+        out.replace_range(..text_start, "");
         return out;
     }
     let text_chars = summary.chars;
 
     // The decorations are optional and dropped, least important first, when the message is long: the user's words
-    // always take priority over the style.
+    // always take priority over the style. A decoration with a protected word in it would add an occurrence.
     let mut budget = STYLED_CHARS_MAX.saturating_sub(text_chars);
-    let keep_opener = budget > opener.chars;
+    let keep_opener = budget > opener.chars && !protected.bans(opener.text);
     if keep_opener {
         budget -= opener.chars + 1;
     }
-    let keep_closer = budget > closer_first.chars + 1;
+    let keep_closer = budget > closer_first.chars + 1 && !protected.bans(closer_first.text);
     if keep_closer {
         budget -= closer_first.chars + 2;
     }
-    let keep_emoji = emoji.is_some_and(|e| budget > e.chars);
+    let keep_emoji = emoji.is_some_and(|e| budget > e.chars && !protected.bans(e.text));
     if let Some(e) = emoji
         && keep_emoji
     {
         budget -= e.chars + 1;
     }
-    let keep_second = wants_second && budget > closer_second.chars;
+    let keep_second =
+        wants_second && budget > closer_second.chars && !protected.bans(closer_second.text);
     if keep_second {
         budget -= closer_second.chars + 1;
     } else {
         closer_second = p("");
     }
-    let keep_mid = summary.words >= MID_WORDS_MIN && budget > interjection.chars + 2;
+    let keep_mid = summary.words >= MID_WORDS_MIN
+        && budget > interjection.chars + 2
+        && !protected.bans(interjection.text);
 
     if keep_mid {
-        // A word boundary near the middle, shifted by the seed so repeated messages vary.
+        // A word boundary near the middle, shifted by the seed so repeated messages vary, after a word that may take
+        // the comma: a protected word with a comma glued to it would no longer be one.
         // The search is over bytes: a space is ASCII, so the byte after it always starts a character even when
         // `middle` falls inside a multi-byte one.
         let segment = &out.as_bytes()[text_start..];
         let middle = (segment.len() / 2 + mid_shift * segment.len() / 8).min(segment.len());
-        if let Some(offset) = segment[middle..].iter().position(|&byte| byte == b' ') {
+        let mut from = middle;
+        let mut boundary = None;
+        while let Some(offset) = segment[from..].iter().position(|&byte| byte == b' ') {
+            let space = from + offset;
+            let before = &out[text_start..text_start + space];
+            let word = before.rsplit(' ').next().unwrap_or(before);
+            if !protected.contains(word) && !protected.forms_with(word, ',') {
+                boundary = Some(space);
+                break;
+            }
+            from = space + 1;
+        }
+        if let Some(space) = boundary {
             // "word, interjection, word": the commas make it a parenthetical that never changes the words around it.
-            let at = text_start + middle + offset;
+            let at = text_start + space;
             let mut parenthetical = [0u8; INTERJECTION_BYTES_MAX + 3];
             let length = interjection.text.len() + 3;
             parenthetical[..2].copy_from_slice(b", ");
@@ -749,10 +789,13 @@ pub(crate) fn local_rewrite_indexed(style_index: usize, text: &str, seed: u64) -
         }
     }
     if keep_closer {
-        if out[text_start..]
+        let last_word = out[text_start..].rsplit(' ').next().unwrap_or("");
+        if last_word
             .chars()
             .next_back()
             .is_some_and(char::is_alphanumeric)
+            && !protected.contains(last_word)
+            && !protected.forms_with(last_word, rules.terminal)
         {
             out.push(rules.terminal);
         }
@@ -780,6 +823,11 @@ pub(crate) fn local_rewrite_indexed(style_index: usize, text: &str, seed: u64) -
 mod tests {
     use super::*;
     use crate::sanitize::sanitize_text;
+
+    /// The rewrite with no protected words, as before they existed.
+    fn rewrite(style_index: usize, text: &str, seed: u64) -> String {
+        local_rewrite_indexed(style_index, text, seed, &ProtectedWords::default())
+    }
 
     /// Every word of the sanitised message appears in the rewrite, in order.
     fn assert_words_survive(input: &str, output: &str) {
@@ -865,12 +913,8 @@ mod tests {
         ];
         for (index, style) in STYLES.iter().enumerate() {
             for input in inputs {
-                let output = local_rewrite_indexed(index, input, 42);
-                assert_eq!(
-                    output,
-                    local_rewrite_indexed(index, input, 42),
-                    "not deterministic"
-                );
+                let output = rewrite(index, input, 42);
+                assert_eq!(output, rewrite(index, input, 42), "not deterministic");
                 assert_invariants(input, &output);
                 assert_words_survive(input, &output);
                 assert_ne!(
@@ -881,7 +925,7 @@ mod tests {
                 );
             }
             let variants: std::collections::HashSet<String> = (0..64)
-                .map(|seed| local_rewrite_indexed(index, "hi there", seed))
+                .map(|seed| rewrite(index, "hi there", seed))
                 .collect();
             assert!(
                 variants.len() >= 8,
@@ -890,28 +934,28 @@ mod tests {
                 variants.len()
             );
         }
-        let pirate = local_rewrite_indexed(1, "hi there", 7);
-        let corporate = local_rewrite_indexed(3, "hi there", 7);
+        let pirate = rewrite(1, "hi there", 7);
+        let corporate = rewrite(3, "hi there", 7);
         assert_ne!(pirate, corporate);
     }
 
     #[test]
     fn long_messages_keep_the_words_and_the_limit() {
         let exactly = "x".repeat(STYLED_CHARS_MAX);
-        let output = local_rewrite_indexed(0, &exactly, 1);
+        let output = rewrite(0, &exactly, 1);
         assert_eq!(
             output, exactly,
             "a full-length message leaves no room for style"
         );
         let over = "word ".repeat(200);
-        let output = local_rewrite_indexed(2, &over, 1);
+        let output = rewrite(2, &over, 1);
         assert_invariants(&over, &output);
         assert_words_survive(&over, &output);
         let emoji = "🔥".repeat(800);
-        let output = local_rewrite_indexed(1, &emoji, 3);
+        let output = rewrite(1, &emoji, 3);
         assert_eq!(output.chars().count(), STYLED_CHARS_MAX);
         let near = "y".repeat(STYLED_CHARS_MAX - 20);
-        let output = local_rewrite_indexed(3, &near, 9);
+        let output = rewrite(3, &near, 9);
         assert_invariants(&near, &output);
         assert!(output.contains(&near));
     }
@@ -920,7 +964,7 @@ mod tests {
     fn empty_messages_still_get_text() {
         for (index, _) in STYLES.iter().enumerate() {
             for input in ["", "   ", "\u{0}\u{1}\n", "\u{202E}\u{2066}"] {
-                let output = local_rewrite_indexed(index, input, 5);
+                let output = rewrite(index, input, 5);
                 assert_invariants(input, &output);
             }
         }
@@ -941,7 +985,7 @@ mod tests {
                 .map(|_| PALETTE[rng.below(PALETTE.len())])
                 .collect();
             let style = rng.below(STYLES.len());
-            let output = local_rewrite_indexed(style, &input, rng.next_u64());
+            let output = rewrite(style, &input, rng.next_u64());
             let check = std::panic::catch_unwind(|| {
                 assert_invariants(&input, &output);
                 if sanitize_text(&input, STYLED_CHARS_MAX).chars().count() < STYLED_CHARS_MAX - 100
@@ -952,6 +996,241 @@ mod tests {
             assert!(
                 check.is_ok(),
                 "randomized case {case} failed (generator seed {seed:#x}): {input:?}"
+            );
+        }
+    }
+
+    /// The emote codes the tests protect (a sample of the engine's; the crate itself knows none).
+    const EMOTES: [&str; 6] = [
+        "twiGG",
+        "twiHype",
+        "twiSkibidi",
+        "twiLOL",
+        "twiPirate",
+        "twiSkull",
+    ];
+
+    fn emotes() -> ProtectedWords {
+        ProtectedWords::new(EMOTES)
+    }
+
+    /// The protected words of a text, in order.
+    fn protected_sequence<'a>(protected: &'a ProtectedWords, text: &'a str) -> Vec<&'a str> {
+        protected.occurrences(text).collect()
+    }
+
+    /// The protected words of the sanitised input are exactly those of the output, in order, as whole words.
+    fn assert_protected_survive(protected: &ProtectedWords, input: &str, output: &str) {
+        let sanitized = sanitize_text(input, STYLED_CHARS_MAX);
+        assert_eq!(
+            protected_sequence(protected, output),
+            protected_sequence(protected, &sanitized),
+            "protected words of {input:?} changed in {output:?}"
+        );
+    }
+
+    #[test]
+    fn emote_codes_survive_every_style_in_place_and_in_order() {
+        let protected = emotes();
+        // Each case puts codes where a decoration meets the message: first (after the opener), last (before the
+        // closing punctuation and closer), next to the middle (where the interjection and its comma go), repeated,
+        // adjacent, and beside punctuation.
+        let messages = [
+            "twiGG that was close",
+            "that was close twiGG",
+            "what a play twiHype by the streamer in this round",
+            "twiHype twiHype twiHype twiHype twiHype twiHype twiHype gg",
+            "gg twiGG twiGG twiGG twiGG twiGG twiGG twiGG twiGG",
+            "a b c twiSkibidi twiLOL d e f twiSkull",
+            "twiGG twiHype twiSkibidi twiLOL twiPirate wp",
+            "one two three twiGG five six seven twiGG nine ten",
+            "\ttwiGG\n  twiHype\u{202E} lol  ",
+            "twiGG! twiGG, twiGG. (twiGG) twiGG",
+            "twigg TWIGG twiGG twiGGs gg",
+            "ok twiLOL",
+        ];
+        for (index, style) in STYLES.iter().enumerate() {
+            for message in messages {
+                for seed in 0..64 {
+                    let output = local_rewrite_indexed(index, message, seed, &protected);
+                    assert_invariants(message, &output);
+                    assert_words_survive(message, &output);
+                    assert_protected_survive(&protected, message, &output);
+                    assert_eq!(
+                        output,
+                        local_rewrite_indexed(index, message, seed, &protected),
+                        "not deterministic"
+                    );
+                }
+                // The rest of the message is still styled.
+                let output = local_rewrite_indexed(index, message, 1, &protected);
+                assert_ne!(
+                    output,
+                    sanitize_text(message, STYLED_CHARS_MAX),
+                    "{} added no style",
+                    style.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn without_protection_the_decorations_would_break_the_codes() {
+        // The same table without protected words: the closing punctuation and the interjection's comma land on the
+        // codes. This is what the protected rewrite prevents, and shows the cases above reach those spots.
+        let protected = emotes();
+        let mut broken = 0;
+        for index in 0..STYLES.len() {
+            for message in [
+                "that was close twiGG",
+                "twiHype twiHype twiHype twiHype twiHype twiHype twiHype gg",
+            ] {
+                for seed in 0..16 {
+                    let output = rewrite(index, message, seed);
+                    let before = protected_sequence(&protected, message).len();
+                    if protected_sequence(&protected, &output).len() != before {
+                        broken += 1;
+                    }
+                }
+            }
+        }
+        assert!(broken > 0, "the cases never reach a decoration");
+    }
+
+    #[test]
+    fn codes_with_punctuation_glued_on_are_ordinary_words() {
+        let protected = emotes();
+        // Twitch matches emotes on whole words only, so `twiGG!` is not the emote: a message of such words is styled
+        // like any other, and a code next to it still survives.
+        for (index, _) in STYLES.iter().enumerate() {
+            for message in ["twiGG!", "twiGG! twiHype?", "(twiGG)"] {
+                let output = local_rewrite_indexed(index, message, 3, &protected);
+                assert_ne!(output, message, "{message:?} was taken for emotes alone");
+                assert!(output.contains(message), "{output:?}");
+            }
+            let output = local_rewrite_indexed(index, "twiGG! twiGG", 3, &protected);
+            assert_eq!(
+                protected_sequence(&protected, &output),
+                ["twiGG"],
+                "{output:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_of_codes_alone_come_back_as_they_are() {
+        let protected = emotes();
+        for (index, _) in STYLES.iter().enumerate() {
+            for seed in 0..16 {
+                for (message, expected) in [
+                    ("twiGG", "twiGG"),
+                    ("twiGG twiGG twiHype", "twiGG twiGG twiHype"),
+                    ("  twiSkull\t\ttwiLOL \n", "twiSkull twiLOL"),
+                ] {
+                    assert_eq!(
+                        local_rewrite_indexed(index, message, seed, &protected),
+                        expected
+                    );
+                }
+            }
+            // Without protected words they are styled like any other text.
+            assert_ne!(rewrite(index, "twiGG", 0), "twiGG");
+        }
+    }
+
+    #[test]
+    fn decorations_that_hold_a_protected_word_are_left_out() {
+        // Protected words are configuration, not emote codes by construction: one may be spelled like a decoration,
+        // and then the rewriter must not add it.
+        let protected =
+            ProtectedWords::new(["Arr!", "Savvy?", "Skibidi.", "Lowkey", "gg!", "play,"]);
+        for (index, _) in STYLES.iter().enumerate() {
+            for seed in 0..256 {
+                for message in [
+                    "gg",
+                    "what a play from the streamer in this round gg",
+                    "Arr! gg",
+                    "",
+                ] {
+                    let output = local_rewrite_indexed(index, message, seed, &protected);
+                    assert_invariants(message, &output);
+                    assert_protected_survive(&protected, message, &output);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_message_is_never_cut_into_a_code() {
+        let protected = emotes();
+        let message = format!("{} twiGGs", "x".repeat(STYLED_CHARS_MAX - 6));
+        for (index, _) in STYLES.iter().enumerate() {
+            let output = local_rewrite_indexed(index, &message, 1, &protected);
+            assert_invariants(&message, &output);
+            assert!(
+                protected_sequence(&protected, &output).is_empty(),
+                "{output:?}"
+            );
+            // The plain rewrite cuts the message into `... twiGG`.
+            assert!(rewrite(index, &message, 1).ends_with(" twiGG"));
+        }
+    }
+
+    #[test]
+    fn randomized_messages_keep_their_codes() {
+        // Words drawn from codes, near-codes, codes with punctuation, ordinary and non-Latin words, joined by random
+        // whitespace and control characters; every style, random seeds.
+        const VOCABULARY: &[&str] = &[
+            "twiGG",
+            "twiHype",
+            "twiSkibidi",
+            "twiLOL",
+            "twiPirate",
+            "twiSkull",
+            "twiGG!",
+            "twiGG,",
+            ",twiGG",
+            "twigg",
+            "twiHYPE",
+            "twi",
+            "gg",
+            "wp",
+            "lol",
+            "what",
+            "a",
+            "play",
+            "the",
+            "שלום",
+            "中文",
+            "🔥",
+            "👨‍👩‍👧",
+            "e\u{301}",
+            "[E1]",
+            "...",
+        ];
+        const SEPARATORS: &[&str] = &[" ", " ", " ", "  ", "\t", "\n", "\u{0}", "\u{202E}"];
+        let protected = emotes();
+        let seed = 0xE307_u64;
+        let mut rng = SplitMix64::new(seed);
+        for case in 0..5_000 {
+            let words = rng.below(40);
+            let mut input = String::new();
+            for _ in 0..words {
+                input.push_str(VOCABULARY[rng.below(VOCABULARY.len())]);
+                input.push_str(SEPARATORS[rng.below(SEPARATORS.len())]);
+            }
+            let style = rng.below(STYLES.len());
+            let rewrite_seed = rng.next_u64();
+            let output = local_rewrite_indexed(style, &input, rewrite_seed, &protected);
+            let check = std::panic::catch_unwind(|| {
+                assert_invariants(&input, &output);
+                assert_words_survive(&input, &output);
+                assert_protected_survive(&protected, &input, &output);
+            });
+            assert!(
+                check.is_ok(),
+                "randomized case {case} failed (generator seed {seed:#x}, style {style}, rewrite seed \
+                 {rewrite_seed}): {input:?} -> {output:?}"
             );
         }
     }

@@ -201,3 +201,71 @@ fn killed_model_server_falls_back_inside_the_deadline() {
         "{totals:?}"
     );
 }
+
+const EMOTES: [&str; 5] = ["twiGG", "twiHype", "twiSkull", "twiLOL", "twiWave"];
+
+const EMOTE_MESSAGES: [(&str, &str); 8] = [
+    ("pirate", "twiGG that last play was amazing"),
+    ("pirate", "first time here twiWave"),
+    ("shakespeare", "this song is a banger twiHype twiHype"),
+    ("shakespeare", "twiLOL who won the last round"),
+    ("brainrot", "the boss fight is so hard twiSkull"),
+    ("brainrot", "twiGG wp twiHype"),
+    ("corporate", "can you play twiHype the new map next"),
+    ("corporate", "twiWave twiWave"),
+];
+
+#[test]
+fn real_model_completions_keep_every_emote_code_or_fall_back() {
+    let _one = one_server();
+    let server = ModelServer::start();
+    let url = server.url.clone();
+    let (results, totals) = on_shard(move || async move {
+        let factory = ClusterStylerFactory::new(StylerConfig {
+            protected_words: EMOTES.iter().map(|code| code.to_string()).collect(),
+            ..config(&url)
+        });
+        let styler = factory.local_styler(0);
+        // As above: each style's prompt prefix computed once first, so the messages that follow meet the deadline.
+        for style in twitchy_inference::style_names() {
+            style_all(&styler, &[(style, "good morning chat")]).await;
+        }
+        let before = factory.totals();
+        // One at a time: a lone prompt is answered fastest, and this test is about what the model does with the
+        // placeholders, not about batches.
+        let mut results = Vec::new();
+        for message in EMOTE_MESSAGES {
+            results.extend(style_all(&styler, &[message]).await);
+        }
+        let after = factory.totals();
+        let mut totals = after.clone();
+        totals.llm -= before.llm;
+        totals.local -= before.local;
+        for (total, earlier) in totals.fallbacks.iter_mut().zip(before.fallbacks) {
+            *total -= earlier;
+        }
+        (results, totals)
+    });
+    drop(server);
+    let protected = twitchy_inference::ProtectedWords::new(EMOTES);
+    let codes = |text: &str| {
+        let mut codes: Vec<String> = protected.occurrences(text).map(str::to_owned).collect();
+        codes.sort_unstable();
+        codes
+    };
+    for ((style, message), (styled, _)) in EMOTE_MESSAGES.iter().zip(&results) {
+        println!(
+            "{style:>12}: {message:?} -> {:?} ({})",
+            styled.text,
+            styled.by.as_str()
+        );
+        assert_deliverable(styled);
+        assert_eq!(codes(&styled.text), codes(message), "{styled:?}");
+        assert!(!styled.text.contains("[E"), "{styled:?}");
+    }
+    println!("{totals:?}");
+    // Whatever the model made of the placeholders, every message was delivered with its codes; the message of codes
+    // alone never reached the model.
+    assert_eq!(totals.fallback(FallbackReason::EmoteOnly), 1);
+    assert_eq!(totals.llm + totals.local, EMOTE_MESSAGES.len() as u64);
+}

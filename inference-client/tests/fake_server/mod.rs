@@ -31,7 +31,12 @@ pub enum Mode {
     Parrot = 6,
     /// The chat template's own tokens: the quality gate's prompt leak.
     Leak = 7,
+    /// The test's own function of the message (see [`FakeServer::set_transform`]).
+    Transform = 8,
 }
+
+/// Turns the message of a prompt into the completion's text.
+pub type Transform = Box<dyn Fn(&str) -> String + Send + Sync>;
 
 /// Emoji that mark each style (brainrot, pirate, shakespeare, corporate) for the quality gate.
 pub const STYLE_TAIL: &str = "💀🦜🎭🤝";
@@ -76,6 +81,9 @@ struct Shared {
     prompts: AtomicU64,
     health_requests: AtomicU64,
     batch_sizes: Mutex<Vec<usize>>,
+    /// The message of every prompt answered, in order: what the model was shown.
+    messages: Mutex<Vec<String>>,
+    transform: Mutex<Option<Transform>>,
     connections: Mutex<Vec<TcpStream>>,
 }
 
@@ -125,6 +133,17 @@ impl FakeServer {
 
     pub fn set_mode(&self, mode: Mode) {
         self.shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Answers each prompt with `transform` of its message, from now on.
+    pub fn set_transform(&self, transform: impl Fn(&str) -> String + Send + Sync + 'static) {
+        *self.shared.transform.lock().unwrap() = Some(Box::new(transform));
+        self.set_mode(Mode::Transform);
+    }
+
+    /// The messages of the prompts answered so far, in order.
+    pub fn messages(&self) -> Vec<String> {
+        self.shared.messages.lock().unwrap().clone()
     }
 
     pub fn set_delay_ms(&self, delay_ms: u64) {
@@ -290,6 +309,11 @@ fn complete(body: &[u8], shared: &Shared) -> Option<(u16, String)> {
     } else if !delay.is_zero() {
         std::thread::sleep(delay);
     }
+    shared
+        .messages
+        .lock()
+        .unwrap()
+        .extend(prompts.iter().map(|prompt| message_of(prompt)));
     let mode = shared.mode.load(Ordering::SeqCst);
     if mode == Mode::Hang as u8 {
         return None;
@@ -300,6 +324,7 @@ fn complete(body: &[u8], shared: &Shared) -> Option<(u16, String)> {
     if mode == Mode::Malformed as u8 {
         return Some((200, "<html>not json".to_owned()));
     }
+    let transform = shared.transform.lock().unwrap();
     let choices: Vec<serde_json::Value> = prompts
         .iter()
         .enumerate()
@@ -312,6 +337,9 @@ fn complete(body: &[u8], shared: &Shared) -> Option<(u16, String)> {
                 }
                 m if m == Mode::Parrot as u8 => format!(" {message}"),
                 m if m == Mode::Leak as u8 => format!("<|im_start|>assistant\n{message}"),
+                m if m == Mode::Transform as u8 => transform
+                    .as_ref()
+                    .map_or_else(String::new, |transform| transform(&message)),
                 _ => format!(" styled: {message} {STYLE_TAIL}"),
             };
             serde_json::json!({"index": index, "text": text, "finish_reason": "stop"})
