@@ -130,6 +130,8 @@ fn chat_line() -> ChatLine<'static> {
         client_nonce: Some("8a1f2c"),
         sent_unix_ms: 1_507_246_572_675,
         historical: false,
+        emotes: "",
+        reply: None,
     }
 }
 

@@ -59,6 +59,36 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
+/// The global emotes' images, in the order of [`crate::protocol::emotes::GLOBAL_EMOTES`] (ids 1 to 24). Vector
+/// images: one file serves every scale.
+const EMOTE_SVGS: [&str; 24] = [
+    include_str!("../web/emotes/1.svg"),
+    include_str!("../web/emotes/2.svg"),
+    include_str!("../web/emotes/3.svg"),
+    include_str!("../web/emotes/4.svg"),
+    include_str!("../web/emotes/5.svg"),
+    include_str!("../web/emotes/6.svg"),
+    include_str!("../web/emotes/7.svg"),
+    include_str!("../web/emotes/8.svg"),
+    include_str!("../web/emotes/9.svg"),
+    include_str!("../web/emotes/10.svg"),
+    include_str!("../web/emotes/11.svg"),
+    include_str!("../web/emotes/12.svg"),
+    include_str!("../web/emotes/13.svg"),
+    include_str!("../web/emotes/14.svg"),
+    include_str!("../web/emotes/15.svg"),
+    include_str!("../web/emotes/16.svg"),
+    include_str!("../web/emotes/17.svg"),
+    include_str!("../web/emotes/18.svg"),
+    include_str!("../web/emotes/19.svg"),
+    include_str!("../web/emotes/20.svg"),
+    include_str!("../web/emotes/21.svg"),
+    include_str!("../web/emotes/22.svg"),
+    include_str!("../web/emotes/23.svg"),
+    include_str!("../web/emotes/24.svg"),
+];
+/// Emote images never change under an id: clients may keep them for a week without asking again.
+const EMOTE_CACHE_CONTROL: &str = "public, max-age=604800, immutable";
 
 type Body = Full<Bytes>;
 
@@ -419,6 +449,42 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
+/// `GET /api/emotes`: `[{"id","code","url","urls":{"1x","2x","4x"}}]`.
+fn emotes_list() -> Response<Body> {
+    let list: Vec<serde_json::Value> = crate::protocol::emotes::GLOBAL_EMOTES
+        .iter()
+        .map(|(id, code)| {
+            let url = format!("/emotes/{id}.svg");
+            serde_json::json!({
+                "id": id, "code": code, "url": url,
+                "urls": {"1x": url, "2x": url, "4x": url},
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &list)
+}
+
+/// `GET /emotes/{id}.svg`: an emote's image, cacheable for a week.
+fn emote_image(file: &str) -> Response<Body> {
+    let image = file
+        .strip_suffix(".svg")
+        .and_then(|id| {
+            crate::protocol::emotes::GLOBAL_EMOTES
+                .iter()
+                .position(|(emote_id, _)| *emote_id == id)
+        })
+        .map(|index| EMOTE_SVGS[index]);
+    let Some(svg) = image else {
+        return error(StatusCode::NOT_FOUND, "no such emote");
+    };
+    let mut response = text("image/svg+xml", svg);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(EMOTE_CACHE_CONTROL),
+    );
+    response
+}
+
 /// A page or asset of the web client, with its Content-Security-Policy.
 fn web_asset(content_type: &'static str, body: &'static str) -> Response<Body> {
     let mut response = text(content_type, body);
@@ -467,6 +533,8 @@ async fn route(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
         ),
         (&Method::GET, ["metrics"]) => metrics(shard),
         (&Method::GET, ["api", "rooms"]) => rooms(shard),
+        (&Method::GET, ["api", "emotes"]) => emotes_list(),
+        (&Method::GET, ["emotes", file]) => emote_image(file),
         (&Method::GET, ["api", "rooms", room, "messages"]) => {
             history(shard, room, req.uri().query()).await
         }
@@ -480,12 +548,27 @@ async fn route(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
             moderation_state(ctx, room, req).await
         }
         (&Method::POST, ["api", "account", "username"]) => account_username(ctx, req).await,
+        (&Method::GET, ["api", "rooms", room, "chatters"]) => {
+            chatters(shard, room, req.uri().query()).await
+        }
+        (&Method::GET, ["api", "whispers"]) => whisper_conversations(shard, &req).await,
+        (&Method::GET, ["api", "whispers", peer]) => {
+            whisper_thread(shard, &req, peer, req.uri().query()).await
+        }
+        (&Method::POST, ["api", "whispers", peer, "read"]) => whisper_read(shard, &req, peer).await,
         (&Method::POST, ["api", "account", "color"]) => account_color(ctx, req).await,
         (
             _,
-            [""] | ["healthz"] | ["metrics"] | ["api", "rooms"] | ["api", "rooms", _, "messages"],
+            [""]
+            | ["healthz"]
+            | ["metrics"]
+            | ["api", "rooms"]
+            | ["api", "rooms", _, "messages"]
+            | ["api", "emotes"]
+            | ["emotes", _],
         )
-        | (_, ["api", "rooms", _, "moderation"])
+        | (_, ["api", "rooms", _, "moderation" | "chatters"])
+        | (_, ["api", "whispers"] | ["api", "whispers", _] | ["api", "whispers", _, "read"])
         | (_, ["api", "account", "username" | "color"])
         | (_, ["api", "register" | "login" | "logout"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -597,7 +680,11 @@ struct HistoryMessage<'a> {
     display_name: &'a str,
     color: &'a str,
     badges: &'a str,
+    /// The styled text; for a `/me` message the text inside the ACTION, with `action` true.
     text: &'a str,
+    action: bool,
+    /// Twitch's `emotes` tag value for `text`.
+    emotes: String,
     original: &'a str,
     styled_by: &'a str,
     sent_unix_ms: u64,
@@ -605,6 +692,8 @@ struct HistoryMessage<'a> {
 
 impl<'a> From<&'a MessageRecord> for HistoryMessage<'a> {
     fn from(r: &'a MessageRecord) -> Self {
+        let inner = crate::core::action_inner(&r.text);
+        let text = inner.unwrap_or(&r.text);
         HistoryMessage {
             id: r.id.to_string(),
             room: &r.room,
@@ -613,7 +702,9 @@ impl<'a> From<&'a MessageRecord> for HistoryMessage<'a> {
             display_name: &r.display_name,
             color: &r.color,
             badges: &r.badges,
-            text: &r.text,
+            text,
+            action: inner.is_some(),
+            emotes: crate::protocol::emotes::emotes_tag(text),
             original: &r.original,
             styled_by: &r.styled_by,
             sent_unix_ms: r.id.unix_ms(),
@@ -928,6 +1019,282 @@ async fn moderation_state(
         }
         Ok(reply) => command_response(&reply),
         Err(response) => response,
+    }
+}
+
+/// Query parameters as key/value pairs; `Err` names the first unknown one.
+fn query_pairs<'q>(
+    query: Option<&'q str>,
+    known: &[&str],
+) -> Result<Vec<(&'q str, &'q str)>, String> {
+    let mut pairs = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !known.contains(&key) {
+            return Err(format!("unknown query parameter {key:?}"));
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+fn limit_param(value: &str, max: usize) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("limit must be a number from 1 to {max}")),
+    }
+}
+
+/// Logins per page of the chatters list.
+const CHATTERS_PAGE_MAX: usize = 1_000;
+
+/// `GET /api/rooms/{room}/chatters?after=<login>&limit=<n>`: the room's logged-in users in login order, a page at a
+/// time (`next` is the `after` of the next page), and the counts of logged-in users and anonymous connections,
+/// over every shard (the room's home keeps them).
+async fn chatters(shard: &Rc<Shard>, room: &str, query: Option<&str>) -> Response<Body> {
+    let Some(index) = shard.shared.room(room) else {
+        return error(StatusCode::NOT_FOUND, "no such room");
+    };
+    let pairs = match query_pairs(query, &["after", "limit"]) {
+        Ok(pairs) => pairs,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let mut after = String::new();
+    let mut limit = 100;
+    for (key, value) in pairs {
+        match key {
+            "after" => after = value.to_ascii_lowercase(),
+            _ => match limit_param(value, CHATTERS_PAGE_MAX) {
+                Ok(n) => limit = n,
+                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+            },
+        }
+    }
+    let anyone = Identity {
+        login: String::new(),
+        display_name: String::new(),
+        user_id: 0,
+        color: String::new(),
+        badges: String::new(),
+        is_mod: false,
+    };
+    match run_api_command(
+        shard,
+        index,
+        &anyone,
+        ChatCommand::Chatters { after, limit },
+    )
+    .await
+    {
+        Ok(reply) if reply.kind == ReplyKind::Done => {
+            let page: serde_json::Value =
+                serde_json::from_str(&reply.text).unwrap_or(serde_json::Value::Null);
+            json(StatusCode::OK, &page)
+        }
+        Ok(reply) => command_response(&reply),
+        Err(response) => response,
+    }
+}
+
+/// Whispers read per conversation for the API (the newest are what a client shows).
+const WHISPER_THREAD_READ_MAX: usize = 2_000;
+/// Conversations listed per user.
+const WHISPER_CONVERSATIONS_MAX: usize = 500;
+
+fn storage_unavailable(err: &twitchy_storage::StorageError) -> Response<Body> {
+    log::warn!("whisper read failed: {err}");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "whispers are unavailable, try again",
+    )
+}
+
+/// A user's whispers with one peer, oldest first (at most [`WHISPER_THREAD_READ_MAX`], the newest).
+async fn whisper_thread_of(
+    shard: &Shard,
+    me: u64,
+    peer: u64,
+) -> Result<Vec<crate::core::Whisper>, Response<Body>> {
+    let prefix =
+        crate::core::moderation::keys::whisper_thread_prefix(&crate::core::thread_id(me, peer));
+    let entries = shard
+        .shared
+        .storage
+        .settings(&prefix, WHISPER_THREAD_READ_MAX)
+        .await
+        .map_err(|e| storage_unavailable(&e))?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(_, value)| serde_json::from_slice::<crate::core::Whisper>(&value).ok())
+        .collect())
+}
+
+/// The id up to which `me` has read the conversation with `peer` (empty: nothing read).
+async fn read_marker(shard: &Shard, me: u64, peer: u64) -> Result<String, Response<Body>> {
+    let key = crate::core::moderation::keys::read_marker(me, peer);
+    let entries = shard
+        .shared
+        .storage
+        .settings(&key, 1)
+        .await
+        .map_err(|e| storage_unavailable(&e))?;
+    Ok(entries
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| String::from_utf8(v).ok())
+        .unwrap_or_default())
+}
+
+/// `GET /api/whispers`: the token's user's conversations, `[{"login","user_id","unread","last_id"}]`, newest
+/// first; `unread` counts the peer's whispers after the user's read marker.
+async fn whisper_conversations<B>(shard: &Rc<Shard>, req: &Request<B>) -> Response<Body> {
+    let me = match bearer(shard, req).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let prefix = crate::core::moderation::keys::conversations_prefix(me.user_id);
+    let peers = match shard
+        .shared
+        .storage
+        .settings(&prefix, WHISPER_CONVERSATIONS_MAX)
+        .await
+    {
+        Ok(entries) => entries,
+        Err(err) => return storage_unavailable(&err),
+    };
+    let mut conversations = Vec::new();
+    for (key, value) in peers {
+        let Some(peer) = key.rsplit('/').next().and_then(|id| id.parse::<u64>().ok()) else {
+            continue;
+        };
+        let login = serde_json::from_slice::<serde_json::Value>(&value)
+            .ok()
+            .and_then(|v| v["login"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let thread = match whisper_thread_of(shard, me.user_id, peer).await {
+            Ok(thread) => thread,
+            Err(response) => return response,
+        };
+        let read = match read_marker(shard, me.user_id, peer).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
+        let unread = thread
+            .iter()
+            .filter(|w| w.from_id == peer && w.id > read)
+            .count();
+        let last_id = thread.last().map(|w| w.id.clone()).unwrap_or_default();
+        conversations.push(serde_json::json!({
+            "login": login, "user_id": peer, "unread": unread, "last_id": last_id,
+        }));
+    }
+    conversations.sort_by(|a, b| b["last_id"].as_str().cmp(&a["last_id"].as_str()));
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "conversations": conversations }),
+    )
+}
+
+/// The user id of a login, or the error response.
+async fn peer_id(shard: &Shard, login: &str) -> Result<u64, Response<Body>> {
+    match shard
+        .shared
+        .storage
+        .account(&login.to_ascii_lowercase())
+        .await
+    {
+        Ok(Some(account)) => Ok(account.user_id),
+        Ok(None) => Err(error(StatusCode::NOT_FOUND, "no such user")),
+        Err(err) => Err(storage_unavailable(&err)),
+    }
+}
+
+/// Whispers per page of a conversation.
+const WHISPER_PAGE_MAX: usize = 100;
+
+/// `GET /api/whispers/{login}?before=<id>&limit=<n>`: the conversation with `login`, newest first, paged with
+/// `before`; plus the user's read marker.
+async fn whisper_thread<B>(
+    shard: &Rc<Shard>,
+    req: &Request<B>,
+    peer: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    let me = match bearer(shard, req).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let pairs = match query_pairs(query, &["before", "limit"]) {
+        Ok(pairs) => pairs,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let mut before = None;
+    let mut limit = 50;
+    for (key, value) in pairs {
+        match key {
+            "before" => before = Some(value.to_owned()),
+            _ => match limit_param(value, WHISPER_PAGE_MAX) {
+                Ok(n) => limit = n,
+                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+            },
+        }
+    }
+    let peer = match peer_id(shard, peer).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let thread = match whisper_thread_of(shard, me.user_id, peer).await {
+        Ok(thread) => thread,
+        Err(response) => return response,
+    };
+    let read = match read_marker(shard, me.user_id, peer).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let page: Vec<&crate::core::Whisper> = thread
+        .iter()
+        .rev()
+        .filter(|w| before.as_ref().is_none_or(|b| w.id < *b))
+        .take(limit)
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "whispers": page, "read_up_to": read }),
+    )
+}
+
+/// `POST /api/whispers/{login}/read?up_to=<id>`: marks the conversation read up to that whisper (to its newest
+/// when `up_to` is left out).
+async fn whisper_read(shard: &Rc<Shard>, req: &Request<Incoming>, peer: &str) -> Response<Body> {
+    let me = match bearer(shard, req).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let peer = match peer_id(shard, peer).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let up_to = match req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("up_to="))
+        .map(str::to_owned)
+    {
+        Some(id) => id,
+        None => match whisper_thread_of(shard, me.user_id, peer).await {
+            Ok(thread) => thread.last().map(|w| w.id.clone()).unwrap_or_default(),
+            Err(response) => return response,
+        },
+    };
+    let key = crate::core::moderation::keys::read_marker(me.user_id, peer);
+    match shard
+        .shared
+        .storage
+        .put_setting(&key, up_to.clone().into_bytes())
+        .await
+    {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({ "read_up_to": up_to })),
+        Err(err) => storage_unavailable(&err),
     }
 }
 

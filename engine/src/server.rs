@@ -235,6 +235,11 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
             .context("--vllm-chat-template")?,
         batch_prompts_max: args.style_batch_prompts_max,
         requests_in_flight_per_endpoint_max: args.style_requests_in_flight_max,
+        // Emote codes survive styling, so the `emotes` tag computed from the styled text points at them.
+        protected_words: crate::protocol::emotes::GLOBAL_EMOTES
+            .iter()
+            .map(|(_, code)| (*code).to_owned())
+            .collect(),
         ..StylerConfig::default()
     };
     styler_config

@@ -271,9 +271,27 @@ impl Shard {
                 .storage
                 .recent_messages(name, DEDUPE_RESTORE_MESSAGES_MAX)
                 .await?;
+            // Replies replayed on JOIN carry their parent's tags: read the links of the last few back.
+            let mut replies = HashMap::new();
+            let skip = records.len().saturating_sub(crate::core::HISTORY_ON_JOIN);
+            for record in &records[skip..] {
+                let key = crate::core::moderation::keys::reply(name, record.id);
+                let found = self.shared.storage.settings(&key, 1).await?;
+                if let Some(stored) =
+                    found
+                        .into_iter()
+                        .find(|(k, _)| *k == key)
+                        .and_then(|(_, value)| {
+                            serde_json::from_slice::<crate::core::moderation::StoredReply>(&value)
+                                .ok()
+                        })
+                {
+                    replies.insert(record.id, stored.into());
+                }
+            }
             self.core
                 .borrow_mut()
-                .restore_room(room, records, unix_ms());
+                .restore_room(room, records, replies, unix_ms());
             let settings = self
                 .shared
                 .storage
@@ -488,6 +506,22 @@ impl Shard {
                             .core
                             .borrow_mut()
                             .write_done(ticket, result, unix_ms());
+                        shard.pump();
+                    })
+                    .detach();
+                }
+                Output::ReadSettings {
+                    ticket,
+                    prefix,
+                    limit,
+                } => {
+                    let shard = self.clone();
+                    glommio::spawn_local(async move {
+                        let result = shard.shared.storage.settings(&prefix, limit).await;
+                        shard
+                            .core
+                            .borrow_mut()
+                            .settings_read(ticket, result, unix_ms());
                         shard.pump();
                     })
                     .detach();

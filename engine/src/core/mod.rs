@@ -36,7 +36,7 @@ pub use shard::{AuthOutcome, CoreConfig, RoomInfo, ShardCore};
 use twitchy_storage::{MessageId, MessageRecord, StorageError};
 
 use crate::protocol::commands::{ChatCommand, Role};
-use crate::protocol::twitch::{ChatLine, RoomModes};
+use crate::protocol::twitch::{ChatLine, ReplyTags, RoomModes};
 use moderation::RoomView;
 
 /// A connection, unique on its shard for the shard's lifetime: slot index in the low 32 bits, generation above.
@@ -64,9 +64,40 @@ pub struct ChatMessage {
     pub room_id: u64,
     pub is_mod: bool,
     pub origin: Option<Origin>,
+    /// Twitch's `emotes` tag for the delivered text, computed once.
+    pub emotes: String,
+    /// The message it answers, if it is a reply.
+    pub reply: Option<ReplyTags>,
+}
+
+/// The text of a `/me` message is stored and delivered inside CTCP ACTION, as IRC carries it.
+pub const ACTION_PREFIX: &str = "\x01ACTION ";
+
+/// The inner text of an ACTION (`/me`) message, or `None` for a plain one.
+pub fn action_inner(text: &str) -> Option<&str> {
+    text.strip_prefix(ACTION_PREFIX)?.strip_suffix('\x01')
 }
 
 impl ChatMessage {
+    /// A durable message with its derived delivery fields.
+    pub fn new(
+        record: MessageRecord,
+        room_id: u64,
+        is_mod: bool,
+        origin: Option<Origin>,
+        reply: Option<ReplyTags>,
+    ) -> ChatMessage {
+        let shown = action_inner(&record.text).unwrap_or(&record.text);
+        ChatMessage {
+            emotes: crate::protocol::emotes::emotes_tag(shown),
+            record,
+            room_id,
+            is_mod,
+            origin,
+            reply,
+        }
+    }
+
     /// The sender's `client-nonce`, kept in the record.
     pub fn client_nonce(&self) -> Option<&str> {
         let nonce = self.record.client_nonce.as_str();
@@ -90,6 +121,8 @@ impl ChatMessage {
             client_nonce: self.client_nonce(),
             sent_unix_ms: r.id.unix_ms(),
             historical,
+            emotes: &self.emotes,
+            reply: self.reply.as_ref(),
         }
     }
 }
@@ -107,6 +140,10 @@ pub struct Submit {
     pub client_nonce: Option<String>,
     /// When the origin shard received it; a home too far behind sheds it instead of queueing.
     pub sent_ms: u64,
+    /// `/me`: `text` is delivered inside a CTCP ACTION.
+    pub action: bool,
+    /// The id of the message this one answers (`reply-parent-msg-id`), checked by the home.
+    pub reply_parent: Option<String>,
 }
 
 /// The home shard's answer to a [`Submit`].
@@ -141,6 +178,33 @@ pub enum PeerMsg {
         messages: Vec<Arc<ChatMessage>>,
         view: Box<RoomView>,
     },
+    /// To a room's home: a logged-in user's connection started (or stopped) viewing the room.
+    Presence {
+        room: usize,
+        login: String,
+        joined: bool,
+    },
+    /// To a room's home: a typing indicator or reaction to relay (and count).
+    Tag(Box<TagSubmit>),
+    /// To the recipient's user home ([`user_home`]): a whisper to store and deliver.
+    Whisper(Box<WhisperSubmit>),
+    /// To a user's home: one of the user's connections logged in (`online`) or closed.
+    UserSeen {
+        login: String,
+        user_id: u64,
+        at: Origin,
+        online: bool,
+    },
+    /// To a connection's shard: a stored whisper for it (to its user, or its own, echoed as the acknowledgement).
+    WhisperTo { conn: ConnId, whisper: Arc<Whisper> },
+    /// To a connection's shard: a whisper could not be sent.
+    WhisperRefused {
+        conn: ConnId,
+        msg_id: &'static str,
+        text: std::borrow::Cow<'static, str>,
+    },
+    /// To every shard: a user changed colour; their connections there take it for later lines.
+    ColorChanged { user_id: u64, color: String },
     /// To a room's home: a chat command to check and carry out.
     Command(Box<CommandSubmit>),
     /// To the shard a command came from: its answer.
@@ -166,6 +230,65 @@ pub enum PeerMsg {
         room: usize,
         reply: SubmitReply,
     },
+}
+
+/// The shard that keeps a user's connections directory and receives their whispers: a plain function of the
+/// login, so every shard agrees without talking.
+pub fn user_home(login: &str, shard_count: usize) -> usize {
+    // FNV-1a: stable across processes and releases, unlike the std hasher's random keys.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in login.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shard_count as u64) as usize
+}
+
+/// A relayed client-tag message on its way to the room's home.
+#[derive(Debug)]
+pub struct TagSubmit {
+    pub room: usize,
+    pub origin: Origin,
+    pub user_id: u64,
+    pub login: String,
+    pub display_name: String,
+    pub typing: Option<crate::protocol::session::Typing>,
+    pub react: Option<crate::protocol::session::Reaction>,
+}
+
+/// A whisper on its way to the recipient's user home.
+#[derive(Debug)]
+pub struct WhisperSubmit {
+    pub from: Actor,
+    pub origin: Origin,
+    pub to_login: String,
+    pub text: String,
+}
+
+/// A stored whisper.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Whisper {
+    pub id: String,
+    pub from_id: u64,
+    pub from_login: String,
+    pub from_display_name: String,
+    pub from_color: String,
+    pub to_id: u64,
+    pub to_login: String,
+    pub text: String,
+    pub sent_unix_ms: u64,
+}
+
+impl Whisper {
+    /// Twitch's `thread-id`: the two user ids, lower first.
+    pub fn thread_id(&self) -> String {
+        thread_id(self.from_id, self.to_id)
+    }
+}
+
+/// Twitch's whisper `thread-id` of two users: their ids, lower first, joined by `_`.
+pub fn thread_id(a: u64, b: u64) -> String {
+    format!("{}_{}", a.min(b), a.max(b))
 }
 
 /// Who ran a chat command: a chat connection, or a request to the HTTP API (answered by ticket).
@@ -271,6 +394,22 @@ pub enum RoomEvent {
         held_id: u64,
         allowed: bool,
     },
+    /// A typing indicator or reaction, relayed to everyone but its sender.
+    Tag {
+        origin: Origin,
+        login: String,
+        display_name: String,
+        user_id: u64,
+        typing: Option<crate::protocol::session::Typing>,
+        react: Option<(String, String, u32)>,
+    },
+    /// Logged-in users who came or went since the last batch. `listed` false: the room is now too big to list
+    /// its members (membership lines stop, as on Twitch above 1,000 users).
+    Membership {
+        joined: Vec<String>,
+        parted: Vec<String>,
+        listed: bool,
+    },
 }
 
 /// A styling request: rewrite `text` in the room's style and answer with [`ShardCore::styled`].
@@ -311,6 +450,12 @@ pub enum Output {
         ticket: u64,
         key: String,
         value: Option<Vec<u8>>,
+    },
+    /// Read the settings under a prefix; answer with [`ShardCore::settings_read`].
+    ReadSettings {
+        ticket: u64,
+        prefix: String,
+        limit: usize,
     },
     /// Mark a stored message deleted; answer with [`ShardCore::write_done`].
     DeleteMessage {

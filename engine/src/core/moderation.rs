@@ -14,7 +14,7 @@ use super::automod::{AutoMod, AutoModConfig, AutoModReason};
 use super::{Origin, Submit};
 use crate::config::AutoModMode;
 use crate::protocol::commands::Role;
-use crate::protocol::twitch::RoomModes;
+use crate::protocol::twitch::{ReplyTags, RoomModes};
 
 use super::RoomInfo;
 
@@ -97,6 +97,46 @@ pub struct Profile {
     pub color: String,
 }
 
+/// A reply's link as stored (`reply/{room}/{id}`): the tags it was delivered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredReply {
+    pub parent_msg_id: String,
+    pub parent_user_id: u64,
+    pub parent_login: String,
+    pub parent_display_name: String,
+    pub parent_body: String,
+    pub thread_msg_id: String,
+    pub thread_login: String,
+}
+
+impl From<&ReplyTags> for StoredReply {
+    fn from(r: &ReplyTags) -> StoredReply {
+        StoredReply {
+            parent_msg_id: r.parent_msg_id.clone(),
+            parent_user_id: r.parent_user_id,
+            parent_login: r.parent_login.clone(),
+            parent_display_name: r.parent_display_name.clone(),
+            parent_body: r.parent_body.clone(),
+            thread_msg_id: r.thread_msg_id.clone(),
+            thread_login: r.thread_login.clone(),
+        }
+    }
+}
+
+impl From<StoredReply> for ReplyTags {
+    fn from(r: StoredReply) -> ReplyTags {
+        ReplyTags {
+            parent_msg_id: r.parent_msg_id,
+            parent_user_id: r.parent_user_id,
+            parent_login: r.parent_login,
+            parent_display_name: r.parent_display_name,
+            parent_body: r.parent_body,
+            thread_msg_id: r.thread_msg_id,
+            thread_login: r.thread_login,
+        }
+    }
+}
+
 /// Settings keys. `room/{room}/…` is read back per room at start.
 pub mod keys {
     pub fn room_prefix(room: &str) -> String {
@@ -120,6 +160,42 @@ pub mod keys {
     pub fn profile(user_id: u64) -> String {
         format!("user/{user_id}/profile")
     }
+    /// A message's reaction counts, beside it.
+    pub fn reactions(room: &str, id: twitchy_storage::MessageId) -> String {
+        format!("react/{room}/{id}")
+    }
+    /// One whisper in its two users' thread.
+    pub fn whisper(thread_id: &str, id: &str) -> String {
+        format!("whisper/{thread_id}/{id}")
+    }
+    pub fn whisper_thread_prefix(thread_id: &str) -> String {
+        format!("whisper/{thread_id}/")
+    }
+    /// That `user_id` has a conversation with `peer_id` (for the list of conversations).
+    pub fn conversation(user_id: u64, peer_id: u64) -> String {
+        format!("wconv/{user_id}/{peer_id}")
+    }
+    pub fn conversations_prefix(user_id: u64) -> String {
+        format!("wconv/{user_id}/")
+    }
+    /// How far `user_id` has read the conversation with `peer_id` (a whisper id).
+    pub fn read_marker(user_id: u64, peer_id: u64) -> String {
+        format!("wread/{user_id}/{peer_id}")
+    }
+    pub fn read_markers_prefix(user_id: u64) -> String {
+        format!("wread/{user_id}/")
+    }
+    /// A whisper not yet delivered to any connection of `user_id`.
+    pub fn inbox(user_id: u64, id: &str) -> String {
+        format!("inbox/{user_id}/{id}")
+    }
+    pub fn inbox_prefix(user_id: u64) -> String {
+        format!("inbox/{user_id}/")
+    }
+    /// A reply's link to its parent, beside the message.
+    pub fn reply(room: &str, id: twitchy_storage::MessageId) -> String {
+        format!("reply/{room}/{id}")
+    }
 }
 
 /// The role of a user in a room: the broadcaster from the rooms file, else a granted role, else the file's lists.
@@ -139,11 +215,13 @@ pub fn role_of(info: &RoomInfo, granted: &HashMap<u64, Role>, user_id: u64, logi
     }
 }
 
-/// What every shard with viewers in a room knows of it, for JOIN: granted roles and modes.
+/// What every shard with viewers in a room knows of it, for JOIN: granted roles, modes and (while the room is small
+/// enough to list) its logged-in users.
 #[derive(Debug, Clone, Default)]
 pub struct RoomView {
     pub modes: RoomModes,
     pub granted: HashMap<u64, Role>,
+    pub members: Option<std::collections::BTreeSet<String>>,
 }
 
 /// A message AutoMod holds until a moderator allows or denies it.

@@ -1,7 +1,7 @@
 //! [`ShardCore`]: one shard's connections, local rooms and home rooms, as a state machine (see the module docs of
 //! [`crate::core`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -11,20 +11,22 @@ use twitchy_storage::{MessageId, MessageIdGen, MessageRecord, StorageError};
 
 use super::moderation::{
     Ban, Grant, Held, Profile, RoomModeration, RoomView, SendVerdict, StoredAutoMod, StoredModes,
-    keys, role_of,
+    StoredReply, keys, role_of,
 };
 use super::outbound::{OutQueue, Stamp, Transport};
 use super::{
-    Actor, ChatMessage, ClearUser, CommandFrom, CommandReply, CommandSubmit, ConnId,
+    ACTION_PREFIX, Actor, ChatMessage, ClearUser, CommandFrom, CommandReply, CommandSubmit, ConnId,
     HISTORY_ON_JOIN, Origin, Output, PeerMsg, ReplyKind, Resolved, RoomEvent, StyleRequest, Submit,
-    SubmitReply, home_shard,
+    SubmitReply, TagSubmit, Whisper, WhisperSubmit, home_shard, user_home,
 };
 use crate::config::AutoModMode;
 use crate::metrics::{ShardMetrics, ViewerCounts};
 use crate::protocol::commands::{ChatCommand, Role};
 use crate::protocol::line::{LineBuffer, LineError, split_frame_lines};
-use crate::protocol::session::{Action, Identity, RoomState, Session, SessionConfig};
-use crate::protocol::twitch::{ClearTarget, HeldLine, msg_id};
+use crate::protocol::session::{
+    Action, Identity, Reaction, RoomState, Session, SessionConfig, Typing,
+};
+use crate::protocol::twitch::{ClearTarget, HeldLine, ReplyTags, msg_id};
 use crate::protocol::ws::{self, WsDecoder, WsEvent};
 use crate::ratelimit::{RateLimitConfig, RateLimiter};
 
@@ -173,6 +175,15 @@ struct LocalRoom {
     view: RoomView,
 }
 
+/// A chat message as a connection sent it.
+#[derive(Debug)]
+struct Outgoing {
+    text: String,
+    client_nonce: Option<String>,
+    reply_parent: Option<String>,
+    action: bool,
+}
+
 /// A message between id assignment and release.
 #[derive(Debug)]
 struct Pending {
@@ -194,7 +205,19 @@ struct HomeRoom {
     /// Messages awaiting durability, in id order.
     pending: VecDeque<Pending>,
     moderation: RoomModeration,
+    /// Logged-in users viewing the room, with their connection count over all shards.
+    members: HashMap<String, u32>,
+    /// Membership changes not yet sent (batched by the tick, as Twitch batches JOIN and PART).
+    membership_pending: Vec<(String, bool)>,
+    /// Whether subscribers were last told the member list (the room is small enough).
+    members_listed: bool,
+    /// Who reacted with what to the newest messages (bounded by [`REACTED_MESSAGES_MAX`]).
+    reactions: HashMap<MessageId, BTreeMap<String, HashSet<u64>>>,
+    reaction_order: VecDeque<MessageId>,
 }
+
+/// Rooms with more logged-in users than this get no JOIN/PART lines and no member list in NAMES, as on Twitch.
+pub const MEMBERSHIP_LIST_MAX: usize = 1_000;
 
 /// Durable messages per room that `/delete` can find by id (the last ones).
 pub const DELETABLE_MESSAGES_MAX: usize = 200;
@@ -233,6 +256,24 @@ enum Effect {
 /// A command's durable write: the setting (`None` deletes it), what it changes, and its answer.
 type SettingWrite = (String, Option<Vec<u8>>, Effect, CommandReply);
 
+/// A whisper waiting for its recipient's id, then for its durable write.
+#[derive(Debug)]
+struct WhisperJob {
+    submit: Box<WhisperSubmit>,
+    stored: Option<Arc<Whisper>>,
+    /// Set once the whisper is durable and its recipient had no connection: the inbox write is what is waited for.
+    inboxing: bool,
+}
+
+/// Whispers handed to a connection from its inbox at login, at most.
+pub const INBOX_READ_MAX: usize = 100;
+/// Messages per room whose reactions are counted (the newest).
+pub const REACTED_MESSAGES_MAX: usize = 1_000;
+/// Different reactions one message may collect.
+pub const REACTIONS_PER_MESSAGE_MAX: usize = 20;
+/// Users counted per reaction of one message.
+pub const REACTING_USERS_PER_EMOJI_MAX: usize = 100_000;
+
 /// A command waiting for a user lookup or its durable write.
 #[derive(Debug)]
 struct CommandOp {
@@ -247,6 +288,8 @@ struct StyleJob {
     role: Role,
     repliers: Vec<(Origin, u64)>,
     dedupe: Option<DedupeKey>,
+    /// The parent's tags, when the message answers one the home still has.
+    reply: Option<ReplyTags>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -304,6 +347,12 @@ pub struct ShardCore {
     styling: HashMap<u64, StyleJob>,
     next_ticket: u64,
     commands: HashMap<u64, CommandOp>,
+    /// Whispers waiting for their recipient's lookup or their durable write (user-home side).
+    whispers: HashMap<u64, WhisperJob>,
+    /// Logged-in users whose home this shard is, with their connections: where whispers go.
+    online: HashMap<String, Vec<Origin>>,
+    /// Inbox reads for connections that just logged in.
+    inbox_reads: HashMap<u64, Origin>,
     ids: MessageIdGen,
     rate: RateLimiter,
     dedupe: Dedupe,
@@ -353,6 +402,11 @@ impl ShardCore {
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
                     moderation: RoomModeration::new(&cfg.rooms[room]),
+                    members: HashMap::new(),
+                    membership_pending: Vec::new(),
+                    members_listed: true,
+                    reactions: HashMap::new(),
+                    reaction_order: VecDeque::new(),
                 })
             })
             .collect();
@@ -372,6 +426,9 @@ impl ShardCore {
             styling: HashMap::new(),
             next_ticket: 1,
             commands: HashMap::new(),
+            whispers: HashMap::new(),
+            online: HashMap::new(),
+            inbox_reads: HashMap::new(),
             ids: MessageIdGen::new(cfg.node_id, cfg.shard as u16),
             rate: RateLimiter::new(cfg.rate),
             dedupe: Dedupe::default(),
@@ -513,6 +570,24 @@ impl ShardCore {
         };
         for room in rooms {
             self.leave_room(id, room);
+        }
+        let user = self
+            .conn(id)
+            .and_then(|c| c.session.identity())
+            .map(|i| (i.login.clone(), i.user_id));
+        if let Some((login, user_id)) = user {
+            let home = user_home(&login, self.cfg.shard_count);
+            let at = Origin {
+                shard: self.cfg.shard,
+                conn: id,
+            };
+            let msg = PeerMsg::UserSeen {
+                login,
+                user_id,
+                at,
+                online: false,
+            };
+            self.send_peer(home, msg, 0);
         }
         let index = slot_of(id);
         self.slots[index].conn = None;
@@ -733,13 +808,30 @@ impl ShardCore {
                     room,
                     text,
                     client_nonce,
-                    ..
+                    reply_parent_msg_id,
+                    action,
                 } => {
-                    // The session only passes PRIVMSGs for rooms the engine confirmed.
+                    // The session only passes PRIVMSGs for rooms that exist.
                     if let Some(index) = self.room(&room) {
-                        self.submit(id, index, text, client_nonce, now_ms);
+                        let message = Outgoing {
+                            text,
+                            client_nonce,
+                            reply_parent: reply_parent_msg_id,
+                            action,
+                        };
+                        self.submit(id, index, message, now_ms);
                     }
                 }
+                Action::TagMsg {
+                    room,
+                    typing,
+                    react,
+                } => {
+                    if let Some(index) = self.room(&room) {
+                        self.tag_from_conn(id, index, typing, react, now_ms);
+                    }
+                }
+                Action::Whisper { to, text } => self.whisper_from_conn(id, to, text, now_ms),
                 Action::Command { room, command } => {
                     let actor = self
                         .conn(id)
@@ -768,10 +860,28 @@ impl ShardCore {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
+        let mut seen = None;
         match outcome {
-            AuthOutcome::Valid(identity) => conn.session.authenticated(identity, &mut actions),
+            AuthOutcome::Valid(identity) => {
+                seen = Some((identity.login.clone(), identity.user_id));
+                conn.session.authenticated(identity, &mut actions)
+            }
             AuthOutcome::Invalid => conn.session.authentication_failed(&mut actions),
             AuthOutcome::Unavailable => conn.session.authentication_unavailable(&mut actions),
+        }
+        if let Some((login, user_id)) = seen.filter(|_| conn.session.is_registered()) {
+            let home = user_home(&login, self.cfg.shard_count);
+            let at = Origin {
+                shard: self.cfg.shard,
+                conn: id,
+            };
+            let msg = PeerMsg::UserSeen {
+                login,
+                user_id,
+                at,
+                online: true,
+            };
+            self.send_peer(home, msg, now_ms);
         }
         self.run_actions(id, actions, now_ms);
     }
@@ -945,6 +1055,7 @@ impl ShardCore {
             }
         }
         self.expire_dedupe(now_ms);
+        self.flush_membership(now_ms);
     }
 
     // ----- joining and leaving -----
@@ -992,6 +1103,12 @@ impl ShardCore {
         {
             return;
         }
+        if !matches!(self.rooms[room].subscription, Subscription::Ready) {
+            // Earlier joiners of the same snapshot left meanwhile (a slow one dropped while its history was
+            // queued) and the room was unsubscribed: this one joins afresh, with a new subscription.
+            conn.rooms.retain(|&r| r != room);
+            return self.join(id, room, now_ms);
+        }
         let local = &self.rooms[room];
         let role = conn.session.identity().map_or(Role::Viewer, |identity| {
             role_of(info, &local.view.granted, identity.user_id, &identity.login)
@@ -1003,6 +1120,12 @@ impl ShardCore {
                 room_id: info.id,
                 role,
                 modes: local.view.modes,
+                members: local
+                    .view
+                    .members
+                    .as_ref()
+                    .map(|m| m.iter().cloned().collect())
+                    .unwrap_or_default(),
             },
             &mut actions,
         );
@@ -1017,18 +1140,24 @@ impl ShardCore {
             return;
         }
         let local = &mut self.rooms[room];
+        let mut presence = None;
         if !local.viewers.contains(&id) {
             local.viewers.push(id);
             self.cfg
                 .viewers
                 .set(self.cfg.shard, room, local.viewers.len() as u64);
+            presence = conn.session.identity().map(|i| i.login.clone());
         }
         if !confirmed {
             return;
         }
         // History follows the JOIN reply in the same write.
         let mut history = Vec::new();
-        let skip = local.recent.len().saturating_sub(HISTORY_ON_JOIN);
+        let skip = if conn.session.wants_history() {
+            local.recent.len().saturating_sub(HISTORY_ON_JOIN)
+        } else {
+            local.recent.len()
+        };
         for message in local.recent.iter().skip(skip) {
             let id_text = message.record.id.to_string();
             conn.session
@@ -1037,6 +1166,15 @@ impl ShardCore {
         let (replies, rest): (Vec<Action>, Vec<Action>) = actions
             .into_iter()
             .partition(|a| matches!(a, Action::Reply(_)));
+        if let Some(login) = presence {
+            let home = home_shard(room, self.cfg.shard_count);
+            let msg = PeerMsg::Presence {
+                room,
+                login,
+                joined: true,
+            };
+            self.send_peer(home, msg, now_ms);
+        }
         self.run_actions(id, replies, now_ms);
         self.push_owned(id, history, now_ms);
         // PRIVMSGs held until the JOIN was confirmed.
@@ -1045,8 +1183,23 @@ impl ShardCore {
 
     /// Removes the connection from a room's viewers (or waiters); unsubscribes when it was the last viewer.
     fn leave_room(&mut self, id: ConnId, room: usize) {
+        let login = self
+            .conn(id)
+            .and_then(|c| c.session.identity())
+            .map(|i| i.login.clone());
         let local = &mut self.rooms[room];
+        let was_viewer = local.viewers.contains(&id);
         local.viewers.retain(|&v| v != id);
+        if let (true, Some(login)) = (was_viewer, login) {
+            let home = home_shard(room, self.cfg.shard_count);
+            let msg = PeerMsg::Presence {
+                room,
+                login,
+                joined: false,
+            };
+            self.send_peer(home, msg, 0);
+        }
+        let local = &mut self.rooms[room];
         if let Subscription::Pending(waiting) = &mut local.subscription {
             waiting.retain(|&v| v != id);
         }
@@ -1115,7 +1268,9 @@ impl ShardCore {
                 home.subscribers[shard] = true;
                 let skip = home.recent.len().saturating_sub(HISTORY_ON_JOIN);
                 let messages = home.recent.iter().skip(skip).cloned().collect();
-                let view = Box::new(home.moderation.view.clone());
+                let mut view = Box::new(home.moderation.view.clone());
+                view.members = (home.members.len() <= MEMBERSHIP_LIST_MAX)
+                    .then(|| home.members.keys().cloned().collect());
                 self.send_peer(
                     shard,
                     PeerMsg::Snapshot {
@@ -1135,6 +1290,42 @@ impl ShardCore {
                 view,
             } => self.on_snapshot(room, messages, *view, now_ms),
             PeerMsg::Command(submit) => self.moderate(submit, now_ms),
+            PeerMsg::ColorChanged { user_id, color } => {
+                for slot in &mut self.slots {
+                    let Some(conn) = slot.conn.as_deref_mut() else {
+                        continue;
+                    };
+                    if conn
+                        .session
+                        .identity()
+                        .is_some_and(|i| i.user_id == user_id)
+                    {
+                        conn.session.set_color(&color);
+                    }
+                }
+            }
+            PeerMsg::Tag(submit) => self.tag_home(*submit, now_ms),
+            PeerMsg::Whisper(submit) => self.whisper_home(submit, now_ms),
+            PeerMsg::UserSeen {
+                login,
+                user_id,
+                at,
+                online,
+            } => self.user_seen(login, user_id, at, online),
+            PeerMsg::WhisperTo { conn, whisper } => self.whisper_to_conn(conn, &whisper, now_ms),
+            PeerMsg::WhisperRefused { conn, msg_id, text } => {
+                let mut out = Vec::new();
+                if let Some(c) = self.conn(conn) {
+                    c.session.encode_notice(None, msg_id, &text, &mut out);
+                    ShardMetrics::inc(&self.metrics().notices_total);
+                    self.push_owned(conn, out, now_ms);
+                }
+            }
+            PeerMsg::Presence {
+                room,
+                login,
+                joined,
+            } => self.presence(room, login, joined),
             PeerMsg::CommandReply { to, room, reply } => {
                 self.command_answered(to, room, reply, now_ms)
             }
@@ -1157,14 +1348,7 @@ impl ShardCore {
 
     // ----- sending (origin shard) -----
 
-    fn submit(
-        &mut self,
-        id: ConnId,
-        room: usize,
-        text: String,
-        client_nonce: Option<String>,
-        now_ms: u64,
-    ) {
+    fn submit(&mut self, id: ConnId, room: usize, message: Outgoing, now_ms: u64) {
         ShardMetrics::inc(&self.metrics().messages_in_total);
         let shard = self.cfg.shard;
         let Some(conn) = self.conn_mut(id) else {
@@ -1180,9 +1364,11 @@ impl ShardCore {
             login: identity.login.clone(),
             display_name: identity.display_name.clone(),
             color: identity.color.clone(),
-            text,
-            client_nonce,
+            text: message.text,
+            client_nonce: message.client_nonce,
             sent_ms: now_ms,
+            action: message.action,
+            reply_parent: message.reply_parent,
         };
         conn.submits_in_flight += 1;
         self.send_peer(
@@ -1422,6 +1608,10 @@ impl ShardCore {
         self.styling.insert(
             ticket,
             StyleJob {
+                reply: submit
+                    .reply_parent
+                    .as_deref()
+                    .and_then(|parent| self.reply_tags(room, parent)),
                 submit,
                 role,
                 repliers,
@@ -1451,6 +1641,7 @@ impl ShardCore {
             role,
             repliers,
             dedupe,
+            reply,
         } = job;
         let Submit {
             room,
@@ -1460,8 +1651,15 @@ impl ShardCore {
             color,
             text: original,
             client_nonce,
+            action,
             ..
         } = *submit;
+        // `/me` was styled on its inner text; it is stored and delivered as IRC carries it.
+        let text = if action {
+            format!("{ACTION_PREFIX}{text}\x01")
+        } else {
+            text
+        };
         let id = self.ids.next_id(now_ms);
         let info = &self.cfg.rooms[room];
         let record = MessageRecord {
@@ -1483,12 +1681,13 @@ impl ShardCore {
         {
             *state = DedupeState::Storing(id);
         }
-        let message = Arc::new(ChatMessage {
-            record: record.clone(),
-            room_id: info.id,
-            is_mod: role.mod_tag(),
-            origin: repliers.first().map(|&(origin, _)| origin),
-        });
+        let message = Arc::new(ChatMessage::new(
+            record.clone(),
+            info.id,
+            role.mod_tag(),
+            repliers.first().map(|&(origin, _)| origin),
+            reply,
+        ));
         let home = self.home_room(room);
         debug_assert!(home.pending.back().is_none_or(|p| p.message.record.id < id));
         home.pending.push_back(Pending {
@@ -1570,6 +1769,16 @@ impl ShardCore {
             {
                 *state = DedupeState::Acked(id);
             }
+            if let Some(reply) = &message.reply {
+                // The reply's link is kept beside the message (the record has no field for it), once the message is
+                // durable; ticket 0 answers nobody. Losing it (a failed write) shows the message without its parent.
+                let key = keys::reply(&message.record.room, message.record.id);
+                self.outputs.push_back(Output::PutSetting {
+                    ticket: 0,
+                    key,
+                    value: Some(json(&StoredReply::from(reply))),
+                });
+            }
             for shard in subscribers {
                 self.send_peer(
                     shard,
@@ -1603,7 +1812,13 @@ impl ShardCore {
     /// After a restart: the room's recent durable messages, oldest first. The last ones become the history on
     /// join, and the nonces accepted within the idempotency window are remembered, so a resend after a restart is
     /// acknowledged with its original id.
-    pub fn restore_room(&mut self, room: usize, records: Vec<MessageRecord>, now_ms: u64) {
+    pub fn restore_room(
+        &mut self,
+        room: usize,
+        records: Vec<MessageRecord>,
+        mut replies: HashMap<MessageId, ReplyTags>,
+        now_ms: u64,
+    ) {
         let info = self.cfg.rooms[room].clone();
         let window_ms = self.cfg.dedupe_window_ms;
         let count = records.len();
@@ -1624,12 +1839,10 @@ impl ShardCore {
                     .badges
                     .split(',')
                     .any(|b| b == Role::Moderator.badge());
-                home.recent.push_back(Arc::new(ChatMessage {
-                    record,
-                    room_id: info.id,
-                    is_mod,
-                    origin: None,
-                }));
+                let reply = replies.remove(&record.id);
+                home.recent.push_back(Arc::new(ChatMessage::new(
+                    record, info.id, is_mod, None, reply,
+                )));
             }
         }
         for (at_ms, key, id) in keys {
@@ -1662,6 +1875,489 @@ impl ShardCore {
             }
             let (_, key) = self.dedupe.order.pop_front().expect("front checked");
             self.forget_dedupe(&key);
+        }
+    }
+
+    /// The reply tags for a message answering `parent_id`, when the room's home still has that message (its last
+    /// [`DELETABLE_MESSAGES_MAX`]). Otherwise the message goes out as a plain one: no reply tags ever name a message
+    /// that is not there.
+    fn reply_tags(&self, room: usize, parent_id: &str) -> Option<ReplyTags> {
+        let home = self.home[room].as_ref()?;
+        let parent = home
+            .recent
+            .iter()
+            .rev()
+            .find(|m| m.record.id.to_string() == parent_id)?;
+        let r = &parent.record;
+        let (thread_msg_id, thread_login) = match &parent.reply {
+            Some(grand) => (grand.thread_msg_id.clone(), grand.thread_login.clone()),
+            None => (parent_id.to_owned(), r.login.clone()),
+        };
+        Some(ReplyTags {
+            parent_msg_id: parent_id.to_owned(),
+            parent_user_id: r.user_id,
+            parent_login: r.login.clone(),
+            parent_display_name: r.display_name.clone(),
+            parent_body: super::action_inner(&r.text).unwrap_or(&r.text).to_owned(),
+            thread_msg_id,
+            thread_login,
+        })
+    }
+
+    // ----- typing indicators and reactions -----
+
+    fn tag_from_conn(
+        &mut self,
+        id: ConnId,
+        room: usize,
+        typing: Option<Typing>,
+        react: Option<Reaction>,
+        now_ms: u64,
+    ) {
+        let Some(identity) = self.conn(id).and_then(|c| c.session.identity()) else {
+            return;
+        };
+        let submit = Box::new(TagSubmit {
+            room,
+            origin: Origin {
+                shard: self.cfg.shard,
+                conn: id,
+            },
+            user_id: identity.user_id,
+            login: identity.login.clone(),
+            display_name: identity.display_name.clone(),
+            typing,
+            react,
+        });
+        self.send_peer(
+            home_shard(room, self.cfg.shard_count),
+            PeerMsg::Tag(submit),
+            now_ms,
+        );
+    }
+
+    /// A typing indicator or reaction at the room's home: a reaction counts once per user and emoji, for a message
+    /// the home still has (others are dropped: no count for a message that is not there), and its counts are kept
+    /// beside the message; both are relayed to the room.
+    fn tag_home(&mut self, submit: TagSubmit, now_ms: u64) {
+        let room = submit.room;
+        let TagSubmit {
+            origin,
+            user_id,
+            login,
+            display_name,
+            typing,
+            react,
+            ..
+        } = submit;
+        let mut relayed_react = None;
+        if let Some(reaction) = react {
+            let home = self.home_room(room);
+            let Some(message) = home
+                .recent
+                .iter()
+                .rev()
+                .find(|m| m.record.id.to_string() == reaction.msg_id)
+            else {
+                return;
+            };
+            let id = message.record.id;
+            if !home.reactions.contains_key(&id) {
+                if home.reaction_order.len() >= REACTED_MESSAGES_MAX
+                    && let Some(oldest) = home.reaction_order.pop_front()
+                {
+                    home.reactions.remove(&oldest);
+                }
+                home.reaction_order.push_back(id);
+            }
+            let counts = home.reactions.entry(id).or_default();
+            if !counts.contains_key(&reaction.emoji) && counts.len() >= REACTIONS_PER_MESSAGE_MAX {
+                return;
+            }
+            let users = counts.entry(reaction.emoji.clone()).or_default();
+            if users.len() < REACTING_USERS_PER_EMOJI_MAX {
+                users.insert(user_id);
+            }
+            let count = users.len() as u32;
+            let stored: BTreeMap<&str, usize> =
+                counts.iter().map(|(e, u)| (e.as_str(), u.len())).collect();
+            let value = json(&stored);
+            let key = keys::reactions(&self.cfg.rooms[room].name, id);
+            self.outputs.push_back(Output::PutSetting {
+                ticket: 0,
+                key,
+                value: Some(value),
+            });
+            relayed_react = Some((reaction.emoji, reaction.msg_id, count));
+        }
+        if typing.is_none() && relayed_react.is_none() {
+            return;
+        }
+        let event = RoomEvent::Tag {
+            origin,
+            login,
+            display_name,
+            user_id,
+            typing,
+            react: relayed_react,
+        };
+        self.broadcast(room, event, now_ms);
+    }
+
+    // ----- whispers -----
+
+    fn whisper_from_conn(&mut self, id: ConnId, to_login: String, text: String, now_ms: u64) {
+        let Some(identity) = self.conn(id).and_then(|c| c.session.identity()) else {
+            return;
+        };
+        let submit = Box::new(WhisperSubmit {
+            from: Actor {
+                user_id: identity.user_id,
+                login: identity.login.clone(),
+                display_name: identity.display_name.clone(),
+                color: identity.color.clone(),
+            },
+            origin: Origin {
+                shard: self.cfg.shard,
+                conn: id,
+            },
+            to_login,
+            text,
+        });
+        let home = user_home(&submit.to_login, self.cfg.shard_count);
+        self.send_peer(home, PeerMsg::Whisper(submit), now_ms);
+    }
+
+    fn refuse_whisper(
+        &mut self,
+        to: Origin,
+        msg_id: &'static str,
+        text: impl Into<std::borrow::Cow<'static, str>>,
+        now_ms: u64,
+    ) {
+        let text = text.into();
+        self.send_peer(
+            to.shard,
+            PeerMsg::WhisperRefused {
+                conn: to.conn,
+                msg_id,
+                text,
+            },
+            now_ms,
+        );
+    }
+
+    /// A whisper at the recipient's user home: rate limit, look the recipient up, store it; delivery follows in
+    /// [`ShardCore::write_done`].
+    fn whisper_home(&mut self, submit: Box<WhisperSubmit>, now_ms: u64) {
+        let origin = submit.origin;
+        // Whispers have their own window per sender, apart from any room's.
+        let rate_key = submit.from.user_id.wrapping_mul(1024).wrapping_add(1023);
+        if !self.rate.try_acquire(rate_key, false, now_ms) {
+            return self.refuse_whisper(
+                origin,
+                msg_id::RATELIMIT,
+                "Your whisper was not sent because you are sending whispers too quickly.",
+                now_ms,
+            );
+        }
+        if self.whispers.len() >= COMMANDS_IN_FLIGHT_MAX {
+            return self.refuse_whisper(origin, msg_id::TRY_AGAIN, BUSY_TEXT, now_ms);
+        }
+        let ticket = self.ticket();
+        let login = submit.to_login.clone();
+        self.whispers.insert(
+            ticket,
+            WhisperJob {
+                submit,
+                stored: None,
+                inboxing: false,
+            },
+        );
+        self.outputs
+            .push_back(Output::ResolveUser { ticket, login });
+    }
+
+    fn whisper_resolved(&mut self, job: WhisperJob, resolved: Resolved, now_ms: u64) {
+        let origin = job.submit.origin;
+        let to_id = match resolved {
+            Ok(Some(user_id)) => user_id,
+            Ok(None) => {
+                return self.refuse_whisper(
+                    origin,
+                    "whisper_invalid_recipient",
+                    "That user does not exist.",
+                    now_ms,
+                );
+            }
+            Err(_) => {
+                return self.refuse_whisper(
+                    origin,
+                    msg_id::TRY_AGAIN,
+                    COMMAND_UNAVAILABLE_TEXT,
+                    now_ms,
+                );
+            }
+        };
+        let submit = job.submit;
+        let whisper = Arc::new(Whisper {
+            id: self.ids.next_id(now_ms).to_string(),
+            from_id: submit.from.user_id,
+            from_login: submit.from.login.clone(),
+            from_display_name: submit.from.display_name.clone(),
+            from_color: submit.from.color.clone(),
+            to_id,
+            to_login: submit.to_login.clone(),
+            text: submit.text.clone(),
+            sent_unix_ms: now_ms,
+        });
+        let key = keys::whisper(&whisper.thread_id(), &whisper.id);
+        let value = json(&*whisper);
+        let ticket = self.ticket();
+        self.whispers.insert(
+            ticket,
+            WhisperJob {
+                submit,
+                stored: Some(whisper),
+                inboxing: false,
+            },
+        );
+        self.outputs.push_back(Output::PutSetting {
+            ticket,
+            key,
+            value: Some(value),
+        });
+    }
+
+    /// A whisper is durable (or, for an offline recipient, also in their inbox): deliver it to every connection of
+    /// the recipient, acknowledge it to the sender (its own line back), and index the conversation for both. An
+    /// offline recipient's inbox entry is written before the acknowledgement, so a login after the ack finds it.
+    fn whisper_stored(
+        &mut self,
+        mut job: WhisperJob,
+        result: Result<(), StorageError>,
+        now_ms: u64,
+    ) {
+        let origin = job.submit.origin;
+        let whisper = job.stored.clone().expect("a stored whisper");
+        if result.is_err() {
+            if job.inboxing {
+                // The whisper is stored; only the delivery at next login is lost. It still counts as unread.
+                log::warn!(
+                    "whisper {} could not be put in {}'s inbox",
+                    whisper.id,
+                    whisper.to_login
+                );
+            } else {
+                return self.refuse_whisper(
+                    origin,
+                    msg_id::TRY_AGAIN,
+                    COMMAND_UNAVAILABLE_TEXT,
+                    now_ms,
+                );
+            }
+        }
+        let recipients = self
+            .online
+            .get(&whisper.to_login)
+            .cloned()
+            .unwrap_or_default();
+        if recipients.is_empty() && !job.inboxing && result.is_ok() {
+            job.inboxing = true;
+            let ticket = self.ticket();
+            let key = keys::inbox(whisper.to_id, &whisper.id);
+            let value = json(&*whisper);
+            self.whispers.insert(ticket, job);
+            self.outputs.push_back(Output::PutSetting {
+                ticket,
+                key,
+                value: Some(value),
+            });
+            return;
+        }
+        if job.inboxing && !recipients.is_empty() {
+            // The recipient logged in while the inbox entry was written: hand it over now instead.
+            self.outputs.push_back(Output::PutSetting {
+                ticket: 0,
+                key: keys::inbox(whisper.to_id, &whisper.id),
+                value: None,
+            });
+        }
+        for at in &recipients {
+            let msg = PeerMsg::WhisperTo {
+                conn: at.conn,
+                whisper: whisper.clone(),
+            };
+            self.send_peer(at.shard, msg, now_ms);
+        }
+        let echo = PeerMsg::WhisperTo {
+            conn: origin.conn,
+            whisper: whisper.clone(),
+        };
+        self.send_peer(origin.shard, echo, now_ms);
+        // The conversation list follows (ticket 0: nobody waits); a failed entry costs the listing, never the
+        // whisper, which stays in its thread.
+        for (key, login) in [
+            (
+                keys::conversation(whisper.to_id, whisper.from_id),
+                &whisper.from_login,
+            ),
+            (
+                keys::conversation(whisper.from_id, whisper.to_id),
+                &whisper.to_login,
+            ),
+        ] {
+            self.outputs.push_back(Output::PutSetting {
+                ticket: 0,
+                key,
+                value: Some(json(&serde_json::json!({ "login": login }))),
+            });
+        }
+    }
+
+    /// One of a user's connections logged in or closed (at the user's home): keep the directory whispers are
+    /// delivered by, and hand a new connection what waited in the user's inbox.
+    fn user_seen(&mut self, login: String, user_id: u64, at: Origin, online: bool) {
+        if online {
+            let entry = self.online.entry(login.clone()).or_default();
+            if !entry.contains(&at) {
+                entry.push(at);
+            }
+            let ticket = self.ticket();
+            self.inbox_reads.insert(ticket, at);
+            self.outputs.push_back(Output::ReadSettings {
+                ticket,
+                prefix: keys::inbox_prefix(user_id),
+                limit: INBOX_READ_MAX,
+            });
+        } else if let Some(entry) = self.online.get_mut(&login) {
+            entry.retain(|o| *o != at);
+            if entry.is_empty() {
+                self.online.remove(&login);
+            }
+        }
+    }
+
+    /// The answer to an [`Output::ReadSettings`]: a new connection's waiting whispers are delivered to it, then
+    /// taken out of the inbox.
+    pub fn settings_read(
+        &mut self,
+        ticket: u64,
+        result: Result<Vec<(String, Vec<u8>)>, StorageError>,
+        now_ms: u64,
+    ) {
+        let Some(at) = self.inbox_reads.remove(&ticket) else {
+            return;
+        };
+        let Ok(entries) = result else {
+            // Left in the inbox for the next login.
+            return;
+        };
+        for (key, value) in entries {
+            let Ok(whisper) = serde_json::from_slice::<Whisper>(&value) else {
+                log::warn!("inbox entry {key:?} is not a whisper; removed");
+                self.outputs.push_back(Output::PutSetting {
+                    ticket: 0,
+                    key,
+                    value: None,
+                });
+                continue;
+            };
+            let msg = PeerMsg::WhisperTo {
+                conn: at.conn,
+                whisper: Arc::new(whisper),
+            };
+            self.send_peer(at.shard, msg, now_ms);
+            self.outputs.push_back(Output::PutSetting {
+                ticket: 0,
+                key,
+                value: None,
+            });
+        }
+    }
+
+    /// Writes a whisper to one of this shard's connections.
+    fn whisper_to_conn(&mut self, id: ConnId, whisper: &Whisper, now_ms: u64) {
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        let thread_id = whisper.thread_id();
+        let line = crate::protocol::twitch::WhisperLine {
+            from_login: &whisper.from_login,
+            from_display_name: &whisper.from_display_name,
+            from_color: &whisper.from_color,
+            from_id: whisper.from_id,
+            to_login: &whisper.to_login,
+            text: &whisper.text,
+            message_id: &whisper.id,
+            thread_id: &thread_id,
+            emotes: &crate::protocol::emotes::emotes_tag(&whisper.text),
+        };
+        let mut out = Vec::new();
+        conn.session.encode_whisper(&line, &mut out);
+        self.push_owned(id, out, now_ms);
+    }
+
+    // ----- membership -----
+
+    /// A logged-in user's connection came to or left a room (home shard): the first connection is a JOIN, the
+    /// last one leaving a PART, sent in the next batch.
+    fn presence(&mut self, room: usize, login: String, joined: bool) {
+        let home = self.home_room(room);
+        if joined {
+            let count = home.members.entry(login.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                home.membership_pending.push((login, true));
+            }
+        } else if let Some(count) = home.members.get_mut(&login) {
+            *count -= 1;
+            if *count == 0 {
+                home.members.remove(&login);
+                home.membership_pending.push((login, false));
+            }
+        }
+    }
+
+    /// Sends each home room's batch of JOINs and PARTs to its subscribers (from the tick).
+    fn flush_membership(&mut self, now_ms: u64) {
+        for room in 0..self.home.len() {
+            let Some(home) = self.home[room].as_mut() else {
+                continue;
+            };
+            let listed = home.members.len() <= MEMBERSHIP_LIST_MAX;
+            if home.membership_pending.is_empty() && listed == home.members_listed {
+                continue;
+            }
+            let pending = std::mem::take(&mut home.membership_pending);
+            let was_listed = std::mem::replace(&mut home.members_listed, listed);
+            if !listed && !was_listed {
+                continue;
+            }
+            // A user who came and went within one batch is neither.
+            let mut joined = Vec::new();
+            let mut parted = Vec::new();
+            for (login, join) in pending {
+                let (this, other) = if join {
+                    (&mut joined, &mut parted)
+                } else {
+                    (&mut parted, &mut joined)
+                };
+                if let Some(at) = other.iter().position(|l| *l == login) {
+                    other.swap_remove(at);
+                } else {
+                    this.push(login);
+                }
+            }
+            self.broadcast(
+                room,
+                RoomEvent::Membership {
+                    joined,
+                    parted,
+                    listed,
+                },
+                now_ms,
+            );
         }
     }
 
@@ -1779,7 +2475,7 @@ impl ShardCore {
         );
         let room_name = info.name.clone();
         let needs = match &submit.command {
-            ChatCommand::Mods | ChatCommand::Vips => Role::Viewer,
+            ChatCommand::Mods | ChatCommand::Vips | ChatCommand::Chatters { .. } => Role::Viewer,
             // Authors may delete their own messages; the rest is checked with the message.
             ChatCommand::Delete { .. } => Role::Viewer,
             ChatCommand::Mod { .. }
@@ -1793,7 +2489,8 @@ impl ShardCore {
         }
         // Commands count against the sender's message rate, as on Twitch.
         let rate_key = actor.user_id.wrapping_mul(1024).wrapping_add(room as u64);
-        if !self.rate.try_acquire(rate_key, role.moderates(), now_ms) {
+        if !submit.command.is_query() && !self.rate.try_acquire(rate_key, role.moderates(), now_ms)
+        {
             let reply = failed(
                 ReplyKind::Unavailable,
                 msg_id::RATELIMIT,
@@ -1807,6 +2504,27 @@ impl ShardCore {
         }
         let moderation = &mut home.moderation;
         match &submit.command {
+            ChatCommand::Chatters { after, limit } => {
+                let mut logins: Vec<&String> = home
+                    .members
+                    .keys()
+                    .filter(|l| l.as_str() > after.as_str())
+                    .collect();
+                logins.sort_unstable();
+                let more = logins.len() > *limit;
+                logins.truncate(*limit);
+                let registered: u64 = home.members.values().map(|&n| u64::from(n)).sum();
+                let viewers = self.cfg.viewers.total(room);
+                let state = serde_json::json!({
+                    "chatters": logins,
+                    "next": if more { logins.last().map(|l| l.as_str()) } else { None },
+                    "logged_in": home.members.len(),
+                    "anonymous": viewers.saturating_sub(registered),
+                    "connections": viewers,
+                });
+                let reply = done("chatters", state.to_string());
+                self.answer(&submit, reply, now_ms)
+            }
             ChatCommand::ModerationState => {
                 let state = self.moderation_json(room, now_ms).expect("home room");
                 let reply = done("moderation_state", state.to_string());
@@ -2135,6 +2853,9 @@ impl ShardCore {
 
     /// The answer to an [`Output::ResolveUser`]: the command's target exists (or not); check it and write.
     pub fn user_resolved(&mut self, ticket: u64, resolved: Resolved, now_ms: u64) {
+        if let Some(job) = self.whispers.remove(&ticket) {
+            return self.whisper_resolved(job, resolved, now_ms);
+        }
         let Some(op) = self.commands.remove(&ticket) else {
             return;
         };
@@ -2452,6 +3173,9 @@ impl ShardCore {
     /// The answer to an [`Output::PutSetting`] or [`Output::DeleteMessage`]: the change is durable (apply it, tell
     /// the room, answer) or failed (answer "try again"; nothing changed).
     pub fn write_done(&mut self, ticket: u64, result: Result<(), StorageError>, now_ms: u64) {
+        if let Some(job) = self.whispers.remove(&ticket) {
+            return self.whisper_stored(job, result, now_ms);
+        }
         let Some(op) = self.commands.remove(&ticket) else {
             return;
         };
@@ -2468,17 +3192,13 @@ impl ShardCore {
         let room = submit.room;
         match op.effect.expect("a write has an effect") {
             Effect::Color { user_id, color } => {
-                for slot in &mut self.slots {
-                    let Some(conn) = slot.conn.as_deref_mut() else {
-                        continue;
+                // Every shard, this one included, before the answer: the user's next line anywhere has the colour.
+                for shard in 0..self.cfg.shard_count {
+                    let msg = PeerMsg::ColorChanged {
+                        user_id,
+                        color: color.clone(),
                     };
-                    if conn
-                        .session
-                        .identity()
-                        .is_some_and(|i| i.user_id == user_id)
-                    {
-                        conn.session.set_color(&color);
-                    }
+                    self.send_peer(shard, msg, now_ms);
                 }
             }
             Effect::Ban { user_id, ban } => {
@@ -2618,6 +3338,21 @@ impl ShardCore {
             RoomEvent::Role { user_id, role } => {
                 local.view.granted.insert(*user_id, *role);
             }
+            RoomEvent::Membership {
+                joined,
+                parted,
+                listed,
+            } => {
+                if !listed {
+                    local.view.members = None;
+                } else {
+                    let members = local.view.members.get_or_insert_with(Default::default);
+                    for login in parted {
+                        members.remove(login);
+                    }
+                    members.extend(joined.iter().cloned());
+                }
+            }
             _ => {}
         }
         let id_text = match event {
@@ -2684,6 +3419,31 @@ impl ShardCore {
                         session
                             .encode_automod(&info.name, info.id, &held, None, at_unix_ms, &mut out);
                     }
+                }
+                RoomEvent::Tag {
+                    origin,
+                    login,
+                    display_name,
+                    user_id,
+                    typing,
+                    react,
+                } => {
+                    let own = origin.shard == self.cfg.shard && origin.conn == viewer;
+                    if !own {
+                        let line = crate::protocol::twitch::TagLine {
+                            room: &info.name,
+                            room_id: info.id,
+                            login,
+                            display_name,
+                            user_id: *user_id,
+                            typing: typing.map(Typing::as_str),
+                            react: react.as_ref().map(|(e, m, c)| (e.as_str(), m.as_str(), *c)),
+                        };
+                        session.encode_tagmsg(&line, &mut out);
+                    }
+                }
+                RoomEvent::Membership { joined, parted, .. } => {
+                    session.encode_membership(&info.name, joined, parted, &mut out);
                 }
                 RoomEvent::Resolved { held_id, allowed } => {
                     if viewer_role.is_some_and(Role::moderates) {

@@ -104,6 +104,7 @@ struct Sim {
     /// `channels[from][to]`, first in first out.
     channels: Vec<Vec<VecDeque<PeerMsg>>>,
     auth_jobs: Vec<(usize, ConnId, String)>,
+    inbox_reads: Vec<(usize, u64)>,
     style_jobs: Vec<(usize, StyleRequest)>,
     store_jobs: Vec<StoreJob>,
     clients: Vec<Client>,
@@ -169,6 +170,7 @@ impl Sim {
                 .collect(),
             shards,
             auth_jobs: Vec::new(),
+            inbox_reads: Vec::new(),
             style_jobs: Vec::new(),
             store_jobs: Vec::new(),
             clients: Vec::new(),
@@ -219,6 +221,10 @@ impl Sim {
                     room,
                     record,
                 }),
+                Output::ReadSettings { ticket, .. } => {
+                    // Every login reads its whisper inbox; the simulated store holds none.
+                    self.inbox_reads.push((shard, ticket));
+                }
                 Output::ResolveUser { .. }
                 | Output::PutSetting { .. }
                 | Output::DeleteMessage { .. }
@@ -226,6 +232,9 @@ impl Sim {
                     self.fail("the simulated clients run no chat commands");
                 }
             }
+        }
+        for (shard, ticket) in std::mem::take(&mut self.inbox_reads) {
+            self.shards[shard].settings_read(ticket, Ok(Vec::new()), self.now_ms);
         }
     }
 

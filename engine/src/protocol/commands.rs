@@ -128,6 +128,12 @@ pub enum ChatCommand {
     },
     /// Not typed in chat (never parsed): the HTTP API's read of a room's moderation state, for its moderators.
     ModerationState,
+    /// Not typed in chat (never parsed): the HTTP API's page of a room's logged-in users (after `after`, at most
+    /// `limit`) and its viewer counts.
+    Chatters {
+        after: String,
+        limit: usize,
+    },
 }
 
 impl ChatCommand {
@@ -158,7 +164,16 @@ impl ChatCommand {
             ChatCommand::AutoModAllow { .. } => "automod_allow",
             ChatCommand::AutoModDeny { .. } => "automod_deny",
             ChatCommand::ModerationState => "moderation_state",
+            ChatCommand::Chatters { .. } => "chatters",
         }
+    }
+
+    /// Whether the command only reads (the HTTP API's queries): not rate-limited.
+    pub fn is_query(&self) -> bool {
+        matches!(
+            self,
+            ChatCommand::ModerationState | ChatCommand::Chatters { .. }
+        )
     }
 
     /// Whether the command concerns the user alone (their colour) rather than the room.

@@ -45,9 +45,65 @@ pub fn is_emote_only(text: &str) -> bool {
     words.peek().is_some() && words.all(|word| emote_id(word).is_some())
 }
 
+/// Twitch's `emotes` tag for `text`: `id:start-end,start-end/id:…`, grouped by emote in order of first use, with
+/// inclusive code-point offsets of each whole-word occurrence (Twitch matches codes only as whole words separated
+/// by spaces). For an ACTION (`/me`) pass the text inside the ACTION wrapper, as Twitch counts from there.
+/// Empty when there are none.
+pub fn emotes_tag(text: &str) -> String {
+    // (emote index, start, end) per occurrence, in text order.
+    let mut found: Vec<(usize, usize, usize)> = Vec::new();
+    let mut chars = 0usize;
+    for word in text.split(' ') {
+        let len = word.chars().count();
+        if let Some(index) = GLOBAL_EMOTES.iter().position(|(_, code)| *code == word) {
+            found.push((index, chars, chars + len - 1));
+        }
+        chars += len + 1;
+    }
+    let mut order: Vec<usize> = Vec::new();
+    for &(index, _, _) in &found {
+        if !order.contains(&index) {
+            order.push(index);
+        }
+    }
+    let mut tag = String::new();
+    for (n, index) in order.iter().enumerate() {
+        if n > 0 {
+            tag.push('/');
+        }
+        tag.push_str(GLOBAL_EMOTES[*index].0);
+        tag.push(':');
+        let ranges: Vec<String> = found
+            .iter()
+            .filter(|(i, _, _)| i == index)
+            .map(|(_, start, end)| format!("{start}-{end}"))
+            .collect();
+        tag.push_str(&ranges.join(","));
+    }
+    tag
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_emotes_tag_gives_code_point_offsets_of_whole_words() {
+        let table = [
+            ("twiGG", "15:0-4"),
+            ("ggs twiGG", "15:4-8"),
+            ("twiGG twiHype twiGG", "15:0-4,14-18/14:6-12"),
+            ("héllo wörld twiLOL", "13:12-17"),
+            ("🦀 twiSkull", "24:2-9"),
+            ("twiGG! twiGGx xtwiGG", ""),
+            ("no emotes here", ""),
+            ("", ""),
+            ("two  spaces twiGG", "15:12-16"),
+        ];
+        for (text, want) in table {
+            assert_eq!(emotes_tag(text), want, "{text:?}");
+        }
+    }
 
     #[test]
     fn emote_only_means_codes_and_spaces_alone() {

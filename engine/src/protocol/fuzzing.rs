@@ -163,6 +163,19 @@ impl Driver {
                         let chars = text.chars().count();
                         assert!((1..=self.config.message_chars_max).contains(&chars));
                     }
+                    Action::TagMsg {
+                        room,
+                        typing,
+                        react,
+                    } => {
+                        assert!(self.session.identity().is_some(), "anonymous TAGMSG");
+                        assert!(super::session::is_valid_room_name(&room), "TAGMSG {room:?}");
+                        assert!(typing.is_some() || react.is_some());
+                    }
+                    Action::Whisper { to, text } => {
+                        assert!(self.session.identity().is_some(), "anonymous WHISPER");
+                        assert!(!to.is_empty() && !text.is_empty());
+                    }
                     Action::Command { room, .. } => {
                         assert!(self.session.identity().is_some(), "anonymous command");
                         assert!(
@@ -192,6 +205,7 @@ impl Driver {
                             emote_only: room.len() % 7 == 0,
                             r9k: false,
                         },
+                        members: vec!["someone_else".to_owned()],
                     };
                     self.session.joined(&room, &state, &mut self.actions);
                     if self.session.joined_rooms().any(|joined| joined == room) {

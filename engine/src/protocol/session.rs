@@ -103,6 +103,9 @@ pub struct RoomState {
     /// This connection's user's role in the room (USERSTATE's badges and `mod`).
     pub role: Role,
     pub modes: RoomModes,
+    /// The room's logged-in users for NAMES (sent with the membership capability); empty when the room is too
+    /// big to list, as on Twitch.
+    pub members: Vec<String>,
 }
 
 /// NOTICE text when the token could not be checked because the store is unavailable (the token may be fine).
@@ -128,12 +131,53 @@ pub enum Action {
         text: String,
         client_nonce: Option<String>,
         reply_parent_msg_id: Option<String>,
+        /// `/me` (or CTCP `\x01ACTION …\x01`): `text` is the inner text, delivered as an ACTION.
+        action: bool,
     },
     /// Run a chat command (`/timeout`, `/color`, …) typed in a room this connection has joined.
     Command { room: String, command: ChatCommand },
+    /// Relay IRCv3 client tags to the room: a typing indicator, or a reaction to a message.
+    TagMsg {
+        room: String,
+        typing: Option<Typing>,
+        react: Option<Reaction>,
+    },
+    /// A private message to one user (`WHISPER` or `/w` in any channel).
+    Whisper { to: String, text: String },
     /// Close the connection after writing the replies before it.
     Close,
 }
+
+/// IRCv3 `+typing`: the sender is typing, paused, or done (cleared the input or sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Typing {
+    Active,
+    Paused,
+    Done,
+}
+
+impl Typing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Typing::Active => "active",
+            Typing::Paused => "paused",
+            Typing::Done => "done",
+        }
+    }
+}
+
+/// IRCv3 `+draft/react` with `+draft/reply`: an emoji reaction to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    pub emoji: String,
+    pub msg_id: String,
+}
+
+/// Longest reaction in bytes (an emoji with modifiers, or an emote code).
+pub const REACTION_BYTES_MAX: usize = 32;
+/// Client-tag messages (typing, reactions) a connection may send per [`TAGMSG_WINDOW_MS`]; more are dropped.
+pub const TAGMSGS_PER_WINDOW_MAX: usize = 10;
+pub const TAGMSG_WINDOW_MS: u64 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Registration {
@@ -144,8 +188,11 @@ enum Registration {
     Closed,
 }
 
-/// The one capability granted beyond Twitch's three.
+/// A capability granted beyond Twitch's three: the client's own PRIVMSGs come back to it.
 pub const ECHO_MESSAGE_CAP: &str = "echo-message";
+/// A capability granted beyond Twitch's three: no replay of the last messages on JOIN (bots that would otherwise
+/// answer old commands after every reconnect). Clients catch up through the HTTP API instead if they want to.
+pub const NO_HISTORY_CAP: &str = "twitchy.tv/no-history";
 
 /// What a PRIVMSG's text is, after Twitch's chat-command conventions.
 #[derive(Debug, PartialEq, Eq)]
@@ -267,6 +314,8 @@ pub struct Session {
     /// IRCv3 `echo-message`: the client wants its own PRIVMSGs delivered back. Not advertised in `CAP LS` (whose
     /// reply is Twitch's exact list) but granted on request, e.g. to the web client.
     caps_echo: bool,
+    /// [`NO_HISTORY_CAP`]: no last-messages replay on JOIN.
+    caps_no_history: bool,
     /// True between `CAP LS` and `CAP END` before registration.
     cap_negotiating: bool,
     pass: Option<String>,
@@ -277,6 +326,7 @@ pub struct Session {
     /// Times of the JOINs inside the current window, oldest first; at most
     /// `joins_per_window_max` entries.
     join_times_ms: VecDeque<u64>,
+    tagmsg_times_ms: VecDeque<u64>,
     /// Lines received while authenticating, with their arrival time.
     lines_pending: VecDeque<(String, u64)>,
     privmsgs_held: VecDeque<HeldPrivmsg>,
@@ -291,6 +341,7 @@ impl Session {
             caps_commands: false,
             caps_membership: false,
             caps_echo: false,
+            caps_no_history: false,
             cap_negotiating: false,
             pass: None,
             nick: None,
@@ -298,6 +349,7 @@ impl Session {
             rooms_joined: Vec::new(),
             rooms_joining: Vec::new(),
             join_times_ms: VecDeque::new(),
+            tagmsg_times_ms: VecDeque::new(),
             lines_pending: VecDeque::new(),
             privmsgs_held: VecDeque::new(),
         }
@@ -346,6 +398,11 @@ impl Session {
     /// Whether the client asked for its own messages back (IRCv3 `echo-message`).
     pub fn wants_echo(&self) -> bool {
         self.caps_echo
+    }
+
+    /// Whether JOIN should replay the room's last messages (unless the client asked for [`NO_HISTORY_CAP`]).
+    pub fn wants_history(&self) -> bool {
+        !self.caps_no_history
     }
 
     /// Rooms whose JOIN the engine confirmed and that were not parted since.
@@ -443,6 +500,40 @@ impl Session {
                 self.caps_tags,
                 out,
             );
+        }
+    }
+
+    /// Appends other users' JOINs and PARTs of a room (with the membership capability); the client's own are
+    /// left out, as it had its own echo.
+    pub fn encode_membership(
+        &self,
+        room: &str,
+        joined: &[String],
+        parted: &[String],
+        out: &mut Vec<u8>,
+    ) {
+        if !self.caps_membership {
+            return;
+        }
+        let own = self.identity.as_ref().map_or("", |i| i.login.as_str());
+        let server = &self.config.server_name;
+        for login in joined.iter().filter(|l| *l != own) {
+            twitch::encode_join(login, room, server, out);
+        }
+        for login in parted.iter().filter(|l| *l != own) {
+            twitch::encode_part(login, room, server, out);
+        }
+    }
+
+    /// Appends a whisper (to this client's user, or its own echoed back as the acknowledgement).
+    pub fn encode_whisper(&self, line: &twitch::WhisperLine<'_>, out: &mut Vec<u8>) {
+        twitch::encode_whisper(line, &self.config.server_name, self.caps_tags, out);
+    }
+
+    /// Appends a relayed client-tag message (typing, reaction) for a client that asked for tags.
+    pub fn encode_tagmsg(&self, line: &twitch::TagLine<'_>, out: &mut Vec<u8>) {
+        if self.caps_tags {
+            twitch::encode_tagmsg(line, &self.config.server_name, out);
         }
     }
 
@@ -642,6 +733,15 @@ impl Session {
 
         if is("PRIVMSG") {
             self.handle_privmsg(&message, out);
+        } else if is("TAGMSG") {
+            self.handle_tagmsg(&message, now_ms, out);
+        } else if is("WHISPER") {
+            if self.require_registration(out) {
+                match (message.param(0), message.param(1)) {
+                    (Some(to), Some(text)) => self.whisper(to, text, out),
+                    _ => self.numeric("461", &["WHISPER"], "Not enough parameters", out),
+                }
+            }
         } else if is("PING") {
             let argument = message.param(0);
             twitch::encode_pong(&self.config.server_name, argument, reply(out));
@@ -685,7 +785,7 @@ impl Session {
             let requested = message.param(1).unwrap_or("");
             let known = |cap: &str| {
                 let name = cap.strip_prefix('-').unwrap_or(cap);
-                CAPABILITIES.contains(&name) || name == ECHO_MESSAGE_CAP
+                CAPABILITIES.contains(&name) || name == ECHO_MESSAGE_CAP || name == NO_HISTORY_CAP
             };
             let mut caps = requested.split_ascii_whitespace().peekable();
             // IRCv3 makes a request atomic: one unknown capability rejects all of it.
@@ -702,6 +802,7 @@ impl Session {
                     "twitch.tv/tags" => self.caps_tags = enable,
                     "twitch.tv/commands" => self.caps_commands = enable,
                     ECHO_MESSAGE_CAP => self.caps_echo = enable,
+                    NO_HISTORY_CAP => self.caps_no_history = enable,
                     _ => self.caps_membership = enable,
                 }
             }
@@ -719,9 +820,14 @@ impl Session {
                 self.caps_commands,
                 self.caps_membership,
                 self.caps_echo,
+                self.caps_no_history,
             ]
             .into_iter()
-            .zip(CAPABILITIES.into_iter().chain([ECHO_MESSAGE_CAP]))
+            .zip(
+                CAPABILITIES
+                    .into_iter()
+                    .chain([ECHO_MESSAGE_CAP, NO_HISTORY_CAP]),
+            )
             .filter_map(|(on, cap)| on.then_some(cap))
             .collect();
             twitch::encode_cap("LIST", &enabled.join(" "), server, reply(out));
@@ -966,7 +1072,12 @@ impl Session {
         let server = &self.config.server_name;
         let buffer = reply(out);
         twitch::encode_join(nick, &room, server, buffer);
-        twitch::encode_names(nick, &room, server, buffer);
+        let others: &[String] = if self.caps_membership {
+            &state.members
+        } else {
+            &[]
+        };
+        twitch::encode_names(nick, &room, others, server, buffer);
         if self.caps_commands {
             if let Some(identity) = &self.identity {
                 twitch::encode_userstate(
@@ -1016,6 +1127,118 @@ impl Session {
             self.caps_tags,
             reply(out),
         );
+    }
+
+    /// `TAGMSG #room` with `+typing` or `+draft/react` and `+draft/reply`: relayed to the room, never stored except
+    /// a reaction's count. Only logged-in users in a room that exists; past the per-connection rate they are dropped
+    /// (a typing indicator is not worth a NOTICE).
+    fn handle_tagmsg(&mut self, message: &Message<'_>, now_ms: u64, out: &mut Vec<Action>) {
+        if !self.require_registration(out) || self.registration == Registration::Anonymous {
+            return;
+        }
+        let Some(target) = message.param(0) else {
+            self.numeric("461", &["TAGMSG"], "Not enough parameters", out);
+            return;
+        };
+        let room = normalize_room(target);
+        let exists = is_valid_room_name(&room)
+            && (self.rooms_joined.contains(&room)
+                || self
+                    .config
+                    .known_rooms
+                    .as_ref()
+                    .is_some_and(|known| known.contains(&room)));
+        if !exists {
+            return;
+        }
+        let typing = match message.tag("+typing").as_deref() {
+            Some("active") => Some(Typing::Active),
+            Some("paused") => Some(Typing::Paused),
+            Some("done") => Some(Typing::Done),
+            _ => None,
+        };
+        let react = match (message.tag("+draft/react"), message.tag("+draft/reply")) {
+            (Some(emoji), Some(msg_id))
+                if !emoji.trim().is_empty()
+                    && emoji.len() <= REACTION_BYTES_MAX
+                    && !msg_id.is_empty()
+                    && msg_id.len() <= CLIENT_TAG_BYTES_MAX =>
+            {
+                Some(Reaction {
+                    emoji: emoji.trim().to_owned(),
+                    msg_id: msg_id.into_owned(),
+                })
+            }
+            _ => None,
+        };
+        if typing.is_none() && react.is_none() {
+            return;
+        }
+        while self
+            .tagmsg_times_ms
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= TAGMSG_WINDOW_MS)
+        {
+            self.tagmsg_times_ms.pop_front();
+        }
+        if self.tagmsg_times_ms.len() >= TAGMSGS_PER_WINDOW_MAX {
+            return;
+        }
+        self.tagmsg_times_ms.push_back(now_ms);
+        out.push(Action::TagMsg {
+            room,
+            typing,
+            react,
+        });
+    }
+
+    /// A whisper: logged-in users only, to a valid login other than their own, 1 to `message_chars_max`
+    /// characters.
+    fn whisper(&mut self, to: &str, text: &str, out: &mut Vec<Action>) {
+        if self.registration == Registration::Anonymous {
+            self.notice(
+                None,
+                msg_id::LOGIN_REQUIRED,
+                "You must be logged in to send whispers.",
+                out,
+            );
+            return;
+        }
+        let Some(to) = commands::parse_user(to) else {
+            self.notice(
+                None,
+                "whisper_invalid_login",
+                "That is not a valid username.",
+                out,
+            );
+            return;
+        };
+        if self.identity.as_ref().is_some_and(|i| i.login == to) {
+            self.notice(
+                None,
+                "whisper_invalid_self",
+                "You cannot whisper to yourself.",
+                out,
+            );
+            return;
+        }
+        let text = text.trim();
+        if text.is_empty() {
+            self.numeric("412", &[], "No text to send", out);
+            return;
+        }
+        if text.chars().count() > self.config.message_chars_max {
+            let text = format!(
+                "Your whisper was not sent because it is longer than {} characters.",
+                self.config.message_chars_max
+            );
+            self.notice(None, msg_id::TOO_LONG, &text, out);
+            return;
+        }
+        out.push(Action::Whisper {
+            to,
+            text: text.to_owned(),
+        });
     }
 
     fn handle_part(&mut self, message: &Message<'_>, out: &mut Vec<Action>) {
@@ -1076,7 +1299,38 @@ impl Session {
             );
             return;
         }
-        let (text, command) = match chat_command(text) {
+        // `/w user text` (or `.w`) is a whisper, whichever channel it was sent to, joined or not, as on Twitch.
+        if let Some(rest) = text
+            .strip_prefix("/w ")
+            .or_else(|| text.strip_prefix(".w "))
+            .or_else(|| text.strip_prefix("/whisper "))
+        {
+            match rest.trim_start().split_once(' ') {
+                Some((to, body)) => self.whisper(to, body, out),
+                None => self.notice(
+                    notice_room,
+                    "usage_whisper",
+                    "Usage: \"/w <login> <message>\"",
+                    out,
+                ),
+            }
+            return;
+        }
+        // `/me text` and CTCP ACTION are the same thing on Twitch: the inner text is what is sent.
+        let (text, action) = match text
+            .strip_prefix("\x01ACTION ")
+            .and_then(|inner| inner.strip_suffix('\x01'))
+            .or_else(|| text.strip_prefix("/me "))
+            .or_else(|| text.strip_prefix(".me "))
+        {
+            Some(inner) => (inner.trim_start(), true),
+            None => (text, false),
+        };
+        let (text, command) = match if action {
+            ChatText::Plain(text)
+        } else {
+            chat_command(text)
+        } {
             ChatText::Plain(text) => (text, None),
             ChatText::Command(name) => match commands::parse(text) {
                 Some(Ok(command)) => (text, Some(command)),
@@ -1136,6 +1390,7 @@ impl Session {
                 text: text.to_owned(),
                 client_nonce: client_tag("client-nonce"),
                 reply_parent_msg_id: client_tag("reply-parent-msg-id"),
+                action,
             },
         };
         if joined || !joining {
@@ -1237,6 +1492,7 @@ mod tests {
                     room_id,
                     role: Role::Viewer,
                     modes: RoomModes::default(),
+                    members: Vec::new(),
                 },
                 &mut out,
             );
@@ -1458,6 +1714,7 @@ mod tests {
                 text: "early".to_owned(),
                 client_nonce: None,
                 reply_parent_msg_id: None,
+                action: false,
             }]
         );
     }
@@ -1767,6 +2024,7 @@ mod tests {
                 text: "hello  world".to_owned(),
                 client_nonce: Some("abc 1".to_owned()),
                 reply_parent_msg_id: Some("p-1".to_owned()),
+                action: false,
             }]
         );
         let long_nonce = "n".repeat(CLIENT_TAG_BYTES_MAX + 1);
@@ -1777,6 +2035,7 @@ mod tests {
                 text: "x".to_owned(),
                 client_nonce: None,
                 reply_parent_msg_id: None,
+                action: false,
             }]
         );
     }
@@ -2054,6 +2313,41 @@ mod tests {
         ));
         let refused = harness.send_text("PRIVMSG #nowhere :hi");
         assert!(refused.starts_with("@msg-id=msg_not_joined "), "{refused}");
+    }
+
+    #[test]
+    fn me_and_ctcp_action_send_the_inner_text_as_an_action() {
+        let mut harness = Harness::registered("twitch.tv/tags twitch.tv/commands");
+        harness.join("lobby");
+        for line in [
+            "PRIVMSG #lobby :\x01ACTION waves hello\x01",
+            "PRIVMSG #lobby :/me waves hello",
+            "PRIVMSG #lobby :.me waves hello",
+        ] {
+            assert!(
+                matches!(
+                    harness.send(line).as_slice(),
+                    [Action::Privmsg { text, action: true, .. }] if text == "waves hello"
+                ),
+                "{line}"
+            );
+        }
+        // An unterminated CTCP is plain text; `/me` alone has nothing to send.
+        assert!(matches!(
+            harness.send("PRIVMSG #lobby :\x01ACTION oops").as_slice(),
+            [Action::Privmsg { action: false, .. }]
+        ));
+        let empty = harness.send_text("PRIVMSG #lobby :/me ");
+        assert!(empty.contains(" 412 "), "{empty}");
+    }
+
+    #[test]
+    fn the_no_history_capability_is_granted_on_request() {
+        let mut harness = Harness::new();
+        assert!(harness.session.wants_history());
+        let ack = harness.send_text("CAP REQ :twitchy.tv/no-history");
+        assert!(ack.contains("ACK :twitchy.tv/no-history"), "{ack}");
+        assert!(!harness.session.wants_history());
     }
 
     #[test]

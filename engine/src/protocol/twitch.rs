@@ -84,8 +84,26 @@ pub struct ChatLine<'a> {
     pub original: &'a str,
     pub client_nonce: Option<&'a str>,
     pub sent_unix_ms: u64,
-    /// True when replayed from history on JOIN; adds `historical=1`.
+    /// True when replayed from history on JOIN; adds `historical=1` and `rm-received-ts`, as the recent-messages
+    /// service Twitch clients know does.
     pub historical: bool,
+    /// Twitch's `emotes` tag value (`id:start-end,…/id:…`, code-point offsets into the text), or empty.
+    pub emotes: &'a str,
+    /// The message this one answers, for Twitch's `reply-parent-*` and `reply-thread-parent-*` tags.
+    pub reply: Option<&'a ReplyTags>,
+}
+
+/// What a reply carries about the message it answers (and the first message of its thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTags {
+    pub parent_msg_id: String,
+    pub parent_user_id: u64,
+    pub parent_login: String,
+    pub parent_display_name: String,
+    /// The parent's text as viewers saw it.
+    pub parent_body: String,
+    pub thread_msg_id: String,
+    pub thread_login: String,
 }
 
 /// The per-user values carried by USERSTATE and GLOBALUSERSTATE.
@@ -209,16 +227,27 @@ pub fn encode_privmsg(line: &ChatLine<'_>, server: &str, with_tags: bool, out: &
     }
     tags.str("color", line.color)
         .str("display-name", display_name(line.display_name, line.login))
-        .str("emotes", "")
+        .str("emotes", line.emotes)
         .bool("first-msg", false)
         .str("flags", "");
     if line.historical {
         tags.str("historical", "1");
     }
-    tags.str("id", line.id)
-        .bool("mod", line.is_mod)
-        .bool("returning-chatter", false)
-        .u64("room-id", line.room_id)
+    tags.str("id", line.id).bool("mod", line.is_mod);
+    if let Some(reply) = line.reply {
+        tags.str("reply-parent-display-name", &reply.parent_display_name)
+            .str("reply-parent-msg-body", &reply.parent_body)
+            .str("reply-parent-msg-id", &reply.parent_msg_id)
+            .u64("reply-parent-user-id", reply.parent_user_id)
+            .str("reply-parent-user-login", &reply.parent_login)
+            .str("reply-thread-parent-msg-id", &reply.thread_msg_id)
+            .str("reply-thread-parent-user-login", &reply.thread_login);
+    }
+    tags.bool("returning-chatter", false);
+    if line.historical {
+        tags.u64("rm-received-ts", line.sent_unix_ms);
+    }
+    tags.u64("room-id", line.room_id)
         .bool("subscriber", has_subscriber_badge(line.badges))
         .u64("tmi-sent-ts", line.sent_unix_ms)
         .bool("turbo", false)
@@ -690,10 +719,88 @@ pub fn encode_part(nick: &str, room: &str, server: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The NAMES reply after a JOIN, listing only the client itself as Twitch does:
-/// `:nick.<server> 353 nick = #room :nick` and `:nick.<server> 366 nick #room :End of /NAMES list`.
-pub fn encode_names(nick: &str, room: &str, server: &str, out: &mut Vec<u8>) {
-    for code in [&b"353"[..], b"366"] {
+/// A whisper as delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct WhisperLine<'a> {
+    pub from_login: &'a str,
+    pub from_display_name: &'a str,
+    pub from_color: &'a str,
+    pub from_id: u64,
+    pub to_login: &'a str,
+    pub text: &'a str,
+    pub message_id: &'a str,
+    pub thread_id: &'a str,
+    pub emotes: &'a str,
+}
+
+/// `WHISPER <to> :text` from `from`, with Twitch's whisper tags.
+pub fn encode_whisper(line: &WhisperLine<'_>, server: &str, with_tags: bool, out: &mut Vec<u8>) {
+    TagWriter::new(out, with_tags)
+        .str("badges", "")
+        .str("color", line.from_color)
+        .str(
+            "display-name",
+            display_name(line.from_display_name, line.from_login),
+        )
+        .str("emotes", line.emotes)
+        .str("message-id", line.message_id)
+        .str("thread-id", line.thread_id)
+        .bool("turbo", false)
+        .u64("user-id", line.from_id)
+        .str("user-type", "")
+        .finish();
+    push_user_prefix(out, line.from_login, server);
+    out.extend_from_slice(b"WHISPER ");
+    push_middle(out, line.to_login);
+    out.extend_from_slice(b" :");
+    push_trailing(out, line.text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A relayed client-tag message: a typing indicator or a reaction.
+#[derive(Debug, Clone, Copy)]
+pub struct TagLine<'a> {
+    pub room: &'a str,
+    pub room_id: u64,
+    pub login: &'a str,
+    pub display_name: &'a str,
+    pub user_id: u64,
+    /// `active`, `paused` or `done`.
+    pub typing: Option<&'a str>,
+    /// The reaction, the message it answers, and how many users have reacted so to it.
+    pub react: Option<(&'a str, &'a str, u32)>,
+}
+
+/// `TAGMSG #room` relaying IRCv3 client tags (`+typing`, `+draft/react` with `+draft/reply`) from `login`, with
+/// the reaction's count in `twitchy/reaction-count`.
+pub fn encode_tagmsg(line: &TagLine<'_>, server: &str, out: &mut Vec<u8>) {
+    let mut tags = TagWriter::new(out, true);
+    if let Some((emoji, msg_id, _)) = line.react {
+        tags.str("+draft/react", emoji).str("+draft/reply", msg_id);
+    }
+    if let Some(typing) = line.typing {
+        tags.str("+typing", typing);
+    }
+    tags.str("display-name", display_name(line.display_name, line.login))
+        .u64("room-id", line.room_id);
+    if let Some((_, _, count)) = line.react {
+        tags.u64("twitchy/reaction-count", u64::from(count));
+    }
+    tags.u64("user-id", line.user_id).finish();
+    push_user_prefix(out, line.login, server);
+    out.extend_from_slice(b"TAGMSG ");
+    push_room(out, line.room);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Longest run of names in one `353` line, in bytes: lines stay well under IRC's 512.
+const NAMES_LINE_BYTES_MAX: usize = 400;
+
+/// The NAMES reply after a JOIN: `:nick.<server> 353 nick = #room :nick other …` (as many lines as the names need)
+/// and `:nick.<server> 366 nick #room :End of /NAMES list`. `others` are the room's other logged-in users, listed
+/// only with the membership capability, as on Twitch.
+pub fn encode_names(nick: &str, room: &str, others: &[String], server: &str, out: &mut Vec<u8>) {
+    let numeric_prefix = |out: &mut Vec<u8>, code: &[u8]| {
         out.push(b':');
         push_middle(out, nick);
         out.push(b'.');
@@ -702,18 +809,33 @@ pub fn encode_names(nick: &str, room: &str, server: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(code);
         out.push(b' ');
         push_middle(out, nick);
-        if code == b"353" {
+    };
+    let names =
+        std::iter::once(nick).chain(others.iter().map(String::as_str).filter(|n| *n != nick));
+    let mut line_names = 0;
+    let mut line_start = out.len();
+    for name in names {
+        if line_names > 0 && out.len() - line_start + name.len() + 1 > NAMES_LINE_BYTES_MAX {
+            out.extend_from_slice(b"\r\n");
+            line_names = 0;
+        }
+        if line_names == 0 {
+            line_start = out.len();
+            numeric_prefix(out, b"353");
             out.extend_from_slice(b" = ");
             push_room(out, room);
             out.extend_from_slice(b" :");
-            push_trailing(out, nick);
         } else {
             out.push(b' ');
-            push_room(out, room);
-            out.extend_from_slice(b" :End of /NAMES list");
         }
-        out.extend_from_slice(b"\r\n");
+        push_middle(out, name);
+        line_names += 1;
     }
+    out.extend_from_slice(b"\r\n");
+    numeric_prefix(out, b"366");
+    out.push(b' ');
+    push_room(out, room);
+    out.extend_from_slice(b" :End of /NAMES list\r\n");
 }
 
 #[cfg(test)]
@@ -745,6 +867,8 @@ mod tests {
             client_nonce: Some("nonce 1"),
             sent_unix_ms: 1_507_246_572_675,
             historical: false,
+            emotes: "",
+            reply: None,
         }
     }
 
@@ -874,7 +998,7 @@ mod tests {
                 ":bob!bob@bob.tmi.twitch.tv JOIN #room\r\n",
             ),
             (
-                |out| encode_names("bob", "room", SERVER, out),
+                |out| encode_names("bob", "room", &[], SERVER, out),
                 ":bob.tmi.twitch.tv 353 bob = #room :bob\r\n\
                  :bob.tmi.twitch.tv 366 bob #room :End of /NAMES list\r\n",
             ),
@@ -975,11 +1099,21 @@ mod client_compatibility {
             color: "#0D4200",
             badges: "moderator/1,subscriber/12",
             is_mod: true,
-            text: "skibidi; rizz",
+            text: "\x01ACTION skibidi; twiGG rizz twiGG\x01",
             original: "hello; world",
             client_nonce: Some("nonce 1"),
             sent_unix_ms: 1_507_246_572_675,
             historical: true,
+            emotes: "15:9-13,20-24",
+            reply: Some(&ReplyTags {
+                parent_msg_id: "p-1".into(),
+                parent_user_id: 7,
+                parent_login: "bob".into(),
+                parent_display_name: "Bob".into(),
+                parent_body: "first; words".into(),
+                thread_msg_id: "p-0".into(),
+                thread_login: "al".into(),
+            }),
         };
         let mut out = Vec::new();
         encode_privmsg(&line, SERVER_NAME_DEFAULT, true, &mut out);
@@ -988,7 +1122,28 @@ mod client_compatibility {
         };
         assert_eq!(message.channel_login, "ronni");
         assert_eq!(message.channel_id, "1337");
-        assert_eq!(message.message_text, "skibidi; rizz");
+        assert!(message.is_action);
+        assert_eq!(message.message_text, "skibidi; twiGG rizz twiGG");
+        let emotes: Vec<(String, std::ops::Range<usize>, String)> = message
+            .emotes
+            .iter()
+            .map(|e| (e.id.clone(), e.char_range.clone(), e.code.clone()))
+            .collect();
+        assert_eq!(
+            emotes,
+            [
+                ("15".into(), 9..14, "twiGG".into()),
+                ("15".into(), 20..25, "twiGG".into())
+            ]
+        );
+        let parent = message.reply_parent.expect("reply parent");
+        assert_eq!(parent.message_id, "p-1");
+        assert_eq!(parent.reply_parent_user.login, "bob");
+        assert_eq!(parent.message_text, "first; words");
+        assert_eq!(
+            message.source.tags.0.get("rm-received-ts").cloned(),
+            Some("1507246572675".to_owned())
+        );
         assert_eq!(message.sender.id, "42");
         assert_eq!(message.sender.login, "ronni");
         assert_eq!(message.sender.name, "Ronni");
@@ -1059,6 +1214,33 @@ mod client_compatibility {
             Some(std::time::Duration::from_secs(30))
         );
         assert_eq!(roomstate.subscribers_only, Some(false));
+    }
+
+    #[test]
+    fn names_list_others_on_lines_under_the_limit() {
+        let others: Vec<String> = (0..200).map(|i| format!("user_{i:03}")).collect();
+        let mut out = Vec::new();
+        encode_names("bob", "room", &others, SERVER_NAME_DEFAULT, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+        assert!(lines.len() > 3, "{text}");
+        let mut listed = Vec::new();
+        for line in &lines[..lines.len() - 1] {
+            assert!(line.len() <= NAMES_LINE_BYTES_MAX + 40, "{line}");
+            assert!(
+                line.starts_with(":bob.tmi.twitch.tv 353 bob = #room :"),
+                "{line}"
+            );
+            listed.extend(line.rsplit_once(" :").unwrap().1.split(' '));
+        }
+        assert_eq!(listed[0], "bob");
+        assert_eq!(listed.len(), 201);
+        assert!(
+            lines
+                .last()
+                .unwrap()
+                .contains(" 366 bob #room :End of /NAMES list")
+        );
     }
 
     #[test]
