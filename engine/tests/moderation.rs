@@ -768,10 +768,44 @@ fn moderation_state_survives_a_restart() {
         notice_for(&mut bea_ws, "lobby", "/automod add secret sauce"),
         "automod_phrase_added"
     );
+    // A message AutoMod holds stays in the moderators' queue across the restart.
+    let dave = register(server.http, "dave_d", PASSWORD);
+    let mut dave_tcp = client(&server, "dave_d", &dave, false, "lobby");
+    assert_eq!(
+        say(&mut dave_tcp, "lobby", "buy followers from dave").unwrap_err(),
+        "msg_rejected"
+    );
+    expect_line(&mut bea_ws, "held", "msg-id=automod-held");
+    drop(dave_tcp);
     drop(bea_ws);
     drop(bob_tcp);
     server.stop();
     let server = start_on(&data, &rooms);
+    let state = http_as(
+        server.http,
+        "GET",
+        "/api/rooms/lobby/moderation",
+        Some(&bea),
+        None,
+    )
+    .json();
+    let held = state["held"].as_array().unwrap().clone();
+    assert_eq!(held.len(), 1, "{state}");
+    assert_eq!(held[0]["text"], "buy followers from dave");
+    let held_id = held[0]["held_id"].as_u64().unwrap();
+    let mut viewer = Irc::tcp(server.irc);
+    viewer.login_anonymous();
+    viewer.join("lobby");
+    let mut bea_ws = client(&server, "beatrix", &bea, true, "lobby");
+    assert_eq!(
+        notice_for(&mut bea_ws, "lobby", &format!("/automod allow {held_id}")),
+        "automod_allowed"
+    );
+    let allowed = expect_line(&mut viewer, "the allowed message", "PRIVMSG #lobby");
+    assert_eq!(
+        tag(&allowed, "twitchy/original").as_deref(),
+        Some("buy followers from dave")
+    );
 
     let mut bob_tcp = client(&server, "bob_chatter", &bob, false, "lobby");
     assert_eq!(

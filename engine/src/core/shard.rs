@@ -10,8 +10,8 @@ use twitchy_inference::StyledBy;
 use twitchy_storage::{MessageId, MessageIdGen, MessageRecord, StorageError};
 
 use super::moderation::{
-    Ban, Grant, Held, Profile, RoomModeration, RoomView, SendVerdict, StoredAutoMod, StoredModes,
-    StoredReply, keys, role_of,
+    Ban, Grant, Held, Profile, RoomModeration, RoomView, SendVerdict, StoredAutoMod, StoredHeld,
+    StoredModes, StoredReply, keys, role_of,
 };
 use super::outbound::{OutQueue, Stamp, Transport};
 use super::{
@@ -401,7 +401,7 @@ impl ShardCore {
                     subscribers: vec![false; cfg.shard_count],
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
-                    moderation: RoomModeration::new(&cfg.rooms[room]),
+                    moderation: RoomModeration::new(room, &cfg.rooms[room]),
                     members: HashMap::new(),
                     membership_pending: Vec::new(),
                     members_listed: true,
@@ -1520,8 +1520,8 @@ impl ShardCore {
             }
             SendVerdict::Hold(reason) => {
                 ShardMetrics::inc(&self.metrics().automod_held_total);
-                let held_id = self.next_ticket;
-                self.next_ticket += 1;
+                // Held ids outlive a restart (held messages are stored): time-based, unique per home.
+                let held_id = now_ms * 1024 + self.ticket() % 1024;
                 let event = RoomEvent::Held {
                     held_id,
                     login: submit.login.clone(),
@@ -1530,10 +1530,14 @@ impl ShardCore {
                     reason: reason.as_str(),
                     text: submit.text.clone(),
                 };
-                let evicted = self
-                    .home_room(room)
-                    .moderation
-                    .hold(held_id, Held { submit, reason });
+                let held = Held { submit, reason };
+                let stored = json(&StoredHeld::of(&held));
+                self.outputs.push_back(Output::PutSetting {
+                    ticket: 0,
+                    key: keys::held(&self.cfg.rooms[room].name, held_id),
+                    value: Some(stored),
+                });
+                let evicted = self.home_room(room).moderation.hold(held_id, held);
                 self.broadcast(room, event, now_ms);
                 if let Some((old_id, old)) = evicted {
                     self.resolve_held(room, old_id, old, false, now_ms);
@@ -3263,6 +3267,11 @@ impl ShardCore {
     /// its sender was told it is held) or denied; the moderators and the author are told.
     fn resolve_held(&mut self, room: usize, held_id: u64, held: Held, allowed: bool, now_ms: u64) {
         let author = RoomModeration::held_origin(&held);
+        self.outputs.push_back(Output::PutSetting {
+            ticket: 0,
+            key: keys::held(&self.cfg.rooms[room].name, held_id),
+            value: None,
+        });
         self.broadcast(room, RoomEvent::Resolved { held_id, allowed }, now_ms);
         let (msg_id, text) = if allowed {
             (
