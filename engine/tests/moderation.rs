@@ -832,48 +832,14 @@ fn moderation_state_survives_a_restart() {
 /// The `twitch-irc` crate, as a moderator, runs commands with Twitch's wire forms and parses what comes back:
 /// NOTICE msg-ids, CLEARMSG, CLEARCHAT (timeout and ban) and ROOMSTATE.
 mod twitch_irc_moderator {
-    use std::net::SocketAddr;
-    use std::sync::OnceLock;
     use std::time::Duration;
 
-    use tokio::sync::mpsc::UnboundedReceiver;
+    use super::{PASSWORD, client, register, say, start};
+    use twitch_irc::ClientConfig;
     use twitch_irc::login::StaticLoginCredentials;
     use twitch_irc::message::{ClearChatAction, ServerMessage};
-    use twitch_irc::transport::tcp::{MakeConnection, TCPTransport, TCPTransportConnectError};
-    use twitch_irc::{ClientConfig, TwitchIRCClient};
 
-    use super::{PASSWORD, client, register, say, start};
-
-    static SERVER_IRC: OnceLock<SocketAddr> = OnceLock::new();
-
-    struct LocalServer;
-
-    #[async_trait::async_trait]
-    impl MakeConnection for LocalServer {
-        type Socket = tokio::net::TcpStream;
-
-        async fn new_socket() -> Result<Self::Socket, TCPTransportConnectError> {
-            let addr = *SERVER_IRC.get().expect("server address set");
-            Ok(tokio::net::TcpStream::connect(addr).await?)
-        }
-    }
-
-    async fn next_matching<T>(
-        incoming: &mut UnboundedReceiver<ServerMessage>,
-        what: &str,
-        pick: impl Fn(ServerMessage) -> Option<T>,
-    ) -> T {
-        tokio::time::timeout(Duration::from_secs(15), async {
-            while let Some(message) = incoming.recv().await {
-                if let Some(found) = pick(message) {
-                    return found;
-                }
-            }
-            panic!("stream ended before {what}");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{what} within 15 s"))
-    }
+    use crate::common::twitch_irc::{Client, next_matching, point_at};
 
     fn notice_id(message: ServerMessage) -> Option<String> {
         match message {
@@ -886,7 +852,7 @@ mod twitch_irc_moderator {
     fn a_twitch_irc_moderator_runs_commands() {
         let room = start();
         let server = &room.server;
-        SERVER_IRC.set(server.irc).unwrap();
+        point_at(server.irc);
         let mona = register(server.http, "mona", PASSWORD);
         let bob = register(server.http, "bob_chatter", PASSWORD);
         let mut bob_ws = client(server, "bob_chatter", &bob, true, "lobby");
@@ -898,7 +864,7 @@ mod twitch_irc_moderator {
         runtime.block_on(async {
             let credentials = StaticLoginCredentials::new("mona".to_owned(), Some(mona.clone()));
             let (mut incoming, moderator) =
-                TwitchIRCClient::<TCPTransport<LocalServer>, StaticLoginCredentials>::new(
+                Client::new(
                     ClientConfig::new_simple(credentials),
                 );
             moderator.join("lobby".to_owned()).unwrap();
