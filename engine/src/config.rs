@@ -134,6 +134,11 @@ pub struct Args {
     )]
     pub connections_per_shard_max: usize,
 
+    /// Chat and HTTP connections one client address may hold at once, over all shards; more are refused (IRC with
+    /// a NOTICE, HTTP with `429`). `--limits-exempt-loopback` lifts it for 127.0.0.1 and ::1.
+    #[arg(long, env = "TWITCHY_CONNECTIONS_PER_IP_MAX", default_value_t = 200)]
+    pub connections_per_ip_max: u32,
+
     /// A connection that has not finished registering (NICK, and `CAP END` after `CAP LS`) this long after it
     /// opened is closed with a NOTICE.
     #[arg(

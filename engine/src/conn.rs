@@ -16,6 +16,7 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::core::ConnId;
 pub use crate::core::Transport;
+use crate::ip_limit::IpSlot;
 use crate::metrics::ShardMetrics;
 use crate::shard::{ConnHandle, Shard};
 
@@ -29,12 +30,12 @@ enum Wait {
 }
 
 /// Serves one client connection until it ends.
-pub async fn serve<S>(shard: Rc<Shard>, stream: S, transport: Transport)
+pub async fn serve<S>(shard: Rc<Shard>, stream: S, transport: Transport, slot: IpSlot)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
 {
     let opened = shard.open_conn(transport, stream.as_raw_fd());
-    serve_opened(shard, stream, opened, Bytes::new()).await;
+    serve_opened(shard, stream, opened, Bytes::new(), slot).await;
 }
 
 /// Serves a connection already registered with [`Shard::open_conn`] (`None`: it was refused, and the socket is
@@ -44,6 +45,8 @@ pub async fn serve_opened<S>(
     mut stream: S,
     opened: Option<(ConnId, Rc<ConnHandle>)>,
     preread: Bytes,
+    // Held for the connection's life: its place under the per-address limit.
+    _slot: IpSlot,
 ) where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
 {

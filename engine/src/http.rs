@@ -33,6 +33,7 @@ use twitchy_storage::{Health, MessageId, MessageRecord};
 
 use crate::conn::{self, Transport};
 use crate::core::{Actor, CommandReply, ReplyKind};
+use crate::ip_limit::IpSlot;
 use crate::metrics::ShardMetrics;
 use crate::protocol::commands::{self, ChatCommand};
 use crate::protocol::session::Identity;
@@ -252,7 +253,7 @@ struct RequestCtx<'a> {
 /// Serves HTTP/1.1 on one accepted connection (keep-alive), and hands the socket to the WebSocket driver after an
 /// upgrade. hyper's own upgrade machinery needs `Send` IO, which shard-local sockets are not, so the connection is
 /// run "without shutdown" and the socket (with any bytes hyper read past the request) is taken back from it.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: Listener) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: Listener, slot: IpSlot) {
     let admitted = match listener {
         Listener::Main => shard.http_open(),
         Listener::Metrics => shard.metrics_conn_open(METRICS_CONNECTIONS_PER_SHARD_MAX),
@@ -274,7 +275,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: Listener) {
         let opened = shard.open_conn(Transport::WebSocket, stream.as_raw_fd());
         // A fresh task for the WebSocket: this one, sized for hyper's connection state, ends here, so a
         // long-lived WebSocket does not keep that memory.
-        glommio::spawn_local(conn::serve_opened(shard, stream, opened, read_buf)).detach();
+        glommio::spawn_local(conn::serve_opened(shard, stream, opened, read_buf, slot)).detach();
     }
 }
 
@@ -393,6 +394,11 @@ fn raw_error(status: StatusCode, message: &str, retry_after_secs: Option<u64>) -
 
 /// Answers a connection over the limit with `429` and closes it. What the client sent meanwhile is read and
 /// discarded for a short while first, so that the close does not reset the connection before it read the answer.
+/// Answers a connection over a limit with `429` and `Retry-After`, then closes it.
+pub async fn refuse_over_limit(stream: TcpStream) {
+    refuse(stream).await;
+}
+
 async fn refuse(stream: TcpStream) {
     let response = raw_error(
         StatusCode::TOO_MANY_REQUESTS,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod conn;
 pub mod core;
 pub mod http;
+pub mod ip_limit;
 pub mod metrics;
 pub mod placement;
 pub mod protocol;

@@ -38,6 +38,7 @@ pub struct ShardMetrics {
     pub automod_blocked_total: AtomicU64,
     pub commands_total: AtomicU64,
     pub commands_refused_total: AtomicU64,
+    pub ip_refusals_total: AtomicU64,
     pub protocol_disconnects_total: AtomicU64,
     pub reconnects_sent_total: AtomicU64,
     pub socket_writes_total: AtomicU64,
@@ -167,7 +168,13 @@ type Field = (
 
 /// Renders all shards' counters, plus process memory.
 pub fn render(shards: &[ShardMetrics], out: &mut String) {
-    let fields: [Field; 28] = [
+    let fields: [Field; 29] = [
+        (
+            "twitchy_connections_refused_per_ip_total",
+            "counter",
+            "Connections refused because their address already held --connections-per-ip-max",
+            |m| &m.ip_refusals_total,
+        ),
         (
             "twitchy_messages_moderated_total",
             "counter",

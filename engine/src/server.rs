@@ -284,6 +284,10 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         })
         .collect();
     let shared = Arc::new(Shared {
+        ip_connections: crate::ip_limit::IpConnections::new(
+            args.connections_per_ip_max,
+            args.limits_exempt_loopback,
+        ),
         metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
         viewers: Arc::new(ViewerCounts::new(shard_count, rooms.len())),
         rooms,
@@ -598,6 +602,17 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Accept) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                let peer = stream.peer_addr().map(|addr| addr.ip());
+                let slot = match peer {
+                    Ok(ip) => shard.shared.ip_connections.try_acquire(ip),
+                    // The peer already went away; the connection will end at its first read.
+                    Err(_) => Some(crate::ip_limit::IpSlot::unlimited()),
+                };
+                let Some(slot) = slot else {
+                    ShardMetrics::inc(&shard.metrics().ip_refusals_total);
+                    glommio::spawn_local(refuse_per_ip(stream, serves)).detach();
+                    continue;
+                };
                 let send_buffer_bytes = shard.shared.args.socket_send_buffer_bytes;
                 if send_buffer_bytes > 0 {
                     set_send_buffer(&stream, send_buffer_bytes);
@@ -605,11 +620,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Accept) {
                 let shard = shard.clone();
                 match serves {
                     Accept::Http(listener) => {
-                        glommio::spawn_local(crate::http::serve(shard, stream, listener)).detach();
+                        glommio::spawn_local(crate::http::serve(shard, stream, listener, slot))
+                            .detach();
                     }
                     Accept::Irc => {
                         let _ = stream.set_nodelay(true);
-                        glommio::spawn_local(conn::serve(shard, stream, Transport::Tcp)).detach();
+                        glommio::spawn_local(conn::serve(shard, stream, Transport::Tcp, slot))
+                            .detach();
                     }
                 }
             }
@@ -618,6 +635,27 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Accept) {
                 log::warn!("accept failed: {err}");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// A connection over its address's limit: HTTP gets `429` with `Retry-After`, IRC a NOTICE; then it is closed.
+async fn refuse_per_ip(stream: glommio::net::TcpStream, serves: Accept) {
+    match serves {
+        Accept::Http(_) => crate::http::refuse_over_limit(stream).await,
+        Accept::Irc => {
+            use std::os::fd::AsRawFd;
+            let mut line = Vec::new();
+            crate::protocol::twitch::encode_notice(
+                None,
+                Some(crate::protocol::twitch::msg_id::TOO_MANY_CONNECTIONS),
+                "Too many connections from your address; close some and try again.",
+                crate::protocol::twitch::SERVER_NAME_DEFAULT,
+                true,
+                &mut line,
+            );
+            let _ = crate::shard::send_now(stream.as_raw_fd(), &line);
+            let _ = stream.shutdown(std::net::Shutdown::Both).await;
         }
     }
 }

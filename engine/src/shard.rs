@@ -71,6 +71,8 @@ pub struct Shared {
     pub auth: crate::auth::AuthService,
     pub styler_factory: Arc<dyn StylerFactory>,
     pub inbound: Vec<flume::Sender<PeerBatch>>,
+    /// Open connections per client address, over every shard.
+    pub ip_connections: Arc<crate::ip_limit::IpConnections>,
 }
 
 impl Shared {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use common::client::{Irc, http, is_ack, metric, register};
+use common::client::{Irc, http, is_ack, metric, register, tag};
 
 /// A raw HTTP exchange: the status, the response head (lowercased names) and body, and when the server closed.
 struct RawResponse {
@@ -507,4 +507,54 @@ fn connections_that_do_not_register_are_closed_at_the_deadline() {
     fine.expect("the PONG", |l| {
         l.contains("PONG") && l.contains("still-here")
     });
+}
+
+#[test]
+fn one_address_holds_at_most_its_connection_limit() {
+    let server = TestServer::start(&["--shards", "2", "--connections-per-ip-max", "3"]);
+    let mut held: Vec<Irc> = (0..3)
+        .map(|i| {
+            let mut irc = if i % 2 == 0 {
+                Irc::tcp(server.irc)
+            } else {
+                Irc::ws(server.http)
+            };
+            irc.login_anonymous();
+            irc
+        })
+        .collect();
+    // Over the limit: IRC is told why and closed; HTTP gets 429 with Retry-After.
+    let mut refused = Irc::tcp(server.irc);
+    let notice = refused.expect("NOTICE", |l| l.contains(" NOTICE "));
+    assert_eq!(
+        tag(&notice, "msg-id").as_deref(),
+        Some("msg_too_many_connections")
+    );
+    while refused.next_line(Duration::from_secs(2)).is_some() {}
+    assert!(refused.closed, "the refused connection is closed");
+    let over = http(server.http, "GET", "/healthz", None);
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert!(over.header("retry-after").is_some());
+    // A connection that ends gives its place back.
+    held.pop();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(http(server.http, "GET", "/healthz", None).status, 200);
+    held.clear();
+    std::thread::sleep(Duration::from_millis(300));
+    let refusals: u64 = metric(server.http, "twitchy_connections_refused_per_ip_total")
+        .iter()
+        .sum();
+    assert_eq!(refusals, 2);
+
+    // Load tests from one machine lift it for loopback.
+    let exempt = TestServer::start(&["--connections-per-ip-max", "1", "--limits-exempt-loopback"]);
+    let many: Vec<Irc> = (0..4)
+        .map(|_| {
+            let mut irc = Irc::tcp(exempt.irc);
+            irc.login_anonymous();
+            irc
+        })
+        .collect();
+    assert_eq!(many.len(), 4);
+    assert_eq!(http(exempt.http, "GET", "/healthz", None).status, 200);
 }

@@ -61,6 +61,8 @@ pub mod msg_id {
     /// Not a Twitch id: a WebSocket text message was not valid UTF-8; the close frame that
     /// follows carries code 1007.
     pub const INVALID_UTF8: &str = "msg_invalid_utf8";
+    /// Not a Twitch id: the client's address holds as many connections as it may; this one is closed.
+    pub const TOO_MANY_CONNECTIONS: &str = "msg_too_many_connections";
 }
 
 /// One chat message as delivered to viewers.
