@@ -716,34 +716,55 @@ async fn history(shard: &Shard, room: &str, query: Option<&str>) -> Response<Bod
     let Some(index) = shard.shared.room(room) else {
         return error(StatusCode::NOT_FOUND, "no such room");
     };
+    let pairs = match query_pairs(query, &["before", "after", "limit"]) {
+        Ok(pairs) => pairs,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
     let mut before = None;
+    let mut after = None;
     let mut limit = HISTORY_PAGE_DEFAULT;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "before" => match value.parse::<MessageId>() {
-                Ok(id) => before = Some(id),
-                Err(_) => return error(StatusCode::BAD_REQUEST, "before must be a message id"),
-            },
-            "limit" => match value.parse::<usize>() {
-                Ok(n) if (1..=HISTORY_PAGE_MAX).contains(&n) => limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "limit must be a number from 1 to 100",
-                    );
-                }
-            },
-            _ => return error(StatusCode::BAD_REQUEST, "unknown query parameter"),
+    for (key, value) in pairs {
+        if key == "limit" {
+            match limit_param(value, HISTORY_PAGE_MAX) {
+                Ok(n) => limit = n,
+                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+            }
+            continue;
+        }
+        let Ok(id) = value.parse::<MessageId>() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("{key} must be a message id"),
+            );
+        };
+        if key == "before" {
+            before = Some(id);
+        } else {
+            after = Some(id);
         }
     }
     let name = &shard.shared.rooms[index].name;
-    match shard
-        .shared
-        .storage
-        .messages_before(name, before, limit)
-        .await
-    {
+    let page = match (before, after) {
+        (Some(_), Some(_)) => {
+            return error(StatusCode::BAD_REQUEST, "use before or after, not both");
+        }
+        // Catching up: oldest first, from just after the last message the client saw.
+        (None, Some(after)) => {
+            shard
+                .shared
+                .storage
+                .messages_after(name, after, limit)
+                .await
+        }
+        (before, None) => {
+            shard
+                .shared
+                .storage
+                .messages_before(name, before, limit)
+                .await
+        }
+    };
+    match page {
         Ok(records) => {
             let messages: Vec<HistoryMessage<'_>> =
                 records.iter().map(HistoryMessage::from).collect();
@@ -941,6 +962,23 @@ async fn run_api_command(
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "shutting down, try again"))
 }
 
+/// The token's user and the request's JSON body, or the error response (401, 408, 413, or 400 naming `expected`).
+async fn bearer_and_body<T: serde::de::DeserializeOwned>(
+    ctx: &RequestCtx<'_>,
+    req: Request<Incoming>,
+    expected: &str,
+) -> Result<(Identity, T), Response<Body>> {
+    let identity = bearer(&ctx.shard, &req).await?;
+    let body = read_body(req.into_body(), ctx.body_deadline).await?;
+    let value = serde_json::from_slice::<T>(&body).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("expected JSON {expected}"),
+        )
+    })?;
+    Ok((identity, value))
+}
+
 #[derive(Deserialize)]
 struct CommandBody {
     command: String,
@@ -956,19 +994,10 @@ async fn moderation_command(
     let Some(index) = shard.shared.room(room) else {
         return error(StatusCode::NOT_FOUND, "no such room");
     };
-    let identity = match bearer(shard, &req).await {
-        Ok(identity) => identity,
+    let expected = "{\"command\": \"/timeout <user> [seconds] [reason]\"}";
+    let (identity, CommandBody { command }) = match bearer_and_body(ctx, req, expected).await {
+        Ok(found) => found,
         Err(response) => return response,
-    };
-    let body = match read_body(req.into_body(), ctx.body_deadline).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let Ok(CommandBody { command }) = serde_json::from_slice::<CommandBody>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected JSON {\"command\": \"/timeout <user> [seconds] [reason]\"}",
-        );
     };
     let command = command.trim();
     let text = if command.starts_with('/') || command.starts_with('.') {
@@ -1306,17 +1335,11 @@ struct UsernameBody {
 /// `POST /api/account/username {"username": "NewName"}`: renames the token's user; the id and tokens stay.
 async fn account_username(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
     let shard = &ctx.shard;
-    let identity = match bearer(shard, &req).await {
-        Ok(identity) => identity,
-        Err(response) => return response,
-    };
-    let body = match read_body(req.into_body(), ctx.body_deadline).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let Ok(UsernameBody { username }) = serde_json::from_slice::<UsernameBody>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "expected JSON {\"username\": ...}");
-    };
+    let (identity, UsernameBody { username }) =
+        match bearer_and_body(ctx, req, "{\"username\": ...}").await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     match crate::auth::rename(&shard.shared.storage, &identity, &username).await {
         Ok(login) => json(
             StatusCode::OK,
@@ -1334,21 +1357,15 @@ struct ColorBody {
 /// `POST /api/account/color {"color": "#1E90FF" | "DodgerBlue"}`: the token's user's chat colour, as `/color`.
 async fn account_color(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Body> {
     let shard = &ctx.shard;
-    let identity = match bearer(shard, &req).await {
-        Ok(identity) => identity,
+    let expected = "{\"color\": \"#RRGGBB\" or a Twitch colour name}";
+    let (identity, body) = match bearer_and_body::<ColorBody>(ctx, req, expected).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let body = match read_body(req.into_body(), ctx.body_deadline).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let Some(color) = serde_json::from_slice::<ColorBody>(&body)
-        .ok()
-        .and_then(|b| commands::parse_color(&b.color))
-    else {
+    let Some(color) = commands::parse_color(&body.color) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "expected JSON {\"color\": \"#RRGGBB\" or a Twitch colour name}",
+            &format!("expected JSON {expected}"),
         );
     };
     // The same path as `/color` in chat: this shard's connections of the user take the new colour at once.

@@ -473,56 +473,68 @@ fn whispers_reach_every_connection_and_wait_for_offline_users() {
     );
 }
 
+#[test]
+fn history_pages_forward_from_the_last_seen_message() {
+    let server = server();
+    let token = register(server.http, "catcher", PASSWORD);
+    let mut sender = joined(&server, "catcher", &token, false, "tavern");
+    let ids: Vec<String> = (0..7)
+        .map(|i| send_acked(&mut sender, &format!("PRIVMSG #tavern :message number {i}")))
+        .collect();
+    // A client that saw the second message catches up on the rest, oldest first, two at a time.
+    let mut seen = vec![ids[1].clone()];
+    loop {
+        let last = seen.last().unwrap().clone();
+        let page = http(
+            server.http,
+            "GET",
+            &format!("/api/rooms/tavern/messages?after={last}&limit=2"),
+            None,
+        );
+        assert_eq!(page.status, 200, "{}", page.body);
+        let messages = page.json()["messages"].as_array().unwrap().clone();
+        assert!(messages.len() <= 2);
+        if messages.is_empty() {
+            break;
+        }
+        seen.extend(
+            messages
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(seen, ids[1..], "every later message once, in order");
+    let bad = |query: &str| {
+        http(
+            server.http,
+            "GET",
+            &format!("/api/rooms/tavern/messages?{query}"),
+            None,
+        )
+    };
+    assert_eq!(bad("after=not-an-id").status, 400);
+    assert_eq!(
+        bad(&format!("after={}&before={}", ids[0], ids[6])).status,
+        400
+    );
+    assert_eq!(bad(&format!("after={}&limit=101", ids[0])).status, 400);
+    assert_eq!(bad("since=x").status, 400);
+}
+
 /// The `twitch-irc` crate reads what these features send as it reads Twitch: emotes, JOINs of others, replies and
 /// whispers.
 mod twitch_irc_reader {
-    use std::net::SocketAddr;
-    use std::sync::OnceLock;
-    use std::time::Duration;
-
-    use tokio::sync::mpsc::UnboundedReceiver;
+    use super::{PASSWORD, joined, register, send_acked, server};
+    use twitch_irc::ClientConfig;
     use twitch_irc::login::StaticLoginCredentials;
     use twitch_irc::message::ServerMessage;
-    use twitch_irc::transport::tcp::{MakeConnection, TCPTransport, TCPTransportConnectError};
-    use twitch_irc::{ClientConfig, TwitchIRCClient};
 
-    use super::{PASSWORD, joined, register, send_acked, server};
-
-    static SERVER_IRC: OnceLock<SocketAddr> = OnceLock::new();
-
-    struct LocalServer;
-
-    #[async_trait::async_trait]
-    impl MakeConnection for LocalServer {
-        type Socket = tokio::net::TcpStream;
-
-        async fn new_socket() -> Result<Self::Socket, TCPTransportConnectError> {
-            let addr = *SERVER_IRC.get().expect("server address set");
-            Ok(tokio::net::TcpStream::connect(addr).await?)
-        }
-    }
-
-    async fn next_matching<T>(
-        incoming: &mut UnboundedReceiver<ServerMessage>,
-        what: &str,
-        pick: impl Fn(ServerMessage) -> Option<T>,
-    ) -> T {
-        tokio::time::timeout(Duration::from_secs(15), async {
-            while let Some(message) = incoming.recv().await {
-                if let Some(found) = pick(message) {
-                    return found;
-                }
-            }
-            panic!("stream ended before {what}");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{what} within 15 s"))
-    }
+    use crate::common::twitch_irc::{Client, next_matching, point_at};
 
     #[test]
     fn twitch_irc_reads_emotes_joins_replies_and_whispers() {
         let server = server();
-        SERVER_IRC.set(server.irc).unwrap();
+        point_at(server.irc);
         let reader_token = register(server.http, "crate_reader", PASSWORD);
         let other_token = register(server.http, "other_user", PASSWORD);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -532,10 +544,7 @@ mod twitch_irc_reader {
         runtime.block_on(async {
             let credentials =
                 StaticLoginCredentials::new("crate_reader".to_owned(), Some(reader_token.clone()));
-            let (mut incoming, reader) = TwitchIRCClient::<
-                TCPTransport<LocalServer>,
-                StaticLoginCredentials,
-            >::new(ClientConfig::new_simple(credentials));
+            let (mut incoming, reader) = Client::new(ClientConfig::new_simple(credentials));
             reader.join("lobby".to_owned()).unwrap();
             next_matching(&mut incoming, "ROOMSTATE", |m| match m {
                 ServerMessage::RoomState(s) => Some(s),

@@ -768,10 +768,44 @@ fn moderation_state_survives_a_restart() {
         notice_for(&mut bea_ws, "lobby", "/automod add secret sauce"),
         "automod_phrase_added"
     );
+    // A message AutoMod holds stays in the moderators' queue across the restart.
+    let dave = register(server.http, "dave_d", PASSWORD);
+    let mut dave_tcp = client(&server, "dave_d", &dave, false, "lobby");
+    assert_eq!(
+        say(&mut dave_tcp, "lobby", "buy followers from dave").unwrap_err(),
+        "msg_rejected"
+    );
+    expect_line(&mut bea_ws, "held", "msg-id=automod-held");
+    drop(dave_tcp);
     drop(bea_ws);
     drop(bob_tcp);
     server.stop();
     let server = start_on(&data, &rooms);
+    let state = http_as(
+        server.http,
+        "GET",
+        "/api/rooms/lobby/moderation",
+        Some(&bea),
+        None,
+    )
+    .json();
+    let held = state["held"].as_array().unwrap().clone();
+    assert_eq!(held.len(), 1, "{state}");
+    assert_eq!(held[0]["text"], "buy followers from dave");
+    let held_id = held[0]["held_id"].as_u64().unwrap();
+    let mut viewer = Irc::tcp(server.irc);
+    viewer.login_anonymous();
+    viewer.join("lobby");
+    let mut bea_ws = client(&server, "beatrix", &bea, true, "lobby");
+    assert_eq!(
+        notice_for(&mut bea_ws, "lobby", &format!("/automod allow {held_id}")),
+        "automod_allowed"
+    );
+    let allowed = expect_line(&mut viewer, "the allowed message", "PRIVMSG #lobby");
+    assert_eq!(
+        tag(&allowed, "twitchy/original").as_deref(),
+        Some("buy followers from dave")
+    );
 
     let mut bob_tcp = client(&server, "bob_chatter", &bob, false, "lobby");
     assert_eq!(
@@ -798,48 +832,14 @@ fn moderation_state_survives_a_restart() {
 /// The `twitch-irc` crate, as a moderator, runs commands with Twitch's wire forms and parses what comes back:
 /// NOTICE msg-ids, CLEARMSG, CLEARCHAT (timeout and ban) and ROOMSTATE.
 mod twitch_irc_moderator {
-    use std::net::SocketAddr;
-    use std::sync::OnceLock;
     use std::time::Duration;
 
-    use tokio::sync::mpsc::UnboundedReceiver;
+    use super::{PASSWORD, client, register, say, start};
+    use twitch_irc::ClientConfig;
     use twitch_irc::login::StaticLoginCredentials;
     use twitch_irc::message::{ClearChatAction, ServerMessage};
-    use twitch_irc::transport::tcp::{MakeConnection, TCPTransport, TCPTransportConnectError};
-    use twitch_irc::{ClientConfig, TwitchIRCClient};
 
-    use super::{PASSWORD, client, register, say, start};
-
-    static SERVER_IRC: OnceLock<SocketAddr> = OnceLock::new();
-
-    struct LocalServer;
-
-    #[async_trait::async_trait]
-    impl MakeConnection for LocalServer {
-        type Socket = tokio::net::TcpStream;
-
-        async fn new_socket() -> Result<Self::Socket, TCPTransportConnectError> {
-            let addr = *SERVER_IRC.get().expect("server address set");
-            Ok(tokio::net::TcpStream::connect(addr).await?)
-        }
-    }
-
-    async fn next_matching<T>(
-        incoming: &mut UnboundedReceiver<ServerMessage>,
-        what: &str,
-        pick: impl Fn(ServerMessage) -> Option<T>,
-    ) -> T {
-        tokio::time::timeout(Duration::from_secs(15), async {
-            while let Some(message) = incoming.recv().await {
-                if let Some(found) = pick(message) {
-                    return found;
-                }
-            }
-            panic!("stream ended before {what}");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{what} within 15 s"))
-    }
+    use crate::common::twitch_irc::{Client, next_matching, point_at};
 
     fn notice_id(message: ServerMessage) -> Option<String> {
         match message {
@@ -852,7 +852,7 @@ mod twitch_irc_moderator {
     fn a_twitch_irc_moderator_runs_commands() {
         let room = start();
         let server = &room.server;
-        SERVER_IRC.set(server.irc).unwrap();
+        point_at(server.irc);
         let mona = register(server.http, "mona", PASSWORD);
         let bob = register(server.http, "bob_chatter", PASSWORD);
         let mut bob_ws = client(server, "bob_chatter", &bob, true, "lobby");
@@ -864,7 +864,7 @@ mod twitch_irc_moderator {
         runtime.block_on(async {
             let credentials = StaticLoginCredentials::new("mona".to_owned(), Some(mona.clone()));
             let (mut incoming, moderator) =
-                TwitchIRCClient::<TCPTransport<LocalServer>, StaticLoginCredentials>::new(
+                Client::new(
                     ClientConfig::new_simple(credentials),
                 );
             moderator.join("lobby".to_owned()).unwrap();

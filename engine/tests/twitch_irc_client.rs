@@ -3,36 +3,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::TestServer;
 use common::client::{Irc, register, tag};
+use common::twitch_irc::{Client, point_at};
+use twitch_irc::ClientConfig;
 use twitch_irc::login::StaticLoginCredentials;
 use twitch_irc::message::ServerMessage;
-use twitch_irc::transport::tcp::{MakeConnection, TCPTransport, TCPTransportConnectError};
-use twitch_irc::{ClientConfig, TwitchIRCClient};
-
-static SERVER_IRC: OnceLock<SocketAddr> = OnceLock::new();
-
-/// Plain TCP to the test server instead of irc.chat.twitch.tv.
-struct LocalServer;
-
-#[async_trait::async_trait]
-impl MakeConnection for LocalServer {
-    type Socket = tokio::net::TcpStream;
-
-    async fn new_socket() -> Result<Self::Socket, TCPTransportConnectError> {
-        let addr = *SERVER_IRC.get().expect("server address set");
-        Ok(tokio::net::TcpStream::connect(addr).await?)
-    }
-}
 
 #[test]
 fn twitch_irc_crate_reads_and_sends() {
     let server = TestServer::start(&["--shards", "2"]);
-    SERVER_IRC.set(server.irc).unwrap();
+    point_at(server.irc);
     let token = register(server.http, "crate_user", "correct horse");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -41,18 +24,12 @@ fn twitch_irc_crate_reads_and_sends() {
         .unwrap();
     runtime.block_on(async {
         // An anonymous reader.
-        let (mut incoming, reader) = TwitchIRCClient::<
-            TCPTransport<LocalServer>,
-            StaticLoginCredentials,
-        >::new(ClientConfig::default());
+        let (mut incoming, reader) = Client::new(ClientConfig::default());
         reader.join("lobby".to_owned()).unwrap();
 
         // A logged-in sender using the same library.
         let credentials = StaticLoginCredentials::new("crate_user".to_owned(), Some(token.clone()));
-        let (mut sender_incoming, sender) = TwitchIRCClient::<
-            TCPTransport<LocalServer>,
-            StaticLoginCredentials,
-        >::new(ClientConfig::new_simple(credentials));
+        let (mut sender_incoming, sender) = Client::new(ClientConfig::new_simple(credentials));
         sender.join("lobby".to_owned()).unwrap();
         // Wait until both are in the room (the library reports JOINs with the membership capability).
         let joined = tokio::time::timeout(Duration::from_secs(15), async {

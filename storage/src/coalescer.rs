@@ -218,6 +218,12 @@ enum Request {
         limit: usize,
         reply: Reply<Vec<MessageRecord>>,
     },
+    After {
+        room: String,
+        after: MessageId,
+        limit: usize,
+        reply: Reply<Vec<MessageRecord>>,
+    },
     CreateAccount {
         account: AccountRecord,
         reply: Reply<()>,
@@ -455,6 +461,24 @@ impl StorageHandle {
         self.request(Pool::History, |reply| Request::Before {
             room: room.to_owned(),
             before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Up to `limit` messages with id `> after`, oldest first: how a client that reconnects catches up, page by
+    /// page, passing the newest id it has. Deleted messages are skipped and the page filled from newer ones.
+    pub async fn messages_after(
+        &self,
+        room: &str,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        check_room(room)?;
+        self.request(Pool::History, |reply| Request::After {
+            room: room.to_owned(),
+            after,
             limit,
             reply,
         })
@@ -977,6 +1001,12 @@ fn run_pool(store: &dyn Store, rx: flume::Receiver<Request>, shared: &Shared) {
                     limit,
                     reply: tx,
                 } => reply(shared, tx, store.messages_before(&room, before, limit)),
+                Request::After {
+                    room,
+                    after,
+                    limit,
+                    reply: tx,
+                } => reply(shared, tx, store.messages_after(&room, after, limit)),
                 Request::CreateAccount { account, reply: tx } => {
                     reply(shared, tx, store.create_account(&account))
                 }

@@ -27,7 +27,8 @@
 //! # Reads see every acknowledged message
 //!
 //! A read first waits (at most [`EmbeddedOptions::read_index_wait_ms_max`]) until the indexer has applied every
-//! record that was durable when the read started, so history never misses an acknowledged message.
+//! record that was durable when the read started, so history never misses an acknowledged message: paging back
+//! ([`Store::messages_before`]) or forward ([`Store::messages_after`], how a client that reconnects catches up).
 //!
 //! # Layout
 //!
@@ -54,9 +55,11 @@
 //! separator byte would let a room name containing it collide), and big-endian ids make byte order equal time
 //! order, so history is a bounded reverse range read over the room's chunks ordered by first id. Because a
 //! chunk spans at most `CHUNK_SPAN_MS_MAX`, once `limit` messages are in hand and the next chunk starts more than
-//! that span below the oldest of them, no further chunk can hold a newer message and the read stops. Chunks are
-//! read zero-copy: the archive is validated (bytecheck) and only the records that make the result are
-//! deserialized.
+//! that span below the oldest of them, no further chunk can hold a newer message and the read stops. A forward
+//! page is a forward range read that starts `CHUNK_SPAN_MS_MAX` before `after` (a chunk that starts earlier than
+//! `after` may still hold newer ids, but none that starts earlier than that) and stops once `limit` messages are
+//! in hand and the next chunk starts at or past the newest of them. Chunks are read zero-copy: the archive is
+//! validated (bytecheck) and only the records that make the result are deserialized.
 //!
 //! Token values written before expiry existed (a bare login) are treated as expired: those users log in once more.
 //!
@@ -78,9 +81,10 @@
 //!
 //! Chunks are never rewritten. Deleting a message writes a marker under the room's prefix and the id; a history
 //! read skips marked ids (one point lookup per candidate, and none at all for a room without markers, which one
-//! seek tells) and keeps reading older chunks until its page is full. `delete_message` first waits for the index
-//! like a history read, so a message that was acknowledged but only in the commit log is found; the marker does
-//! not care where the message is, so replaying the log after a crash cannot bring it back.
+//! seek tells) and keeps reading older chunks (newer ones, paging forward) until its page is full.
+//! `delete_message` first waits for the index like a history read, so a message that was acknowledged but only
+//! in the commit log is found; the marker does not care where the message is, so replaying the log after a crash
+//! cannot bring it back.
 //!
 //! # Failure and recovery without a restart
 //!
@@ -1161,6 +1165,83 @@ fn newest_first(
     Ok(best.into_values().rev().collect())
 }
 
+/// Up to `limit` messages of `room` with id `> after`, oldest first: a forward range read over the room's chunks.
+fn oldest_first(
+    index: &Index,
+    room: &str,
+    after: MessageId,
+    limit: usize,
+) -> Result<Vec<MessageRecord>> {
+    let prefix = room_prefix(room)?;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let prefix_len = prefix.len();
+    let any_deleted = index.deleted.prefix(&prefix).next().is_some();
+    let mut deleted_key = prefix.clone();
+    // A chunk spans at most `CHUNK_SPAN_MS_MAX`, so one that starts before `after` may still hold newer ids, but
+    // only if it starts within that span of it: chunks that start earlier hold nothing newer than `after`.
+    let mut start = prefix.clone();
+    start.extend_from_slice(
+        &MessageId::min_for_ms(after.unix_ms().saturating_sub(CHUNK_SPAN_MS_MAX)).to_be_bytes(),
+    );
+    // Every chunk key of the room is the prefix and a suffix of this length; see the layout note on the length
+    // byte for why no other room's key falls in between.
+    let mut end = prefix;
+    end.extend_from_slice(&[0xff; SUFFIX_BYTES]);
+    // The best `limit` messages so far, keyed by id (which also drops any id stored twice).
+    let mut best: BTreeMap<MessageId, MessageRecord> = BTreeMap::new();
+    let mut aligned = AlignedVec::<16>::new();
+    for guard in index.messages.range(start..=end) {
+        let (key, value) = guard.into_inner().map_err(io)?;
+        let first = chunk_first_id(&key, prefix_len)?;
+        // Chunks come in order of their first (smallest) id: once the page is full and a chunk starts at or past
+        // its newest message, neither it nor any chunk after it holds an older one.
+        if best.len() == limit
+            && best
+                .last_key_value()
+                .is_some_and(|(newest, _)| first >= *newest)
+        {
+            break;
+        }
+        aligned.clear();
+        aligned.extend_from_slice(&value);
+        let chunk = rkyv::access::<ArchivedVec<ArchivedMessageRecord>, rancor::Error>(&aligned)
+            .map_err(|e| StorageError::Corrupt(format!("message chunk: {e}")))?;
+        for archived in chunk.iter() {
+            let id = MessageId(archived.id.0.to_native());
+            if id <= after {
+                continue;
+            }
+            if best.len() == limit
+                && best
+                    .last_key_value()
+                    .is_some_and(|(newest, _)| id >= *newest)
+            {
+                // Records are sorted within a chunk: the rest of this chunk is newer still.
+                break;
+            }
+            if best.contains_key(&id) {
+                continue;
+            }
+            if any_deleted {
+                deleted_key.truncate(prefix_len);
+                deleted_key.extend_from_slice(&id.to_be_bytes());
+                if index.deleted.contains_key(&deleted_key).map_err(io)? {
+                    continue;
+                }
+            }
+            let record = rkyv::deserialize::<MessageRecord, rancor::Error>(archived)
+                .map_err(|e| StorageError::Corrupt(format!("message: {e}")))?;
+            best.insert(id, record);
+            if best.len() > limit {
+                best.pop_last();
+            }
+        }
+    }
+    Ok(best.into_values().collect())
+}
+
 /// Whether `room` has a message with this id in the index. A chunk spans at most `CHUNK_SPAN_MS_MAX`, so only
 /// the chunks that start in that span before the id (and at the id) can hold it.
 fn message_exists(index: &Index, room: &str, id: MessageId) -> Result<bool> {
@@ -1222,6 +1303,18 @@ impl Store for EmbeddedStore {
     ) -> Result<Vec<MessageRecord>> {
         let index = self.index_for_history()?;
         newest_first(&index, room, before, limit)
+    }
+
+    fn messages_after(
+        &self,
+        room: &str,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        // Like every history read, waits until the index holds every acknowledged message, so a client catching
+        // up also gets the messages that are only in the commit log so far.
+        let index = self.index_for_history()?;
+        oldest_first(&index, room, after, limit)
     }
 
     fn create_account(&self, account: &AccountRecord) -> Result<()> {
@@ -1592,5 +1685,76 @@ mod tests {
         drop(store);
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(room_ids(&store), expected, "and after reopening");
+    }
+
+    #[test]
+    fn a_forward_read_sees_messages_only_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions {
+            // Generous: the read below waits for the index while this machine may be busy.
+            read_index_wait_ms_max: 60_000,
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open_with(dir.path(), options.clone()).unwrap();
+        let mut ids = MessageIdGen::new(0, 0);
+        let indexed = batch(&mut ids, 1_700_000_000_000, 30);
+        store.append_messages(&indexed).unwrap();
+        // The index fails, and holding it keeps the indexer inside its reopen (which waits for readers to let go,
+        // with the index taken out) until released: what is appended meanwhile is acknowledged from the log
+        // alone.
+        let held = store.inner.index().unwrap();
+        store
+            .inner
+            .set_failure(Some("injected index failure".into()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.inner.index().is_ok() {
+            assert!(Instant::now() < deadline, "the indexer starts reopening");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let logged = batch(&mut ids, 1_700_000_001_000, 30);
+        store.append_messages(&logged).unwrap();
+        assert!(
+            store.index_lag_records() > 0,
+            "the batch is only in the log"
+        );
+        let victim = &logged[3];
+        let room = victim.room.clone();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let room_ids = |store: &EmbeddedStore, after: MessageId| -> Vec<MessageId> {
+            store
+                .messages_after(&room, after, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        let expected = |after: MessageId, gone: Option<MessageId>| -> Vec<MessageId> {
+            indexed
+                .iter()
+                .chain(&logged)
+                .filter(|m| m.room == room && m.id > after && Some(m.id) != gone)
+                .map(|m| m.id)
+                .collect()
+        };
+        // Read while the batch is not indexed: the read waits for the index rather than answering without it.
+        assert_eq!(room_ids(&store, MessageId(0)), expected(MessageId(0), None));
+        release.join().unwrap();
+        let gone = Some(victim.id);
+        assert!(store.delete_message(&room, victim.id).unwrap());
+        assert_eq!(room_ids(&store, MessageId(0)), expected(MessageId(0), gone));
+        // From the newest message indexed before the failure: exactly the logged ones, less the deleted one.
+        let from = indexed.iter().rfind(|m| m.room == room).unwrap().id;
+        assert_eq!(room_ids(&store, from), expected(from, gone));
+        assert_eq!(expected(from, gone).len(), 9);
+        drop(store);
+        let store = EmbeddedStore::open_with(dir.path(), options).unwrap();
+        assert_eq!(
+            room_ids(&store, MessageId(0)),
+            expected(MessageId(0), gone),
+            "and after reopening"
+        );
     }
 }

@@ -12,7 +12,8 @@
 //!        │    Unavailable while failing)                                │  batch_bytes_max, batch_wait_us_max
 //!        └──────────── AppendAck (oneshot) ◀── after the batch is durable ─┘
 //!  account/login_for_token ─▶ [auth queue] ─────▶ auth threads ────▶ Store::account / token
-//!  recent/messages_before ──▶ [history queue] ──▶ history threads ─▶ Store::recent_messages / messages_before
+//!  recent/messages_before/ ─▶ [history queue] ──▶ history threads ─▶ Store::recent_messages / messages_before /
+//!  messages_after                                                    messages_after
 //!  settings (scans) ────────▶ [history queue]                     ─▶ Store::settings
 //!  create_account/put_token/revoke_token/rename_account/
 //!  delete_message/put_setting/delete_setting ─▶ [account write queue] ─▶ account threads ─▶ Store::...
@@ -33,15 +34,16 @@
 //!   kind only. Renames, message deletions and settings writes are account writes (rare, and they must not wait
 //!   behind history reads); settings scans share the history pool (range reads like history pages, kept off the
 //!   auth pool so that loading a room with many bans cannot delay logins).
-//! - The [`Store`] trait's parts: history (`append_messages`, `recent_messages`, `messages_before`,
-//!   `delete_message`), accounts and tokens (`create_account`, `account`, `rename_account`, `put_token`, `token`,
-//!   `revoke_token`), the settings map (`put_setting`, `delete_setting`, `settings`; keys and limits in
-//!   [`settings`]), and health (`health`, `recover`).
+//! - The [`Store`] trait's parts: history (`append_messages`, `recent_messages`, `messages_before` paging back,
+//!   `messages_after` paging forward for a client that reconnects and catches up, `delete_message`), accounts
+//!   and tokens (`create_account`, `account`, `rename_account`, `put_token`, `token`, `revoke_token`), the
+//!   settings map (`put_setting`, `delete_setting`, `settings`; keys and limits in [`settings`]), and health
+//!   (`health`, `recover`).
 //! - Deleted messages are never rewritten: a durable marker per deleted id (a fjall keyspace; a ScyllaDB table
 //!   partitioned like the messages) is checked by every history read, which skips marked messages and keeps
-//!   reading older ones until its page is full. A message acknowledged but not yet indexed is found because the
-//!   deletion waits for the index, and stays hidden after a crash because the marker is durable before the
-//!   deletion returns, whatever the replay of the log brings back.
+//!   reading older ones (newer ones, paging forward) until its page is full. A message acknowledged but not yet
+//!   indexed is found because the deletion waits for the index, and stays hidden after a crash because the
+//!   marker is durable before the deletion returns, whatever the replay of the log brings back.
 //! - A rename moves the account and every token of the old login in one atomic step: one fjall batch
 //!   (embedded), or a lightweight transaction that reserves the new login followed by one LOGGED batch
 //!   (ScyllaDB; see [`scylla_store`] for what a crash between the two leaves and how a retry finishes it).
@@ -70,10 +72,10 @@
 //!
 //! **API boundary:** the engine uses [`open_store`], [`StorageService`], [`StorageHandle`] (including
 //! [`StorageHandle::health`], [`StorageHandle::revoke_token`], [`StorageHandle::rename_account`],
-//! [`StorageHandle::delete_message`] and the settings calls), [`CoalescerConfig`], [`Health`], the records,
-//! [`StorageError`] (with [`StorageError::is_transient`]: "try again", never "invalid token"; `NotFound` and
-//! `AlreadyExists` are answers, not failures), the settings limits and [`MessageIdGen`]; the store types are
-//! public for tests, tools and benchmarks.
+//! [`StorageHandle::delete_message`], [`StorageHandle::messages_after`] and the settings calls),
+//! [`CoalescerConfig`], [`Health`], the records, [`StorageError`] (with [`StorageError::is_transient`]: "try
+//! again", never "invalid token"; `NotFound` and `AlreadyExists` are answers, not failures), the settings limits
+//! and [`MessageIdGen`]; the store types are public for tests, tools and benchmarks.
 //!
 //! # Where the 100+ ms ack tails came from, and why a commit log in front of fjall: measured
 //!
@@ -164,18 +166,23 @@
 //!
 //! - Unit tests: batching window and limits (sans-IO `Gather`, driven with explicit instants), metrics text, rkyv
 //!   round trips and rejection of damaged bytes, ids, the commit log (append, scan, rotation, torn and damaged
-//!   tails), the ScyllaDB retry budget and history walk against an in-memory model.
+//!   tails), the ScyllaDB retry budget, and its history walks, back and forward (brute-force comparison, deleted
+//!   messages, reads per quiet room, the forward walk's bound on buckets), against an in-memory model. A forward
+//!   read waits for messages acknowledged but only in the commit log (the indexer held inside a reopen).
 //! - `tests/coalescer.rs`: backpressure (`Busy` at `queue_messages_max`), batches closed by count, bytes and
 //!   time, shutdown draining, a failing store (failed acks, `Unavailable` at once afterwards, health and metrics,
 //!   recovery once the store heals, no failed message stored), a panicking store (`Health::Failed`), a flood of
-//!   history reads not starving token lookups or settings writes (settings scans answer `Busy` with history),
-//!   acks completed across threads, renames, deletions and settings through the handle.
+//!   history reads not starving token lookups or settings writes (settings scans and forward pages answer
+//!   `Busy` with history), acks completed across threads, renames, deletions, forward pages and settings through
+//!   the handle.
 //! - `tests/embedded.rs`: history order and paging, rooms whose names prefix each other, overlapping and late
-//!   batches against a brute-force answer (`TWITCHY_TEST_SEED` replays), accounts, token expiry, revocation and
-//!   the per-login cap with an injected clock, reopen; settings by prefix, order, limit, validation and reopen;
-//!   deleted messages hidden from recent and paged reads with full pages, across reopen; renames keeping the
-//!   user id and tokens (and the cap counting them), freeing the old login, refusing taken and unknown logins,
-//!   across reopen. A unit test deletes a message acknowledged while the index was failed (so only in the log).
+//!   batches against a brute-force answer, both directions (`TWITCHY_TEST_SEED` replays); paging forward across
+//!   chunks and batches, from the middle of chunks, every page full but the last, equal to paging back reversed,
+//!   live and after reopen; accounts, token expiry, revocation and the per-login cap with an injected clock,
+//!   reopen; settings by prefix, order, limit, validation and reopen; deleted messages hidden from recent and
+//!   paged reads (both directions) with full pages, across reopen; renames keeping the user id and tokens (and
+//!   the cap counting them), freeing the old login, refusing taken and unknown logins, across reopen. A unit
+//!   test deletes a message acknowledged while the index was failed (so only in the log).
 //! - `tests/crash.rs` (own harness): 20 rounds of a child process writing acknowledged messages at full speed,
 //!   killed with SIGKILL at a random moment; after each, every acknowledged message is present once and intact.
 //!   Then a quarter as many rounds of a child writing and deleting settings and deleting messages: every change
@@ -191,12 +198,14 @@
 //!   `kassandra` node on 127.0.0.1 (ephemeral port): every row in its partition once, UNLOGGED single-partition
 //!   batches at `LOCAL_QUORUM`, index rows; failed BATCH requests (injected) retried with the same ids and stored
 //!   once; tokens with expiry, cap and revocation; settings rows and scope scans; deletion markers; renames (one
-//!   LOGGED batch, tokens moved, a rename cut off after its claim finished by a retry). That node ignores
-//!   clustering ranges and `LIMIT` and has no lightweight transactions (the test node answers `IF NOT EXISTS`
-//!   on `accounts` itself), so history reads and settings prefixes deeper than a scope are not tested there; the
-//!   history walk with deletions is tested against an in-memory model in the unit tests.
+//!   LOGGED batch, tokens moved, a rename cut off after its claim finished by a retry). That node parses a
+//!   `WHERE` clause only up to its equality conditions (so clustering ranges, `ORDER BY` and `LIMIT` are ignored,
+//!   and a statement that it prepares is not thereby known to be valid CQL) and has no lightweight transactions
+//!   (the test node answers `IF NOT EXISTS` on `accounts` itself), so history reads (back and forward) and
+//!   settings prefixes deeper than a scope are not tested there; the history walks with deletions are tested
+//!   against an in-memory model in the unit tests, and their CQL against a real cluster below.
 //! - `tests/scylla_cluster.rs`: the whole [`Store`] trait through the coalescer against a real cluster, in a
-//!   fresh keyspace that is dropped afterwards:
+//!   fresh keyspace that is dropped afterwards (paging back and forward included):
 //!   `SCYLLA_NODES=10.0.0.1:9042,10.0.0.2:9042 [SCYLLA_RF=3] cargo test --release -p twitchy-storage --test
 //!   scylla_cluster -- --nocapture`. Without `SCYLLA_NODES` it prints that it skipped.
 
@@ -282,6 +291,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         room: &str,
         before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>>;
+    /// Up to `limit` messages of the room with id `> after`, oldest first: the forward page that a client which
+    /// reconnects reads to catch up, the mirror of [`Store::messages_before`]. Deleted messages are skipped and
+    /// the page is filled from newer ones; every acknowledged message is seen.
+    fn messages_after(
+        &self,
+        room: &str,
+        after: MessageId,
         limit: usize,
     ) -> Result<Vec<MessageRecord>>;
     /// Creates an account durably; `AlreadyExists` if the login is taken.

@@ -49,6 +49,14 @@
 //! partition read and a quiet one by a few rounds. Each bucket read is paged by id (`id < last seen`,
 //! [`MESSAGES_PAGE_MAX`] rows at a time), so no request ever returns an unbounded result.
 //!
+//! A forward page ([`Store::messages_after`], what a client that reconnects reads to catch up) walks the same
+//! index the other way: the room's oldest epoch from `after`'s on, its non-empty buckets from `after`'s bucket
+//! on, oldest first (`ORDER BY ... ASC`, a reversed read of the tables' clustering order), and each bucket
+//! paged by `id > last seen`, ascending. Walking the index rather than every one-second bucket up to now means a
+//! client that was away for a day costs a few reads, not 86,400. It reads at most
+//! [`AFTER_BUCKETS_PER_CALL_MAX`] buckets per call: every bucket it reads holds a message, so a page ends short
+//! only where more whole buckets than that were deleted.
+//!
 //! A history read also reads the deleted ids of each bucket it reads (concurrently with the bucket's first page)
 //! and skips them, reading further pages of the bucket, and further buckets, until its page is full. Deleting a
 //! message reads the message's row (so that the answer says whether it exists) and writes the marker; the row
@@ -117,6 +125,10 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 pub const MESSAGES_PAGE_MAX: usize = 1000;
 /// Most bucket partitions read concurrently while walking back through a room's history.
 pub const BUCKETS_PER_READ_MAX: usize = 32;
+/// Most bucket partitions one forward read ([`Store::messages_after`]) reads. Only non-empty buckets are read and
+/// each holds at least one message, so a page of `limit` messages needs more than `limit` buckets only where
+/// whole buckets were deleted; past this bound the page is returned as it is, short.
+pub const AFTER_BUCKETS_PER_CALL_MAX: usize = 1024;
 /// Rooms whose newest written bucket is remembered, to skip rewriting index rows. Cleared when exceeded: the
 /// index rows are idempotent, so forgetting only costs a rewrite.
 const INDEX_CACHE_ROOMS_MAX: usize = 100_000;
@@ -219,6 +231,9 @@ struct Prepared {
     select_before: PreparedStatement,
     select_buckets: PreparedStatement,
     select_epoch: PreparedStatement,
+    select_after: PreparedStatement,
+    select_buckets_from: PreparedStatement,
+    select_epoch_from: PreparedStatement,
     insert_account: PreparedStatement,
     select_account: PreparedStatement,
     insert_session: PreparedStatement,
@@ -428,6 +443,31 @@ impl ScyllaStore {
             .await?,
             select_epoch: prepare(
                 format!("SELECT epoch FROM {ks}.room_epochs WHERE room = ? AND epoch <= ? LIMIT 1"),
+                true,
+            )
+            .await?,
+            // The forward reads: the same partitions and clustering ranges, in ascending order (a reversed read of
+            // the tables' descending clustering order).
+            select_after: prepare(
+                format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages WHERE room = ? AND bucket = ? AND id > ? \
+                     ORDER BY id ASC LIMIT ?"
+                ),
+                true,
+            )
+            .await?,
+            select_buckets_from: prepare(
+                format!(
+                    "SELECT bucket FROM {ks}.room_buckets WHERE room = ? AND epoch = ? AND bucket >= ? \
+                     ORDER BY bucket ASC LIMIT ?"
+                ),
+                true,
+            )
+            .await?,
+            select_epoch_from: prepare(
+                format!(
+                    "SELECT epoch FROM {ks}.room_epochs WHERE room = ? AND epoch >= ? ORDER BY epoch ASC LIMIT 1"
+                ),
                 true,
             )
             .await?,
@@ -679,9 +719,9 @@ impl ScyllaStore {
     }
 }
 
-/// The three reads the history walk is made of. The walk itself is plain logic over them, so it is tested
-/// against an in-memory model in the unit tests below (the in-process CQL node ignores clustering ranges and
-/// `LIMIT`, so it cannot stand in for these reads).
+/// The reads the history walks (backward and forward) are made of. The walks themselves are plain logic over
+/// them, so they are tested against an in-memory model in the unit tests below (the in-process CQL node ignores
+/// clustering ranges, `ORDER BY` and `LIMIT`, so it cannot stand in for these reads).
 trait HistoryReads {
     /// The room's newest epoch `<= epoch_max` that has messages.
     async fn newest_epoch(&self, room: &str, epoch_max: i64) -> Result<Option<i64>>;
@@ -701,6 +741,24 @@ trait HistoryReads {
         room: &str,
         bucket: i64,
         before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>>;
+    /// The room's oldest epoch `>= epoch_min` that has messages.
+    async fn oldest_epoch(&self, room: &str, epoch_min: i64) -> Result<Option<i64>>;
+    /// Up to `limit` non-empty buckets of the room in `epoch` that are `>= bucket_min`, oldest first.
+    async fn buckets_from(
+        &self,
+        room: &str,
+        epoch: i64,
+        bucket_min: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>>;
+    /// Up to `limit` messages of one bucket with id `> after`, oldest first.
+    async fn bucket_page_after(
+        &self,
+        room: &str,
+        bucket: i64,
+        after: MessageId,
         limit: usize,
     ) -> Result<Vec<MessageRecord>>;
 }
@@ -770,6 +828,53 @@ impl HistoryReads for ScyllaStore {
             }
         }
         .map_err(io)?;
+        message_rows(result, room)
+    }
+
+    async fn oldest_epoch(&self, room: &str, epoch_min: i64) -> Result<Option<i64>> {
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_epoch_from, (room, epoch_min))
+            .await
+            .map_err(io)?;
+        Ok(first_row::<(i64,)>(result)?.map(|(e,)| e))
+    }
+
+    async fn buckets_from(
+        &self,
+        room: &str,
+        epoch: i64,
+        bucket_min: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>> {
+        let values = (room, epoch, bucket_min, limit.min(i32::MAX as usize) as i32);
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_buckets_from, values)
+            .await
+            .map_err(io)?;
+        Ok(rows::<(i64,)>(result)?.into_iter().map(|(b,)| b).collect())
+    }
+
+    async fn bucket_page_after(
+        &self,
+        room: &str,
+        bucket: i64,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        let id = after.to_be_bytes();
+        let values = (
+            room,
+            bucket,
+            id.as_slice(),
+            limit.min(i32::MAX as usize) as i32,
+        );
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_after, values)
+            .await
+            .map_err(io)?;
         message_rows(result, room)
     }
 }
@@ -875,6 +980,120 @@ async fn walk_newest_first<H: HistoryReads>(
             return Ok(out);
         }
         epoch_max = epoch - 1;
+    }
+}
+
+/// Up to `want` messages of one bucket with id `> after` that are not deleted, oldest first, in pages of
+/// [`MESSAGES_PAGE_MAX`]: [`bucket_newest_first`] the other way round.
+async fn bucket_oldest_first<H: HistoryReads>(
+    h: &H,
+    room: &str,
+    bucket: i64,
+    mut after: MessageId,
+    want: usize,
+) -> Result<Vec<MessageRecord>> {
+    let mut out = Vec::new();
+    if want == 0 {
+        return Ok(out);
+    }
+    let mut page = want.min(MESSAGES_PAGE_MAX);
+    let (deleted, mut rows) = futures_util::future::try_join(
+        h.deleted_in_bucket(room, bucket),
+        h.bucket_page_after(room, bucket, after, page),
+    )
+    .await?;
+    loop {
+        let got = rows.len();
+        if got > page
+            || rows.first().is_some_and(|m| m.id <= after)
+            || rows.windows(2).any(|w| w[0].id >= w[1].id)
+        {
+            return Err(StorageError::Corrupt(
+                "a bucket read returned rows outside its bounds or out of order".into(),
+            ));
+        }
+        if let Some(last) = rows.last() {
+            after = last.id;
+        }
+        out.extend(rows.into_iter().filter(|m| !deleted.contains(&m.id)));
+        if got < page || out.len() == want {
+            return Ok(out);
+        }
+        page = (want - out.len()).min(MESSAGES_PAGE_MAX);
+        rows = h.bucket_page_after(room, bucket, after, page).await?;
+    }
+}
+
+/// Up to `limit` messages of `room` with id `> after`, oldest first: from `after`'s bucket forward, epochs
+/// oldest first, their non-empty buckets oldest first in chunks of 1, 2, 4, ... [`BUCKETS_PER_READ_MAX`] read
+/// concurrently, each bucket paged by id, at most [`AFTER_BUCKETS_PER_CALL_MAX`] buckets in all. Walking the
+/// index rather than every one-second bucket up to now keeps a client that was away for a day from costing
+/// 86,400 partition reads.
+async fn walk_oldest_first<H: HistoryReads>(
+    h: &H,
+    room: &str,
+    after: MessageId,
+    limit: usize,
+) -> Result<Vec<MessageRecord>> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let first_bucket = bucket_of(after);
+    let mut epoch_min = epoch_of(first_bucket);
+    let mut buckets_left = AFTER_BUCKETS_PER_CALL_MAX;
+    loop {
+        let Some(epoch) = h.oldest_epoch(room, epoch_min).await? else {
+            return Ok(out);
+        };
+        if epoch < epoch_min {
+            return Err(StorageError::Corrupt(
+                "room_epochs returned an epoch below the bound".into(),
+            ));
+        }
+        let mut bucket_min = first_bucket.max(epoch.saturating_mul(BUCKETS_PER_EPOCH));
+        let mut chunk = 1usize;
+        loop {
+            let ask = chunk.min(buckets_left);
+            if ask == 0 {
+                // The bound on buckets per call: the page goes back short (see `AFTER_BUCKETS_PER_CALL_MAX`).
+                return Ok(out);
+            }
+            let buckets = h.buckets_from(room, epoch, bucket_min, ask).await?;
+            let Some(&last) = buckets.last() else { break };
+            if buckets.len() > ask
+                || buckets.windows(2).any(|w| w[0] >= w[1])
+                || buckets[0] < bucket_min
+                || epoch_of(last) != epoch
+            {
+                return Err(StorageError::Corrupt(
+                    "room_buckets returned buckets out of order or bounds".into(),
+                ));
+            }
+            buckets_left -= buckets.len();
+            let want = limit - out.len();
+            let reads: Vec<_> = buckets
+                .iter()
+                .map(|&b| bucket_oldest_first(h, room, b, after, want))
+                .collect();
+            for messages in futures_util::future::join_all(reads).await {
+                for m in messages? {
+                    out.push(m);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if buckets.len() < ask || last == i64::MAX {
+                break;
+            }
+            bucket_min = last + 1;
+            chunk = (chunk * 2).min(BUCKETS_PER_READ_MAX);
+        }
+        if epoch == i64::MAX {
+            return Ok(out);
+        }
+        epoch_min = epoch + 1;
     }
 }
 
@@ -1230,6 +1449,17 @@ impl Store for ScyllaStore {
             .block_on(walk_newest_first(self, room, before, limit))
     }
 
+    fn messages_after(
+        &self,
+        room: &str,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        check_room(room)?;
+        self.runtime
+            .block_on(walk_oldest_first(self, room, after, limit))
+    }
+
     fn rename_account(&self, old_login: &str, new_login: &str) -> Result<AccountRecord> {
         check_login(old_login)?;
         check_login(new_login)?;
@@ -1488,6 +1718,25 @@ mod tests {
             all
         }
 
+        /// The forward answer by brute force.
+        fn reference_after(
+            &self,
+            room: &str,
+            after: MessageId,
+            limit: usize,
+        ) -> Vec<MessageRecord> {
+            let mut all: Vec<MessageRecord> = self
+                .partitions
+                .iter()
+                .filter(|((r, _), _)| r == room)
+                .flat_map(|(_, p)| p.values().cloned())
+                .filter(|m| m.id > after && !self.deleted.contains(&m.id))
+                .collect();
+            all.sort_by_key(|m| m.id);
+            all.truncate(limit);
+            all
+        }
+
         fn room_buckets<'a>(&'a self, room: &'a str) -> impl DoubleEndedIterator<Item = i64> + 'a {
             self.partitions
                 .keys()
@@ -1551,6 +1800,48 @@ mod tests {
                 .cloned()
                 .collect())
         }
+
+        async fn oldest_epoch(&self, room: &str, epoch_min: i64) -> Result<Option<i64>> {
+            self.reads.set(self.reads.get() + 1);
+            Ok(self
+                .room_buckets(room)
+                .map(epoch_of)
+                .filter(|&e| e >= epoch_min)
+                .min())
+        }
+
+        async fn buckets_from(
+            &self,
+            room: &str,
+            epoch: i64,
+            bucket_min: i64,
+            limit: usize,
+        ) -> Result<Vec<i64>> {
+            self.reads.set(self.reads.get() + 1);
+            Ok(self
+                .room_buckets(room)
+                .filter(|&b| epoch_of(b) == epoch && b >= bucket_min)
+                .take(limit)
+                .collect())
+        }
+
+        async fn bucket_page_after(
+            &self,
+            room: &str,
+            bucket: i64,
+            after: MessageId,
+            limit: usize,
+        ) -> Result<Vec<MessageRecord>> {
+            self.reads.set(self.reads.get() + 1);
+            let Some(p) = self.partitions.get(&(room.to_owned(), bucket)) else {
+                return Ok(Vec::new());
+            };
+            Ok(p.values()
+                .filter(|m| m.id > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
     }
 
     fn record(id: MessageId, room: &str) -> MessageRecord {
@@ -1578,18 +1869,25 @@ mod tests {
         futures_lite::future::block_on(walk_newest_first(model, room, before, limit)).unwrap()
     }
 
-    #[test]
-    fn history_walk_matches_brute_force() {
-        // A fixed seed keeps failures reproducible; it is printed so a changed seed can be replayed.
-        let seed = 0x5eed_u64;
+    fn walk_after(model: &Model, room: &str, after: MessageId, limit: usize) -> Vec<MessageRecord> {
+        futures_lite::future::block_on(walk_oldest_first(model, room, after, limit)).unwrap()
+    }
+
+    /// A seeded random number source (the seed is printed so that a changed seed can be replayed).
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
         println!("seed {seed:#x}");
         let mut rng = seed;
-        let mut next = move || {
+        move || {
             rng = rng
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             rng >> 33
-        };
+        }
+    }
+
+    /// Three rooms of random history with scattered deleted messages and one long run of them. Returns the model
+    /// and every id.
+    fn random_model(next: &mut impl FnMut() -> u64) -> (Model, Vec<MessageId>) {
         let mut model = Model::default();
         let base_ms = BUCKETS_PER_EPOCH as u64 * 1000 * 1700 - 5_000;
         let mut gens: Vec<MessageIdGen> = (0..4).map(|s| MessageIdGen::new(0, s)).collect();
@@ -1612,10 +1910,18 @@ mod tests {
             .collect();
         // Deleted messages: scattered single ones, and a whole run of them so that pages must reach past it.
         for (i, id) in ids.iter().enumerate() {
-            if next() % 7 == 0 || (1200..1500).contains(&i) {
+            if next().is_multiple_of(7) || (1200..1500).contains(&i) {
                 model.deleted.insert(*id);
             }
         }
+        (model, ids)
+    }
+
+    #[test]
+    fn history_walk_matches_brute_force() {
+        // A fixed seed keeps failures reproducible.
+        let mut next = rng(0x5eed);
+        let (model, ids) = random_model(&mut next);
         for room in ["busy", "quiet", "other", "nobody"] {
             for limit in [0, 1, 2, 7, 50, 1001, 5000] {
                 assert_eq!(
@@ -1682,6 +1988,134 @@ mod tests {
         assert_eq!(got, model.reference("busy", None, 500));
         assert!(got.iter().all(|m| !model.deleted.contains(&m.id)));
         assert_eq!(got[0].id, ids[ids.len() - 601]);
+    }
+
+    #[test]
+    fn forward_walk_matches_brute_force_and_paging_forward_is_paging_back_reversed() {
+        let mut next = rng(0xf0_5eed);
+        let (model, ids) = random_model(&mut next);
+        for room in ["busy", "quiet", "other", "nobody"] {
+            for limit in [0, 1, 2, 7, 50, 1001, 5000] {
+                assert_eq!(
+                    walk_after(&model, room, MessageId(0), limit),
+                    model.reference_after(room, MessageId(0), limit),
+                    "{room} {limit}"
+                );
+                for _ in 0..5 {
+                    let pick = ids[(next() as usize) % ids.len()];
+                    // An existing id, the id just before it (never stored), the first id of its bucket (so the
+                    // bucket is read from its start), and the last millisecond of its bucket.
+                    for after in [
+                        pick,
+                        MessageId(pick.0 - 1),
+                        MessageId::min_for_ms(pick.unix_ms() / 1000 * 1000),
+                        MessageId::min_for_ms(pick.unix_ms() / 1000 * 1000 + 999),
+                    ] {
+                        assert_eq!(
+                            walk_after(&model, room, after, limit),
+                            model.reference_after(room, after, limit),
+                            "{room} {limit} {after}"
+                        );
+                    }
+                }
+            }
+            // Paging forward from before the first message, as a client that catches up does, yields exactly
+            // the backward walk's full history reversed.
+            for page in [3, 50, 333] {
+                let mut seen = Vec::new();
+                let mut after = MessageId(0);
+                loop {
+                    let got = walk_after(&model, room, after, page);
+                    assert!(got.len() <= page);
+                    let Some(last) = got.last() else { break };
+                    after = last.id;
+                    seen.extend(got);
+                }
+                let mut back = walk(&model, room, None, usize::MAX);
+                back.reverse();
+                assert_eq!(seen, back, "{room} {page}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_quiet_room_costs_a_few_reads_forward_too() {
+        let mut model = Model::default();
+        let mut g = MessageIdGen::new(0, 0);
+        let year_ms = 365 * 86_400_000;
+        for k in 0..3 {
+            model.insert(record(g.next_id(1_600_000_000_000 + k * year_ms), "quiet"));
+        }
+        let got = walk_after(
+            &model,
+            "quiet",
+            MessageId::min_for_ms(1_500_000_000_000),
+            50,
+        );
+        assert_eq!(got.len(), 3);
+        assert_eq!(got, model.reference_after("quiet", MessageId(0), 50));
+        // Per non-empty epoch: the epoch, its buckets (twice at most), one bucket page and its deleted ids; then
+        // one final epoch read. Walking every one-second bucket instead would be ~63 million reads.
+        assert!(
+            model.reads.get() <= 3 * 5 + 1,
+            "{} reads",
+            model.reads.get()
+        );
+    }
+
+    #[test]
+    fn deleted_messages_are_skipped_and_a_forward_page_filled_from_newer_ones() {
+        let mut model = Model::default();
+        let mut g = MessageIdGen::new(0, 0);
+        // One bucket larger than a read page, so that filling up needs a second page of the same bucket.
+        let ids: Vec<MessageId> = (0..MESSAGES_PAGE_MAX + 100)
+            .map(|_| g.next_id(1_700_000_000_000))
+            .collect();
+        for &id in &ids {
+            model.insert(record(id, "busy"));
+        }
+        // The oldest 600 are deleted: the oldest 500 that remain come from further on.
+        model.deleted.extend(ids[..600].iter().copied());
+        let got = walk_after(&model, "busy", MessageId(0), 500);
+        assert_eq!(got.len(), 500);
+        assert_eq!(got, model.reference_after("busy", MessageId(0), 500));
+        assert_eq!(got[0].id, ids[600]);
+        // The whole bucket, past the page size, in one call.
+        let n = ids.len() - 600;
+        assert_eq!(walk_after(&model, "busy", ids[0], n + 5).len(), n);
+    }
+
+    #[test]
+    fn a_forward_walk_reads_at_most_its_bound_of_buckets() {
+        let mut model = Model::default();
+        let mut g = MessageIdGen::new(0, 0);
+        // More non-empty buckets than one call may read, every message in them deleted, then one that is kept.
+        let n = AFTER_BUCKETS_PER_CALL_MAX + 10;
+        let ids: Vec<MessageId> = (0..n as u64)
+            .map(|k| g.next_id(1_700_000_000_000 + k * 1000))
+            .collect();
+        for &id in &ids {
+            model.insert(record(id, "cleared"));
+        }
+        model.deleted.extend(ids[..n - 1].iter().copied());
+        let got = walk_after(&model, "cleared", MessageId(0), 10);
+        assert!(
+            got.is_empty(),
+            "the bound stops the walk before the kept one"
+        );
+        // A page and the deleted ids per bucket, the bucket lists (1, 2, 4, ... then 32 at a time), one epoch.
+        let reads_max =
+            2 * AFTER_BUCKETS_PER_CALL_MAX + AFTER_BUCKETS_PER_CALL_MAX / BUCKETS_PER_READ_MAX + 8;
+        assert!(
+            model.reads.get() <= reads_max,
+            "{} reads",
+            model.reads.get()
+        );
+        // Past the deleted buckets the kept message is found.
+        assert_eq!(
+            walk_after(&model, "cleared", ids[n - 2], 10),
+            vec![record(ids[n - 1], "cleared")]
+        );
     }
 
     #[test]

@@ -68,6 +68,24 @@ impl Store for MemoryStore {
         all.truncate(limit);
         Ok(all)
     }
+    fn messages_after(
+        &self,
+        room: &str,
+        after: MessageId,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        Ok(self
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                m.room == room && m.id > after && !self.deleted.lock().unwrap().contains(&m.id)
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
     fn create_account(&self, _: &AccountRecord) -> twitchy_storage::Result<()> {
         Ok(())
     }
@@ -196,6 +214,14 @@ impl Store for GatedStore {
     ) -> twitchy_storage::Result<Vec<MessageRecord>> {
         self.inner.messages_before(room, before, limit)
     }
+    fn messages_after(
+        &self,
+        room: &str,
+        after: MessageId,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        self.inner.messages_after(room, after, limit)
+    }
     fn create_account(&self, a: &AccountRecord) -> twitchy_storage::Result<()> {
         self.inner.create_account(a)
     }
@@ -290,6 +316,14 @@ impl Store for FailingStore {
         limit: usize,
     ) -> twitchy_storage::Result<Vec<MessageRecord>> {
         self.inner.messages_before(room, before, limit)
+    }
+    fn messages_after(
+        &self,
+        room: &str,
+        after: MessageId,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        self.inner.messages_after(room, after, limit)
     }
     fn create_account(&self, a: &AccountRecord) -> twitchy_storage::Result<()> {
         self.inner.create_account(a)
@@ -730,6 +764,14 @@ impl Store for SlowHistory {
     ) -> twitchy_storage::Result<Vec<MessageRecord>> {
         self.inner.messages_before(room, before, limit)
     }
+    fn messages_after(
+        &self,
+        room: &str,
+        after: MessageId,
+        limit: usize,
+    ) -> twitchy_storage::Result<Vec<MessageRecord>> {
+        self.inner.messages_after(room, after, limit)
+    }
     fn create_account(&self, a: &AccountRecord) -> twitchy_storage::Result<()> {
         self.inner.create_account(a)
     }
@@ -813,6 +855,11 @@ fn a_flood_of_history_reads_does_not_starve_logins() {
         block_on(h.settings("room/forsen/", 10)),
         Err(StorageError::Busy)
     );
+    // Forward history pages are history reads: refused with them.
+    assert_eq!(
+        block_on(h.messages_after("forsen", MessageId(0), 10)),
+        Err(StorageError::Busy)
+    );
     block_on(h.put_setting("room/forsen/modes", b"{}".to_vec())).unwrap();
     assert_eq!(
         store
@@ -854,6 +901,16 @@ fn moderation_requests_go_through_the_handle_and_answer() {
         msgs[6..9].to_vec(),
         "the deleted newest message is gone and the page is filled from older ones"
     );
+    assert!(block_on(h.delete_message("forsen", msgs[2].id)).unwrap());
+    assert_eq!(
+        block_on(h.messages_after("forsen", msgs[0].id, 3)).unwrap(),
+        vec![msgs[1].clone(), msgs[3].clone(), msgs[4].clone()],
+        "forward pages go through the handle, skip deleted messages and fill up with newer ones"
+    );
+    assert!(matches!(
+        block_on(h.messages_after("", msgs[0].id, 3)),
+        Err(StorageError::Invalid(_))
+    ));
     assert!(matches!(
         block_on(h.delete_message("", msgs[0].id)),
         Err(StorageError::Invalid(_))

@@ -94,6 +94,109 @@ fn history_is_ordered_paged_and_per_room() {
     service.shutdown().unwrap();
 }
 
+/// Every page of a forward walk from `after`, `limit` at a time, through the handle; checks that each page is
+/// full but the last, and oldest first.
+fn pages_forward(
+    h: &twitchy_storage::StorageHandle,
+    room: &str,
+    mut after: MessageId,
+    limit: usize,
+) -> Vec<twitchy_storage::MessageRecord> {
+    let mut seen: Vec<twitchy_storage::MessageRecord> = Vec::new();
+    let mut short = false;
+    loop {
+        let page = block_on(h.messages_after(room, after, limit)).unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(!short, "only the last page is short");
+        assert!(page.len() <= limit);
+        short = page.len() < limit;
+        assert!(page[0].id > after, "after is exclusive");
+        assert!(
+            page.windows(2).all(|w| w[0].id < w[1].id),
+            "a page is oldest first"
+        );
+        after = last.id;
+        seen.extend(page);
+    }
+    seen
+}
+
+#[test]
+fn paging_forward_crosses_chunks_and_batches_and_is_paging_back_reversed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three messages a millisecond: a chunk (at most `CHUNK_SPAN_MS_MAX` of id time) holds about 150 of them, and
+    // the batches of 700 below cut chunks too, so pages start and end in the middle of chunks and batches.
+    let written = messages("forsen", 0, 1_700_000_000_000, 5000);
+    let other = messages("forsenx", 1, 1_700_000_000_000, 500);
+    let check = |h: &twitchy_storage::StorageHandle| {
+        for limit in [1, 64, 100, 1000] {
+            assert_eq!(
+                pages_forward(h, "forsen", MessageId(0), limit),
+                written,
+                "limit {limit}"
+            );
+        }
+        // The round trip: forward from the oldest is the backward walk's whole history reversed.
+        let mut back = block_on(h.messages_before("forsen", None, usize::MAX)).unwrap();
+        back.reverse();
+        assert_eq!(back, written);
+        assert_eq!(
+            pages_forward(h, "forsen", written[0].id, 64),
+            written[1..].to_vec()
+        );
+        assert_eq!(pages_forward(h, "forsenx", MessageId(0), 64), other);
+        // From the middle of chunks: an existing id, an id never stored, the first id of a millisecond.
+        for i in (0..written.len()).step_by(37) {
+            let id = written[i].id;
+            for (after, from) in [
+                (id, i + 1),
+                (MessageId(id.0 + 1), i + 1),
+                (MessageId(id.0 - 1), i),
+                (
+                    MessageId::min_for_ms(id.unix_ms()),
+                    written.partition_point(|m| m.id.unix_ms() < id.unix_ms()),
+                ),
+            ] {
+                let page = block_on(h.messages_after("forsen", after, 64)).unwrap();
+                let end = (from + 64).min(written.len());
+                assert_eq!(page, written[from..end].to_vec(), "{i} {after}");
+            }
+        }
+        let last = written.last().unwrap().id;
+        for after in [last, MessageId::MAX] {
+            assert!(
+                block_on(h.messages_after("forsen", after, 64))
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        assert!(
+            block_on(h.messages_after("forsen", MessageId(0), 0))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            block_on(h.messages_after("nobody", MessageId(0), 10))
+                .unwrap()
+                .is_empty()
+        );
+    };
+    // Right after writing (the index may still be catching up with the log), and after reopening.
+    for reopened in [false, true] {
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        if !reopened {
+            for (mine, theirs) in written.chunks(700).zip(other.chunks(70)) {
+                let mut batch = mine.to_vec();
+                batch.extend_from_slice(theirs);
+                store.append_messages(&batch).unwrap();
+            }
+        }
+        let service = StorageService::start(store, CoalescerConfig::default());
+        check(&service.handle());
+        service.shutdown().unwrap();
+    }
+}
+
 #[test]
 fn acknowledged_messages_and_accounts_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -193,6 +296,14 @@ fn bad_room_names_are_rejected_without_writing() {
             Err(StorageError::Invalid(_))
         ));
         assert!(matches!(
+            block_on(h.messages_after(room, MessageId(0), 10)),
+            Err(StorageError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.messages_after(room, MessageId(0), 10),
+            Err(StorageError::Invalid(_))
+        ));
+        assert!(matches!(
             store.append_messages(&[message(ids.next_id(1), room, 1)]),
             Err(StorageError::Invalid(_))
         ));
@@ -202,9 +313,18 @@ fn bad_room_names_are_rejected_without_writing() {
     for room in ["a\0b", "\u{ff}\u{ff}", max.as_str()] {
         let m = message(ids.next_id(2), room, 2);
         block_on(h.append(m.clone()).unwrap()).unwrap();
+        assert_eq!(
+            block_on(h.messages_after(room, MessageId(0), 10)).unwrap(),
+            vec![m.clone()]
+        );
         assert_eq!(block_on(h.recent_messages(room, 10)).unwrap(), vec![m]);
     }
     assert!(block_on(h.recent_messages("a", 10)).unwrap().is_empty());
+    assert!(
+        block_on(h.messages_after("a", MessageId(0), 10))
+            .unwrap()
+            .is_empty()
+    );
     service.shutdown().unwrap();
 }
 
@@ -285,8 +405,32 @@ fn overlapping_late_and_repeated_batches_read_back_in_id_order() {
                     want,
                     "{limit} {before}"
                 );
+                // Forward from the same points (chunks that start before `after` and hold newer ids included).
+                let after = before;
+                let want: Vec<_> = all
+                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect();
+                assert_eq!(
+                    store.messages_after("room", after, limit).unwrap(),
+                    want,
+                    "after {limit} {after}"
+                );
             }
         }
+    }
+    // Paging forward through all of it, a page at a time, gives every message once, in id order.
+    for limit in [1usize, 7, 256, 1000] {
+        let mut seen = Vec::new();
+        let mut after = MessageId(0);
+        loop {
+            let page = store.messages_after("room", after, limit).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            seen.extend(page);
+        }
+        assert_eq!(seen, all.values().cloned().collect::<Vec<_>>(), "{limit}");
     }
     let recent = store.recent_messages("room", 100).unwrap();
     assert_eq!(
@@ -539,6 +683,13 @@ fn deleted_messages_leave_history_for_good() {
     }
     paged.reverse();
     assert_eq!(paged, kept);
+    // And forward: pages filled with newer messages past the deleted oldest one and the deleted run.
+    assert_eq!(pages_forward(&h, "forsen", MessageId(0), 30), kept);
+    assert_eq!(
+        block_on(h.messages_after("forsen", written[99].id, 5)).unwrap(),
+        written[150..155].to_vec(),
+        "the deleted run is skipped"
+    );
     assert_eq!(block_on(h.recent_messages("forsenx", 100)).unwrap(), other);
 
     // A message deleted through the handle, right after it was acknowledged.

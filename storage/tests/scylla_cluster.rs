@@ -147,6 +147,25 @@ fn the_whole_store_trait_against_a_real_cluster() {
                 .unwrap()
                 .is_empty()
         );
+        // Page forward through the room, as a client catching up does: every message once, oldest first, the
+        // same history as paging back.
+        let mut forward = Vec::new();
+        let mut after = MessageId(0);
+        loop {
+            let page = block_on(h.messages_after(room, after, 333)).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            forward.extend(page);
+        }
+        assert_eq!(&forward, &seen, "{room} paged forward");
+        let page = block_on(h.messages_after(room, all[mid].id, 3)).unwrap();
+        let end = (mid + 4).min(all.len());
+        assert_eq!(page, all[mid + 1..end].to_vec(), "{room} after the middle");
+        assert!(
+            block_on(h.messages_after(room, all[all.len() - 1].id, 10))
+                .unwrap()
+                .is_empty()
+        );
     }
     assert!(
         block_on(h.recent_messages("nobody", 10))
@@ -211,6 +230,12 @@ fn the_whole_store_trait_against_a_real_cluster() {
     let page = block_on(h.messages_before("busy", Some(busy[2400].id), 50)).unwrap();
     let want: Vec<MessageRecord> = busy[1950..2000].iter().rev().cloned().collect();
     assert_eq!(page, want);
+    let page = block_on(h.messages_after("busy", busy[1999].id, 50)).unwrap();
+    assert_eq!(
+        page,
+        busy[2400..2450].to_vec(),
+        "forward past the deleted run"
+    );
 
     // Settings, including prefixes deeper than the scope (a clustering range).
     for key in [

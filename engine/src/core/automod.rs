@@ -97,6 +97,20 @@ pub enum AutoModReason {
 
 impl AutoModReason {
     /// The wire name, as the moderation contract spells it.
+    /// The reason named by [`AutoModReason::as_str`].
+    pub fn parse(name: &str) -> Option<AutoModReason> {
+        [
+            AutoModReason::Phrase,
+            AutoModReason::Caps,
+            AutoModReason::RepeatedWords,
+            AutoModReason::RepeatedChars,
+            AutoModReason::Link,
+            AutoModReason::Duplicate,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             AutoModReason::Phrase => "phrase",

@@ -29,7 +29,8 @@ pub const R9K_MESSAGES_MAX: usize = 1_000;
 /// Messages AutoMod may hold per room; past it the oldest is denied.
 pub const HELD_PER_ROOM_MAX: usize = 100;
 /// Settings read per room at start.
-pub const SETTINGS_PER_ROOM_MAX: usize = BANS_PER_ROOM_MAX + ROLES_PER_ROOM_MAX + 16;
+pub const SETTINGS_PER_ROOM_MAX: usize =
+    BANS_PER_ROOM_MAX + ROLES_PER_ROOM_MAX + HELD_PER_ROOM_MAX + 16;
 
 /// A ban (`until_unix_ms` None) or a timeout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +149,9 @@ pub mod keys {
     pub fn ban(room: &str, user_id: u64) -> String {
         format!("room/{room}/ban/{user_id}")
     }
+    pub fn held(room: &str, held_id: u64) -> String {
+        format!("room/{room}/held/{held_id}")
+    }
     pub fn role(room: &str, user_id: u64) -> String {
         format!("room/{room}/role/{user_id}")
     }
@@ -231,6 +235,37 @@ pub struct Held {
     pub reason: AutoModReason,
 }
 
+/// A held message as stored (`room/{room}/held/{held_id}`), so a restart does not lose the moderators' queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredHeld {
+    pub user_id: u64,
+    pub login: String,
+    pub display_name: String,
+    pub color: String,
+    pub text: String,
+    #[serde(default)]
+    pub action: bool,
+    #[serde(default)]
+    pub reply_parent: Option<String>,
+    pub reason: String,
+}
+
+impl StoredHeld {
+    pub fn of(held: &Held) -> StoredHeld {
+        let s = &held.submit;
+        StoredHeld {
+            user_id: s.user_id,
+            login: s.login.clone(),
+            display_name: s.display_name.clone(),
+            color: s.color.clone(),
+            text: s.text.clone(),
+            action: s.action,
+            reply_parent: s.reply_parent.clone(),
+            reason: held.reason.as_str().to_owned(),
+        }
+    }
+}
+
 /// Why a send is refused by the room's rules: Twitch's `msg-id` and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -250,6 +285,8 @@ pub enum SendVerdict {
 /// The home shard's moderation state of one room.
 #[derive(Debug)]
 pub struct RoomModeration {
+    /// The room's index, for messages restored from the held list.
+    room: usize,
     pub view: RoomView,
     /// Logins of granted roles, for `/mods` and `/vips`.
     pub granted_logins: HashMap<u64, String>,
@@ -273,7 +310,7 @@ fn fingerprint(text: &str) -> u64 {
 }
 
 impl RoomModeration {
-    pub fn new(info: &RoomInfo) -> RoomModeration {
+    pub fn new(room: usize, info: &RoomInfo) -> RoomModeration {
         let mut automod = AutoMod::new(AutoModConfig::default());
         for phrase in &info.banned_phrases {
             if let Err(err) = automod.add_phrase(phrase) {
@@ -284,6 +321,7 @@ impl RoomModeration {
             }
         }
         RoomModeration {
+            room,
             view: RoomView::default(),
             granted_logins: HashMap::new(),
             bans: HashMap::new(),
@@ -332,6 +370,32 @@ impl RoomModeration {
                 if ban.active(now_ms) {
                     self.bans.insert(id, ban);
                 }
+            } else if let Some(rest) = key.strip_prefix("held/") {
+                let held_id = rest.parse::<u64>().map_err(|e| e.to_string())?;
+                let stored: StoredHeld =
+                    serde_json::from_slice(value).map_err(|e| e.to_string())?;
+                let reason = AutoModReason::parse(&stored.reason).ok_or("unknown reason")?;
+                let held = Held {
+                    submit: Box::new(Submit {
+                        room: self.room,
+                        // The author's connection did not survive the restart; shard 0 has no such connection.
+                        origin: Origin {
+                            shard: 0,
+                            conn: u64::MAX,
+                        },
+                        user_id: stored.user_id,
+                        login: stored.login,
+                        display_name: stored.display_name,
+                        color: stored.color,
+                        text: stored.text,
+                        client_nonce: None,
+                        sent_ms: now_ms,
+                        action: stored.action,
+                        reply_parent: stored.reply_parent,
+                    }),
+                    reason,
+                };
+                self.held.insert(held_id, held);
             } else if let Some(rest) = key.strip_prefix("role/") {
                 let id = user_id(rest).ok_or("bad user id")?;
                 let grant: Grant = serde_json::from_slice(value).map_err(|e| e.to_string())?;
@@ -523,7 +587,7 @@ mod tests {
     #[test]
     fn roles_come_from_the_file_and_grants_override_them() {
         let info = info();
-        let mut room = RoomModeration::new(&info);
+        let mut room = RoomModeration::new(0, &info);
         let granted = |room: &RoomModeration| room.view.granted.clone();
         assert_eq!(role_of(&info, &granted(&room), 1, "bea"), Role::Broadcaster);
         assert_eq!(role_of(&info, &granted(&room), 2, "mo"), Role::Moderator);
@@ -542,7 +606,7 @@ mod tests {
 
     #[test]
     fn bans_and_timeouts_refuse_until_they_end() {
-        let mut room = RoomModeration::new(&info());
+        let mut room = RoomModeration::new(0, &info());
         room.bans.insert(
             7,
             Ban {
@@ -583,10 +647,13 @@ mod tests {
 
     #[test]
     fn modes_refuse_with_twitchs_ids_and_exempt_the_right_roles() {
-        let mut room = RoomModeration::new(&RoomInfo {
-            automod: AutoModMode::Off,
-            ..info()
-        });
+        let mut room = RoomModeration::new(
+            0,
+            &RoomInfo {
+                automod: AutoModMode::Off,
+                ..info()
+            },
+        );
         room.view.modes = RoomModes {
             slow_secs: 10,
             emote_only: false,
@@ -634,7 +701,7 @@ mod tests {
 
     #[test]
     fn automod_blocks_or_holds_by_the_rooms_setting() {
-        let mut block = RoomModeration::new(&info());
+        let mut block = RoomModeration::new(0, &info());
         match block.check_send("lobby", 5, Role::Viewer, "come buy followers now", 0) {
             SendVerdict::Refuse(r) => assert_eq!(r.msg_id, "msg_rejected_mandatory"),
             other => panic!("{other:?}"),
@@ -643,10 +710,13 @@ mod tests {
             block.check_send("lobby", 5, Role::Moderator, "come buy followers now", 0),
             SendVerdict::Accept
         );
-        let mut hold = RoomModeration::new(&RoomInfo {
-            automod: AutoModMode::Hold,
-            ..info()
-        });
+        let mut hold = RoomModeration::new(
+            0,
+            &RoomInfo {
+                automod: AutoModMode::Hold,
+                ..info()
+            },
+        );
         assert_eq!(
             hold.check_send("lobby", 5, Role::Viewer, "come buy followers now", 0),
             SendVerdict::Hold(AutoModReason::Phrase)
@@ -655,7 +725,7 @@ mod tests {
 
     #[test]
     fn restore_reads_back_what_was_stored() {
-        let mut room = RoomModeration::new(&info());
+        let mut room = RoomModeration::new(0, &info());
         let modes = StoredModes {
             slow: 30,
             emote_only: true,

@@ -10,8 +10,8 @@ use twitchy_inference::StyledBy;
 use twitchy_storage::{MessageId, MessageIdGen, MessageRecord, StorageError};
 
 use super::moderation::{
-    Ban, Grant, Held, Profile, RoomModeration, RoomView, SendVerdict, StoredAutoMod, StoredModes,
-    StoredReply, keys, role_of,
+    Ban, Grant, Held, Profile, RoomModeration, RoomView, SendVerdict, StoredAutoMod, StoredHeld,
+    StoredModes, StoredReply, keys, role_of,
 };
 use super::outbound::{OutQueue, Stamp, Transport};
 use super::{
@@ -353,6 +353,9 @@ pub struct ShardCore {
     online: HashMap<String, Vec<Origin>>,
     /// Inbox reads for connections that just logged in.
     inbox_reads: HashMap<u64, Origin>,
+    /// Inbox entries delivered whose removal is not yet durable (by ticket): a login meanwhile must not get them
+    /// again.
+    inbox_removing: HashMap<u64, String>,
     ids: MessageIdGen,
     rate: RateLimiter,
     dedupe: Dedupe,
@@ -401,7 +404,7 @@ impl ShardCore {
                     subscribers: vec![false; cfg.shard_count],
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
-                    moderation: RoomModeration::new(&cfg.rooms[room]),
+                    moderation: RoomModeration::new(room, &cfg.rooms[room]),
                     members: HashMap::new(),
                     membership_pending: Vec::new(),
                     members_listed: true,
@@ -429,6 +432,7 @@ impl ShardCore {
             whispers: HashMap::new(),
             online: HashMap::new(),
             inbox_reads: HashMap::new(),
+            inbox_removing: HashMap::new(),
             ids: MessageIdGen::new(cfg.node_id, cfg.shard as u16),
             rate: RateLimiter::new(cfg.rate),
             dedupe: Dedupe::default(),
@@ -576,18 +580,7 @@ impl ShardCore {
             .and_then(|c| c.session.identity())
             .map(|i| (i.login.clone(), i.user_id));
         if let Some((login, user_id)) = user {
-            let home = user_home(&login, self.cfg.shard_count);
-            let at = Origin {
-                shard: self.cfg.shard,
-                conn: id,
-            };
-            let msg = PeerMsg::UserSeen {
-                login,
-                user_id,
-                at,
-                online: false,
-            };
-            self.send_peer(home, msg, 0);
+            self.tell_user_home(id, login, user_id, false, 0);
         }
         let index = slot_of(id);
         self.slots[index].conn = None;
@@ -870,18 +863,7 @@ impl ShardCore {
             AuthOutcome::Unavailable => conn.session.authentication_unavailable(&mut actions),
         }
         if let Some((login, user_id)) = seen.filter(|_| conn.session.is_registered()) {
-            let home = user_home(&login, self.cfg.shard_count);
-            let at = Origin {
-                shard: self.cfg.shard,
-                conn: id,
-            };
-            let msg = PeerMsg::UserSeen {
-                login,
-                user_id,
-                at,
-                online: true,
-            };
-            self.send_peer(home, msg, now_ms);
+            self.tell_user_home(id, login, user_id, true, now_ms);
         }
         self.run_actions(id, actions, now_ms);
     }
@@ -1520,8 +1502,8 @@ impl ShardCore {
             }
             SendVerdict::Hold(reason) => {
                 ShardMetrics::inc(&self.metrics().automod_held_total);
-                let held_id = self.next_ticket;
-                self.next_ticket += 1;
+                // Held ids outlive a restart (held messages are stored): time-based, unique per home.
+                let held_id = now_ms * 1024 + self.ticket() % 1024;
                 let event = RoomEvent::Held {
                     held_id,
                     login: submit.login.clone(),
@@ -1530,10 +1512,14 @@ impl ShardCore {
                     reason: reason.as_str(),
                     text: submit.text.clone(),
                 };
-                let evicted = self
-                    .home_room(room)
-                    .moderation
-                    .hold(held_id, Held { submit, reason });
+                let held = Held { submit, reason };
+                let stored = json(&StoredHeld::of(&held));
+                self.outputs.push_back(Output::PutSetting {
+                    ticket: 0,
+                    key: keys::held(&self.cfg.rooms[room].name, held_id),
+                    value: Some(stored),
+                });
+                let evicted = self.home_room(room).moderation.hold(held_id, held);
                 self.broadcast(room, event, now_ms);
                 if let Some((old_id, old)) = evicted {
                     self.resolve_held(room, old_id, old, false, now_ms);
@@ -2215,6 +2201,29 @@ impl ShardCore {
         }
     }
 
+    /// Tells a user's home that connection `id` of theirs logged in (`online`) or closed.
+    fn tell_user_home(
+        &mut self,
+        id: ConnId,
+        login: String,
+        user_id: u64,
+        online: bool,
+        now_ms: u64,
+    ) {
+        let home = user_home(&login, self.cfg.shard_count);
+        let at = Origin {
+            shard: self.cfg.shard,
+            conn: id,
+        };
+        let msg = PeerMsg::UserSeen {
+            login,
+            user_id,
+            at,
+            online,
+        };
+        self.send_peer(home, msg, now_ms);
+    }
+
     /// One of a user's connections logged in or closed (at the user's home): keep the directory whispers are
     /// delivered by, and hand a new connection what waited in the user's inbox.
     fn user_seen(&mut self, login: String, user_id: u64, at: Origin, online: bool) {
@@ -2254,22 +2263,23 @@ impl ShardCore {
             return;
         };
         for (key, value) in entries {
-            let Ok(whisper) = serde_json::from_slice::<Whisper>(&value) else {
-                log::warn!("inbox entry {key:?} is not a whisper; removed");
-                self.outputs.push_back(Output::PutSetting {
-                    ticket: 0,
-                    key,
-                    value: None,
-                });
+            if self.inbox_removing.values().any(|k| *k == key) {
                 continue;
-            };
-            let msg = PeerMsg::WhisperTo {
-                conn: at.conn,
-                whisper: Arc::new(whisper),
-            };
-            self.send_peer(at.shard, msg, now_ms);
+            }
+            let whisper = serde_json::from_slice::<Whisper>(&value);
+            if let Ok(whisper) = whisper {
+                let msg = PeerMsg::WhisperTo {
+                    conn: at.conn,
+                    whisper: Arc::new(whisper),
+                };
+                self.send_peer(at.shard, msg, now_ms);
+            } else {
+                log::warn!("inbox entry {key:?} is not a whisper; removed");
+            }
+            let ticket = self.ticket();
+            self.inbox_removing.insert(ticket, key.clone());
             self.outputs.push_back(Output::PutSetting {
-                ticket: 0,
+                ticket,
                 key,
                 value: None,
             });
@@ -2934,19 +2944,25 @@ impl ShardCore {
         let invalid =
             |msg_id: &'static str, text: String| Err(failed(ReplyKind::Invalid, msg_id, text));
         let decided: Result<SettingWrite, CommandReply> = match &submit.command {
-            ChatCommand::Timeout {
-                seconds, reason, ..
-            } => {
+            ChatCommand::Timeout { reason, .. } | ChatCommand::Ban { reason, .. } => {
+                let seconds = match &submit.command {
+                    ChatCommand::Timeout { seconds, .. } => Some(*seconds),
+                    _ => None,
+                };
+                let (verb, bad_broadcaster, bad_mod) = match seconds {
+                    Some(_) => ("timeout", "bad_timeout_broadcaster", "bad_timeout_mod"),
+                    None => ("ban", "bad_ban_broadcaster", "bad_ban_mod"),
+                };
                 if target_role == Role::Broadcaster {
                     invalid(
-                        "bad_timeout_broadcaster",
-                        "You cannot timeout the broadcaster.".into(),
+                        bad_broadcaster,
+                        format!("You cannot {verb} the broadcaster."),
                     )
                 } else if target_role == Role::Moderator && actor_role < Role::Broadcaster {
                     invalid(
-                        "bad_timeout_mod",
+                        bad_mod,
                         format!(
-                            "You cannot timeout moderator {target_login} unless you are the owner of this channel."
+                            "You cannot {verb} moderator {target_login} unless you are the owner of this channel."
                         ),
                     )
                 } else if ban.as_ref().is_some_and(|b| b.until_unix_ms.is_none()) {
@@ -2957,58 +2973,27 @@ impl ShardCore {
                 } else {
                     let ban = Ban {
                         login: target_login.clone(),
-                        until_unix_ms: Some(now_ms + u64::from(*seconds) * 1000),
+                        until_unix_ms: seconds.map(|s| now_ms + u64::from(s) * 1000),
                         reason: reason.clone(),
                     };
-                    Ok((
-                        keys::ban(&room_name, target_id),
-                        Some(json(&ban)),
-                        Effect::Ban {
-                            user_id: target_id,
-                            ban,
-                        },
-                        done(
+                    let success = match seconds {
+                        Some(s) => done(
                             "timeout_success",
-                            format!("{target_login} has been timed out for {seconds} seconds."),
+                            format!("{target_login} has been timed out for {s} seconds."),
                         ),
-                    ))
-                }
-            }
-            ChatCommand::Ban { reason, .. } => {
-                if target_role == Role::Broadcaster {
-                    invalid(
-                        "bad_ban_broadcaster",
-                        "You cannot ban the broadcaster.".into(),
-                    )
-                } else if target_role == Role::Moderator && actor_role < Role::Broadcaster {
-                    invalid(
-                        "bad_ban_mod",
-                        format!(
-                            "You cannot ban moderator {target_login} unless you are the owner of this channel."
-                        ),
-                    )
-                } else if ban.as_ref().is_some_and(|b| b.until_unix_ms.is_none()) {
-                    invalid(
-                        "already_banned",
-                        format!("{target_login} is already banned in this channel."),
-                    )
-                } else {
-                    let ban = Ban {
-                        login: target_login.clone(),
-                        until_unix_ms: None,
-                        reason: reason.clone(),
-                    };
-                    Ok((
-                        keys::ban(&room_name, target_id),
-                        Some(json(&ban)),
-                        Effect::Ban {
-                            user_id: target_id,
-                            ban,
-                        },
-                        done(
+                        None => done(
                             "ban_success",
                             format!("{target_login} is now banned from this channel."),
                         ),
+                    };
+                    Ok((
+                        keys::ban(&room_name, target_id),
+                        Some(json(&ban)),
+                        Effect::Ban {
+                            user_id: target_id,
+                            ban,
+                        },
+                        success,
                     ))
                 }
             }
@@ -3176,6 +3161,13 @@ impl ShardCore {
         if let Some(job) = self.whispers.remove(&ticket) {
             return self.whisper_stored(job, result, now_ms);
         }
+        if let Some(key) = self.inbox_removing.remove(&ticket) {
+            if let Err(err) = result {
+                // Delivered, but still in the inbox: the next login gets it again (at least once, never lost).
+                log::warn!("inbox entry {key} not removed: {err}");
+            }
+            return;
+        }
         let Some(op) = self.commands.remove(&ticket) else {
             return;
         };
@@ -3263,6 +3255,11 @@ impl ShardCore {
     /// its sender was told it is held) or denied; the moderators and the author are told.
     fn resolve_held(&mut self, room: usize, held_id: u64, held: Held, allowed: bool, now_ms: u64) {
         let author = RoomModeration::held_origin(&held);
+        self.outputs.push_back(Output::PutSetting {
+            ticket: 0,
+            key: keys::held(&self.cfg.rooms[room].name, held_id),
+            value: None,
+        });
         self.broadcast(room, RoomEvent::Resolved { held_id, allowed }, now_ms);
         let (msg_id, text) = if allowed {
             (

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod twitch_irc;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
