@@ -331,10 +331,11 @@ fn emotes_actions_replies_reactions_and_typing_between_two_pages() {
             )
             .await;
         assert!(typing.as_str().unwrap().contains("bob_feat"), "{typing}");
-        let seen = carol.expect(WAIT, "the typing TAGMSG", |l| {
-            l.command == "TAGMSG" && l.tag("+typing") == Some("active")
+        carol.expect(WAIT, "bob's typing TAGMSG", |l| {
+            l.command == "TAGMSG"
+                && l.tag("+typing") == Some("active")
+                && l.prefix.starts_with("bob_feat!")
         });
-        assert!(seen.prefix.starts_with("bob_feat!"), "{seen:?}");
         bob.js(
             "const i = document.getElementById('input'); i.value = ''; i.dispatchEvent(new Event('input'));",
             vec![],
@@ -470,7 +471,8 @@ fn viewer_list_and_whispers_between_two_pages() {
                 "bob's conversation in the list",
                 WAIT,
                 r#"const c = document.querySelector('#whisper-list .conversation[data-login="bob_talks"]');
-                   return c ? (c.querySelector('.unread') || {}).textContent || '' : null;"#,
+                   const u = c && c.querySelector('.unread');
+                   return c ? (u.hidden ? '' : u.textContent) : null;"#,
                 vec![],
             )
             .await;
@@ -500,9 +502,10 @@ fn viewer_list_and_whispers_between_two_pages() {
         );
         alice
             .wait_js(
-                "the unread badge cleared",
+                "the unread badges cleared",
                 WAIT,
-                "return document.getElementById('whispers-unread').hidden",
+                r#"return document.getElementById('whispers-unread').hidden
+                    && document.querySelector('#whisper-list .conversation[data-login="bob_talks"] .unread').hidden;"#,
                 vec![],
             )
             .await;

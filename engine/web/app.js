@@ -1447,6 +1447,27 @@
     return text;
   }
 
+  // Makes `container`'s children one per key, in order, keeping the nodes of keys already there (`node.dataset.key`),
+  // so that a refresh does not take focus or a click target away. `create(key)` builds a node; `update(node, key)`
+  // brings one up to date.
+  function syncList(container, keys, create, update) {
+    const existing = new Map();
+    for (const node of container.children) existing.set(node.dataset.key, node);
+    const wanted = new Set(keys);
+    for (const [key, node] of existing) {
+      if (!wanted.has(key)) node.remove();
+    }
+    keys.forEach((key, index) => {
+      let node = existing.get(key);
+      if (!node) {
+        node = create(key);
+        node.dataset.key = key;
+      }
+      update(node, key);
+      if (container.children[index] !== node) container.insertBefore(node, container.children[index] || null);
+    });
+  }
+
   function authHeaders() {
     return { Authorization: `Bearer ${state.auth?.token || ''}`, Accept: 'application/json' };
   }
@@ -1470,6 +1491,25 @@
         return { id, code: e.code, url: sameOriginPath(e.url, `/emotes/${encodeURIComponent(id)}.svg`) };
       });
     return state.emotes;
+  }
+
+  // The `emotes` tag for text the server sent without one (whispers from the HTTP API): whole words that are
+  // codes, at code-point offsets, as the server computes it.
+  function localEmotesTag(text) {
+    if (!state.emotes) return '';
+    const ids = new Map(state.emotes.map((e) => [e.code, e.id]));
+    const found = new Map();
+    let at = 0;
+    for (const word of text.split(' ')) {
+      const length = Array.from(word).length;
+      const id = ids.get(word);
+      if (id !== undefined) {
+        if (!found.has(id)) found.set(id, []);
+        found.get(id).push(`${at}-${at + length - 1}`);
+      }
+      at += length + 1;
+    }
+    return [...found].map(([id, ranges]) => `${id}:${ranges.join(',')}`).join('/');
   }
 
   async function toggleEmotePicker(wanted) {
@@ -1825,23 +1865,30 @@
     ui.chattersCounts.dataset.loggedIn = String(loggedIn);
     ui.chattersCounts.dataset.anonymous = String(c.anonymous);
     const me = state.auth?.username || '';
-    const items = [...c.names].sort().map((login) => {
-      const li = el('li', 'chatter');
-      li.dataset.login = login;
-      const name = el('span', 'chatter-name', login);
-      name.style.color = readableColor('', login);
-      li.append(name);
-      if (state.auth && login !== me) {
-        const whisper = el('button', 'act chatter-whisper', '✉');
-        whisper.type = 'button';
-        whisper.dataset.whisper = login;
-        whisper.title = `Whisper to ${login}`;
-        whisper.setAttribute('aria-label', whisper.title);
-        li.append(whisper);
-      }
-      return li;
-    });
-    ui.chattersList.replaceChildren(...items);
+    // Whether a name gets a whisper button depends on who is logged in, so it is part of the key.
+    const keys = [...c.names].sort().map((login) => `${state.auth && login !== me ? 'w' : '-'}${login}`);
+    syncList(
+      ui.chattersList,
+      keys,
+      (key) => {
+        const login = key.slice(1);
+        const li = el('li', 'chatter');
+        li.dataset.login = login;
+        const name = el('span', 'chatter-name', login);
+        name.style.color = readableColor('', login);
+        li.append(name);
+        if (key.startsWith('w')) {
+          const whisper = el('button', 'act chatter-whisper', '✉');
+          whisper.type = 'button';
+          whisper.dataset.whisper = login;
+          whisper.title = `Whisper to ${login}`;
+          whisper.setAttribute('aria-label', whisper.title);
+          li.append(whisper);
+        }
+        return li;
+      },
+      () => {},
+    );
   }
 
   function toggleChatters(wanted) {
@@ -1920,24 +1967,29 @@
     ui.whispersUnread.hidden = total === 0;
     ui.whispersButton.setAttribute('aria-label', total ? `Whispers, ${total} unread` : 'Whispers');
     ui.whispersEmpty.hidden = conversations.length > 0;
-    ui.whisperList.replaceChildren(
-      ...conversations.map((c) => {
+    syncList(
+      ui.whisperList,
+      conversations.map((c) => c.login),
+      (login) => {
         const li = el('li', 'conversation');
-        li.dataset.login = c.login;
+        li.dataset.login = login;
         const open = el('button', 'conversation-open');
         open.type = 'button';
-        open.dataset.whisper = c.login;
-        const name = el('span', 'conversation-name', c.login);
-        name.style.color = readableColor('', c.login);
-        open.append(name);
-        if (c.unread) {
-          const badge = el('span', 'count-badge unread', c.unread > 99 ? '99+' : String(c.unread));
-          open.append(badge);
-        }
-        open.setAttribute('aria-label', c.unread ? `${c.login}, ${c.unread} unread` : c.login);
+        open.dataset.whisper = login;
+        const name = el('span', 'conversation-name', login);
+        name.style.color = readableColor('', login);
+        const badge = el('span', 'count-badge unread');
+        open.append(name, badge);
         li.append(open);
         return li;
-      }),
+      },
+      (li, login) => {
+        const unread = W.conversations.get(login)?.unread || 0;
+        const badge = li.querySelector('.unread');
+        badge.textContent = unread > 99 ? '99+' : String(unread);
+        badge.hidden = unread === 0;
+        li.firstChild.setAttribute('aria-label', unread ? `${login}, ${unread} unread` : login);
+      },
     );
   }
 
@@ -1995,6 +2047,8 @@
       }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const body = await response.json();
+      // Stored whispers come without an `emotes` tag; the codes are found with the emote list.
+      await loadEmotes().catch(() => null);
       if (W.open !== peer) return;
       // The API answers newest first; the conversation reads oldest first.
       const whispers = (Array.isArray(body?.whispers) ? body.whispers : []).slice().reverse();
@@ -2009,6 +2063,7 @@
             name: String(w.from_display_name || from),
             color: String(w.from_color || ''),
             text: String(w.text ?? ''),
+            emotes: typeof w.emotes === 'string' ? w.emotes : localEmotesTag(String(w.text ?? '')),
             sentMs: Number(w.sent_unix_ms) || Date.now(),
             mine: from === state.auth?.username,
           }),
