@@ -8,6 +8,8 @@
 mod common;
 
 mod browser {
+    // Shared with the other browser test files; this one uses only part of it.
+    #[allow(dead_code)]
     pub mod harness_ext;
     pub mod irc_client;
     pub mod webdriver;

@@ -38,7 +38,38 @@
     heldWaitMs: 30 * 60 * 1000,
     // Ids of own messages deleted by their author, remembered to word the deletion.
     selfDeletesMax: 200,
+    // A typing indicator is sent at most this often while the user types, and a received one is shown this long.
+    typingSendEveryMs: 3000,
+    typingShowMs: 6000,
+    // The server relays at most 10 client-tag messages (typing, reactions) per connection in 5 s and drops the rest
+    // silently; the page keeps under that, with typing indicators allowed only part of it so reactions get through.
+    tagMsgsPerWindowMax: 10,
+    tagMsgWindowMs: 5000,
+    typingTagMsgsPerWindowMax: 6,
+    // Reactions waiting for room under that limit; more are dropped.
+    reactionsQueuedMax: 20,
+    // Messages whose reaction counts are remembered (the newest); reactions to older ones are not shown.
+    reactedMessagesMax: 500,
+    // Characters of a parent message shown above a reply and in the "Replying to" bar.
+    replyPreviewCharsMax: 120,
+    // Names one viewer-list request asks for (the API's largest page) and names the list keeps.
+    chattersPageMax: 1000,
+    chattersShownMax: 1000,
+    // The viewer list's counts are asked for again this often while it is open (JOIN and PART keep the names live).
+    chattersRefreshMs: 30000,
+    // Whispers shown per conversation (the newest), and conversations listed.
+    whisperThreadMessagesMax: 100,
+    whisperConversationsMax: 200,
+    // Live whispers arriving together cause one refresh of the conversation list.
+    whisperRefreshDelayMs: 250,
+    // Catching up after a reconnect: at most this many messages, none older than the window, in pages of this size.
+    catchUpMessagesMax: 1000,
+    catchUpWindowMs: 10 * 60 * 1000,
+    catchUpPageMessages: 100,
   };
+
+  // Reactions offered on each line (a small fixed set, as in Twitch's quick reactions).
+  const REACTION_EMOJIS = ['👍', '😂', '🔥', '❤️'];
 
   const TOKEN_KEY = 'twitchy.auth';
 
@@ -304,6 +335,23 @@
     oldestId: null,
     noOlder: false,
     loadingOlder: false,
+    // The newest message id seen in the current room: where catching up after a reconnect starts.
+    lastId: '',
+    // While catching up after a reconnect: { room, afterId, held: [messages that arrived meanwhile] }.
+    catchUp: null,
+    // The message the next send replies to: { id, login, displayName, text }.
+    replyTo: null,
+    // Reaction counts by message id: Map(emoji → count); and this user's own reactions, as "id emoji".
+    reactions: new Map(),
+    myReactions: new Set(),
+    // Who is typing in the current room: login → { name, timer }.
+    typers: new Map(),
+    // The current room's logged-in viewers, from the chatters API, NAMES, JOIN and PART.
+    chatters: { room: null, names: new Set(), anonymous: 0, loading: false, pending: [], timer: 0 },
+    // The global emotes from /api/emotes, loaded when the picker first opens.
+    emotes: null,
+    // Whispers: conversations by peer login ({ login, unread, lastId }), the open conversation and its lines.
+    whispers: { conversations: new Map(), open: null, ids: new Set(), pending: [], refreshTimer: 0 },
   };
 
   // Who this page chats as: display name, colour and badges from USERSTATE, the user id from GLOBALUSERSTATE, and the
@@ -399,6 +447,33 @@
     usernameInput: $('settings-username'),
     usernameSave: $('username-save'),
     usernameMsg: $('username-msg'),
+    typing: $('typing'),
+    replyBar: $('reply-bar'),
+    replyText: $('reply-text'),
+    replyCancel: $('reply-cancel'),
+    emoteButton: $('emote-button'),
+    emotePicker: $('emote-picker'),
+    emotePickerStatus: $('emote-picker-status'),
+    emoteGrid: $('emote-grid'),
+    chattersButton: $('btn-chatters'),
+    chattersPanel: $('chatters-panel'),
+    chattersCounts: $('chatters-counts'),
+    chattersList: $('chatters-list'),
+    whispersButton: $('btn-whispers'),
+    whispersUnread: $('whispers-unread'),
+    whispersPanel: $('whispers-panel'),
+    whispersTitle: $('whispers-title'),
+    whisperBack: $('whisper-back'),
+    whisperHome: $('whisper-home'),
+    whisperNew: $('whisper-new'),
+    whisperTo: $('whisper-to'),
+    whispersEmpty: $('whispers-empty'),
+    whisperList: $('whisper-list'),
+    whisperThread: $('whisper-thread'),
+    whisperMessages: $('whisper-messages'),
+    whisperError: $('whisper-error'),
+    whisperForm: $('whisper-form'),
+    whisperInput: $('whisper-input'),
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -551,6 +626,8 @@
     if (location.hash !== `#${name}`) history.replaceState(null, '', `#${name}`);
     // The first room keeps what was said before it was chosen (e.g. a refused login).
     if (previous) resetLines();
+    state.lastId = '';
+    state.catchUp = null;
     resetRoomState();
     renderRooms();
     addSystemLine(`Joining #${name}…`);
@@ -672,6 +749,7 @@
   function renderMessage(m) {
     const line = el('div', 'line msg');
     if (m.id) line.dataset.id = m.id;
+    if (m.reply?.id) line.append(renderReplyParent(m.reply));
     line.dataset.login = m.login;
     if (m.userId) line.dataset.userId = m.userId;
     if (m.historical) line.classList.add('historical');
@@ -709,16 +787,19 @@
     if (m.displayName && m.displayName.toLowerCase() !== m.login) name.title = m.login;
     line.append(name);
 
+    // A `/me` line reads as Twitch shows it: the whole text in the author's colour, in italics, with no colon.
     let text = m.text ?? '';
-    let action = false;
-    const actionMatch = /^\u0001ACTION (.*?)\u0001?$/s.exec(text);
-    if (actionMatch) {
-      text = actionMatch[1];
+    let action = !!m.action;
+    const inner = actionInner(text);
+    if (inner !== null) {
+      text = inner;
       action = true;
     }
-    if (!action) line.append(el('span', 'colon', ': '));
-    const body = el('span', 'text', text);
+    line.append(action ? ' ' : el('span', 'colon', ': '));
+    const body = el('span', 'text');
+    fillText(body, text, m.emotes);
     if (action) {
+      line.classList.add('action');
       body.classList.add('action');
       body.style.color = name.style.color;
     }
@@ -734,8 +815,107 @@
     line.append(originalBox);
 
     if (m.own) line.append(el('span', 'status'));
+    line.append(renderTools(m.displayName || m.login), el('span', 'reactions'));
+    if (m.id) renderReactions(line, m.id);
     if (m.deleted) showDeleted(line, m.deleted);
     return line;
+  }
+
+  // The text inside a CTCP ACTION (`\x01ACTION waves\x01`), or null for any other text.
+  function actionInner(text) {
+    const match = /^\u0001ACTION (.*?)\u0001?$/s.exec(text || '');
+    return match ? match[1] : null;
+  }
+
+  // Twitch's `emotes` tag, "id:start-end,start-end/id:start-end": inclusive offsets in code points (not UTF-16
+  // units) into the shown text. Returns the ranges in text order, dropping malformed, overlapping and out-of-text
+  // ones, so a wrong tag can never hide or repeat text.
+  function parseEmotesTag(tag, length) {
+    const ranges = [];
+    if (!tag) return ranges;
+    for (const group of String(tag).split('/')) {
+      const colon = group.indexOf(':');
+      if (colon <= 0) continue;
+      const id = group.slice(0, colon);
+      if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) continue;
+      for (const range of group.slice(colon + 1).split(',')) {
+        const match = /^(\d+)-(\d+)$/.exec(range);
+        if (!match) continue;
+        const start = Number(match[1]);
+        const end = Number(match[2]);
+        if (start <= end && end < length) ranges.push({ id, start, end });
+      }
+    }
+    ranges.sort((a, b) => a.start - b.start);
+    const kept = [];
+    let next = 0;
+    for (const range of ranges) {
+      if (range.start < next) continue;
+      kept.push(range);
+      next = range.end + 1;
+    }
+    return kept;
+  }
+
+  // Fills `node` with `text`, its emote codes (per the `emotes` tag) drawn as images whose alt text is the code.
+  function fillText(node, text, emotesTag) {
+    const chars = Array.from(text);
+    const ranges = parseEmotesTag(emotesTag, chars.length);
+    if (!ranges.length) {
+      node.textContent = text;
+      return;
+    }
+    node.replaceChildren();
+    let at = 0;
+    for (const range of ranges) {
+      if (range.start > at) node.append(chars.slice(at, range.start).join(''));
+      node.append(emoteImage(range.id, chars.slice(range.start, range.end + 1).join('')));
+      at = range.end + 1;
+    }
+    if (at < chars.length) node.append(chars.slice(at).join(''));
+  }
+
+  function emoteImage(id, code) {
+    const img = document.createElement('img');
+    img.className = 'emote';
+    img.src = `/emotes/${encodeURIComponent(id)}.svg`;
+    img.alt = code;
+    img.title = code;
+    img.dataset.emoteId = id;
+    return img;
+  }
+
+  // "Replying to @name: text" above a reply.
+  function renderReplyParent(reply) {
+    const parent = el('div', 'reply-parent');
+    parent.dataset.parentId = reply.id;
+    const who = reply.displayName || reply.login;
+    parent.append(el('span', 'reply-parent-label', `Replying to @${who}: `), el('span', 'reply-parent-body', preview(reply.body)));
+    parent.title = `Replying to @${who}: ${reply.body}`;
+    return parent;
+  }
+
+  function preview(text) {
+    const chars = Array.from(actionInner(text) ?? text ?? '');
+    return chars.length > LIMITS.replyPreviewCharsMax ? `${chars.slice(0, LIMITS.replyPreviewCharsMax).join('')}…` : chars.join('');
+  }
+
+  // Reply and react, for anyone signed in (the stylesheet hides them from guests and on lines without an id).
+  function renderTools(name) {
+    const wrap = el('span', 'tools');
+    const reply = el('button', 'tool tool-reply', '↩');
+    reply.type = 'button';
+    reply.dataset.action = 'reply';
+    reply.title = `Reply to ${name}`;
+    reply.setAttribute('aria-label', reply.title);
+    const react = el('button', 'tool tool-react', '☺');
+    react.type = 'button';
+    react.dataset.action = 'react';
+    react.title = `React to the message from ${name}`;
+    react.setAttribute('aria-label', react.title);
+    react.setAttribute('aria-expanded', 'false');
+    wrap.append(reply, react);
+    return wrap;
   }
 
   // The moderation buttons of one line. Every line gets them; the stylesheet shows them only to moderators (the
@@ -778,11 +958,22 @@
   }
 
   function addChatMessage(m) {
+    // While catching up after a reconnect, lines of the room wait until the missed ones are shown before them.
+    if (state.catchUp && m.room === state.catchUp.room) {
+      state.catchUp.held.push(m);
+      return;
+    }
     if (m.id) {
       if (state.seenIds.has(m.id)) return;
       rememberId(m.id);
+      if (m.room === state.room) noteSeen(m.id);
     }
     enqueue({ kind: 'msg', ...m });
+  }
+
+  // Message ids are time-ordered and of fixed width, so the newest is the greatest string.
+  function noteSeen(id) {
+    if (id && id > state.lastId) state.lastId = id;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -810,8 +1001,7 @@
     }
     if (entry.styled !== null && !line.classList.contains('deleted')) {
       const body = line.querySelector('.text');
-      const action = /^\u0001ACTION (.*?)\u0001?$/s.exec(entry.styled);
-      body.textContent = action ? action[1] : entry.styled;
+      fillText(body, actionInner(entry.styled) ?? entry.styled, entry.emotes);
       if (entry.styled !== entry.text) {
         line.classList.add('has-original');
         body.title = `Original: ${entry.text}`;
@@ -854,7 +1044,9 @@
       color: state.me.color,
       badges: state.me.badges,
       text: entry.styled ?? entry.text,
-      original: entry.text,
+      original: actionInner(entry.text) ?? entry.text,
+      emotes: entry.emotes,
+      reply: entry.reply,
       sentMs: Date.now(),
       own: true,
     });
@@ -876,7 +1068,8 @@
       const body = await response.json();
       const found = (Array.isArray(body?.messages) ? body.messages : []).find((m) => m && String(m.id) === entry.id);
       if (found && entry.styled === null && typeof found.text === 'string') {
-        entry.styled = found.text;
+        entry.styled = found.action ? `\u0001ACTION ${found.text}\u0001` : found.text;
+        entry.emotes = typeof found.emotes === 'string' ? found.emotes : '';
         applyOwnStatus(entry);
       }
     } catch (_) {
@@ -905,12 +1098,15 @@
     const me = /^\/me\s+(.+)$/i.exec(text);
     if (me) body = `\u0001ACTION ${me[1]}\u0001`;
     const nonce = randomNonce();
+    const reply = state.replyTo && state.replyTo.room === state.room ? state.replyTo : null;
     const entry = {
       nonce,
       room: state.room,
       text: body,
       status: 'pending',
       styled: null,
+      emotes: '',
+      reply: reply ? { id: reply.id, login: reply.login, displayName: reply.displayName, body: reply.text } : null,
       id: null,
       el: null,
       timer: 0,
@@ -922,7 +1118,11 @@
       if (entry.status === 'pending') setOwnStatus(entry, 'failed', 'no confirmation from the server');
     }, LIMITS.ackWaitMs);
     state.own.set(nonce, entry);
-    conn.send(`@client-nonce=${escapeTagValue(nonce)} PRIVMSG #${state.room} :${body}`);
+    const tags = [`client-nonce=${escapeTagValue(nonce)}`];
+    if (reply) tags.push(`reply-parent-msg-id=${escapeTagValue(reply.id)}`);
+    conn.send(`@${tags.join(';')} PRIVMSG #${state.room} :${body}`);
+    typingDone();
+    cancelReply();
     drawOwnLine(entry);
     return true;
   }
@@ -969,6 +1169,16 @@
       case 'ban':
         if (login) sendCommand(`/ban ${login}`);
         break;
+      case 'reply':
+        if (id) startReply(line);
+        break;
+      case 'react':
+        toggleReactPicker(line, button);
+        break;
+      case 'react-with':
+        if (id) sendReaction(id, button.dataset.emoji || '');
+        closeReactPicker();
+        break;
       default:
         break;
     }
@@ -1014,6 +1224,10 @@
     clearHeld();
     state.modes = { slow: 0, emoteOnly: false, r9k: false };
     renderModes();
+    cancelReply();
+    closeReactPicker();
+    clearTypers();
+    typing.room = null;
   }
 
   // Queued lines not yet drawn are changed too, so a deletion that arrives in the same frame as its message wins.
@@ -1219,6 +1433,873 @@
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Chat features: emote picker, replies, reactions, typing indicators, the viewer list, whispers, and catching up
+  // after a reconnect.
+
+  function lineById(id) {
+    return id ? ui.lines.querySelector(`.line.msg[data-id="${CSS.escape(id)}"]`) : null;
+  }
+
+  // The text a line shows, emote images read back as their codes.
+  function shownText(node) {
+    let text = '';
+    for (const child of node?.childNodes || []) text += child.nodeType === Node.TEXT_NODE ? child.textContent : child.alt || '';
+    return text;
+  }
+
+  // Makes `container`'s children one per key, in order, keeping the nodes of keys already there (`node.dataset.key`),
+  // so that a refresh does not take focus or a click target away. `create(key)` builds a node; `update(node, key)`
+  // brings one up to date.
+  function syncList(container, keys, create, update) {
+    const existing = new Map();
+    for (const node of container.children) existing.set(node.dataset.key, node);
+    const wanted = new Set(keys);
+    for (const [key, node] of existing) {
+      if (!wanted.has(key)) node.remove();
+    }
+    keys.forEach((key, index) => {
+      let node = existing.get(key);
+      if (!node) {
+        node = create(key);
+        node.dataset.key = key;
+      }
+      update(node, key);
+      if (container.children[index] !== node) container.insertBefore(node, container.children[index] || null);
+    });
+  }
+
+  function authHeaders() {
+    return { Authorization: `Bearer ${state.auth?.token || ''}`, Accept: 'application/json' };
+  }
+
+  // Emote picker: the global emotes from /api/emotes; choosing one inserts its code at the caret.
+
+  // A URL from the API is used only when it stays on this server (the page's CSP allows images from here only).
+  function sameOriginPath(url, fallback) {
+    return typeof url === 'string' && /^\/[^/\\]/.test(url) ? url : fallback;
+  }
+
+  async function loadEmotes() {
+    if (state.emotes) return state.emotes;
+    const response = await fetch('/api/emotes', { headers: { Accept: 'application/json' } });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const list = await response.json();
+    state.emotes = (Array.isArray(list) ? list : [])
+      .filter((e) => e && typeof e.code === 'string' && e.code && e.id !== undefined && e.id !== null)
+      .map((e) => {
+        const id = String(e.id);
+        return { id, code: e.code, url: sameOriginPath(e.url, `/emotes/${encodeURIComponent(id)}.svg`) };
+      });
+    return state.emotes;
+  }
+
+  // The `emotes` tag for text the server sent without one (whispers from the HTTP API): whole words that are
+  // codes, at code-point offsets, as the server computes it.
+  function localEmotesTag(text) {
+    if (!state.emotes) return '';
+    const ids = new Map(state.emotes.map((e) => [e.code, e.id]));
+    const found = new Map();
+    let at = 0;
+    for (const word of text.split(' ')) {
+      const length = Array.from(word).length;
+      const id = ids.get(word);
+      if (id !== undefined) {
+        if (!found.has(id)) found.set(id, []);
+        found.get(id).push(`${at}-${at + length - 1}`);
+      }
+      at += length + 1;
+    }
+    return [...found].map(([id, ranges]) => `${id}:${ranges.join(',')}`).join('/');
+  }
+
+  async function toggleEmotePicker(wanted) {
+    const open = wanted ?? ui.emotePicker.hidden;
+    ui.emotePicker.hidden = !open;
+    ui.emoteButton.setAttribute('aria-expanded', String(open));
+    if (!open || ui.emoteGrid.childElementCount) return;
+    ui.emotePickerStatus.hidden = false;
+    ui.emotePickerStatus.textContent = 'Loading emotes…';
+    try {
+      const emotes = await loadEmotes();
+      if (ui.emoteGrid.childElementCount) return;
+      for (const emote of emotes) {
+        const button = el('button', 'emote-choice');
+        button.type = 'button';
+        button.dataset.code = emote.code;
+        button.title = emote.code;
+        button.setAttribute('aria-label', `Insert ${emote.code}`);
+        const img = document.createElement('img');
+        img.className = 'emote';
+        img.src = emote.url;
+        img.alt = emote.code;
+        button.append(img);
+        ui.emoteGrid.append(button);
+      }
+      ui.emotePickerStatus.hidden = true;
+    } catch (_) {
+      ui.emotePickerStatus.textContent = 'Could not load the emotes. Close and open the picker to try again.';
+    }
+  }
+
+  function insertAtCaret(code) {
+    const input = ui.input;
+    const start = input.selectionStart ?? input.value.length;
+    const end = input.selectionEnd ?? start;
+    const before = input.value.slice(0, start);
+    const after = input.value.slice(end);
+    // Codes are matched as whole words, so the inserted one is kept apart from its neighbours.
+    const lead = before && !/\s$/.test(before) ? ' ' : '';
+    const trail = after.startsWith(' ') ? '' : ' ';
+    input.value = `${before}${lead}${code}${trail}${after}`;
+    const caret = before.length + lead.length + code.length + trail.length;
+    input.focus();
+    input.setSelectionRange(caret, caret);
+    updateCounter();
+    onComposerTyping();
+  }
+
+  // Replies: the next message carries `reply-parent-msg-id`; the bar above the input says to what.
+
+  function startReply(line) {
+    if (!state.auth || !line.dataset.id || line.classList.contains('deleted')) return;
+    state.replyTo = {
+      room: state.room,
+      id: line.dataset.id,
+      login: line.dataset.login || '',
+      displayName: line.querySelector('.name')?.textContent || line.dataset.login || '',
+      text: shownText(line.querySelector('.text')),
+    };
+    ui.replyText.textContent = `Replying to @${state.replyTo.login}: ${preview(state.replyTo.text)}`;
+    ui.replyBar.hidden = false;
+    ui.input.focus();
+  }
+
+  function cancelReply() {
+    state.replyTo = null;
+    ui.replyBar.hidden = true;
+    ui.replyText.textContent = '';
+  }
+
+  // Reactions: a TAGMSG with `+draft/react` and `+draft/reply`; the server counts once per user and emoji and says
+  // the count in `twitchy/reaction-count`. A sender never gets its own back, so its own count is added here.
+
+  function setReactionCount(id, emoji, count) {
+    let counts = state.reactions.get(id);
+    if (!counts) {
+      counts = new Map();
+      state.reactions.set(id, counts);
+      if (state.reactions.size > LIMITS.reactedMessagesMax) state.reactions.delete(state.reactions.keys().next().value);
+    }
+    counts.set(emoji, count);
+    const line = lineById(id);
+    if (line) renderReactions(line, id);
+  }
+
+  function renderReactions(line, id) {
+    const wrap = line.querySelector('.reactions');
+    const counts = state.reactions.get(id);
+    if (!wrap || !counts) return;
+    wrap.replaceChildren();
+    for (const [emoji, count] of counts) {
+      if (!(count > 0)) continue;
+      const mine = state.myReactions.has(`${id} ${emoji}`);
+      const chip = el('button', `reaction${mine ? ' mine' : ''}`);
+      chip.type = 'button';
+      chip.dataset.action = 'react-with';
+      chip.dataset.emoji = emoji;
+      chip.append(el('span', 'reaction-emoji', emoji), el('span', 'reaction-count', String(count)));
+      chip.setAttribute('aria-label', `${emoji}: ${count} ${count === 1 ? 'reaction' : 'reactions'}`);
+      chip.setAttribute('aria-pressed', String(mine));
+      wrap.append(chip);
+    }
+  }
+
+  // Client-tag messages sent in the current window, and reactions waiting for room in it.
+  const tagMsgs = { sentMs: [], queue: [], timer: 0 };
+
+  function tagMsgRoom(kind) {
+    const now = Date.now();
+    while (tagMsgs.sentMs.length && now - tagMsgs.sentMs[0] >= LIMITS.tagMsgWindowMs) tagMsgs.sentMs.shift();
+    const max = kind === 'typing' ? LIMITS.typingTagMsgsPerWindowMax : LIMITS.tagMsgsPerWindowMax;
+    return tagMsgs.sentMs.length < max;
+  }
+
+  // Sends a TAGMSG if the window has room for it; returns whether it went.
+  function sendTagMsg(line, kind) {
+    if (!conn.isReady() || !tagMsgRoom(kind)) return false;
+    tagMsgs.sentMs.push(Date.now());
+    conn.send(line);
+    return true;
+  }
+
+  function flushReactions() {
+    clearTimeout(tagMsgs.timer);
+    while (tagMsgs.queue.length) {
+      const next = tagMsgs.queue[0];
+      if (next.room !== state.room) {
+        tagMsgs.queue.shift();
+        continue;
+      }
+      if (!sendTagMsg(next.line, 'reaction')) break;
+      tagMsgs.queue.shift();
+    }
+    if (tagMsgs.queue.length) {
+      const waitMs = Math.max(50, LIMITS.tagMsgWindowMs - (Date.now() - (tagMsgs.sentMs[0] || 0)));
+      tagMsgs.timer = setTimeout(flushReactions, waitMs);
+    }
+  }
+
+  function sendReaction(id, emoji) {
+    if (!emoji || !state.auth || !conn.isReady()) return;
+    if (tagMsgs.queue.length >= LIMITS.reactionsQueuedMax) return;
+    tagMsgs.queue.push({
+      room: state.room,
+      line: `@+draft/react=${escapeTagValue(emoji)};+draft/reply=${escapeTagValue(id)} TAGMSG #${state.room}`,
+    });
+    flushReactions();
+    const key = `${id} ${emoji}`;
+    if (state.myReactions.has(key)) return;
+    state.myReactions.add(key);
+    if (state.myReactions.size > LIMITS.reactedMessagesMax * REACTION_EMOJIS.length) {
+      state.myReactions.delete(state.myReactions.values().next().value);
+    }
+    setReactionCount(id, emoji, (state.reactions.get(id)?.get(emoji) || 0) + 1);
+  }
+
+  let reactPicker = null;
+
+  function toggleReactPicker(line, button) {
+    const wasHere = reactPicker && line.contains(reactPicker);
+    closeReactPicker();
+    if (wasHere || !state.auth || !line.dataset.id) return;
+    reactPicker = el('span', 'react-picker');
+    reactPicker.setAttribute('role', 'group');
+    reactPicker.setAttribute('aria-label', 'Reactions');
+    for (const emoji of REACTION_EMOJIS) {
+      const choice = el('button', 'tool react-choice', emoji);
+      choice.type = 'button';
+      choice.dataset.action = 'react-with';
+      choice.dataset.emoji = emoji;
+      choice.setAttribute('aria-label', `React with ${emoji}`);
+      reactPicker.append(choice);
+    }
+    button.setAttribute('aria-expanded', 'true');
+    button.after(reactPicker);
+    reactPicker.firstChild.focus();
+  }
+
+  function closeReactPicker() {
+    if (!reactPicker) return;
+    reactPicker.parentNode?.querySelector('.tool-react')?.setAttribute('aria-expanded', 'false');
+    reactPicker.remove();
+    reactPicker = null;
+  }
+
+  // Typing indicators: `+typing=active` at most every few seconds while the input has text, `+typing=done` when it
+  // is sent or cleared. Commands are not announced.
+
+  const typing = { sentMs: 0, room: null };
+
+  function onComposerTyping() {
+    const text = ui.input.value.trim();
+    if (!text) {
+      typingDone();
+      return;
+    }
+    // A command being typed ("/", "/ti", "/timeout …") says nothing either way.
+    if ((text.startsWith('/') && !/^\/me\s/i.test(text)) || isChatCommand(text)) return;
+    if (!state.auth || !conn.isReady()) return;
+    const now = Date.now();
+    if (typing.room === state.room && now - typing.sentMs < LIMITS.typingSendEveryMs) return;
+    if (!sendTagMsg(`@+typing=active TAGMSG #${state.room}`, 'typing')) return;
+    typing.sentMs = now;
+    typing.room = state.room;
+  }
+
+  function typingDone() {
+    if (!typing.room) return;
+    const room = typing.room;
+    typing.room = null;
+    typing.sentMs = 0;
+    if (room === state.room) sendTagMsg(`@+typing=done TAGMSG #${room}`, 'typing');
+  }
+
+  function showTyper(login, name) {
+    const known = state.typers.get(login);
+    if (known) clearTimeout(known.timer);
+    const timer = setTimeout(() => hideTyper(login), LIMITS.typingShowMs);
+    state.typers.set(login, { name, timer });
+    renderTypers();
+  }
+
+  function hideTyper(login) {
+    const known = state.typers.get(login);
+    if (!known) return;
+    clearTimeout(known.timer);
+    state.typers.delete(login);
+    renderTypers();
+  }
+
+  function clearTypers() {
+    for (const { timer } of state.typers.values()) clearTimeout(timer);
+    state.typers.clear();
+    renderTypers();
+  }
+
+  function renderTypers() {
+    const names = [...state.typers.values()].map((t) => t.name);
+    let text = '';
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = 'Several people are typing…';
+    ui.typing.textContent = text;
+    ui.typing.classList.toggle('active', !!text);
+  }
+
+  function onTagMsg(msg, room) {
+    if (!room || room !== state.room) return;
+    const tags = msg.tags;
+    const login = nickOf(msg.prefix);
+    const react = tags['+draft/react'];
+    const parent = tags['+draft/reply'];
+    if (react && parent) {
+      const count = Number(tags['twitchy/reaction-count']);
+      const known = state.reactions.get(parent)?.get(react) || 0;
+      setReactionCount(parent, react, Number.isInteger(count) && count > 0 ? count : known + 1);
+    }
+    const status = tags['+typing'];
+    // This account typing in another tab is not news.
+    if (!status || isMine(login, tags['user-id'] || '')) return;
+    if (status === 'active') showTyper(login, tags['display-name'] || login);
+    else hideTyper(login);
+  }
+
+  // The viewer list: logged-in users from the chatters API (with the counts), then kept live by NAMES, JOIN and
+  // PART (the `twitch.tv/membership` capability). Anonymous viewers are only counted, as on Twitch.
+
+  function isAnonymousLogin(login) {
+    return /^justinfan\d+$/.test(login);
+  }
+
+  function resetChatters(room) {
+    const c = state.chatters;
+    clearTimeout(c.timer);
+    c.room = room;
+    c.names = new Set();
+    c.loggedIn = 0;
+    c.anonymous = 0;
+    c.loaded = false;
+    c.loading = false;
+    c.pending = [];
+    renderChatters();
+  }
+
+  function chatterJoined(room, login) {
+    const c = state.chatters;
+    if (room !== c.room || !login || isAnonymousLogin(login)) return;
+    if (c.loading) c.pending.push(['join', login]);
+    if (c.names.has(login)) return;
+    c.loggedIn++;
+    if (c.names.size < LIMITS.chattersShownMax) c.names.add(login);
+    renderChatters();
+  }
+
+  function chatterLeft(room, login) {
+    const c = state.chatters;
+    if (room !== c.room || !login) return;
+    if (c.loading) c.pending.push(['part', login]);
+    if (!c.names.delete(login)) return;
+    c.loggedIn = Math.max(0, c.loggedIn - 1);
+    renderChatters();
+  }
+
+  async function loadChatters() {
+    const room = state.room;
+    const c = state.chatters;
+    if (!room || c.room !== room || c.loading) return;
+    clearTimeout(c.timer);
+    c.loading = true;
+    c.pending = [];
+    try {
+      const response = await fetch(`/api/rooms/${encodeURIComponent(room)}/chatters?limit=${LIMITS.chattersPageMax}`, {
+        headers: { Accept: 'application/json' },
+      });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const body = await response.json();
+      if (c.room !== room) return;
+      const names = new Set(
+        (Array.isArray(body?.chatters) ? body.chatters : [])
+          .filter((n) => typeof n === 'string' && n)
+          .map((n) => n.toLowerCase())
+          .slice(0, LIMITS.chattersShownMax),
+      );
+      // JOINs and PARTs that arrived while the request was out are newer than its answer.
+      for (const [kind, login] of c.pending) {
+        if (kind === 'join') names.add(login);
+        else names.delete(login);
+      }
+      // This page is in the room even if its JOIN reached the room's home after the request.
+      const me = state.auth?.username;
+      if (me) names.add(me);
+      c.names = names;
+      c.loggedIn = body?.next ? Math.max(Number(body.logged_in) || 0, names.size) : names.size;
+      c.anonymous = Math.max(0, Number(body?.anonymous) || 0);
+      c.loaded = true;
+    } catch (_) {
+      // The names from NAMES, JOIN and PART stay; the counts are tried again with the next refresh.
+    } finally {
+      c.loading = false;
+      c.pending = [];
+      renderChatters();
+      if (c.room === room && !ui.chattersPanel.hidden) c.timer = setTimeout(loadChatters, LIMITS.chattersRefreshMs);
+    }
+  }
+
+  function renderChatters() {
+    if (ui.chattersPanel.hidden) return;
+    const c = state.chatters;
+    const loggedIn = Math.max(c.loggedIn, c.names.size);
+    ui.chattersCounts.textContent = c.loaded || loggedIn
+      ? `${loggedIn} logged in · ${c.anonymous} anonymous`
+      : 'Loading viewers…';
+    ui.chattersCounts.dataset.loggedIn = String(loggedIn);
+    ui.chattersCounts.dataset.anonymous = String(c.anonymous);
+    const me = state.auth?.username || '';
+    // Whether a name gets a whisper button depends on who is logged in, so it is part of the key.
+    const keys = [...c.names].sort().map((login) => `${state.auth && login !== me ? 'w' : '-'}${login}`);
+    syncList(
+      ui.chattersList,
+      keys,
+      (key) => {
+        const login = key.slice(1);
+        const li = el('li', 'chatter');
+        li.dataset.login = login;
+        const name = el('span', 'chatter-name', login);
+        name.style.color = readableColor('', login);
+        li.append(name);
+        if (key.startsWith('w')) {
+          const whisper = el('button', 'act chatter-whisper', '✉');
+          whisper.type = 'button';
+          whisper.dataset.whisper = login;
+          whisper.title = `Whisper to ${login}`;
+          whisper.setAttribute('aria-label', whisper.title);
+          li.append(whisper);
+        }
+        return li;
+      },
+      () => {},
+    );
+  }
+
+  function toggleChatters(wanted) {
+    const open = wanted ?? ui.chattersPanel.hidden;
+    if (open) togglePanel(ui.whispersPanel, ui.whispersButton, false);
+    togglePanel(ui.chattersPanel, ui.chattersButton, open);
+    if (open) {
+      renderChatters();
+      loadChatters();
+    } else {
+      clearTimeout(state.chatters.timer);
+    }
+  }
+
+  function togglePanel(panel, button, open) {
+    panel.hidden = !open;
+    button.setAttribute('aria-expanded', String(open));
+  }
+
+  // Whispers: the conversations and their unread counts come from the HTTP API; live WHISPER lines keep them
+  // current, and the API is asked again shortly after, so counts settle on the server's (which also sees whispers
+  // read in another tab).
+
+  const W = state.whispers;
+
+  function resetWhispers() {
+    clearTimeout(W.refreshTimer);
+    W.conversations = new Map();
+    W.open = null;
+    W.ids = new Set();
+    W.pending = [];
+    ui.whisperMessages.replaceChildren();
+    showWhisperHome();
+    renderWhisperList();
+  }
+
+  async function loadWhisperList() {
+    if (!state.auth) return;
+    const token = state.auth.token;
+    try {
+      const response = await fetch('/api/whispers', { headers: authHeaders() });
+      if (!response.ok) return;
+      const body = await response.json();
+      if (state.auth?.token !== token) return;
+      const next = new Map();
+      for (const c of (Array.isArray(body?.conversations) ? body.conversations : []).slice(0, LIMITS.whisperConversationsMax)) {
+        if (!c || typeof c.login !== 'string' || !c.login) continue;
+        const login = c.login.toLowerCase();
+        next.set(login, { login, unread: Math.max(0, Number(c.unread) || 0), lastId: String(c.last_id || '') });
+      }
+      // A conversation on screen is read as whispers arrive; a read marker still on its way may not be counted yet.
+      const viewing = viewingWhispers();
+      if (viewing && next.has(viewing)) next.get(viewing).unread = 0;
+      else if (viewing && W.conversations.has(viewing)) next.set(viewing, { ...W.conversations.get(viewing), unread: 0 });
+      W.conversations = next;
+      renderWhisperList();
+    } catch (_) {
+      // Live whispers still update the list; the next refresh corrects the counts.
+    }
+  }
+
+  function scheduleWhisperRefresh() {
+    clearTimeout(W.refreshTimer);
+    W.refreshTimer = setTimeout(loadWhisperList, LIMITS.whisperRefreshDelayMs);
+  }
+
+  // The login whose conversation is on screen, or null.
+  function viewingWhispers() {
+    return !ui.whispersPanel.hidden && !ui.whisperThread.hidden ? W.open : null;
+  }
+
+  function renderWhisperList() {
+    const conversations = [...W.conversations.values()].sort((a, b) => (a.lastId < b.lastId ? 1 : a.lastId > b.lastId ? -1 : 0));
+    const total = conversations.reduce((sum, c) => sum + c.unread, 0);
+    ui.whispersUnread.textContent = total > 99 ? '99+' : String(total);
+    ui.whispersUnread.hidden = total === 0;
+    ui.whispersButton.setAttribute('aria-label', total ? `Whispers, ${total} unread` : 'Whispers');
+    ui.whispersEmpty.hidden = conversations.length > 0;
+    syncList(
+      ui.whisperList,
+      conversations.map((c) => c.login),
+      (login) => {
+        const li = el('li', 'conversation');
+        li.dataset.login = login;
+        const open = el('button', 'conversation-open');
+        open.type = 'button';
+        open.dataset.whisper = login;
+        const name = el('span', 'conversation-name', login);
+        name.style.color = readableColor('', login);
+        const badge = el('span', 'count-badge unread');
+        open.append(name, badge);
+        li.append(open);
+        return li;
+      },
+      (li, login) => {
+        const unread = W.conversations.get(login)?.unread || 0;
+        const badge = li.querySelector('.unread');
+        badge.textContent = unread > 99 ? '99+' : String(unread);
+        badge.hidden = unread === 0;
+        li.firstChild.setAttribute('aria-label', unread ? `${login}, ${unread} unread` : login);
+      },
+    );
+  }
+
+  function toggleWhispers(wanted) {
+    const open = wanted ?? ui.whispersPanel.hidden;
+    if (open) togglePanel(ui.chattersPanel, ui.chattersButton, false);
+    togglePanel(ui.whispersPanel, ui.whispersButton, open);
+    if (open) {
+      if (W.open && !ui.whisperThread.hidden) openConversation(W.open);
+      else loadWhisperList();
+    }
+  }
+
+  function showWhisperHome() {
+    ui.whisperThread.hidden = true;
+    ui.whisperHome.hidden = false;
+    ui.whisperBack.hidden = true;
+    ui.whispersTitle.textContent = 'Whispers';
+    ui.whisperError.hidden = true;
+  }
+
+  async function openConversation(login) {
+    if (!state.auth) return;
+    const peer = login.trim().replace(/^@/, '').toLowerCase();
+    if (!/^[a-z0-9_]{1,25}$/.test(peer)) {
+      toast('That is not a valid username.');
+      return;
+    }
+    if (ui.whispersPanel.hidden) togglePanel(ui.whispersPanel, ui.whispersButton, true);
+    togglePanel(ui.chattersPanel, ui.chattersButton, false);
+    const same = W.open === peer;
+    W.open = peer;
+    ui.whisperHome.hidden = true;
+    ui.whisperThread.hidden = false;
+    ui.whisperBack.hidden = false;
+    ui.whispersTitle.textContent = `Whispers with ${peer}`;
+    ui.whisperError.hidden = true;
+    if (!same) {
+      W.ids = new Set();
+      W.pending = [];
+      ui.whisperMessages.replaceChildren();
+    }
+    ui.whisperInput.focus();
+    const known = W.conversations.get(peer);
+    if (known) known.unread = 0;
+    renderWhisperList();
+    try {
+      const response = await fetch(`/api/whispers/${encodeURIComponent(peer)}?limit=${LIMITS.whisperThreadMessagesMax}`, {
+        headers: authHeaders(),
+      });
+      if (W.open !== peer) return;
+      if (response.status === 404) {
+        showWhisperError(`There is no user called ${peer}.`);
+        return;
+      }
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const body = await response.json();
+      // Stored whispers come without an `emotes` tag; the codes are found with the emote list.
+      await loadEmotes().catch(() => null);
+      if (W.open !== peer) return;
+      // The API answers newest first; the conversation reads oldest first.
+      const whispers = (Array.isArray(body?.whispers) ? body.whispers : []).slice().reverse();
+      const fragment = document.createDocumentFragment();
+      for (const w of whispers) {
+        if (!w || !w.id || W.ids.has(String(w.id))) continue;
+        const from = String(w.from_login || '').toLowerCase();
+        fragment.append(
+          whisperLine({
+            id: String(w.id),
+            from,
+            name: String(w.from_display_name || from),
+            color: String(w.from_color || ''),
+            text: String(w.text ?? ''),
+            emotes: typeof w.emotes === 'string' ? w.emotes : localEmotesTag(String(w.text ?? '')),
+            sentMs: Number(w.sent_unix_ms) || Date.now(),
+            mine: from === state.auth?.username,
+          }),
+        );
+      }
+      ui.whisperMessages.prepend(fragment);
+      ui.whisperMessages.scrollTop = ui.whisperMessages.scrollHeight;
+      if (whispers.length) markWhispersRead(peer);
+    } catch (_) {
+      showWhisperError('Could not load this conversation. Close and open it to try again.');
+    }
+  }
+
+  async function markWhispersRead(peer, upTo) {
+    try {
+      const query = upTo ? `?up_to=${encodeURIComponent(upTo)}` : '';
+      await fetch(`/api/whispers/${encodeURIComponent(peer)}/read${query}`, { method: 'POST', headers: authHeaders() });
+    } catch (_) {
+      // The conversation stays counted as unread on the server; it is marked again when next opened.
+    }
+    scheduleWhisperRefresh();
+  }
+
+  function whisperLine(w) {
+    const li = el('li', `whisper${w.mine ? ' mine' : ''}`);
+    if (w.id) {
+      li.dataset.id = w.id;
+      W.ids.add(w.id);
+    }
+    const sent = new Date(w.sentMs);
+    const ts = el('time', 'ts', timeFormat.format(sent));
+    ts.dateTime = sent.toISOString();
+    ts.title = dateTimeFormat.format(sent);
+    const name = el('span', 'name', w.name || w.from);
+    name.style.color = readableColor(w.color, w.from);
+    const body = el('span', 'text');
+    fillText(body, w.text, w.emotes);
+    li.append(ts, name, el('span', 'colon', ': '), body, el('span', 'status'));
+    return li;
+  }
+
+  function appendWhisper(li) {
+    const list = ui.whisperMessages;
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 32;
+    list.append(li);
+    while (list.childElementCount > LIMITS.whisperThreadMessagesMax) list.firstElementChild.remove();
+    if (atBottom || li.classList.contains('mine')) list.scrollTop = list.scrollHeight;
+  }
+
+  function showWhisperError(text) {
+    ui.whisperError.textContent = text;
+    ui.whisperError.hidden = false;
+  }
+
+  function sendWhisper() {
+    const peer = W.open;
+    const text = oneLine(ui.whisperInput.value).trim();
+    if (!peer || !text || !state.auth) return;
+    if (charCount(text) > LIMITS.messageCharsMax) {
+      showWhisperError(`Whispers can be at most ${LIMITS.messageCharsMax} characters.`);
+      return;
+    }
+    if (!conn.isOpen()) {
+      showWhisperError('Not connected right now. Try again once chat reconnects.');
+      return;
+    }
+    ui.whisperError.hidden = true;
+    conn.send(`WHISPER ${peer} :${text}`);
+    const li = whisperLine({
+      id: '',
+      from: state.auth.username,
+      name: state.me.displayName || state.auth.username,
+      color: state.me.color,
+      text,
+      sentMs: Date.now(),
+      mine: true,
+    });
+    li.classList.add('pending');
+    li.querySelector('.status').textContent = 'sending…';
+    const pending = { peer, text, li, timer: 0 };
+    pending.timer = setTimeout(() => failWhisper(pending, 'no confirmation from the server'), LIMITS.ackWaitMs);
+    W.pending.push(pending);
+    appendWhisper(li);
+    ui.whisperInput.value = '';
+  }
+
+  function failWhisper(pending, reason) {
+    const at = W.pending.indexOf(pending);
+    if (at >= 0) W.pending.splice(at, 1);
+    clearTimeout(pending.timer);
+    pending.li.classList.remove('pending');
+    pending.li.classList.add('failed');
+    pending.li.querySelector('.status').textContent = `not sent: ${reason}`;
+  }
+
+  // A WHISPER line: from the peer, or this account's own coming back as the acknowledgement.
+  function onWhisper(msg) {
+    if (!state.auth) return;
+    const me = state.auth.username;
+    const from = nickOf(msg.prefix);
+    const to = (msg.params[0] || '').toLowerCase();
+    const mine = from === me;
+    const peer = mine ? to : from;
+    if (!peer) return;
+    const id = msg.tags['message-id'] || '';
+    const text = msg.params[1] ?? '';
+    const conversation = W.conversations.get(peer) || { login: peer, unread: 0, lastId: '' };
+    if (id > conversation.lastId) conversation.lastId = id;
+    W.conversations.set(peer, conversation);
+    const viewing = viewingWhispers() === peer;
+    if (!mine && !viewing) conversation.unread++;
+    if (mine) {
+      const at = W.pending.findIndex((p) => p.peer === peer && p.text === text);
+      if (at >= 0) {
+        const [pending] = W.pending.splice(at, 1);
+        clearTimeout(pending.timer);
+        pending.li.classList.remove('pending');
+        pending.li.querySelector('.status').textContent = '';
+        if (id) {
+          pending.li.dataset.id = id;
+          W.ids.add(id);
+        }
+        fillText(pending.li.querySelector('.text'), text, msg.tags.emotes || '');
+        renderWhisperList();
+        return;
+      }
+    }
+    if (W.open === peer && !(id && W.ids.has(id))) {
+      appendWhisper(
+        whisperLine({
+          id,
+          from,
+          name: msg.tags['display-name'] || from,
+          color: msg.tags.color || '',
+          text,
+          emotes: msg.tags.emotes || '',
+          sentMs: Number(msg.tags['tmi-sent-ts']) || Date.now(),
+          mine,
+        }),
+      );
+    }
+    renderWhisperList();
+    if (!mine) {
+      if (viewing) markWhispersRead(peer, id);
+      else scheduleWhisperRefresh();
+    }
+  }
+
+  // A NOTICE without a room while a whisper waits for its echo is that whisper's refusal.
+  function onWhisperRefused(text) {
+    const pending = W.pending[0];
+    if (!pending) return false;
+    failWhisper(pending, text);
+    showWhisperError(text);
+    return true;
+  }
+
+  // Catching up after a reconnect: lines of the room are held while the messages missed since the last one seen are
+  // read from the history API (oldest first, a page at a time, bounded), then shown once each, then the held ones.
+
+  // The smallest message id issued at `ms` (ids are UUIDv7: the time in milliseconds leads).
+  function idAtMs(ms) {
+    const hex = Math.max(0, Math.floor(ms)).toString(16).padStart(12, '0').slice(-12);
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-7000-8000-000000000000`;
+  }
+
+  function messageFromApi(m, room, historical) {
+    return {
+      room,
+      id: m.id ? String(m.id) : '',
+      login: String(m.login || ''),
+      userId: m.user_id ? String(m.user_id) : '',
+      displayName: String(m.display_name || m.login || ''),
+      color: String(m.color || ''),
+      badges: m.badges,
+      text: String(m.text ?? ''),
+      action: m.action === true,
+      emotes: typeof m.emotes === 'string' ? m.emotes : '',
+      original: String(m.original ?? ''),
+      sentMs: Number(m.sent_unix_ms) || Date.now(),
+      historical,
+    };
+  }
+
+  function holdForCatchUp(room) {
+    state.catchUp = { room, afterId: state.lastId, held: [], started: false };
+  }
+
+  async function runCatchUp() {
+    const run = state.catchUp;
+    if (!run || run.started) return;
+    run.started = true;
+    let after = run.afterId;
+    const floor = idAtMs(Date.now() - LIMITS.catchUpWindowMs);
+    const skippedOld = after < floor;
+    if (skippedOld) after = floor;
+    const missed = [];
+    let more = false;
+    let failed = false;
+    try {
+      while (missed.length < LIMITS.catchUpMessagesMax) {
+        const limit = Math.min(LIMITS.catchUpPageMessages, LIMITS.catchUpMessagesMax - missed.length);
+        const query = `after=${encodeURIComponent(after)}&limit=${limit}`;
+        const response = await fetch(`/api/rooms/${encodeURIComponent(run.room)}/messages?${query}`, {
+          headers: { Accept: 'application/json' },
+        });
+        if (state.catchUp !== run) return;
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const body = await response.json();
+        if (state.catchUp !== run) return;
+        const page = (Array.isArray(body?.messages) ? body.messages : []).filter((m) => m && m.id && String(m.id) > after);
+        missed.push(...page);
+        more = page.length >= limit;
+        if (!more) break;
+        after = String(page[page.length - 1].id);
+      }
+    } catch (_) {
+      failed = true;
+    }
+    if (state.catchUp !== run) return;
+    state.catchUp = null;
+    const fresh = missed.filter((m) => !state.seenIds.has(String(m.id)));
+    if (skippedOld) {
+      addSystemLine('You were offline for more than 10 minutes; older missed messages are not shown.', 'info', 'catch-up-skipped');
+    }
+    if (fresh.length) {
+      const n = fresh.length;
+      addSystemLine(`${n} message${n === 1 ? '' : 's'} sent while you were offline:`, 'info', 'catch-up');
+    }
+    for (const m of fresh) addChatMessage(messageFromApi(m, run.room, false));
+    if (more) addSystemLine('More messages were missed than can be shown here.', 'info', 'catch-up-truncated');
+    if (failed) addSystemLine('Could not load the messages sent while you were offline.', 'warn', 'catch-up-failed');
+    for (const m of run.held) addChatMessage(m);
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // Connection: WebSocket + Twitch IRC, with reconnect and exponential backoff.
 
   const conn = (() => {
@@ -1237,6 +2318,8 @@
     let pongTimer = 0;
     let nick = '';
     let generation = 0;
+    // Set when the connection was lost after a JOIN: the next JOIN of the room catches up on what was missed.
+    let catchUpWanted = false;
 
     function url() {
       return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
@@ -1302,6 +2385,10 @@
     function onLost(reason) {
       registered = false;
       joinedRoom = null;
+      // Whatever is said while away is read back after the next JOIN of this room (see runCatchUp); a catch-up that
+      // was still running starts over from the last line it showed.
+      state.catchUp = null;
+      if (everJoined && state.room && state.lastId) catchUpWanted = true;
       clearTimeout(idleTimer);
       clearTimeout(pongTimer);
       for (const entry of state.own.values()) {
@@ -1347,6 +2434,10 @@
       }
       attempt = 0;
       everJoined = false;
+      catchUpWanted = false;
+      state.catchUp = null;
+      state.lastId = '';
+      resetWhispers();
       clearTimeout(idleTimer);
       clearTimeout(pongTimer);
       connect();
@@ -1379,6 +2470,9 @@
       joinedRoom = state.room;
       joinConfirmed = false;
       roomStateSeen = false;
+      if (catchUpWanted && state.lastId) holdForCatchUp(state.room);
+      catchUpWanted = false;
+      resetChatters(state.room);
       rawSend(`JOIN #${state.room}`);
     }
 
@@ -1405,6 +2499,8 @@
       }
       // The viewer count now includes this connection.
       refreshRooms();
+      loadChatters();
+      runCatchUp();
     }
 
     function handle(msg) {
@@ -1437,6 +2533,7 @@
             registered = true;
             setConnState('connecting', 'Joining…');
             join();
+            loadWhisperList();
           }
           break;
         case 'USERSTATE':
@@ -1468,6 +2565,27 @@
         case 'CLEARCHAT':
           if (room === state.room) clearChat(msg.params[1] ? msg.params[1].toLowerCase() : null, msg.tags);
           break;
+        case 'JOIN':
+          if (room) chatterJoined(room, nickOf(msg.prefix));
+          break;
+        case 'PART':
+          if (room) {
+            chatterLeft(room, nickOf(msg.prefix));
+            if (room === state.room) hideTyper(nickOf(msg.prefix));
+          }
+          break;
+        case '353': {
+          // NAMES: "<me> = #room :name name …".
+          const namesRoom = (msg.params[2] || '').replace(/^#/, '').toLowerCase();
+          for (const name of (msg.params[3] || '').split(' ')) chatterJoined(namesRoom, name.toLowerCase());
+          break;
+        }
+        case 'TAGMSG':
+          onTagMsg(msg, room);
+          break;
+        case 'WHISPER':
+          onWhisper(msg);
+          break;
         default:
           break;
       }
@@ -1489,6 +2607,7 @@
         if (msg.tags.id) {
           entry.id = msg.tags.id;
           rememberId(entry.id);
+          if (entry.room === state.room) noteSeen(entry.id);
         }
         setOwnStatus(entry, 'acked');
         if (entry.styled === null) setTimeout(() => fetchOwnStyled(entry), LIMITS.echoWaitMs);
@@ -1508,10 +2627,13 @@
       const text = msg.params[1] ?? '';
       const original = tags['twitchy/original'] ?? '';
       const login = nickOf(msg.prefix);
+      const emotes = tags.emotes || '';
+      if (room === state.room) hideTyper(login);
       const heldEntry = entry ? null : ownHeldMatching(room, login, tags['user-id'] || '', original);
       if (heldEntry) {
         // A message AutoMod held and a moderator allowed arrives like any other; its pending line takes it.
         heldEntry.styled = text;
+        heldEntry.emotes = emotes;
         if (tags.id) {
           heldEntry.id = tags.id;
           rememberId(tags.id);
@@ -1522,6 +2644,7 @@
       if (entry) {
         // Our own message, echoed styled: update the pending line instead of adding a second one.
         entry.styled = text;
+        entry.emotes = emotes;
         if (tags.id) {
           entry.id = tags.id;
           rememberId(tags.id);
@@ -1542,9 +2665,18 @@
         color: tags.color || '',
         badges: tags.badges || '',
         text,
+        emotes,
         original,
         sentMs,
         historical: tags.historical === '1',
+        reply: tags['reply-parent-msg-id']
+          ? {
+              id: tags['reply-parent-msg-id'],
+              login: tags['reply-parent-user-login'] || '',
+              displayName: tags['reply-parent-display-name'] || tags['reply-parent-user-login'] || '',
+              body: tags['reply-parent-msg-body'] || '',
+            }
+          : null,
       });
     }
 
@@ -1570,6 +2702,8 @@
           return;
         }
       }
+      // Whisper refusals come without a room.
+      if (!room && registered && (msgId.startsWith('whisper_') || W.pending.length) && onWhisperRefused(text || msgId)) return;
       if (room && room !== state.room) return;
       if (msgId === 'automod_message_approved' || msgId === 'automod_message_denied') {
         onOwnHeldResolved(msgId, text);
@@ -1617,13 +2751,18 @@
       return !!ws && ws.readyState === WebSocket.OPEN && registered && joinedRoom === state.room;
     }
 
+    // Registered, whatever the room: enough for a whisper.
+    function isOpen() {
+      return !!ws && ws.readyState === WebSocket.OPEN && registered;
+    }
+
     function reconnectNow() {
       if (ws) return;
       attempt = Math.max(0, attempt - 1);
       connect();
     }
 
-    return { connect, restart, switchRoom, send: rawSend, isReady, reconnectNow };
+    return { connect, restart, switchRoom, send: rawSend, isReady, isOpen, reconnectNow };
   })();
 
   function noticeTone(msgId) {
@@ -1688,21 +2827,7 @@
       for (const m of messages.slice().reverse()) {
         if (!m || (m.id && state.seenIds.has(String(m.id)))) continue;
         if (m.id) rememberId(String(m.id));
-        fragment.append(
-          renderMessage({
-            room,
-            id: m.id ? String(m.id) : '',
-            login: String(m.login || ''),
-            userId: m.user_id ? String(m.user_id) : '',
-            displayName: String(m.display_name || m.login || ''),
-            color: String(m.color || ''),
-            badges: m.badges,
-            text: String(m.text ?? ''),
-            original: String(m.original ?? ''),
-            sentMs: Number(m.sent_unix_ms) || Date.now(),
-            historical: true,
-          }),
-        );
+        fragment.append(renderMessage(messageFromApi(m, room, true)));
       }
       const before = ui.log.scrollHeight;
       ui.lines.prepend(fragment);
@@ -1835,7 +2960,12 @@
     ui.composer.hidden = !loggedIn;
     ui.guestBar.hidden = loggedIn;
     ui.meName.textContent = loggedIn ? state.me.displayName || state.auth.username : '';
+    ui.app.classList.toggle('logged-in', loggedIn);
     if (!loggedIn && ui.settings.open) ui.settings.close();
+    if (!loggedIn) {
+      togglePanel(ui.whispersPanel, ui.whispersButton, false);
+      toggleEmotePicker(false);
+    }
     renderRole();
     updateCounter();
   }
@@ -1991,6 +3121,7 @@
     event?.preventDefault();
     if (sendChat(ui.input.value)) {
       ui.input.value = '';
+      typingDone();
       updateCounter();
       scrollToBottom();
     }
@@ -2003,12 +3134,53 @@
     renderAuth();
     setAuthMode('signup');
 
-    ui.input.addEventListener('input', updateCounter);
+    ui.input.addEventListener('input', () => {
+      updateCounter();
+      onComposerTyping();
+    });
     ui.input.addEventListener('keydown', (event) => {
       if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         submitComposer();
+      } else if (event.key === 'Escape' && state.replyTo) {
+        cancelReply();
       }
+    });
+    ui.replyCancel.addEventListener('click', () => {
+      cancelReply();
+      ui.input.focus();
+    });
+    ui.emoteButton.addEventListener('click', () => toggleEmotePicker());
+    ui.emoteGrid.addEventListener('click', (event) => {
+      const choice = event.target.closest('button[data-code]');
+      if (choice) insertAtCaret(choice.dataset.code);
+    });
+    ui.chattersButton.addEventListener('click', () => toggleChatters());
+    $('chatters-close').addEventListener('click', () => toggleChatters(false));
+    ui.whispersButton.addEventListener('click', () => toggleWhispers());
+    $('whispers-close').addEventListener('click', () => toggleWhispers(false));
+    ui.whisperBack.addEventListener('click', () => {
+      W.open = null;
+      showWhisperHome();
+      loadWhisperList();
+    });
+    // Opening a conversation: from the list, from the viewer list, or by name.
+    for (const container of [ui.whisperList, ui.chattersList]) {
+      container.addEventListener('click', (event) => {
+        const button = event.target.closest('button[data-whisper]');
+        if (button) openConversation(button.dataset.whisper);
+      });
+    }
+    ui.whisperNew.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const login = ui.whisperTo.value;
+      if (!login.trim()) return;
+      ui.whisperTo.value = '';
+      openConversation(login);
+    });
+    ui.whisperForm.addEventListener('submit', (event) => {
+      event.preventDefault();
+      sendWhisper();
     });
     ui.composer.addEventListener('submit', submitComposer);
 
@@ -2069,7 +3241,10 @@
     });
     ui.scrim.addEventListener('click', closeSidebar);
     document.addEventListener('keydown', (event) => {
-      if (event.key === 'Escape') closeSidebar();
+      if (event.key !== 'Escape') return;
+      closeSidebar();
+      closeReactPicker();
+      if (!ui.emotePicker.hidden) toggleEmotePicker(false);
     });
     window.addEventListener('hashchange', () => {
       const name = roomFromHash();

@@ -25,6 +25,8 @@ pub struct FrontProxy {
     /// The stable address to load the page from.
     pub addr: SocketAddr,
     backend: Arc<Mutex<SocketAddr>>,
+    /// While set, new connections are closed at once, as if the server were down.
+    cut: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<TcpStream>>>,
     accept_thread: Option<JoinHandle<()>>,
@@ -36,10 +38,12 @@ impl FrontProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let backend = Arc::new(Mutex::new(backend));
+        let cut = Arc::new(AtomicBool::new(false));
         let stopping = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(Mutex::new(Vec::new()));
         let accept_thread = {
             let backend = backend.clone();
+            let cut = cut.clone();
             let stopping = stopping.clone();
             let connections = connections.clone();
             std::thread::spawn(move || {
@@ -48,6 +52,10 @@ impl FrontProxy {
                         break;
                     }
                     let Ok(client) = client else { continue };
+                    if cut.load(Ordering::SeqCst) {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    }
                     let target = *backend.lock().unwrap_or_else(|e| e.into_inner());
                     let timeout = Duration::from_millis(BACKEND_CONNECT_TIMEOUT_MS);
                     let Ok(server) = TcpStream::connect_timeout(&target, timeout) else {
@@ -76,15 +84,31 @@ impl FrontProxy {
         FrontProxy {
             addr,
             backend,
+            cut,
             stopping,
             connections,
             accept_thread: Some(accept_thread),
         }
     }
 
-    /// Points new connections at `backend` (existing ones stay where they are).
+    /// Points new connections at `backend` (existing ones stay where they are), and ends a [`FrontProxy::cut`].
     pub fn set_backend(&self, backend: SocketAddr) {
         *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = backend;
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Cuts the page off while the server keeps running: closes every connection through the proxy and refuses
+    /// new ones until [`FrontProxy::set_backend`].
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 
     /// `http://<proxy>/<path>`.
