@@ -32,6 +32,7 @@ use twitchy_inference::rt::{GlommioIo, GlommioTimer};
 use twitchy_storage::{Health, MessageId, MessageRecord};
 
 use crate::conn::{self, Transport};
+use crate::core::moderation::keys;
 use crate::core::{Actor, CommandReply, ReplyKind};
 use crate::ip_limit::IpSlot;
 use crate::metrics::ShardMetrics;
@@ -772,8 +773,24 @@ async fn history(shard: &Shard, room: &str, query: Option<&str>) -> Response<Bod
     };
     match page {
         Ok(records) => {
-            let messages: Vec<HistoryMessage<'_>> =
-                records.iter().map(HistoryMessage::from).collect();
+            let mut messages = Vec::with_capacity(records.len());
+            for record in &records {
+                let mut value = serde_json::to_value(HistoryMessage::from(record))
+                    .unwrap_or(serde_json::Value::Null);
+                // What is kept beside a message: its reply link and reaction counts (absent when there are none).
+                for (field, key) in [
+                    ("reply", keys::reply(name, record.id)),
+                    ("reactions", keys::reactions(name, record.id)),
+                ] {
+                    if let Ok(found) = shard.shared.storage.settings(&key, 1).await
+                        && let Some((_, stored)) = found.into_iter().find(|(k, _)| *k == key)
+                        && let Ok(stored) = serde_json::from_slice::<serde_json::Value>(&stored)
+                    {
+                        value[field] = stored;
+                    }
+                }
+                messages.push(value);
+            }
             json(StatusCode::OK, &serde_json::json!({ "messages": messages }))
         }
         Err(err) => {
@@ -1286,11 +1303,16 @@ async fn whisper_thread<B>(
         Ok(read) => read,
         Err(response) => return response,
     };
-    let page: Vec<&crate::core::Whisper> = thread
+    let page: Vec<serde_json::Value> = thread
         .iter()
         .rev()
         .filter(|w| before.as_ref().is_none_or(|b| w.id < *b))
         .take(limit)
+        .map(|w| {
+            let mut value = serde_json::to_value(w).unwrap_or_default();
+            value["emotes"] = crate::protocol::emotes::emotes_tag(&w.text).into();
+            value
+        })
         .collect();
     json(
         StatusCode::OK,
@@ -1309,13 +1331,16 @@ async fn whisper_read(shard: &Rc<Shard>, req: &Request<Incoming>, peer: &str) ->
         Ok(id) => id,
         Err(response) => return response,
     };
-    let up_to = match req
-        .uri()
-        .query()
-        .and_then(|q| q.strip_prefix("up_to="))
-        .map(str::to_owned)
-    {
-        Some(id) => id,
+    let pairs = match query_pairs(req.uri().query(), &["up_to"]) {
+        Ok(pairs) => pairs,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let up_to = match pairs.first() {
+        // A whisper id: the marker is compared with ids, so anything else would read as "all" or "none".
+        Some((_, id)) => match id.parse::<MessageId>() {
+            Ok(id) => id.to_string(),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "up_to must be a whisper id"),
+        },
         None => match whisper_thread_of(shard, me.user_id, peer).await {
             Ok(thread) => thread.last().map(|w| w.id.clone()).unwrap_or_default(),
             Err(response) => return response,

@@ -273,6 +273,28 @@ impl Shard {
                 .storage
                 .recent_messages(name, DEDUPE_RESTORE_MESSAGES_MAX)
                 .await?;
+            // Reaction counts of the messages reactions may still come for, so counting goes on from them.
+            let mut reactions = HashMap::new();
+            let window = records
+                .len()
+                .saturating_sub(crate::core::DELETABLE_MESSAGES_MAX);
+            for record in &records[window..] {
+                let key = crate::core::moderation::keys::reactions(name, record.id);
+                let found = self.shared.storage.settings(&key, 1).await?;
+                if let Some(counts) =
+                    found
+                        .into_iter()
+                        .find(|(k, _)| *k == key)
+                        .and_then(|(_, value)| {
+                            serde_json::from_slice::<std::collections::BTreeMap<String, u32>>(
+                                &value,
+                            )
+                            .ok()
+                        })
+                {
+                    reactions.insert(record.id, counts);
+                }
+            }
             // Replies replayed on JOIN carry their parent's tags: read the links of the last few back.
             let mut replies = HashMap::new();
             let skip = records.len().saturating_sub(crate::core::HISTORY_ON_JOIN);
@@ -293,7 +315,7 @@ impl Shard {
             }
             self.core
                 .borrow_mut()
-                .restore_room(room, records, replies, unix_ms());
+                .restore_room(room, records, replies, reactions, unix_ms());
             let settings = self
                 .shared
                 .storage

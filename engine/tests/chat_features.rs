@@ -224,6 +224,18 @@ fn me_replies_and_the_replay_carry_twitchs_tags() {
         .unwrap()
         .clone();
     assert_eq!(me_line["action"], true);
+    let reply_line = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == reply.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        reply_line["reply"]["parent_msg_id"],
+        parent.as_str(),
+        "{reply_line}"
+    );
     assert!(!me_line["text"].as_str().unwrap().contains('\u{1}'));
 }
 
@@ -309,7 +321,7 @@ fn membership_names_and_chatters_cover_every_shard() {
 
 #[test]
 fn typing_and_reactions_reach_the_room_but_not_the_sender() {
-    let server = server();
+    let mut server = server();
     let alice = register(server.http, "alice_t", PASSWORD);
     let bob = register(server.http, "bob_t", PASSWORD);
     let mut a = joined(&server, "alice_t", &alice, true, "globe");
@@ -343,6 +355,33 @@ fn typing_and_reactions_reach_the_room_but_not_the_sender() {
     anon.send("@+typing=active TAGMSG #globe");
     let quiet = a.drain(Duration::from_millis(400)).join("\n");
     assert!(!quiet.contains("justinfan"), "{quiet}");
+
+    // A reaction to a message the room no longer holds is refused with a NOTICE.
+    a.send("@+draft/react=🔥;+draft/reply=00000000-0000-7000-8000-000000000000 TAGMSG #globe");
+    let refused = a.expect("reaction refused", |l| l.contains(" NOTICE #globe "));
+    assert_eq!(
+        tag(&refused, "msg-id").as_deref(),
+        Some("msg_reaction_not_found")
+    );
+
+    // The counts are kept beside the message: in the history API, and counting on after a restart.
+    let history = http(server.http, "GET", "/api/rooms/globe/messages", None).json();
+    let reacted = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(reacted["reactions"]["🔥"], 2, "{reacted}");
+    drop((a, b, anon));
+    server.restart();
+    let carol = register(server.http, "carol_t", PASSWORD);
+    let mut c = joined(&server, "carol_t", &carol, true, "globe");
+    let mut watcher = joined(&server, "bob_t", &bob, false, "globe");
+    c.send(&format!("@+draft/react=🔥;+draft/reply={id} TAGMSG #globe"));
+    let third = watcher.expect("reaction after the restart", |l| l.contains("+draft/react"));
+    assert_eq!(tag(&third, "twitchy/reaction-count").as_deref(), Some("3"));
 }
 
 #[test]
@@ -426,6 +465,30 @@ fn whispers_reach_every_connection_and_wait_for_offline_users() {
     )
     .json();
     assert_eq!(thread["whispers"][0]["text"], "are you there");
+    let bob_view = http_as(
+        server.http,
+        "GET",
+        "/api/whispers/alice_w",
+        Some(&bob),
+        None,
+    )
+    .json();
+    let with_emote = bob_view["whispers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["text"] == "psst twiGG")
+        .unwrap()
+        .clone();
+    assert_eq!(with_emote["emotes"], "15:5-9");
+    let bad_marker = http_as(
+        server.http,
+        "POST",
+        "/api/whispers/alice_w/read?up_to=~",
+        Some(&carol),
+        None,
+    );
+    assert_eq!(bad_marker.status, 400);
     let read = http_as(
         server.http,
         "POST",

@@ -2245,6 +2245,16 @@
       original: String(m.original ?? ''),
       sentMs: Number(m.sent_unix_ms) || Date.now(),
       historical,
+      // The history API keeps a reply's link beside the message, as the live tags carry it.
+      reply:
+        m.reply && typeof m.reply.parent_msg_id === 'string'
+          ? {
+              id: m.reply.parent_msg_id,
+              login: String(m.reply.parent_login || ''),
+              displayName: String(m.reply.parent_display_name || m.reply.parent_login || ''),
+              body: String(m.reply.parent_body || ''),
+            }
+          : null,
     };
   }
 

@@ -31,7 +31,7 @@ mod sim;
 use std::sync::Arc;
 
 pub use outbound::{OutQueue, Stamp, Transport, WRITE_GATHER_BYTES_MAX};
-pub use shard::{AuthOutcome, CoreConfig, RoomInfo, ShardCore};
+pub use shard::{AuthOutcome, CoreConfig, DELETABLE_MESSAGES_MAX, RoomInfo, ShardCore};
 
 use twitchy_storage::{MessageId, MessageRecord, StorageError};
 

@@ -218,8 +218,22 @@ struct HomeRoom {
     /// Whether subscribers were last told the member list (the room is small enough).
     members_listed: bool,
     /// Who reacted with what to the newest messages (bounded by [`REACTED_MESSAGES_MAX`]).
-    reactions: HashMap<MessageId, BTreeMap<String, HashSet<u64>>>,
+    reactions: HashMap<MessageId, BTreeMap<String, ReactionCount>>,
     reaction_order: VecDeque<MessageId>,
+}
+
+/// One reaction's count on one message: what was stored before this process started, plus the users who
+/// reacted since (each counted once; one who had reacted before a restart can count once more).
+#[derive(Debug, Default)]
+struct ReactionCount {
+    stored: u32,
+    users: HashSet<u64>,
+}
+
+impl ReactionCount {
+    fn count(&self) -> u32 {
+        self.stored + self.users.len() as u32
+    }
 }
 
 /// Rooms with more logged-in users than this get no JOIN/PART lines and no member list in NAMES, as on Twitch.
@@ -1751,8 +1765,26 @@ impl ShardCore {
         room: usize,
         records: Vec<MessageRecord>,
         mut replies: HashMap<MessageId, ReplyTags>,
+        reactions: HashMap<MessageId, BTreeMap<String, u32>>,
         now_ms: u64,
     ) {
+        let home = self.home_room(room);
+        let mut reactions: Vec<_> = reactions.into_iter().collect();
+        reactions.sort_unstable_by_key(|(id, _)| *id);
+        for (id, counts) in reactions {
+            home.reaction_order.push_back(id);
+            let counts = counts
+                .into_iter()
+                .map(|(emoji, stored)| {
+                    let count = ReactionCount {
+                        stored,
+                        users: HashSet::new(),
+                    };
+                    (emoji, count)
+                })
+                .collect();
+            home.reactions.insert(id, counts);
+        }
         let info = self.cfg.rooms[room].clone();
         let window_ms = self.cfg.dedupe_window_ms;
         let count = records.len();

@@ -1182,6 +1182,15 @@ impl Session {
             self.tagmsg_times_ms.pop_front();
         }
         if self.tagmsg_times_ms.len() >= TAGMSGS_PER_WINDOW_MAX {
+            // A typing indicator is not worth a NOTICE; a reaction the user chose is.
+            if react.is_some() {
+                self.notice(
+                    Some(&room),
+                    msg_id::RATELIMIT,
+                    "Your reaction was not sent because you are reacting too quickly.",
+                    out,
+                );
+            }
             return;
         }
         self.tagmsg_times_ms.push_back(now_ms);

@@ -77,7 +77,21 @@ impl ShardCore {
                 .rev()
                 .find(|m| m.record.id.to_string() == reaction.msg_id)
             else {
-                return;
+                // Only the room's newest messages take reactions; the sender is told, not left guessing.
+                let reply = CommandReply {
+                    kind: ReplyKind::NotFound,
+                    msg_id: "msg_reaction_not_found",
+                    text: format!(
+                        "Your reaction was not sent: only the last {DELETABLE_MESSAGES_MAX} messages of a room take reactions."
+                    ),
+                    notice: true,
+                };
+                let msg = PeerMsg::CommandReply {
+                    to: CommandFrom::Conn(origin),
+                    room,
+                    reply,
+                };
+                return self.send_peer(origin.shard, msg, now_ms);
             };
             let id = message.record.id;
             if !home.reactions.contains_key(&id) {
@@ -92,13 +106,15 @@ impl ShardCore {
             if !counts.contains_key(&reaction.emoji) && counts.len() >= REACTIONS_PER_MESSAGE_MAX {
                 return;
             }
-            let users = counts.entry(reaction.emoji.clone()).or_default();
-            if users.len() < REACTING_USERS_PER_EMOJI_MAX {
-                users.insert(user_id);
+            let entry = counts.entry(reaction.emoji.clone()).or_default();
+            if entry.users.len() < REACTING_USERS_PER_EMOJI_MAX {
+                entry.users.insert(user_id);
             }
-            let count = users.len() as u32;
-            let stored: BTreeMap<&str, usize> =
-                counts.iter().map(|(e, u)| (e.as_str(), u.len())).collect();
+            let count = entry.count();
+            let stored: BTreeMap<&str, u32> = counts
+                .iter()
+                .map(|(e, c)| (e.as_str(), c.count()))
+                .collect();
             let value = json(&stored);
             let key = keys::reactions(&self.cfg.rooms[room].name, id);
             self.outputs.push_back(Output::PutSetting {
