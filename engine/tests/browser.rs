@@ -15,12 +15,11 @@ mod browser {
     pub mod webdriver;
 }
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use browser::harness_ext::{FrontProxy, get_json, register};
+use browser::harness_ext::{FrontProxy, get_json, register, runtime, serial};
 use browser::irc_client::IrcClient;
 use browser::webdriver::Browser;
 use common::TestServer;
@@ -33,22 +32,6 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(45);
 
 /// A message that would inject markup if the page ever used innerHTML with chat text.
 const HTML_PAYLOAD: &str = r#"<img src=x onerror="window.__pwned=true"><b>bold</b><script>window.__pwned=true</script> & &amp; done"#;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// The chat lines as data: one object per message line, oldest first.
 const READ_LINES_JS: &str = r#"

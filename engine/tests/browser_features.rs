@@ -18,14 +18,13 @@ mod irc_client;
 #[path = "browser/webdriver.rs"]
 mod webdriver;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use common::TestServer;
 use common::client::http_as;
-use harness_ext::{FrontProxy, register};
+use harness_ext::{FrontProxy, register, runtime, serial};
 use irc_client::IrcClient;
 use webdriver::Browser;
 
@@ -36,22 +35,6 @@ const WAIT: Duration = Duration::from_secs(30);
 const RECONNECT_WAIT: Duration = Duration::from_secs(60);
 
 const PASSWORD: &str = "a-good-password-1";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn start_server() -> TestServer {
     TestServer::start(&["--shards", "2", "--limits-exempt-loopback"])

@@ -20,13 +20,12 @@ mod irc_client;
 mod webdriver;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use common::TestServer;
-use harness_ext::register;
+use harness_ext::{register, runtime, serial};
 use irc_client::IrcClient;
 use webdriver::Browser;
 
@@ -50,22 +49,6 @@ style = "pirate"
 "#;
 
 const PASSWORD: &str = "a-good-password-1";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// A server started with the moderation rooms file; the directory holding the file lives as long as this.
 struct ModServer {

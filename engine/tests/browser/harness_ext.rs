@@ -246,3 +246,22 @@ pub fn register(addr: SocketAddr, username: &str, password: &str) -> String {
         .unwrap_or_else(|| panic!("no token in {body}"))
         .to_owned()
 }
+
+/// Browser tests run one at a time in a test binary: one Chromium at a time is what two cores can carry.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the browser tests' one-at-a-time lock (a failed test does not poison it for the others).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The async runtime the WebDriver and IRC clients run on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
