@@ -20,6 +20,13 @@ use crate::protocol::ws::{ServerFrame, encode_frame_header};
 pub const WRITE_GATHER_BYTES_MAX: usize = 64 * 1024;
 /// An idle queue keeps at most this many slots of capacity; more is given back.
 const QUEUE_IDLE_CAPACITY_MAX: usize = 8;
+/// An owned buffer with more spare capacity than this is shrunk before it is queued, so a queue holds (and is
+/// charged for) about what it will write.
+const OWNED_SLACK_BYTES_MAX: usize = 64;
+/// What each queued item costs beyond its bytes: its slot in the queue and, for an owned buffer, the allocator's
+/// own bookkeeping. Charged so that many tiny replies (PONGs to a client that never reads) cannot hold far more
+/// memory than the queue limit says.
+pub const ITEM_OVERHEAD_BYTES: usize = std::mem::size_of::<OutItem>() + 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -39,18 +46,32 @@ pub enum Stamp {
 
 #[derive(Debug)]
 enum OutItem {
-    /// Complete IRC lines.
-    Lines(Bytes, Stamp),
-    /// An already framed WebSocket control frame.
-    Frame(Bytes),
+    /// Complete IRC lines, with what they are charged against the queue limit.
+    Lines(Bytes, Stamp, usize),
+    /// An already framed WebSocket control frame, with its charge.
+    Frame(Bytes, usize),
 }
 
 impl OutItem {
     fn len(&self) -> usize {
         match self {
-            OutItem::Lines(b, _) | OutItem::Frame(b) => b.len(),
+            OutItem::Lines(b, ..) | OutItem::Frame(b, _) => b.len(),
         }
     }
+
+    fn charge(&self) -> usize {
+        match self {
+            OutItem::Lines(_, _, charge) | OutItem::Frame(_, charge) => *charge,
+        }
+    }
+}
+
+/// Shrinks a buffer with much spare capacity, so what is queued is what is charged.
+fn trimmed(mut buffer: Vec<u8>) -> Vec<u8> {
+    if buffer.capacity() > buffer.len() + OWNED_SLACK_BYTES_MAX {
+        buffer.shrink_to_fit();
+    }
+    buffer
 }
 
 fn record(stamp: Stamp, now_ms: u64, metrics: &ShardMetrics) {
@@ -65,38 +86,70 @@ fn record(stamp: Stamp, now_ms: u64, metrics: &ShardMetrics) {
     }
 }
 
-/// A connection's queue of bytes to write, with its byte count.
+/// A connection's queue of bytes to write, with what it holds in memory.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     items: VecDeque<OutItem>,
+    /// The memory the queue holds for this connection: each owned buffer by its capacity, each shared line by its
+    /// length (its allocation is shared by every viewer), plus [`ITEM_OVERHEAD_BYTES`] per item.
     bytes: usize,
 }
 
 impl OutQueue {
+    /// What the queue holds in memory (the figure the queue limit applies to), not just the bytes to write.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// What queuing this shared line would add.
+    pub fn shared_charge(lines: &Bytes) -> usize {
+        lines.len() + ITEM_OVERHEAD_BYTES
+    }
+
+    /// What queuing this owned buffer would add (after trimming its spare capacity).
+    pub fn owned_charge(buffer: &[u8], capacity: usize) -> usize {
+        let capacity = if capacity > buffer.len() + OWNED_SLACK_BYTES_MAX {
+            buffer.len()
+        } else {
+            capacity
+        };
+        capacity + ITEM_OVERHEAD_BYTES
     }
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
-    pub fn push_lines(&mut self, lines: Bytes) {
-        self.push_stamped(lines, Stamp::None);
-    }
-
-    /// Queues lines whose latency is measured when they are taken for writing.
+    /// Queues lines shared with other viewers (a fanned-out chat line), whose latency is measured when they are
+    /// taken for writing.
     pub fn push_stamped(&mut self, lines: Bytes, stamp: Stamp) {
         if lines.is_empty() {
             return;
         }
-        self.bytes += lines.len();
-        self.items.push_back(OutItem::Lines(lines, stamp));
+        let charge = Self::shared_charge(&lines);
+        self.bytes += charge;
+        self.items.push_back(OutItem::Lines(lines, stamp, charge));
     }
 
-    pub fn push_frame(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
-        self.items.push_back(OutItem::Frame(frame));
+    /// Queues lines for this connection alone (replies, notices, history), charged by what they hold.
+    pub fn push_owned(&mut self, lines: Vec<u8>, stamp: Stamp) {
+        if lines.is_empty() {
+            return;
+        }
+        let lines = trimmed(lines);
+        let charge = lines.capacity() + ITEM_OVERHEAD_BYTES;
+        self.bytes += charge;
+        self.items
+            .push_back(OutItem::Lines(Bytes::from(lines), stamp, charge));
+    }
+
+    /// Queues an already framed WebSocket control frame.
+    pub fn push_frame(&mut self, frame: Vec<u8>) {
+        let frame = trimmed(frame);
+        let charge = frame.capacity() + ITEM_OVERHEAD_BYTES;
+        self.bytes += charge;
+        self.items
+            .push_back(OutItem::Frame(Bytes::from(frame), charge));
     }
 
     pub fn clear(&mut self) {
@@ -105,7 +158,7 @@ impl OutQueue {
     }
 
     /// Moves queued bytes into `out` (framed for `transport`), up to about [`WRITE_GATHER_BYTES_MAX`] (a single
-    /// larger item still goes whole). Returns the number of queue bytes taken. Stamped lines record their latency
+    /// larger item still goes whole). Returns the number of bytes taken for writing. Stamped lines record their latency
     /// up to `now_ms` in `metrics`.
     pub fn take(
         &mut self,
@@ -115,20 +168,23 @@ impl OutQueue {
         metrics: &ShardMetrics,
     ) -> usize {
         let mut taken = 0;
+        let mut released = 0;
         while let Some(item) = self.items.front() {
             if taken > 0 && taken + item.len() > WRITE_GATHER_BYTES_MAX {
                 break;
             }
             match (transport, item) {
-                (Transport::Tcp, OutItem::Lines(b, stamp)) => {
+                (Transport::Tcp, OutItem::Lines(b, stamp, charge)) => {
                     record(*stamp, now_ms, metrics);
                     out.extend_from_slice(b);
                     taken += b.len();
+                    released += charge;
                     self.items.pop_front();
                 }
-                (_, OutItem::Frame(b)) => {
+                (_, OutItem::Frame(b, charge)) => {
                     out.extend_from_slice(b);
                     taken += b.len();
+                    released += charge;
                     self.items.pop_front();
                 }
                 (Transport::WebSocket, OutItem::Lines(..)) => {
@@ -137,7 +193,7 @@ impl OutQueue {
                     let mut count = 0;
                     for item in &self.items {
                         match item {
-                            OutItem::Lines(b, _)
+                            OutItem::Lines(b, ..)
                                 if count == 0
                                     || taken + payload + b.len() <= WRITE_GATHER_BYTES_MAX =>
                             {
@@ -149,7 +205,8 @@ impl OutQueue {
                     }
                     encode_frame_header(ServerFrame::Text, payload, out);
                     for item in self.items.drain(..count) {
-                        if let OutItem::Lines(b, stamp) = item {
+                        released += item.charge();
+                        if let OutItem::Lines(b, stamp, _) = item {
                             record(stamp, now_ms, metrics);
                             out.extend_from_slice(&b);
                         }
@@ -158,7 +215,7 @@ impl OutQueue {
                 }
             }
         }
-        self.bytes -= taken;
+        self.bytes -= released;
         if self.items.is_empty() && self.items.capacity() > QUEUE_IDLE_CAPACITY_MAX {
             self.items = VecDeque::new();
         }
@@ -174,11 +231,11 @@ mod tests {
     #[test]
     fn websocket_lines_share_one_frame_and_control_frames_stay_whole() {
         let mut queue = OutQueue::default();
-        queue.push_lines(Bytes::from_static(b"A\r\n"));
-        queue.push_lines(Bytes::from_static(b"B\r\n"));
-        queue.push_frame(Bytes::from_static(&[0x8a, 0]));
-        queue.push_lines(Bytes::from_static(b"C\r\n"));
-        assert_eq!(queue.bytes(), 11);
+        queue.push_stamped(Bytes::from_static(b"A\r\n"), Stamp::None);
+        queue.push_stamped(Bytes::from_static(b"B\r\n"), Stamp::None);
+        queue.push_frame(vec![0x8a, 0]);
+        queue.push_stamped(Bytes::from_static(b"C\r\n"), Stamp::None);
+        assert!(queue.bytes() >= 11 + 4 * ITEM_OVERHEAD_BYTES);
         let mut out = Vec::new();
         let metrics = ShardMetrics::default();
         assert_eq!(queue.take(Transport::WebSocket, &mut out, 0, &metrics), 11);
@@ -201,7 +258,7 @@ mod tests {
         let mut queue = OutQueue::default();
         let line = Bytes::from(vec![b'x'; 1000]);
         for _ in 0..100 {
-            queue.push_lines(line.clone());
+            queue.push_stamped(line.clone(), Stamp::None);
         }
         let mut out = Vec::new();
         let metrics = ShardMetrics::default();
@@ -222,7 +279,7 @@ mod tests {
             let mut queue = OutQueue::default();
             queue.push_stamped(Bytes::from_static(b"A\r\n"), Stamp::Delivery(1_000));
             queue.push_stamped(Bytes::from_static(b"B\r\n"), Stamp::Ack(1_003));
-            queue.push_lines(Bytes::from_static(b"C\r\n"));
+            queue.push_owned(b"C\r\n".to_vec(), Stamp::None);
             let mut out = Vec::new();
             queue.take(transport, &mut out, 1_005, &metrics);
         }
@@ -239,5 +296,47 @@ mod tests {
             text.contains("twitchy_ack_latency_seconds_sum 0.004\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn owned_replies_are_charged_by_what_they_hold_and_given_back_when_written() {
+        let mut queue = OutQueue::default();
+        // A tiny reply in a big buffer is trimmed, so it holds (and is charged) little more than its length.
+        let mut pong = Vec::with_capacity(4096);
+        pong.extend_from_slice(b":tmi.twitch.tv PONG tmi.twitch.tv\r\n");
+        let len = pong.len();
+        assert_eq!(
+            OutQueue::owned_charge(&pong, pong.capacity()),
+            len + ITEM_OVERHEAD_BYTES
+        );
+        queue.push_owned(pong, Stamp::None);
+        let one = queue.bytes();
+        assert!((len + ITEM_OVERHEAD_BYTES..len + ITEM_OVERHEAD_BYTES + 16).contains(&one));
+        // Many tiny replies cost their overhead too: a limit in bytes bounds the memory they hold.
+        for _ in 0..999 {
+            queue.push_owned(
+                b":tmi.twitch.tv PONG tmi.twitch.tv\r\n".to_vec(),
+                Stamp::None,
+            );
+        }
+        assert!(
+            queue.bytes() >= 1000 * (len + ITEM_OVERHEAD_BYTES),
+            "{}",
+            queue.bytes()
+        );
+        // A buffer with little slack is kept (and charged) whole.
+        let mut snug = Vec::with_capacity(100);
+        snug.extend_from_slice(&[b'x'; 90]);
+        assert_eq!(
+            OutQueue::owned_charge(&snug, snug.capacity()),
+            100 + ITEM_OVERHEAD_BYTES
+        );
+        let metrics = ShardMetrics::default();
+        let mut out = Vec::new();
+        while !queue.is_empty() {
+            queue.take(Transport::Tcp, &mut out, 0, &metrics);
+        }
+        assert_eq!(queue.bytes(), 0, "everything charged is given back");
+        assert_eq!(out.len(), 1000 * len);
     }
 }

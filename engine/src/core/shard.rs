@@ -863,12 +863,12 @@ impl ShardCore {
         if conn.closing_since_ms.is_some() {
             return;
         }
-        if conn.queue.bytes() + bytes.len() > limit {
+        if conn.queue.bytes() + OutQueue::owned_charge(&bytes, bytes.capacity()) > limit {
             self.drop_slow(id, now_ms);
             return;
         }
         let was_empty = conn.queue.is_empty();
-        conn.queue.push_stamped(Bytes::from(bytes), stamp);
+        conn.queue.push_owned(bytes, stamp);
         if was_empty {
             self.wake(id);
         }
@@ -882,7 +882,7 @@ impl ShardCore {
             return;
         }
         let was_empty = conn.queue.is_empty();
-        conn.queue.push_frame(Bytes::from(frame));
+        conn.queue.push_frame(frame);
         if was_empty {
             self.wake(id);
         }
@@ -911,7 +911,7 @@ impl ShardCore {
         if farewell != Farewell::None {
             let mut line = Vec::with_capacity(32);
             conn.session.encode_reconnect(&mut line);
-            conn.queue.push_lines(Bytes::from(line));
+            conn.queue.push_owned(line, Stamp::None);
             ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].reconnects_sent_total);
         }
         let rooms = std::mem::take(&mut conn.rooms);
@@ -1915,7 +1915,7 @@ impl ShardCore {
                     .encode_privmsg(&message.chat_line(false, &id_text), &mut line);
                 Bytes::from(line)
             });
-            if conn.queue.bytes() + bytes.len() > limit {
+            if conn.queue.bytes() + OutQueue::shared_charge(bytes) > limit {
                 too_slow.push(viewer);
                 continue;
             }
