@@ -81,12 +81,46 @@ impl Shared {
     }
 }
 
-/// Milliseconds since the unix epoch, from the system clock. The driver's only clock.
+/// Milliseconds since the unix epoch, as the driver's only clock: the system clock read once at start, advanced by
+/// the monotonic clock. Every duration the core measures with it (idle and registration timeouts, rate windows,
+/// shedding) is immune to the system clock being stepped (a manual change, a VM resume, NTP correcting a large
+/// error), which would otherwise drop or block every client at once; timestamps stay within the clock's slew of
+/// real time, and message ids are kept increasing by their generator anyway.
 pub fn unix_ms() -> u64 {
+    static START: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+    let (start_unix_ms, start) =
+        START.get_or_init(|| (system_unix_ms(), std::time::Instant::now()));
+    start_unix_ms + start.elapsed().as_millis() as u64
+}
+
+/// The system clock in milliseconds since the unix epoch.
+fn system_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn the_driver_clock_never_goes_back_and_tracks_the_system_clock() {
+        let mut last = unix_ms();
+        for _ in 0..10_000 {
+            let now = unix_ms();
+            assert!(now >= last, "{now} after {last}");
+            last = now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let later = unix_ms();
+        assert!(later >= last + 20, "the clock advances with real time");
+        assert!(
+            later.abs_diff(system_unix_ms()) < 5_000,
+            "it stays near the system clock"
+        );
+    }
 }
 
 /// A shard-local one-waiter event.
