@@ -6,7 +6,7 @@
 //! bounded by the caller's in-flight request limit; the idle pool keeps at most `connections_idle_max` of them.
 
 use std::cell::{Cell, RefCell};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -83,28 +83,32 @@ impl EndpointUrl {
         }
     }
 
-    /// Resolves the address. An IP literal needs no lookup; a host name is looked up here, which blocks the shard
-    /// briefly, so it is done only when a new connection is made.
-    fn resolve(&self) -> Result<SocketAddr, Error> {
+    /// Resolves the address. An IP literal needs no lookup; a host name is looked up off the shard (cached, see
+    /// [`crate::dns`]), waiting at most `timeout`, so a silent DNS server cannot stall the shard.
+    async fn resolve(&self, timeout: Duration) -> Result<SocketAddr, Error> {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, self.port));
         }
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|source| {
-                Error::with_source(
-                    ErrorKind::Connect,
-                    format!("resolving {}", self.host),
-                    source,
-                )
-            })?
-            .next()
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Connect,
-                    format!("{} resolves to no address", self.host),
-                )
-            })
+        let lookup = async {
+            crate::dns::Resolver::global()
+                .resolve(&self.host, self.port)
+                .await
+                .map_err(|source| {
+                    Error::with_source(
+                        ErrorKind::Connect,
+                        format!("resolving {}", self.host),
+                        source,
+                    )
+                })
+        };
+        let timer = async {
+            glommio::timer::Timer::new(timeout).await;
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("resolving {} after {} ms", self.host, timeout.as_millis()),
+            ))
+        };
+        futures_lite::future::or(lookup, timer).await
     }
 }
 
@@ -275,8 +279,8 @@ impl LocalHttpClient {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Error> {
-        let addr = self.url.resolve()?;
         let timeout = Duration::from_millis(self.limits.connect_timeout_ms.max(1));
+        let addr = self.url.resolve(timeout).await?;
         let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
             .await
             .map_err(|source| {

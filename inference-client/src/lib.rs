@@ -47,6 +47,7 @@ mod admission;
 mod batcher;
 mod breaker;
 mod cache;
+pub mod dns;
 mod error;
 mod factory;
 mod gate;
