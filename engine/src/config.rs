@@ -121,6 +121,15 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 1 << 20)]
     pub outbound_queue_bytes_max: usize,
 
+    /// Bytes queued for all of one shard's clients together; past it the clients furthest behind are disconnected
+    /// (with `RECONNECT`), slowest first, until the shard is back under it.
+    #[arg(
+        long,
+        env = "TWITCHY_OUTBOUND_BYTES_PER_SHARD_MAX",
+        default_value_t = 512 << 20
+    )]
+    pub outbound_bytes_per_shard_max: usize,
+
     /// Kernel send buffer per client socket (SO_SNDBUF), bytes; 0 keeps the kernel's autotuning. A small buffer
     /// bounds kernel memory per connection and makes `--outbound-queue-bytes-max` the real limit on lag.
     #[arg(long, env = "TWITCHY_SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]

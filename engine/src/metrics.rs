@@ -39,6 +39,7 @@ pub struct ShardMetrics {
     pub commands_total: AtomicU64,
     pub commands_refused_total: AtomicU64,
     pub ip_refusals_total: AtomicU64,
+    pub outbound_budget_drops_total: AtomicU64,
     pub protocol_disconnects_total: AtomicU64,
     pub reconnects_sent_total: AtomicU64,
     pub socket_writes_total: AtomicU64,
@@ -168,7 +169,13 @@ type Field = (
 
 /// Renders all shards' counters, plus process memory.
 pub fn render(shards: &[ShardMetrics], out: &mut String) {
-    let fields: [Field; 29] = [
+    let fields: [Field; 30] = [
+        (
+            "twitchy_outbound_budget_drops_total",
+            "counter",
+            "Clients dropped (slowest first, with RECONNECT) because the shard's queues together held more than --outbound-bytes-per-shard-max",
+            |m| &m.outbound_budget_drops_total,
+        ),
         (
             "twitchy_connections_refused_per_ip_total",
             "counter",

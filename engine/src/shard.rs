@@ -250,6 +250,7 @@ pub fn core_config(shared: &Shared, shard: usize) -> CoreConfig {
             users_tracked_max: 1_000_000,
         },
         outbound_queue_bytes_max: args.outbound_queue_bytes_max,
+        outbound_bytes_per_shard_max: args.outbound_bytes_per_shard_max,
         connections_max: args.connections_per_shard_max,
         submits_in_flight_per_conn_max: SUBMITS_IN_FLIGHT_PER_CONN_MAX,
         sequencing_in_flight_max: SEQUENCING_IN_FLIGHT_MAX,

@@ -9,7 +9,9 @@
 //! taken for a socket write, its latency goes into the shard's histograms, so the measured time ends where the
 //! bytes are handed to the socket.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -93,9 +95,33 @@ pub struct OutQueue {
     /// The memory the queue holds for this connection: each owned buffer by its capacity, each shared line by its
     /// length (its allocation is shared by every viewer), plus [`ITEM_OVERHEAD_BYTES`] per item.
     bytes: usize,
+    /// The shard's total over all its queues, kept by every queue as it changes.
+    total: Option<Rc<Cell<usize>>>,
+}
+
+impl Drop for OutQueue {
+    fn drop(&mut self) {
+        self.set_bytes(0);
+    }
 }
 
 impl OutQueue {
+    /// A queue whose bytes also count in the shard's `total`.
+    pub fn counted(total: Rc<Cell<usize>>) -> OutQueue {
+        OutQueue {
+            items: VecDeque::new(),
+            bytes: 0,
+            total: Some(total),
+        }
+    }
+
+    fn set_bytes(&mut self, bytes: usize) {
+        if let Some(total) = &self.total {
+            total.set(total.get() + bytes - self.bytes);
+        }
+        self.bytes = bytes;
+    }
+
     /// What the queue holds in memory (the figure the queue limit applies to), not just the bytes to write.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -127,7 +153,7 @@ impl OutQueue {
             return;
         }
         let charge = Self::shared_charge(&lines);
-        self.bytes += charge;
+        self.set_bytes(self.bytes + charge);
         self.items.push_back(OutItem::Lines(lines, stamp, charge));
     }
 
@@ -138,7 +164,7 @@ impl OutQueue {
         }
         let lines = trimmed(lines);
         let charge = lines.capacity() + ITEM_OVERHEAD_BYTES;
-        self.bytes += charge;
+        self.set_bytes(self.bytes + charge);
         self.items
             .push_back(OutItem::Lines(Bytes::from(lines), stamp, charge));
     }
@@ -147,14 +173,14 @@ impl OutQueue {
     pub fn push_frame(&mut self, frame: Vec<u8>) {
         let frame = trimmed(frame);
         let charge = frame.capacity() + ITEM_OVERHEAD_BYTES;
-        self.bytes += charge;
+        self.set_bytes(self.bytes + charge);
         self.items
             .push_back(OutItem::Frame(Bytes::from(frame), charge));
     }
 
     pub fn clear(&mut self) {
         self.items = VecDeque::new();
-        self.bytes = 0;
+        self.set_bytes(0);
     }
 
     /// Moves queued bytes into `out` (framed for `transport`), up to about [`WRITE_GATHER_BYTES_MAX`] (a single
@@ -215,7 +241,7 @@ impl OutQueue {
                 }
             }
         }
-        self.bytes -= released;
+        self.set_bytes(self.bytes - released);
         if self.items.is_empty() && self.items.capacity() > QUEUE_IDLE_CAPACITY_MAX {
             self.items = VecDeque::new();
         }

@@ -1,6 +1,7 @@
 //! [`ShardCore`]: one shard's connections, local rooms and home rooms, as a state machine (see the module docs of
 //! [`crate::core`]).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct CoreConfig {
     pub rate: RateLimitConfig,
     /// Bytes queued for one client before it is dropped as too slow (with `RECONNECT`).
     pub outbound_queue_bytes_max: usize,
+    /// Bytes queued for all of this shard's clients together; past it the slowest are dropped (with `RECONNECT`).
+    pub outbound_bytes_per_shard_max: usize,
     pub connections_max: usize,
     /// Submits one connection may have unanswered before its socket is no longer read.
     pub submits_in_flight_per_conn_max: u32,
@@ -106,6 +109,7 @@ impl CoreConfig {
                 users_tracked_max: 100_000,
             },
             outbound_queue_bytes_max: 1 << 20,
+            outbound_bytes_per_shard_max: 512 << 20,
             connections_max: 20_000,
             submits_in_flight_per_conn_max: 64,
             sequencing_in_flight_max: 100_000,
@@ -309,6 +313,8 @@ pub struct ShardCore {
     styling: HashMap<u64, StyleJob>,
     next_ticket: u64,
     commands: HashMap<u64, CommandOp>,
+    /// What every connection's outbound queue holds, together (kept by the queues).
+    queued_total: Rc<Cell<usize>>,
     /// Whispers waiting for their recipient's lookup or their durable write (user-home side).
     whispers: HashMap<u64, WhisperJob>,
     /// Logged-in users whose home this shard is, with their connections: where whispers go.
@@ -391,6 +397,7 @@ impl ShardCore {
             styling: HashMap::new(),
             next_ticket: 1,
             commands: HashMap::new(),
+            queued_total: Rc::new(Cell::new(0)),
             whispers: HashMap::new(),
             online: HashMap::new(),
             inbox_reads: HashMap::new(),
@@ -514,7 +521,7 @@ impl ShardCore {
                 Transport::WebSocket => InputDecoder::Ws(WsDecoder::new(WS_MESSAGE_BYTES_MAX)),
             },
             rooms: Vec::new(),
-            queue: OutQueue::default(),
+            queue: OutQueue::counted(self.queued_total.clone()),
             submits_in_flight: 0,
             opened_ms: now_ms,
             last_rx_ms: now_ms,
@@ -872,6 +879,7 @@ impl ShardCore {
         if was_empty {
             self.wake(id);
         }
+        self.shed_over_budget(now_ms);
     }
 
     fn push_frame(&mut self, id: ConnId, frame: Vec<u8>) {
@@ -1939,6 +1947,36 @@ impl ShardCore {
         for viewer in too_slow {
             self.drop_slow(viewer, now_ms);
         }
+        self.shed_over_budget(now_ms);
+    }
+
+    /// The bytes queued for all of this shard's clients.
+    pub fn queued_bytes_total(&self) -> usize {
+        self.queued_total.get()
+    }
+
+    /// While the shard's queues together hold more than their budget, drops the client furthest behind (with
+    /// `RECONNECT`): the slowest reader goes first, and readers that keep up are never dropped for others.
+    fn shed_over_budget(&mut self, now_ms: u64) {
+        while self.queued_total.get() > self.cfg.outbound_bytes_per_shard_max {
+            let slowest = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(index, slot)| {
+                    let conn = slot.conn.as_deref()?;
+                    (conn.closing_since_ms.is_none() && !conn.queue.is_empty()).then(|| {
+                        let id = (u64::from(slot.generation) << 32) | index as u64;
+                        (conn.queue.bytes(), id)
+                    })
+                })
+                .max();
+            let Some((_, id)) = slowest else {
+                return;
+            };
+            ShardMetrics::inc(&self.metrics().outbound_budget_drops_total);
+            self.drop_slow(id, now_ms);
+        }
     }
 }
 
@@ -1949,4 +1987,81 @@ enum Farewell {
     ReconnectNow,
     /// Send `RECONNECT` after what is queued (shutdown).
     ReconnectAfterQueued,
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    fn core(budget: usize) -> ShardCore {
+        let room = RoomInfo {
+            name: "lobby".into(),
+            id: 1,
+            style: "pirate".into(),
+            moderators: Vec::new(),
+            broadcaster: None,
+            vips: Vec::new(),
+            automod: AutoModMode::Off,
+            banned_phrases: Vec::new(),
+        };
+        let mut cfg = CoreConfig::for_tests(0, 1, vec![room]);
+        cfg.outbound_bytes_per_shard_max = budget;
+        ShardCore::new(cfg)
+    }
+
+    /// A client that sends PINGs and never reads: each PONG stays queued.
+    fn pings(core: &mut ShardCore, id: ConnId, count: usize) {
+        for i in 0..count {
+            core.conn_input(id, format!("PING :{i}\r\n").as_bytes(), 1_000);
+        }
+    }
+
+    #[test]
+    fn over_the_shard_budget_the_slowest_reader_goes_first() {
+        let mut core = core(40_000);
+        let slow = core.conn_open(Transport::Tcp, 0).unwrap();
+        let slower = core.conn_open(Transport::Tcp, 0).unwrap();
+        for id in [slow, slower] {
+            core.conn_input(id, b"NICK justinfan77\r\n", 0);
+        }
+        pings(&mut core, slower, 250);
+        pings(&mut core, slow, 100);
+        let before = core.queued_bytes(slow);
+        assert!(core.queued_bytes_total() <= 40_000);
+        // More PINGs from the slow one push the shard over: the slower one (the biggest queue) is dropped.
+        pings(&mut core, slow, 80);
+        assert!(
+            core.queued_bytes(slow) > before,
+            "the slow reader keeps its queue"
+        );
+        let mut out = Vec::new();
+        while core.take_writes(slower, &mut out, 2_000) > 0 {}
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text, ":tmi.twitch.tv RECONNECT\r\n",
+            "only the farewell is left for it"
+        );
+        assert_eq!(
+            core.config().metrics[0]
+                .outbound_budget_drops_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert!(core.queued_bytes_total() <= 40_000);
+        // Writing what is queued gives it back to the budget.
+        let mut drained = Vec::new();
+        while core.take_writes(slow, &mut drained, 2_000) > 0 {}
+        assert!(
+            core.queued_bytes_total() < 200,
+            "{}",
+            core.queued_bytes_total()
+        );
+        core.conn_closed(slower);
+        core.conn_closed(slow);
+        assert_eq!(
+            core.queued_bytes_total(),
+            0,
+            "closed connections hold nothing"
+        );
+    }
 }
