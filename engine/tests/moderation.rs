@@ -458,6 +458,15 @@ fn roles_carry_badges_and_the_mod_flag_everywhere() {
         notice_for(&mut bea_ws, "lobby", "/vip vera"),
         "bad_vip_grantee_already_vip"
     );
+    bea_ws.send("PRIVMSG #lobby :/vips");
+    let vips = expect_line(&mut bea_ws, "/vips", "NOTICE #lobby");
+    assert_eq!(tag(&vips, "msg-id").as_deref(), Some("vips_success"));
+    assert!(trailing(&vips).contains("vera"), "{vips}");
+    assert_eq!(
+        notice_for(&mut bea_ws, "lobby", "/unvip vera"),
+        "unvip_success"
+    );
+    assert_eq!(notice_for(&mut bea_ws, "lobby", "/vips"), "no_vips");
     assert_eq!(
         notice_for(&mut bea_ws, "lobby", "/unmod carl"),
         "unmod_success"
@@ -561,6 +570,11 @@ fn automod_blocks_or_holds_for_moderators() {
         "msg_rejected"
     );
     assert!(say(&mut mod_ws, "lobby", "mods may say free vbucks").is_ok());
+    assert_eq!(
+        notice_for(&mut mod_ws, "lobby", "/automod remove free vbucks"),
+        "automod_phrase_removed"
+    );
+    assert!(say(&mut bob_tcp, "lobby", "so free vbucks are fine now").is_ok());
     assert_eq!(
         notice_for(&mut bob_tcp, "lobby", "/automod add x"),
         "no_permission"
