@@ -419,13 +419,8 @@ pub async fn check_token(storage: &StorageHandle, login: &str, token: &str) -> T
 
 /// A user's stored profile (display name and colour); the default when none was saved.
 pub async fn load_profile(storage: &StorageHandle, user_id: u64) -> Result<Profile, StorageError> {
-    let key = keys::profile(user_id);
-    let entries = storage.settings(&keys::profile_prefix(user_id), 8).await?;
-    Ok(entries
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, value)| serde_json::from_slice(&value).ok())
-        .unwrap_or_default())
+    let profile = crate::shard::json_setting(storage, &keys::profile(user_id)).await?;
+    Ok(profile.unwrap_or_default())
 }
 
 /// Saves a user's profile durably.

@@ -782,10 +782,9 @@ async fn history(shard: &Shard, room: &str, query: Option<&str>) -> Response<Bod
                     ("reply", keys::reply(name, record.id)),
                     ("reactions", keys::reactions(name, record.id)),
                 ] {
-                    if let Ok(found) = shard.shared.storage.settings(&key, 1).await
-                        && let Some((_, stored)) = found.into_iter().find(|(k, _)| *k == key)
-                        && let Ok(stored) = serde_json::from_slice::<serde_json::Value>(&stored)
-                    {
+                    let stored: Result<Option<serde_json::Value>, _> =
+                        crate::shard::json_setting(&shard.shared.storage, &key).await;
+                    if let Ok(Some(stored)) = stored {
                         value[field] = stored;
                     }
                 }
@@ -1184,16 +1183,14 @@ async fn whisper_thread_of(
 /// The id up to which `me` has read the conversation with `peer` (empty: nothing read).
 async fn read_marker(shard: &Shard, me: u64, peer: u64) -> Result<String, Response<Body>> {
     let key = crate::core::moderation::keys::read_marker(me, peer);
-    let entries = shard
+    let marker = shard
         .shared
         .storage
-        .settings(&key, 1)
+        .setting(&key)
         .await
         .map_err(|e| storage_unavailable(&e))?;
-    Ok(entries
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| String::from_utf8(v).ok())
+    Ok(marker
+        .and_then(|v| String::from_utf8(v).ok())
         .unwrap_or_default())
 }
 

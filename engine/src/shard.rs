@@ -123,6 +123,18 @@ mod clock_tests {
     }
 }
 
+/// One JSON-valued setting, if it is set and reads as a `T` (a value that does not is treated as unset: a bad
+/// entry must not keep the server from starting).
+pub async fn json_setting<T: serde::de::DeserializeOwned>(
+    storage: &StorageHandle,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    Ok(storage
+        .setting(key)
+        .await?
+        .and_then(|value| serde_json::from_slice(&value).ok()))
+}
+
 /// A shard-local one-waiter event.
 #[derive(Default)]
 pub struct LocalNotify {
@@ -315,18 +327,7 @@ impl Shard {
                 .saturating_sub(crate::core::DELETABLE_MESSAGES_MAX);
             for record in &records[window..] {
                 let key = crate::core::moderation::keys::reactions(name, record.id);
-                let found = self.shared.storage.settings(&key, 1).await?;
-                if let Some(counts) =
-                    found
-                        .into_iter()
-                        .find(|(k, _)| *k == key)
-                        .and_then(|(_, value)| {
-                            serde_json::from_slice::<std::collections::BTreeMap<String, u32>>(
-                                &value,
-                            )
-                            .ok()
-                        })
-                {
+                if let Some(counts) = json_setting(&self.shared.storage, &key).await? {
                     reactions.insert(record.id, counts);
                 }
             }
@@ -335,16 +336,9 @@ impl Shard {
             let skip = records.len().saturating_sub(crate::core::HISTORY_ON_JOIN);
             for record in &records[skip..] {
                 let key = crate::core::moderation::keys::reply(name, record.id);
-                let found = self.shared.storage.settings(&key, 1).await?;
-                if let Some(stored) =
-                    found
-                        .into_iter()
-                        .find(|(k, _)| *k == key)
-                        .and_then(|(_, value)| {
-                            serde_json::from_slice::<crate::core::moderation::StoredReply>(&value)
-                                .ok()
-                        })
-                {
+                let stored: Option<crate::core::moderation::StoredReply> =
+                    json_setting(&self.shared.storage, &key).await?;
+                if let Some(stored) = stored {
                     replies.insert(record.id, stored.into());
                 }
             }

@@ -603,6 +603,17 @@ impl StorageHandle {
         .await
     }
 
+    /// The value of one settings key, if it is set: a scan with the whole key as the prefix, keeping only the
+    /// exact key (a longer key that starts with it is another setting).
+    pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .settings(key, 1)
+            .await?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value))
+    }
+
     /// Whether the store takes writes, and if not why. Cheap; meant for `/healthz`.
     pub fn health(&self) -> Health {
         self.shared.health()

@@ -1147,12 +1147,8 @@ fn newest_first(
             if best.contains_key(&id) {
                 continue;
             }
-            if any_deleted {
-                deleted_key.truncate(prefix_len);
-                deleted_key.extend_from_slice(&id.to_be_bytes());
-                if index.deleted.contains_key(&deleted_key).map_err(io)? {
-                    continue;
-                }
+            if any_deleted && marked_deleted(index, &mut deleted_key, prefix_len, id)? {
+                continue;
             }
             let record = rkyv::deserialize::<MessageRecord, rancor::Error>(archived)
                 .map_err(|e| StorageError::Corrupt(format!("message: {e}")))?;
@@ -1224,12 +1220,8 @@ fn oldest_first(
             if best.contains_key(&id) {
                 continue;
             }
-            if any_deleted {
-                deleted_key.truncate(prefix_len);
-                deleted_key.extend_from_slice(&id.to_be_bytes());
-                if index.deleted.contains_key(&deleted_key).map_err(io)? {
-                    continue;
-                }
+            if any_deleted && marked_deleted(index, &mut deleted_key, prefix_len, id)? {
+                continue;
             }
             let record = rkyv::deserialize::<MessageRecord, rancor::Error>(archived)
                 .map_err(|e| StorageError::Corrupt(format!("message: {e}")))?;
@@ -1240,6 +1232,19 @@ fn oldest_first(
         }
     }
     Ok(best.into_values().collect())
+}
+
+/// Whether message `id` carries a deletion marker. `key` holds the room's prefix in its first `prefix_len` bytes
+/// and is reused from call to call, so a page read allocates one key, not one per message.
+fn marked_deleted(
+    index: &Index,
+    key: &mut Vec<u8>,
+    prefix_len: usize,
+    id: MessageId,
+) -> Result<bool> {
+    key.truncate(prefix_len);
+    key.extend_from_slice(&id.to_be_bytes());
+    index.deleted.contains_key(&*key).map_err(io)
 }
 
 /// Whether `room` has a message with this id in the index. A chunk spans at most `CHUNK_SPAN_MS_MAX`, so only

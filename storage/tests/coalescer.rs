@@ -926,7 +926,15 @@ fn moderation_requests_go_through_the_handle_and_answer() {
             ("room/forsen/modes".to_string(), b"{\"slow\":30}".to_vec()),
         ]
     );
+    // One key: the exact one, not a longer key that starts with it.
+    block_on(h.put_setting("room/forsen/ban/420", b"{\"x\":1}".to_vec())).unwrap();
+    assert_eq!(
+        block_on(h.setting("room/forsen/ban/42")).unwrap(),
+        Some(b"{}".to_vec())
+    );
     block_on(h.delete_setting("room/forsen/ban/42")).unwrap();
+    assert_eq!(block_on(h.setting("room/forsen/ban/42")).unwrap(), None);
+    block_on(h.delete_setting("room/forsen/ban/420")).unwrap();
     assert_eq!(block_on(h.settings("room/forsen/", 10)).unwrap().len(), 1);
 
     let moved = block_on(h.rename_account("exists_a", "newname")).unwrap();

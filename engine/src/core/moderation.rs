@@ -158,9 +158,6 @@ pub mod keys {
     pub fn automod(room: &str) -> String {
         format!("room/{room}/automod")
     }
-    pub fn profile_prefix(user_id: u64) -> String {
-        format!("user/{user_id}/")
-    }
     pub fn profile(user_id: u64) -> String {
         format!("user/{user_id}/profile")
     }
