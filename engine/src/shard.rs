@@ -417,6 +417,23 @@ impl Shard {
         }
     }
 
+    /// Runs `work` as a task of this shard, then hands its result to the core with `done` (with the time it
+    /// finished) and carries out what the core decided: how every request to the authenticator and the store
+    /// comes back.
+    fn complete_later<T: 'static>(
+        self: &Rc<Self>,
+        work: impl Future<Output = T> + 'static,
+        done: impl FnOnce(&mut ShardCore, T, u64) + 'static,
+    ) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let result = work.await;
+            done(&mut shard.core.borrow_mut(), result, unix_ms());
+            shard.pump();
+        })
+        .detach();
+    }
+
     /// Runs a chat command for the HTTP API; the answer arrives when the room's home has carried it out.
     pub fn api_command(
         self: &Rc<Self>,
@@ -487,22 +504,19 @@ impl Shard {
                     }
                 }
                 Output::Authenticate { conn, login, token } => {
-                    let shard = self.clone();
-                    glommio::spawn_local(async move {
-                        let outcome =
-                            match crate::auth::check_token(&shard.shared.storage, &login, &token)
-                                .await
-                            {
-                                crate::auth::TokenCheck::Valid(identity) => {
-                                    AuthOutcome::Valid(identity)
-                                }
-                                crate::auth::TokenCheck::Invalid => AuthOutcome::Invalid,
-                                crate::auth::TokenCheck::Unavailable => AuthOutcome::Unavailable,
-                            };
-                        shard.core.borrow_mut().auth_done(conn, outcome, unix_ms());
-                        shard.pump();
-                    })
-                    .detach();
+                    let storage = self.shared.storage.clone();
+                    let check = async move {
+                        match crate::auth::check_token(&storage, &login, &token).await {
+                            crate::auth::TokenCheck::Valid(identity) => {
+                                AuthOutcome::Valid(identity)
+                            }
+                            crate::auth::TokenCheck::Invalid => AuthOutcome::Invalid,
+                            crate::auth::TokenCheck::Unavailable => AuthOutcome::Unavailable,
+                        }
+                    };
+                    self.complete_later(check, move |core, outcome, now_ms| {
+                        core.auth_done(conn, outcome, now_ms)
+                    });
                 }
                 Output::Style(request) => {
                     let shard = self.clone();
@@ -531,71 +545,45 @@ impl Shard {
                     .detach();
                 }
                 Output::ResolveUser { ticket, login } => {
-                    let shard = self.clone();
-                    glommio::spawn_local(async move {
-                        let resolved = shard
-                            .shared
-                            .storage
-                            .account(&login)
-                            .await
-                            .map(|account| account.map(|a| a.user_id));
-                        shard
-                            .core
-                            .borrow_mut()
-                            .user_resolved(ticket, resolved, unix_ms());
-                        shard.pump();
-                    })
-                    .detach();
+                    let storage = self.shared.storage.clone();
+                    let lookup = async move {
+                        let account = storage.account(&login).await;
+                        account.map(|found| found.map(|a| a.user_id))
+                    };
+                    self.complete_later(lookup, move |core, resolved, now_ms| {
+                        core.user_resolved(ticket, resolved, now_ms)
+                    });
                 }
                 Output::PutSetting { ticket, key, value } => {
-                    let shard = self.clone();
-                    glommio::spawn_local(async move {
-                        let storage = &shard.shared.storage;
-                        let result = match value {
+                    let storage = self.shared.storage.clone();
+                    let write = async move {
+                        match value {
                             Some(value) => storage.put_setting(&key, value).await,
                             None => storage.delete_setting(&key).await,
-                        };
-                        shard
-                            .core
-                            .borrow_mut()
-                            .write_done(ticket, result, unix_ms());
-                        shard.pump();
-                    })
-                    .detach();
+                        }
+                    };
+                    self.complete_later(write, move |core, result, now_ms| {
+                        core.write_done(ticket, result, now_ms)
+                    });
                 }
                 Output::ReadSettings {
                     ticket,
                     prefix,
                     limit,
                 } => {
-                    let shard = self.clone();
-                    glommio::spawn_local(async move {
-                        let result = shard.shared.storage.settings(&prefix, limit).await;
-                        shard
-                            .core
-                            .borrow_mut()
-                            .settings_read(ticket, result, unix_ms());
-                        shard.pump();
-                    })
-                    .detach();
+                    let storage = self.shared.storage.clone();
+                    let read = async move { storage.settings(&prefix, limit).await };
+                    self.complete_later(read, move |core, result, now_ms| {
+                        core.settings_read(ticket, result, now_ms)
+                    });
                 }
                 Output::DeleteMessage { ticket, room, id } => {
-                    let shard = self.clone();
-                    glommio::spawn_local(async move {
-                        let name = shard.shared.rooms[room].name.clone();
-                        let result = shard
-                            .shared
-                            .storage
-                            .delete_message(&name, id)
-                            .await
-                            .map(|_| ());
-                        shard
-                            .core
-                            .borrow_mut()
-                            .write_done(ticket, result, unix_ms());
-                        shard.pump();
-                    })
-                    .detach();
+                    let storage = self.shared.storage.clone();
+                    let name = self.shared.rooms[room].name.clone();
+                    let delete = async move { storage.delete_message(&name, id).await.map(|_| ()) };
+                    self.complete_later(delete, move |core, result, now_ms| {
+                        core.write_done(ticket, result, now_ms)
+                    });
                 }
                 Output::ApiReply { ticket, reply } => {
                     if let Some(waiter) = self.api_waiters.borrow_mut().remove(&ticket) {
