@@ -398,22 +398,30 @@ pub enum TokenCheck {
 
 /// Checks a token for a login, telling a bad token apart from a store that cannot answer.
 pub async fn check_token(storage: &StorageHandle, login: &str, token: &str) -> TokenCheck {
-    let token = token.strip_prefix("oauth:").unwrap_or(token);
-    let owner = match storage.login_for_token(token_sha256(token)).await {
-        Ok(Some(owner)) => owner,
-        Ok(None) => return TokenCheck::Invalid,
-        Err(err) => return unavailable(&err),
-    };
-    if !owner.eq_ignore_ascii_case(login) {
-        return TokenCheck::Invalid;
-    }
-    match storage.account(&owner).await {
-        Ok(Some(account)) => match identity_for(storage, account).await {
-            Ok(identity) => TokenCheck::Valid(identity),
-            Err(err) => unavailable(&err),
-        },
+    match token_identity(storage, token, Some(login)).await {
+        Ok(Some(identity)) => TokenCheck::Valid(identity),
         Ok(None) => TokenCheck::Invalid,
         Err(err) => unavailable(&err),
+    }
+}
+
+/// The identity a live token belongs to (`oauth:` prefix allowed); `None` for an unknown, expired or revoked
+/// token, for one whose account is gone, or for one that is not `login`'s when a login is given.
+async fn token_identity(
+    storage: &StorageHandle,
+    token: &str,
+    login: Option<&str>,
+) -> Result<Option<Identity>, StorageError> {
+    let token = token.strip_prefix("oauth:").unwrap_or(token);
+    let Some(owner) = storage.login_for_token(token_sha256(token)).await? else {
+        return Ok(None);
+    };
+    if login.is_some_and(|login| !owner.eq_ignore_ascii_case(login)) {
+        return Ok(None);
+    }
+    match storage.account(&owner).await? {
+        Some(account) => Ok(Some(identity_for(storage, account).await?)),
+        None => Ok(None),
     }
 }
 
@@ -462,14 +470,9 @@ pub async fn identity_for(
 
 /// The identity behind a bearer token (the HTTP API's `Authorization: Bearer <token>`).
 pub async fn bearer_identity(storage: &StorageHandle, token: &str) -> Result<Identity, AuthError> {
-    let token = token.strip_prefix("oauth:").unwrap_or(token);
-    let Some(login) = storage.login_for_token(token_sha256(token)).await? else {
-        return Err(AuthError::InvalidToken);
-    };
-    let Some(account) = storage.account(&login).await? else {
-        return Err(AuthError::InvalidToken);
-    };
-    Ok(identity_for(storage, account).await?)
+    token_identity(storage, token, None)
+        .await?
+        .ok_or(AuthError::InvalidToken)
 }
 
 /// Changes a user's name: a new login when more than its case changes (the user id, password and tokens stay;

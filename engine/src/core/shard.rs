@@ -243,6 +243,18 @@ impl ReactionCount {
 /// Rooms with more logged-in users than this get no JOIN/PART lines and no member list in NAMES, as on Twitch.
 pub const MEMBERSHIP_LIST_MAX: usize = 1_000;
 
+impl HomeRoom {
+    /// One of the room's last messages by its id as clients write it (parsed once, not formatted per message).
+    fn recent_by_id(&self, id: &str) -> Option<&Arc<ChatMessage>> {
+        let parsed: MessageId = id.parse().ok()?;
+        // Only the id's own spelling names it, as a string comparison would.
+        if parsed.to_string() != id {
+            return None;
+        }
+        self.recent.iter().rev().find(|m| m.record.id == parsed)
+    }
+}
+
 /// Durable messages per room that `/delete` can find by id (the last ones).
 pub const DELETABLE_MESSAGES_MAX: usize = 200;
 /// Chat commands a shard may have waiting for a lookup or a write; past it they get "try again".
@@ -1857,11 +1869,7 @@ impl ShardCore {
     /// that is not there.
     fn reply_tags(&self, room: usize, parent_id: &str) -> Option<ReplyTags> {
         let home = self.home[room].as_ref()?;
-        let parent = home
-            .recent
-            .iter()
-            .rev()
-            .find(|m| m.record.id.to_string() == parent_id)?;
+        let parent = home.recent_by_id(parent_id)?;
         let r = &parent.record;
         let (thread_msg_id, thread_login) = match &parent.reply {
             Some(grand) => (grand.thread_msg_id.clone(), grand.thread_login.clone()),

@@ -79,6 +79,15 @@ pub(super) fn failed(kind: ReplyKind, msg_id: &'static str, text: String) -> Com
     }
 }
 
+/// The store could not look up or save what a command needs: try again.
+pub(super) fn not_saved() -> CommandReply {
+    failed(
+        ReplyKind::Unavailable,
+        msg_id::TRY_AGAIN,
+        COMMAND_UNAVAILABLE_TEXT.into(),
+    )
+}
+
 pub(super) fn no_permission() -> CommandReply {
     failed(
         ReplyKind::Forbidden,
@@ -457,11 +466,7 @@ impl ShardCore {
                 self.answer(&submit, reply, now_ms)
             }
             ChatCommand::Delete { message_id } => {
-                let found = home
-                    .recent
-                    .iter()
-                    .find(|m| m.record.id.to_string() == *message_id)
-                    .cloned();
+                let found = home.recent_by_id(message_id).cloned();
                 let Some(message) = found else {
                     let reply = failed(
                         ReplyKind::NotFound,
@@ -603,14 +608,7 @@ impl ShardCore {
                 );
                 return self.answer(&submit, reply, now_ms);
             }
-            Err(_) => {
-                let reply = failed(
-                    ReplyKind::Unavailable,
-                    msg_id::TRY_AGAIN,
-                    COMMAND_UNAVAILABLE_TEXT.into(),
-                );
-                return self.answer(&submit, reply, now_ms);
-            }
+            Err(_) => return self.answer(&submit, not_saved(), now_ms),
         };
         let room = submit.room;
         let info = &self.cfg.rooms[room];
@@ -898,12 +896,7 @@ impl ShardCore {
         let submit = op.submit;
         if let Err(err) = result {
             log::warn!("/{} could not be saved: {err}", submit.command.name());
-            let reply = failed(
-                ReplyKind::Unavailable,
-                msg_id::TRY_AGAIN,
-                COMMAND_UNAVAILABLE_TEXT.into(),
-            );
-            return self.answer(&submit, reply, now_ms);
+            return self.answer(&submit, not_saved(), now_ms);
         }
         let room = submit.room;
         match op.effect.expect("a write has an effect") {
@@ -1103,9 +1096,12 @@ impl ShardCore {
                 continue;
             }
             let session = &conn.session;
-            let viewer_role = session
-                .identity()
-                .map(|i| role_of(info, &self.rooms[room].view.granted, i.user_id, &i.login));
+            // Only role changes and AutoMod's lines depend on who the viewer is; the rest skip the lookup.
+            let viewer_role = || {
+                session
+                    .identity()
+                    .map(|i| role_of(info, &self.rooms[room].view.granted, i.user_id, &i.login))
+            };
             let mut out = Vec::new();
             match event {
                 RoomEvent::Clear { user } => {
@@ -1129,7 +1125,7 @@ impl ShardCore {
                 }
                 RoomEvent::Role { user_id, role } => {
                     if session.identity().is_some_and(|i| i.user_id == *user_id) {
-                        let effective = viewer_role.unwrap_or(*role);
+                        let effective = viewer_role().unwrap_or(*role);
                         session.encode_role_change(&info.name, effective, &mut out);
                     }
                 }
@@ -1141,7 +1137,7 @@ impl ShardCore {
                     reason,
                     text,
                 } => {
-                    if viewer_role.is_some_and(Role::moderates) {
+                    if viewer_role().is_some_and(Role::moderates) {
                         let held = HeldLine {
                             held_id: *held_id,
                             login,
@@ -1180,7 +1176,7 @@ impl ShardCore {
                     session.encode_membership(&info.name, joined, parted, &mut out);
                 }
                 RoomEvent::Resolved { held_id, allowed } => {
-                    if viewer_role.is_some_and(Role::moderates) {
+                    if viewer_role().is_some_and(Role::moderates) {
                         let held = HeldLine {
                             held_id: *held_id,
                             login: "",

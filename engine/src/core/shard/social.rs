@@ -71,12 +71,7 @@ impl ShardCore {
         let mut relayed_react = None;
         if let Some(reaction) = react {
             let home = self.home_room(room);
-            let Some(message) = home
-                .recent
-                .iter()
-                .rev()
-                .find(|m| m.record.id.to_string() == reaction.msg_id)
-            else {
+            let Some(message) = home.recent_by_id(&reaction.msg_id) else {
                 // Only the room's newest messages take reactions; the sender is told, not left guessing.
                 let reply = CommandReply {
                     kind: ReplyKind::NotFound,
