@@ -41,6 +41,17 @@ fn send_acked(irc: &mut Irc, line: &str) -> String {
     tag(&ack, "id").unwrap()
 }
 
+/// The message of a history API page whose `field` is `value`.
+fn find_message(page: &serde_json::Value, field: &str, value: &str) -> serde_json::Value {
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .find(|m| m[field] == value)
+        .unwrap_or_else(|| panic!("no message with {field} {value:?} in {page}"))
+        .clone()
+}
+
 /// Every range of an `emotes` tag points at that emote's code in `text` (code-point offsets, inclusive).
 fn emote_ranges_point_at_codes(emotes: &str, text: &str, codes: &serde_json::Value) -> usize {
     let chars: Vec<char> = text.chars().collect();
@@ -216,21 +227,9 @@ fn me_replies_and_the_replay_carry_twitchs_tags() {
         None,
     )
     .json();
-    let me_line = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["original"] == "waves hello twiWave")
-        .unwrap()
-        .clone();
+    let me_line = find_message(&history, "original", "waves hello twiWave");
     assert_eq!(me_line["action"], true);
-    let reply_line = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == reply.as_str())
-        .unwrap()
-        .clone();
+    let reply_line = find_message(&history, "id", &reply);
     assert_eq!(
         reply_line["reply"]["parent_msg_id"],
         parent.as_str(),
@@ -366,13 +365,7 @@ fn typing_and_reactions_reach_the_room_but_not_the_sender() {
 
     // The counts are kept beside the message: in the history API, and counting on after a restart.
     let history = http(server.http, "GET", "/api/rooms/globe/messages", None).json();
-    let reacted = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == id.as_str())
-        .unwrap()
-        .clone();
+    let reacted = find_message(&history, "id", &id);
     assert_eq!(reacted["reactions"]["🔥"], 2, "{reacted}");
     drop((a, b, anon));
     server.restart();
