@@ -22,6 +22,27 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_IRC", default_value = "127.0.0.1:6667")]
     pub irc: SocketAddr,
 
+    /// PEM certificate chain for TLS. With `--tls-key`, the HTTP listener speaks only TLS (`https://`, `wss://`)
+    /// and `--irc-tls` may add an IRC-over-TLS listener. SIGHUP reloads both files.
+    #[arg(long, env = "TWITCHY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "TWITCHY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Address for IRC over TLS (Twitch uses port 6697); needs `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "TWITCHY_IRC_TLS", requires = "tls_cert")]
+    pub irc_tls: Option<SocketAddr>,
+
+    /// Time a client has to complete the TLS handshake after connecting.
+    #[arg(
+        long,
+        env = "TWITCHY_TLS_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub tls_handshake_timeout_ms: u64,
+
     /// Directory of the embedded store.
     #[arg(long, env = "TWITCHY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

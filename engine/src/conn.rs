@@ -6,7 +6,6 @@
 //! idle connection holds no buffers. The core decides everything: when to stop reading (backpressure), when to
 //! close, what to write; the task ends when the core says the connection is finished or cut, or the socket fails.
 
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -19,6 +18,10 @@ pub use crate::core::Transport;
 use crate::ip_limit::IpSlot;
 use crate::metrics::ShardMetrics;
 use crate::shard::{ConnHandle, Shard};
+use crate::tls::EdgeStream;
+
+/// How long a closing connection may take to say goodbye (a TLS close_notify) before its socket is dropped.
+const CLOSE_MS_MAX: u64 = 1_000;
 
 enum Wait {
     /// The client sent bytes (already handed to the core).
@@ -30,26 +33,21 @@ enum Wait {
 }
 
 /// Serves one client connection until it ends.
-pub async fn serve<S>(shard: Rc<Shard>, stream: S, transport: Transport, slot: IpSlot)
-where
-    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
-{
-    let opened = shard.open_conn(transport, stream.as_raw_fd());
+pub async fn serve(shard: Rc<Shard>, stream: EdgeStream, transport: Transport, slot: IpSlot) {
+    let opened = shard.open_conn(transport, stream.direct_fd());
     serve_opened(shard, stream, opened, Bytes::new(), slot).await;
 }
 
 /// Serves a connection already registered with [`Shard::open_conn`] (`None`: it was refused, and the socket is
 /// closed right away). `preread` holds bytes already read (after an HTTP upgrade).
-pub async fn serve_opened<S>(
+pub async fn serve_opened(
     shard: Rc<Shard>,
-    mut stream: S,
+    mut stream: EdgeStream,
     opened: Option<(ConnId, Rc<ConnHandle>)>,
     preread: Bytes,
     // Held for the connection's life: its place under the per-address limit.
     _slot: IpSlot,
-) where
-    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + 'static,
-{
+) {
     let Some((id, handle)) = opened else {
         // Over the connection limit (or shutting down): the socket is dropped (closed) right away.
         return;
@@ -90,7 +88,13 @@ pub async fn serve_opened<S>(
         }
     }
     shard.forget_socket(id);
-    let _ = stream.close().await;
+    futures_lite::future::or(
+        async {
+            let _ = stream.close().await;
+        },
+        glommio::timer::sleep(std::time::Duration::from_millis(CLOSE_MS_MAX)),
+    )
+    .await;
     drop(stream);
     shard.close_conn(id);
 }
@@ -161,7 +165,10 @@ async fn write_or_cut<S: AsyncWrite + Unpin>(
             }
         }
     };
-    futures_lite::future::or(stream.write_all(bytes), cut)
-        .await
-        .is_ok()
+    // The flush matters for TLS, which may keep encrypted bytes until asked; for plain TCP it does nothing.
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    futures_lite::future::or(write, cut).await.is_ok()
 }

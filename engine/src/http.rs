@@ -11,19 +11,17 @@
 //! at [`REQUEST_BODY_BYTES_MAX`]. The deadlines are decided by [`HttpTimeouts`], a plain function of the
 //! connection's phase and the time, so they are unit-tested without sockets.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -39,6 +37,7 @@ use crate::metrics::ShardMetrics;
 use crate::protocol::commands::{self, ChatCommand};
 use crate::protocol::session::Identity;
 use crate::shard::{LocalNotify, Shard};
+use crate::tls::EdgeStream;
 
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 /// History page size: default and maximum.
@@ -198,9 +197,11 @@ impl ConnTimers {
     }
 }
 
-/// The socket as hyper reads it: notes when the first bytes of a request head arrive.
+/// The socket as hyper reads it: notes when the first bytes of a request head arrive. The stream is shared so that
+/// it can be taken back after hyper's connection is dropped (to answer `408`, or after an upgrade); only one of
+/// them uses it at a time, and no borrow is held across an await.
 struct TimedStream {
-    inner: TcpStream,
+    inner: Rc<RefCell<EdgeStream>>,
     timers: Rc<ConnTimers>,
 }
 
@@ -211,7 +212,7 @@ impl AsyncRead for TimedStream {
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let result = Pin::new(&mut *this.inner.borrow_mut()).poll_read(cx, buf);
         if let Poll::Ready(Ok(n)) = result
             && n > 0
         {
@@ -224,19 +225,19 @@ impl AsyncRead for TimedStream {
 
 impl AsyncWrite for TimedStream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut *self.inner.borrow_mut()).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner.borrow_mut()).poll_flush(cx)
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner.borrow_mut()).poll_close(cx)
     }
 }
 
@@ -254,7 +255,7 @@ struct RequestCtx<'a> {
 /// Serves HTTP/1.1 on one accepted connection (keep-alive), and hands the socket to the WebSocket driver after an
 /// upgrade. hyper's own upgrade machinery needs `Send` IO, which shard-local sockets are not, so the connection is
 /// run "without shutdown" and the socket (with any bytes hyper read past the request) is taken back from it.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: Listener, slot: IpSlot) {
+pub async fn serve(shard: Rc<Shard>, stream: EdgeStream, listener: Listener, slot: IpSlot) {
     let admitted = match listener {
         Listener::Main => shard.http_open(),
         Listener::Metrics => shard.metrics_conn_open(METRICS_CONNECTIONS_PER_SHARD_MAX),
@@ -273,7 +274,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: Listener, slot
     if let Some((stream, read_buf)) = upgraded {
         // The connection stops counting as HTTP and counts as chat from here, with no await in between, so the
         // freed place cannot be taken meanwhile.
-        let opened = shard.open_conn(Transport::WebSocket, stream.as_raw_fd());
+        let opened = shard.open_conn(Transport::WebSocket, stream.direct_fd());
         // A fresh task for the WebSocket: this one, sized for hyper's connection state, ends here, so a
         // long-lived WebSocket does not keep that memory.
         glommio::spawn_local(conn::serve_opened(shard, stream, opened, read_buf, slot)).detach();
@@ -284,15 +285,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, listener: Listener, slot
 /// read past the request.
 async fn serve_admitted(
     shard: &Rc<Shard>,
-    stream: TcpStream,
+    stream: EdgeStream,
     listener: Listener,
-) -> Option<(TcpStream, Bytes)> {
-    let _ = stream.set_nodelay(true);
+) -> Option<(EdgeStream, Bytes)> {
+    let _ = stream.tcp().set_nodelay(true);
     let peer_ip = stream
+        .tcp()
         .peer_addr()
         .map(|addr| addr.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let fd = stream.as_raw_fd();
     let args = &shard.shared.args;
     let timeouts = HttpTimeouts {
         header_ms: args.http_header_timeout_ms.max(1),
@@ -337,14 +338,16 @@ async fn serve_admitted(
         // The deadlines are kept by `ConnTimers`, which also answers 408; hyper's own would only close.
         .header_read_timeout(None)
         .max_buf_size(64 * 1024);
-    let stream = TimedStream {
-        inner: stream,
+    let stream = Rc::new(RefCell::new(stream));
+    let timed = TimedStream {
+        inner: stream.clone(),
         timers: timers.clone(),
     };
-    let connection = builder
-        .serve_connection(GlommioIo::new(stream), service)
-        .without_shutdown();
-    let mut connection = std::pin::pin!(connection);
+    let mut connection = Box::pin(
+        builder
+            .serve_connection(GlommioIo::new(timed), service)
+            .without_shutdown(),
+    );
     enum Ended<T> {
         Served(T),
         Expired(Expiry),
@@ -354,28 +357,53 @@ async fn serve_admitted(
             Ended::Expired(timers.expired(timeouts).await)
         })
         .await;
+    // hyper's connection (and its handle on the stream) goes first, so the stream can be taken back.
+    drop(connection);
+    let mut answer_408 = false;
+    let mut read_buf = None;
     match ended {
-        Ended::Served(Ok(parts)) if upgraded.get() => {
-            return Some((parts.io.into_inner().inner, parts.read_buf));
-        }
+        Ended::Served(Ok(parts)) if upgraded.get() => read_buf = Some(parts.read_buf),
         Ended::Served(Ok(_)) => {}
         Ended::Served(Err(err)) => log::debug!("http connection ended: {err}"),
-        Ended::Expired(Expiry::Header) => {
-            // Only before the first response: later, a response may still be partly unwritten.
-            if timers.requests.get() == 0 {
-                let _ = crate::shard::send_now(
-                    fd,
-                    &raw_error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request head not received in time",
-                        None,
-                    ),
-                );
-            }
-        }
+        // Only before the first response: later, a response may still be partly unwritten.
+        Ended::Expired(Expiry::Header) => answer_408 = timers.requests.get() == 0,
         Ended::Expired(Expiry::KeepAlive) => {}
     }
+    let mut stream = Rc::try_unwrap(stream).ok()?.into_inner();
+    if let Some(read_buf) = read_buf {
+        return Some((stream, read_buf));
+    }
+    if answer_408 {
+        let answer = raw_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request head not received in time",
+            None,
+        );
+        write_final(&mut stream, &answer).await;
+    }
     None
+}
+
+/// How long a last answer on a connection being closed may take to write.
+const FINAL_WRITE_MS_MAX: u64 = 1_000;
+
+/// Writes a connection's last bytes (and, for TLS, its close_notify), giving up after [`FINAL_WRITE_MS_MAX`].
+pub async fn write_final(stream: &mut EdgeStream, bytes: &[u8]) {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await?;
+        if stream.is_tls() {
+            stream.close().await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    futures_lite::future::or(
+        async {
+            let _ = write.await;
+        },
+        glommio::timer::sleep(Duration::from_millis(FINAL_WRITE_MS_MAX)),
+    )
+    .await;
 }
 
 /// A complete `Connection: close` error response, written directly to a socket hyper does not serve.
@@ -396,19 +424,18 @@ fn raw_error(status: StatusCode, message: &str, retry_after_secs: Option<u64>) -
 /// Answers a connection over the limit with `429` and closes it. What the client sent meanwhile is read and
 /// discarded for a short while first, so that the close does not reset the connection before it read the answer.
 /// Answers a connection over a limit with `429` and `Retry-After`, then closes it.
-pub async fn refuse_over_limit(stream: TcpStream) {
+pub async fn refuse_over_limit(stream: EdgeStream) {
     refuse(stream).await;
 }
 
-async fn refuse(stream: TcpStream) {
+async fn refuse(mut stream: EdgeStream) {
     let response = raw_error(
         StatusCode::TOO_MANY_REQUESTS,
         "too many connections; try again shortly",
         Some(RETRY_AFTER_SECS),
     );
-    let _ = crate::shard::send_now(stream.as_raw_fd(), &response);
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let mut stream = stream;
+    write_final(&mut stream, &response).await;
+    let _ = stream.tcp().shutdown(std::net::Shutdown::Write).await;
     let drain = async {
         let mut scratch = [0u8; 1024];
         let mut drained = 0;
@@ -649,6 +676,15 @@ fn metrics(shard: &Shard) -> Response<Body> {
     out.push_str(&shared.storage.metrics_text());
     out.push_str(&shared.styler_factory.metrics_text());
     out.push_str(&shared.auth.metrics_text());
+    if let Some(tls) = &shared.tls {
+        let (ok, failed) = tls.certs.reload_counts();
+        out.push_str(&format!(
+            "# HELP twitchy_tls_reloads_total Certificate reloads (SIGHUP) by result\n\
+             # TYPE twitchy_tls_reloads_total counter\n\
+             twitchy_tls_reloads_total{{result=\"ok\"}} {ok}\n\
+             twitchy_tls_reloads_total{{result=\"failed\"}} {failed}\n"
+        ));
+    }
     text("text/plain; version=0.0.4", out)
 }
 

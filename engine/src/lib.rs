@@ -11,6 +11,7 @@
 //! - [`http`]: hyper on glommio — JSON API, metrics, web client, WebSocket upgrade.
 //! - [`auth`]: accounts and tokens, password hashing off the shards. [`throttle`]: sign-in limits.
 //!   [`ratelimit`]: per-user message limits. [`config`]: flags and rooms file.
+//! - [`tls`]: TLS termination (rustls) for HTTPS, WSS and IRC over TLS, with certificate reload.
 //! - [`server`]: start and stop everything.
 
 pub mod auth;
@@ -27,3 +28,4 @@ pub mod server;
 pub mod shard;
 pub mod stall;
 pub mod throttle;
+pub mod tls;

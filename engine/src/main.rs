@@ -10,14 +10,23 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let result = twitchy_engine::server::run(args, |bound| {
-        log::info!("web client at http://{}/", bound.http);
+        let (http, ws) = if bound.tls {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
+        log::info!("web client at {http}://{}/", bound.http);
         // One machine-readable line on stdout: tests and scripts wait for it.
+        let irc_tls = bound
+            .irc_tls
+            .map(|addr| format!(" irc_tls={addr}"))
+            .unwrap_or_default();
         let metrics = bound
             .metrics
             .map(|addr| format!(" metrics=http://{addr}/metrics"))
             .unwrap_or_default();
         println!(
-            "twitchy ready http=http://{0}/ ws=ws://{0}/ irc={1}{metrics}",
+            "twitchy ready http={http}://{0}/ ws={ws}://{0}/ irc={1}{irc_tls}{metrics}",
             bound.http, bound.irc
         );
     });

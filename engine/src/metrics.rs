@@ -43,6 +43,10 @@ pub struct ShardMetrics {
     pub protocol_disconnects_total: AtomicU64,
     pub reconnects_sent_total: AtomicU64,
     pub socket_writes_total: AtomicU64,
+    pub tls_handshakes_total: AtomicU64,
+    pub tls_handshake_failures_total: AtomicU64,
+    /// Plain-text clients of a TLS listener, told to use TLS.
+    pub tls_plain_text_total: AtomicU64,
     /// Message sequenced (its id assigned) to its line handed to a viewer's socket write.
     pub delivery_latency: Histogram,
     /// Client's PRIVMSG received to its acknowledgement handed to the socket write.
@@ -169,7 +173,25 @@ type Field = (
 
 /// Renders all shards' counters, plus process memory.
 pub fn render(shards: &[ShardMetrics], out: &mut String) {
-    let fields: [Field; 30] = [
+    let fields: [Field; 33] = [
+        (
+            "twitchy_tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed (HTTPS, WSS and IRC over TLS)",
+            |m| &m.tls_handshakes_total,
+        ),
+        (
+            "twitchy_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or did not finish within --tls-handshake-timeout-ms",
+            |m| &m.tls_handshake_failures_total,
+        ),
+        (
+            "twitchy_tls_plain_text_total",
+            "counter",
+            "Connections to a TLS listener that spoke plain text (answered with an explanation and closed)",
+            |m| &m.tls_plain_text_total,
+        ),
         (
             "twitchy_outbound_budget_drops_total",
             "counter",

@@ -30,6 +30,7 @@ use crate::shard::{
 };
 use crate::stall;
 use crate::throttle::Limits;
+use crate::tls::{Carries, EdgeStream};
 
 /// Pending connections per listening socket.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -41,6 +42,10 @@ pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 5_000;
 pub struct Bound {
     pub http: SocketAddr,
     pub irc: SocketAddr,
+    /// The IRC-over-TLS listener, with `--irc-tls`.
+    pub irc_tls: Option<SocketAddr>,
+    /// Whether the HTTP listener speaks TLS (`https://`, `wss://`).
+    pub tls: bool,
     /// The metrics listener, with `--metrics-addr`.
     pub metrics: Option<SocketAddr>,
 }
@@ -247,8 +252,26 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         .context("invalid styler settings")?;
     let styler_factory = twitchy_inference::styler_factory(styler_config);
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certs = crate::tls::CertStore::open(cert, key).context("--tls-cert/--tls-key")?;
+            Some(
+                crate::tls::TlsTerminator::new(certs, args.tls_handshake_timeout_ms)
+                    .context("cannot set up TLS")?,
+            )
+        }
+        _ => None,
+    };
+
     let (http_addr, http_fds) = bind_group(args.http, shard_count)?;
     let (irc_addr, irc_fds) = bind_group(args.irc, shard_count)?;
+    let (irc_tls_addr, irc_tls_fds) = match args.irc_tls {
+        Some(addr) => {
+            let (bound, fds) = bind_group(addr, shard_count)?;
+            (Some(bound), fds.into_iter().map(Some).collect())
+        }
+        None => (None, (0..shard_count).map(|_| None).collect::<Vec<_>>()),
+    };
     let (metrics_addr, metrics_fds) = match args.metrics_addr {
         Some(addr) => {
             let (bound, fds) = bind_group(addr, shard_count)?;
@@ -300,6 +323,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         styler_factory,
         inbound: senders.clone(),
         args: args.clone(),
+        tls: tls.clone(),
     });
 
     let (events, event_rx) = mpsc::channel::<Event>();
@@ -307,10 +331,11 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let stop_flag = Arc::new(AtomicBool::new(false));
     let first_polls: Arc<[AtomicBool]> = (0..shard_count).map(|_| AtomicBool::new(false)).collect();
     let mut executors = Vec::new();
-    for (index, (((receiver, http_fd), irc_fd), metrics_fd)) in receivers
+    for (index, ((((receiver, http_fd), irc_fd), irc_tls_fd), metrics_fd)) in receivers
         .into_iter()
         .zip(http_fds)
         .zip(irc_fds)
+        .zip(irc_tls_fds)
         .zip(metrics_fds)
         .enumerate()
     {
@@ -351,6 +376,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
                     inbound: receiver,
                     http_fd,
                     irc_fd,
+                    irc_tls_fd,
                     metrics_fd,
                     events,
                     drained,
@@ -365,12 +391,30 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])?;
     let signal_handle = signals.handle();
     let signal_events = events.clone();
+    let reload_certs = tls.as_ref().map(|tls| tls.certs.clone());
     let signal_thread = std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
+        for signal in signals.forever() {
+            if signal == signal_hook::consts::SIGHUP {
+                // SIGHUP reloads the TLS certificate and key; it never stops the server.
+                match &reload_certs {
+                    Some(certs) => match certs.reload() {
+                        Ok(()) => log::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(err) => {
+                            log::error!(
+                                "SIGHUP: TLS certificate not reloaded, keeping the old one: {err}"
+                            )
+                        }
+                    },
+                    None => log::info!("SIGHUP: no TLS certificate to reload"),
+                }
+                continue;
+            }
             let _ = signal_events.send(Event::Signal(signal));
+            break;
         }
     });
 
@@ -444,6 +488,8 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         on_ready(Bound {
             http: http_addr,
             irc: irc_addr,
+            irc_tls: irc_tls_addr,
+            tls: tls.is_some(),
             metrics: metrics_addr,
         });
         loop {
@@ -496,6 +542,7 @@ struct ShardStart {
     inbound: flume::Receiver<PeerBatch>,
     http_fd: OwnedFd,
     irc_fd: OwnedFd,
+    irc_tls_fd: Option<OwnedFd>,
     metrics_fd: Option<OwnedFd>,
     events: mpsc::Sender<Event>,
     drained: Arc<AtomicUsize>,
@@ -509,6 +556,7 @@ async fn shard_main(start: ShardStart) {
         inbound,
         http_fd,
         irc_fd,
+        irc_tls_fd,
         metrics_fd,
         events,
         drained,
@@ -537,6 +585,11 @@ async fn shard_main(start: ShardStart) {
         Accept::Http(Listener::Main),
     ));
     let irc_accept = glommio::spawn_local(accept_loop(shard.clone(), irc_listener, Accept::Irc));
+    let irc_tls_accept = irc_tls_fd.map(|fd| {
+        // SAFETY: as above.
+        let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        glommio::spawn_local(accept_loop(shard.clone(), listener, Accept::IrcTls))
+    });
     let metrics_accept = metrics_fd.map(|fd| {
         // SAFETY: as above.
         let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
@@ -569,6 +622,7 @@ async fn shard_main(start: ShardStart) {
     // Stop accepting: dropping the accept tasks closes this shard's listening sockets.
     drop(http_accept);
     drop(irc_accept);
+    drop(irc_tls_accept);
     drop(metrics_accept);
     // Finish what this shard sequenced, then wait for every shard to do the same so that acks from other homes
     // still reach this shard's clients.
@@ -594,8 +648,22 @@ async fn shard_main(start: ShardStart) {
 /// What a listener serves.
 #[derive(Debug, Clone, Copy)]
 enum Accept {
+    /// HTTP (with TLS on the main listener when configured).
     Http(Listener),
     Irc,
+    IrcTls,
+}
+
+impl Accept {
+    /// The TLS protocol this listener's connections start with, if any.
+    fn tls(self, shard: &Shard) -> Option<(&crate::tls::TlsTerminator, Carries)> {
+        let tls = shard.shared.tls.as_ref()?;
+        match self {
+            Accept::Http(Listener::Main) => Some((tls, Carries::Http)),
+            Accept::IrcTls => Some((tls, Carries::Irc)),
+            Accept::Http(Listener::Metrics) | Accept::Irc => None,
+        }
+    }
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Accept) {
@@ -608,27 +676,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Accept) {
                     // The peer already went away; the connection will end at its first read.
                     Err(_) => Some(crate::ip_limit::IpSlot::unlimited()),
                 };
-                let Some(slot) = slot else {
-                    ShardMetrics::inc(&shard.metrics().ip_refusals_total);
-                    glommio::spawn_local(refuse_per_ip(stream, serves)).detach();
-                    continue;
-                };
                 let send_buffer_bytes = shard.shared.args.socket_send_buffer_bytes;
                 if send_buffer_bytes > 0 {
                     set_send_buffer(&stream, send_buffer_bytes);
                 }
-                let shard = shard.clone();
-                match serves {
-                    Accept::Http(listener) => {
-                        glommio::spawn_local(crate::http::serve(shard, stream, listener, slot))
-                            .detach();
-                    }
-                    Accept::Irc => {
-                        let _ = stream.set_nodelay(true);
-                        glommio::spawn_local(conn::serve(shard, stream, Transport::Tcp, slot))
-                            .detach();
-                    }
-                }
+                glommio::spawn_local(serve_accepted(shard.clone(), stream, serves, slot)).detach();
             }
             Err(err) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -639,12 +691,53 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Accept) {
     }
 }
 
+/// One accepted connection: the TLS handshake where the listener has one, then HTTP or IRC; or, over its
+/// address's limit (`slot` is `None`), the refusal.
+async fn serve_accepted(
+    shard: Rc<Shard>,
+    stream: glommio::net::TcpStream,
+    serves: Accept,
+    slot: Option<crate::ip_limit::IpSlot>,
+) {
+    if slot.is_none() {
+        ShardMetrics::inc(&shard.metrics().ip_refusals_total);
+    }
+    if matches!(serves, Accept::Irc | Accept::IrcTls) {
+        let _ = stream.set_nodelay(true);
+    }
+    let stream = match serves.tls(&shard) {
+        None => EdgeStream::Plain(stream),
+        Some((tls, carries)) => match crate::tls::accept(tls, stream, carries).await {
+            Ok(stream) => {
+                ShardMetrics::inc(&shard.metrics().tls_handshakes_total);
+                stream
+            }
+            Err(crate::tls::AcceptError::PlainText) => {
+                ShardMetrics::inc(&shard.metrics().tls_plain_text_total);
+                return;
+            }
+            Err(err) => {
+                log::debug!("TLS handshake: {err:?}");
+                ShardMetrics::inc(&shard.metrics().tls_handshake_failures_total);
+                return;
+            }
+        },
+    };
+    let Some(slot) = slot else {
+        refuse_per_ip(stream, serves).await;
+        return;
+    };
+    match serves {
+        Accept::Http(listener) => crate::http::serve(shard, stream, listener, slot).await,
+        Accept::Irc | Accept::IrcTls => conn::serve(shard, stream, Transport::Tcp, slot).await,
+    }
+}
+
 /// A connection over its address's limit: HTTP gets `429` with `Retry-After`, IRC a NOTICE; then it is closed.
-async fn refuse_per_ip(stream: glommio::net::TcpStream, serves: Accept) {
+async fn refuse_per_ip(mut stream: EdgeStream, serves: Accept) {
     match serves {
         Accept::Http(_) => crate::http::refuse_over_limit(stream).await,
-        Accept::Irc => {
-            use std::os::fd::AsRawFd;
+        Accept::Irc | Accept::IrcTls => {
             let mut line = Vec::new();
             crate::protocol::twitch::encode_notice(
                 None,
@@ -654,8 +747,8 @@ async fn refuse_per_ip(stream: glommio::net::TcpStream, serves: Accept) {
                 true,
                 &mut line,
             );
-            let _ = crate::shard::send_now(stream.as_raw_fd(), &line);
-            let _ = stream.shutdown(std::net::Shutdown::Both).await;
+            crate::http::write_final(&mut stream, &line).await;
+            let _ = stream.tcp().shutdown(std::net::Shutdown::Both).await;
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct Shared {
     pub inbound: Vec<flume::Sender<PeerBatch>>,
     /// Open connections per client address, over every shard.
     pub ip_connections: Arc<crate::ip_limit::IpConnections>,
+    /// TLS for the HTTP listener and the IRC-over-TLS listener, when configured.
+    pub tls: Option<crate::tls::TlsTerminator>,
 }
 
 impl Shared {
@@ -165,8 +167,9 @@ impl LocalNotify {
 
 /// The driver's side of one connection: its socket for direct writes, and how the core wakes its task.
 pub struct ConnHandle {
-    /// The socket, written directly by the shard's flusher while the connection's task sleeps.
-    pub fd: RawFd,
+    /// The socket, written directly by the shard's flusher while the connection's task sleeps (`None` for TLS,
+    /// whose bytes the task must encrypt: the flusher wakes the task instead).
+    pub fd: Option<RawFd>,
     pub wake: LocalNotify,
     /// Set when the core says to end the connection now.
     pub cut: Cell<bool>,
@@ -177,7 +180,7 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
-    fn new(fd: RawFd) -> ConnHandle {
+    fn new(fd: Option<RawFd>) -> ConnHandle {
         ConnHandle {
             fd,
             wake: LocalNotify::default(),
@@ -642,6 +645,11 @@ impl Shard {
             // The connection's task is writing; it takes what is queued when it is done.
             return;
         }
+        let Some(fd) = handle.fd else {
+            // A TLS connection: its task encrypts and writes what is queued.
+            handle.wake.notify();
+            return;
+        };
         let mut buffer = self.direct_buffer.borrow_mut();
         // A queue larger than one gather is written in several sends, as long as the socket takes them whole.
         loop {
@@ -657,7 +665,7 @@ impl Shard {
             ShardMetrics::inc(&self.metrics().socket_writes_total);
             // A full (or failing) socket sends nothing: the task then waits for it (or finds the error and ends
             // the connection).
-            let sent = send_now(handle.fd, &buffer).unwrap_or_default();
+            let sent = send_now(fd, &buffer).unwrap_or_default();
             if sent < buffer.len() {
                 *handle.pending.borrow_mut() = Some(buffer[sent..].to_vec());
                 handle.writing.set(true);
@@ -698,8 +706,13 @@ impl Shard {
             .set(self.metrics_connections.get().saturating_sub(1));
     }
 
-    /// Registers a new connection on socket `fd`; `None` at the connection limit.
-    pub fn open_conn(&self, transport: Transport, fd: RawFd) -> Option<(ConnId, Rc<ConnHandle>)> {
+    /// Registers a new connection on socket `fd` (`None`: no direct writes, as for TLS); `None` at the connection
+    /// limit.
+    pub fn open_conn(
+        &self,
+        transport: Transport,
+        fd: Option<RawFd>,
+    ) -> Option<(ConnId, Rc<ConnHandle>)> {
         let id = self.core.borrow_mut().conn_open(transport, unix_ms())?;
         let handle = Rc::new(ConnHandle::new(fd));
         self.handles.borrow_mut().insert(id, handle.clone());

@@ -759,3 +759,60 @@ fn reconnects_after_server_restart() {
         drop(server);
     });
 }
+
+/// With `--tls-cert`/`--tls-key` the web client works over `https://` and its chat over `wss://` (under the
+/// page's Content-Security-Policy): the page loads, signs up through the API, connects, and shows a live message
+/// sent over plain TCP IRC.
+#[test]
+fn web_client_over_https_and_wss() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = dir.path().join("server.crt");
+        let key = dir.path().join("server.key");
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+        let server = TestServer::start(&[
+            "--shards",
+            "2",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]);
+
+        // The certificate is self-signed: the browser is told to accept it.
+        let browser = Browser::start_with("https", 1024, 720, &["--ignore-certificate-errors"]).await;
+        browser
+            .goto(&format!("https://127.0.0.1:{}/", server.http.port()))
+            .await;
+        wait_connected(&browser, "the page's wss:// connection").await;
+        let scheme = browser.js("return location.protocol", vec![]).await;
+        assert_eq!(scheme, json!("https:"));
+
+        // The page's own HTTPS request registers an account (same origin, allowed by the CSP).
+        let registered = browser
+            .js(
+                r#"const x = new XMLHttpRequest();
+                   x.open('POST', '/api/register', false);
+                   x.setRequestHeader('Content-Type', 'application/json');
+                   x.send(JSON.stringify({ username: 'tls_browser_user', password: 'tls-password-1' }));
+                   return [x.status, JSON.parse(x.responseText).token || null];"#,
+                vec![],
+            )
+            .await;
+        assert_eq!(registered[0], json!(201), "{registered}");
+        let token = registered[1].as_str().expect("a token").to_owned();
+
+        let mut sender = common::client::Irc::tcp(server.irc);
+        sender.login("tls_browser_user", &token);
+        sender.join("lobby");
+        sender.send("PRIVMSG #lobby :seen through wss");
+        sender.expect("the ack", common::client::is_ack);
+        browser
+            .wait_js("the live message over wss://", WAIT, FIND_LINE_JS, vec![json!("seen through wss")])
+            .await;
+        browser.close().await;
+    });
+}

@@ -82,6 +82,11 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium with a fresh profile, window `width`×`height`.
     /// Panics with installation advice when Chromium or chromedriver is missing.
     pub async fn start(name: &str, width: u32, height: u32) -> Browser {
+        Browser::start_with(name, width, height, &[]).await
+    }
+
+    /// As [`Browser::start`], with extra Chromium switches.
+    pub async fn start_with(name: &str, width: u32, height: u32, extra_args: &[&str]) -> Browser {
         let chromium = find_executable("CHROMIUM", CHROMIUM_CANDIDATES, "chromium");
         let driver = find_executable("CHROMEDRIVER", DRIVER_CANDIDATES, "chromedriver");
         let (Some(chromium), Some(driver)) = (chromium, driver) else {
@@ -116,7 +121,7 @@ impl Browser {
         }
 
         let profile = tempfile::tempdir().expect("profile dir");
-        let args = vec![
+        let mut args = vec![
             "--headless".to_owned(),
             "--no-sandbox".to_owned(),
             "--disable-gpu".to_owned(),
@@ -130,6 +135,7 @@ impl Browser {
             format!("--window-size={width},{height}"),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
         capabilities.insert(

@@ -20,6 +20,8 @@ pub struct TestServer {
     pub irc: SocketAddr,
     /// The metrics listener, when started with `--metrics-addr`.
     pub metrics: Option<SocketAddr>,
+    /// The IRC-over-TLS listener, when started with `--irc-tls`.
+    pub irc_tls: Option<SocketAddr>,
     /// Data directory (kept across restarts).
     pub data_dir: PathBuf,
     args: Vec<String>,
@@ -37,6 +39,7 @@ impl TestServer {
             http: ([0, 0, 0, 0], 0).into(),
             irc: ([0, 0, 0, 0], 0).into(),
             metrics: None,
+            irc_tls: None,
             data_dir,
             args,
             _tmp: Some(tmp),
@@ -53,6 +56,7 @@ impl TestServer {
             http: ([0, 0, 0, 0], 0).into(),
             irc: ([0, 0, 0, 0], 0).into(),
             metrics: None,
+            irc_tls: None,
             data_dir: data_dir.to_path_buf(),
             args,
             _tmp: None,
@@ -101,10 +105,15 @@ impl TestServer {
         };
         self.http = field(&ready, "http=")
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .trim_end_matches('/')
             .parse()
             .expect("http addr");
         self.irc = field(&ready, "irc=").parse().expect("irc addr");
+        self.irc_tls = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("irc_tls="))
+            .map(|a| a.parse().expect("irc_tls addr"));
         self.metrics = ready
             .split_whitespace()
             .find_map(|w| w.strip_prefix("metrics=http://"))
