@@ -74,6 +74,16 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_NODE_ID", default_value_t = 0)]
     pub node_id: u16,
 
+    /// NATS servers of the cluster, `nats://host:port[,nats://host:port…]`: every node given the same servers shares
+    /// every room (messages, history, accounts, tokens and moderation state live in JetStream). Empty: one node,
+    /// the embedded store (or `--store scylla`).
+    #[arg(long, env = "TWITCHY_CLUSTER", default_value = "")]
+    pub cluster: String,
+
+    /// Replicas of the cluster's stream and key-value buckets (capped by the number of NATS servers).
+    #[arg(long, env = "TWITCHY_CLUSTER_REPLICAS", default_value_t = 3)]
+    pub cluster_replicas: usize,
+
     /// Storage backend: `embedded` (in the data dir) or `scylla`.
     #[arg(long, env = "TWITCHY_STORE", default_value = "embedded", value_parser = ["embedded", "scylla"])]
     pub store: String,

@@ -277,6 +277,7 @@ pub fn core_config(shared: &Shared, shard: usize) -> CoreConfig {
         registration_timeout_ms: args.registration_timeout_ms.max(1),
         close_grace_ms: CLOSE_GRACE_MS,
         write_delay: args.write_delay_ms > 0,
+        deliver_from_feed: !args.cluster.trim().is_empty(),
         metrics: shared.metrics.clone(),
         viewers: shared.viewers.clone(),
     }

@@ -87,6 +87,11 @@ pub struct CoreConfig {
     pub close_grace_ms: u64,
     /// With a write delay, connections with new bytes are woken by [`ShardCore::flush_delayed`] instead of at once.
     pub write_delay: bool,
+    /// Several nodes share the rooms through a committed log (the cluster store): a message reaches viewers and
+    /// the last-10 only when it comes back from that log through [`ShardCore::committed`], in the log's order,
+    /// which every node sees alike; its durable write only acknowledges its sender. Off: a message is released to
+    /// viewers as soon as its write is durable.
+    pub deliver_from_feed: bool,
     /// Every shard's counters; this core writes only its own.
     pub metrics: Arc<[ShardMetrics]>,
     pub viewers: Arc<ViewerCounts>,
@@ -121,6 +126,7 @@ impl CoreConfig {
             registration_timeout_ms: 10_000,
             close_grace_ms: 2_000,
             write_delay: false,
+            deliver_from_feed: false,
             metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
             viewers: Arc::new(ViewerCounts::new(shard_count, room_count)),
         }
@@ -214,6 +220,9 @@ struct HomeRoom {
     recent: VecDeque<Arc<ChatMessage>>,
     /// Messages awaiting durability, in id order.
     pending: VecDeque<Pending>,
+    /// With [`CoreConfig::deliver_from_feed`]: this node's acknowledged messages the committed feed has not brought
+    /// back yet (kept whole, so they go out with what the record does not carry, such as reply tags).
+    awaiting_feed: VecDeque<Arc<ChatMessage>>,
     moderation: RoomModeration,
     /// Logged-in users viewing the room, with their connection count over all shards.
     members: HashMap<String, u32>,
@@ -257,6 +266,9 @@ impl HomeRoom {
 
 /// Durable messages per room that `/delete` can find by id (the last ones).
 pub const DELETABLE_MESSAGES_MAX: usize = 200;
+/// This node's acknowledged messages per room kept until the committed feed brings them back (cluster mode); an
+/// older one that never came back is shown from its record alone when it does.
+pub const AWAITING_FEED_MAX: usize = 10_000;
 /// Chat commands a shard may have waiting for a lookup or a write; past it they get "try again".
 pub const COMMANDS_IN_FLIGHT_MAX: usize = 1_024;
 
@@ -384,6 +396,7 @@ impl ShardCore {
                     subscribers: vec![false; cfg.shard_count],
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
+                    awaiting_feed: VecDeque::new(),
                     moderation: RoomModeration::new(room, &cfg.rooms[room]),
                     members: HashMap::new(),
                     membership_pending: Vec::new(),
@@ -1707,6 +1720,7 @@ impl ShardCore {
 
     /// Releases the durable prefix of a room's pending messages, in id order.
     fn release(&mut self, room: usize, now_ms: u64) {
+        let deliver_from_feed = self.cfg.deliver_from_feed;
         loop {
             let home = self.home_room(room);
             if !home.pending.front().is_some_and(|p| p.durable) {
@@ -1718,16 +1732,24 @@ impl ShardCore {
                 dedupe,
                 ..
             } = home.pending.pop_front().expect("front checked");
-            if home.recent.len() == DELETABLE_MESSAGES_MAX {
-                home.recent.pop_front();
-            }
-            home.recent.push_back(message.clone());
-            let subscribers: Vec<usize> = home
-                .subscribers
-                .iter()
-                .enumerate()
-                .filter_map(|(shard, &on)| on.then_some(shard))
-                .collect();
+            let subscribers: Vec<usize> = if deliver_from_feed {
+                // Shown when the committed feed brings it back, in the log's order.
+                if home.awaiting_feed.len() == AWAITING_FEED_MAX {
+                    home.awaiting_feed.pop_front();
+                }
+                home.awaiting_feed.push_back(message.clone());
+                Vec::new()
+            } else {
+                if home.recent.len() == DELETABLE_MESSAGES_MAX {
+                    home.recent.pop_front();
+                }
+                home.recent.push_back(message.clone());
+                home.subscribers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(shard, &on)| on.then_some(shard))
+                    .collect()
+            };
             self.in_flight -= 1;
             ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].messages_acked_total);
             let id = message.record.id;
@@ -1775,6 +1797,123 @@ impl ShardCore {
                 );
             }
         }
+    }
+
+    /// With [`CoreConfig::deliver_from_feed`]: a message committed to the shared log (by this node or another), in
+    /// the log's order. It joins the last-10 and goes to every subscribed shard; one from another node also counts
+    /// against its sender's rate limit here, so the limit holds whichever node the user sends through, and its
+    /// nonce is remembered for resends.
+    pub fn committed(&mut self, room: usize, record: MessageRecord, now_ms: u64) {
+        assert!(
+            self.cfg.deliver_from_feed,
+            "the committed feed is only read in cluster mode"
+        );
+        let info_id = self.cfg.rooms[room].id;
+        let window_ms = self.cfg.dedupe_window_ms;
+        let home = self.home_room(room);
+        let local = home
+            .awaiting_feed
+            .iter()
+            .position(|m| m.record.id == record.id)
+            .and_then(|at| home.awaiting_feed.remove(at));
+        let message = match local {
+            Some(message) => message,
+            None => {
+                let is_mod = record
+                    .badges
+                    .split(',')
+                    .any(|b| b == Role::Moderator.badge());
+                let rate_key = record.user_id.wrapping_mul(1024).wrapping_add(room as u64);
+                // Counted, not judged: the node it was sent through already admitted it.
+                let _ = self.rate.try_acquire(rate_key, is_mod, now_ms);
+                if !record.client_nonce.is_empty()
+                    && now_ms.saturating_sub(record.id.unix_ms()) < window_ms
+                {
+                    let key = DedupeKey::new(
+                        room,
+                        record.user_id,
+                        &record.client_nonce,
+                        &record.original,
+                    );
+                    if !self.dedupe.entries.contains_key(&key) {
+                        self.dedupe_insert(key, DedupeState::Acked(record.id), now_ms);
+                    }
+                }
+                Arc::new(ChatMessage::new(record, info_id, is_mod, None, None))
+            }
+        };
+        let home = self.home_room(room);
+        if home.recent.len() == DELETABLE_MESSAGES_MAX {
+            home.recent.pop_front();
+        }
+        home.recent.push_back(message.clone());
+        let subscribers: Vec<usize> = home
+            .subscribers
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, &on)| on.then_some(shard))
+            .collect();
+        for shard in subscribers {
+            self.send_peer(
+                shard,
+                PeerMsg::Deliver {
+                    room,
+                    message: message.clone(),
+                },
+                now_ms,
+            );
+        }
+    }
+
+    /// The shared log already held this message (the same sender and nonce, sent again through any node): the
+    /// sender is acknowledged with the original's id, and nothing is shown (the original was, or will be, by the
+    /// feed).
+    pub fn stored_duplicate(
+        &mut self,
+        room: usize,
+        id: MessageId,
+        original: MessageId,
+        now_ms: u64,
+    ) {
+        let home = self.home_room(room);
+        let Ok(at) = home
+            .pending
+            .binary_search_by_key(&id, |p| p.message.record.id)
+        else {
+            return;
+        };
+        let Pending {
+            message,
+            repliers,
+            dedupe,
+            ..
+        } = home.pending.remove(at).expect("index from search");
+        self.in_flight -= 1;
+        ShardMetrics::inc(&self.metrics().messages_deduplicated_total);
+        if let Some(state) = dedupe
+            .as_ref()
+            .and_then(|key| self.dedupe.entries.get_mut(key))
+        {
+            *state = DedupeState::Acked(original);
+        }
+        for (to, received_ms) in repliers {
+            let reply = SubmitReply::Acked {
+                id: original,
+                client_nonce: message.client_nonce().map(str::to_owned),
+                role: role_of_message(&message),
+                received_ms,
+            };
+            self.send_peer(
+                to.shard,
+                PeerMsg::Reply {
+                    conn: to.conn,
+                    room,
+                    reply,
+                },
+                now_ms,
+            );
+        }
+        self.release(room, now_ms);
     }
 
     /// After a restart: the room's recent durable messages, oldest first. The last ones become the history on

@@ -125,7 +125,18 @@ impl Sim {
         Sim::with(seed, rng, shard_count, write_delay)
     }
 
-    fn with(seed: u64, mut rng: TestRng, shard_count: usize, write_delay: bool) -> Sim {
+    fn with(seed: u64, rng: TestRng, shard_count: usize, write_delay: bool) -> Sim {
+        Sim::with_feed(seed, rng, shard_count, write_delay, false)
+    }
+
+    /// As [`Sim::with`]; `deliver_from_feed` puts every core in cluster mode (see [`CoreConfig::deliver_from_feed`]).
+    fn with_feed(
+        seed: u64,
+        mut rng: TestRng,
+        shard_count: usize,
+        write_delay: bool,
+        deliver_from_feed: bool,
+    ) -> Sim {
         let rooms: Vec<RoomInfo> = ROOMS
             .iter()
             .enumerate()
@@ -155,6 +166,7 @@ impl Sim {
                     outbound_queue_bytes_max: 6 * 1024,
                     submits_in_flight_per_conn_max: 4,
                     write_delay,
+                    deliver_from_feed,
                     ..base.clone()
                 })
             })
@@ -1021,6 +1033,133 @@ mod scenarios {
                     .collect()
             }
         }
+    }
+
+    /// A world of cores in cluster mode (messages reach viewers only through the committed feed).
+    fn cluster_world(shards: usize) -> Sim {
+        let mut sim = Sim::with_feed(1, TestRng::new(1), shards, false, true);
+        sim.store_fail_percent = 0;
+        sim
+    }
+
+    /// Stores the first pending message successfully and returns its record (what the shared log will carry).
+    fn store_ok(sim: &mut Sim) -> MessageRecord {
+        let record = sim.store_jobs[0].record.clone();
+        finish_store(sim, 0, true);
+        record
+    }
+
+    /// A message another node committed: the same room, another user, its own id.
+    fn remote_record(like: &MessageRecord, at_ms: u64, user_id: u64, text: &str) -> MessageRecord {
+        MessageRecord {
+            id: twitchy_storage::MessageIdGen::new(7, 1).next_id(at_ms),
+            user_id,
+            login: format!("remote{user_id}"),
+            display_name: format!("remote{user_id}"),
+            text: text.to_owned(),
+            original: text.to_owned(),
+            client_nonce: String::new(),
+            ..like.clone()
+        }
+    }
+
+    /// Feeds a committed record to the room's home and carries the deliveries to the viewers' shards.
+    fn commit(sim: &mut Sim, room: usize, record: MessageRecord) {
+        let home = crate::core::home_shard(room, sim.shards.len());
+        let now_ms = sim.now_ms;
+        // Committed to the shared log: durable, whichever node wrote it.
+        sim.durable.entry(record.id).or_insert((room, sim.step));
+        sim.shards[home].committed(room, record, now_ms);
+        sim.collect(home);
+        sim.deliver_all_peers();
+    }
+
+    #[test]
+    fn in_cluster_mode_viewers_see_messages_only_from_the_committed_feed_in_its_order() {
+        let mut sim = cluster_world(2);
+        let viewer = client(&mut sim, 1, Transport::WebSocket, None, 0);
+        let sender = client(&mut sim, 0, Transport::Tcp, Some(3), 0);
+        say(&mut sim, sender, 0, "c1");
+        let local = store_ok(&mut sim);
+        let ack = lines(&mut sim, sender);
+        assert!(
+            ack.contains("USERSTATE #alpha") && ack.contains("client-nonce=c1"),
+            "{ack}"
+        );
+        assert!(
+            !lines(&mut sim, viewer).contains("PRIVMSG"),
+            "durable here, but not yet committed to the shared log"
+        );
+        // The log put another node's message (sent a moment earlier) first: every node shows that order, although
+        // this node's own message was durable before the other reached it.
+        let remote = remote_record(&local, local.id.unix_ms() - 1, 99, "from another node");
+        commit(&mut sim, 0, remote);
+        commit(&mut sim, 0, local);
+        let seen = lines(&mut sim, viewer);
+        let order: Vec<&str> = seen.lines().filter(|l| l.contains("PRIVMSG")).collect();
+        assert_eq!(order.len(), 2, "{seen}");
+        assert!(order[0].contains("from another node"), "{seen}");
+        assert!(order[1].contains("hi c1"), "{seen}");
+        // The last-10 replay on JOIN has the same order.
+        let late = client(&mut sim, 1, Transport::Tcp, None, 0);
+        let history: Vec<String> = sim.clients[late].views[&0]
+            .history
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        assert_eq!(history.len(), 2, "{history:?}");
+    }
+
+    #[test]
+    fn in_cluster_mode_a_duplicate_in_the_log_is_acked_with_the_original_id_and_shows_nothing() {
+        let mut sim = cluster_world(2);
+        let viewer = client(&mut sim, 1, Transport::Tcp, None, 0);
+        let sender = client(&mut sim, 0, Transport::Tcp, Some(5), 0);
+        say(&mut sim, sender, 0, "d1");
+        let job = sim.store_jobs.remove(0);
+        // Another node stored it first (the client resent after losing that node's ack).
+        let original =
+            twitchy_storage::MessageIdGen::new(3, 0).next_id(job.record.id.unix_ms() - 5);
+        let now_ms = sim.now_ms;
+        sim.shards[job.shard].stored_duplicate(job.room, job.record.id, original, now_ms);
+        sim.collect(job.shard);
+        sim.deliver_all_peers();
+        let ack = lines(&mut sim, sender);
+        assert!(ack.contains(&format!("id={original}")), "{ack}");
+        assert!(!ack.contains(&format!("id={}", job.record.id)), "{ack}");
+        assert_eq!(lines(&mut sim, viewer), "");
+        // A resend to this node now is answered from the idempotency table, with the same original id.
+        say(&mut sim, sender, 0, "d1");
+        assert!(sim.store_jobs.is_empty());
+        assert!(lines(&mut sim, sender).contains(&format!("id={original}")));
+    }
+
+    #[test]
+    fn in_cluster_mode_messages_sent_through_other_nodes_count_against_the_rate_limit() {
+        let mut sim = cluster_world(1);
+        let sender = client(&mut sim, 0, Transport::Tcp, Some(6), 0);
+        say(&mut sim, sender, 0, "first");
+        let local = store_ok(&mut sim);
+        commit(&mut sim, 0, local.clone());
+        lines(&mut sim, sender);
+        // The same user (id 7 in this world) sent 19 more through other nodes within the window.
+        for i in 0..19 {
+            commit(
+                &mut sim,
+                0,
+                remote_record(
+                    &local,
+                    local.id.unix_ms() + 1 + i,
+                    local.user_id,
+                    &format!("elsewhere {i}"),
+                ),
+            );
+            lines(&mut sim, sender);
+        }
+        say(&mut sim, sender, 0, "over");
+        assert!(sim.store_jobs.is_empty(), "refused at the limit");
+        let refused = lines(&mut sim, sender);
+        assert!(refused.contains("msg-id=msg_ratelimit"), "{refused}");
     }
 
     #[test]
