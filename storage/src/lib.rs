@@ -216,6 +216,7 @@ pub mod embedded;
 pub mod error;
 pub mod id;
 mod metrics;
+pub mod nats_store;
 pub mod record;
 pub mod scylla_store;
 pub mod settings;
@@ -224,11 +225,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use coalescer::{
-    AppendAck, AppendRejected, CoalescerConfig, ROOM_BYTES_MAX, StorageHandle, StorageService,
+    AppendAck, AppendOutcomeAck, AppendRejected, CoalescerConfig, ROOM_BYTES_MAX, StorageHandle,
+    StorageService,
 };
 pub use embedded::{CommitPath, EmbeddedOptions, EmbeddedStore};
 pub use error::{Result, StorageError};
 pub use id::{MessageId, MessageIdGen};
+pub use nats_store::{Feed, FeedItem, FeedRooms, NatsConfig, NatsStore, RoomHistory};
 pub use record::{AccountRecord, MessageRecord, TokenRecord};
 pub use scylla_store::ScyllaStore;
 pub use settings::{SETTING_KEY_BYTES_MAX, SETTING_VALUE_BYTES_MAX};
@@ -259,6 +262,17 @@ impl Health {
     }
 }
 
+/// What a store did with one appended message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored now (or by an earlier attempt of the same batch whose acknowledgement was lost): durable under
+    /// the record's own id.
+    Stored,
+    /// A resend of a message already stored under `original` (same room, user, client nonce and text, through
+    /// this node or another): nothing new was stored, and the sender must be acknowledged with `original`.
+    Duplicate { original: MessageId },
+}
+
 /// The wall clock, injected so that token expiry is tested without waiting.
 pub trait Clock: Send + Sync + 'static {
     fn now_unix_ms(&self) -> u64;
@@ -284,6 +298,14 @@ impl Clock for SystemClock {
 pub trait Store: Send + Sync + 'static {
     /// Appends a batch and makes it durable.
     fn append_messages(&self, batch: &[MessageRecord]) -> Result<()>;
+    /// Like [`Store::append_messages`], and says per message (in batch order) whether it was stored or was a
+    /// resend of a message stored earlier ([`AppendOutcome::Duplicate`] with its id). The coalescing writer calls
+    /// this one. Stores that do not recognise resends themselves (the engine's home shard does, per node) keep
+    /// the default: every message [`AppendOutcome::Stored`].
+    fn append_messages_with_outcomes(&self, batch: &[MessageRecord]) -> Result<Vec<AppendOutcome>> {
+        self.append_messages(batch)?;
+        Ok(vec![AppendOutcome::Stored; batch.len()])
+    }
     /// The room's newest `limit` messages, oldest first.
     fn recent_messages(&self, room: &str, limit: usize) -> Result<Vec<MessageRecord>>;
     /// Up to `limit` messages of the room with id `< before` (all if `None`), newest first.
@@ -358,6 +380,8 @@ pub enum StoreConfig {
         keyspace: String,
         replication_factor: u32,
     },
+    /// A NATS JetStream cluster shared by many nodes; the stream and buckets are created on first start.
+    Nats(NatsConfig),
 }
 
 /// Opens the configured store. Embedded: creates the directory and recovers from the journal. ScyllaDB: connects
@@ -374,5 +398,6 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>> {
             keyspace,
             *replication_factor,
         )?)),
+        StoreConfig::Nats(config) => Ok(Arc::new(NatsStore::connect(config)?)),
     }
 }
