@@ -80,10 +80,16 @@
 //! # The feed
 //!
 //! [`NatsStore::feed`] starts a task that consumes the stream (all rooms, or a set of rooms) from a given stream
-//! sequence with an ordered consumer and sends `(stream seq, record)` into a bounded flume channel. It tracks
-//! the last sequence delivered: after any consumer error (a broker killed, a reconnect) it creates a new
-//! consumer from the next sequence, and drops anything at or below the last one, so the channel sees every
-//! committed message of its rooms once, in stream order. A full channel stops the reading (backpressure).
+//! sequence and sends `(stream seq, record)` into a bounded flume channel. Its consumer is an ephemeral pull
+//! consumer (no acks, one replica, in memory, like an ordered consumer) pulled in batches of
+//! [`FEED_PULL_MESSAGES_MAX`] that wait at most [`FEED_PULL_EXPIRES_MS`]. The task tracks the next sequence to
+//! deliver and ends the consumer on anything suspicious: an error, a jump in the consumer's own delivery
+//! numbering (messages lost on the way), or, after [`FEED_PROBE_QUIET_MS`] without messages, a consumer that
+//! no longer answers (its server died) or has messages pending that it does not deliver. It then creates a new
+//! consumer from the next sequence (with back-off up to [`FEED_RETRY_BACKOFF_MS_MAX`] while that fails), and
+//! drops anything below it, so the channel sees every committed message of its rooms once, in stream order.
+//! Every wait is bounded, so a lost server cannot hang a feed. A full channel stops the reading
+//! (backpressure). [`Feed::read_seq`] with [`NatsStore::last_seq`] gives its lag.
 //! [`NatsStore::recent_with_seq`] reads a room's newest messages together with the sequence a feed must start
 //! from to continue exactly after them.
 //!
@@ -95,14 +101,22 @@
 //! not connected, [`Store::health`] reports [`Health::Unavailable`] with the reason; appends that fail make the
 //! coalescer refuse appends until [`Store::recover`] (a stream info request) succeeds again. The client
 //! reconnects on its own, to any server of the list or learned from the cluster.
+//!
+//! What "durable" means here is replication: nats-server writes to the file system but flushes to disk on an
+//! interval (minutes by default), not per message. An acknowledged message is on a quorum of servers, which
+//! survives losing servers (processes or machines, one at a time, as the tests do with SIGKILL), but not a power
+//! loss of a quorum of machines at once. Servers from 2.10 on can be told to flush every write
+//! (`jetstream { sync_interval: always }`), at a cost in latency.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::pull::{self, OrderedConfig};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::stream::{
@@ -154,8 +168,19 @@ pub const CURSOR_COMMIT_DELAY_MS_MAX: u64 = APPEND_RETRY_BUDGET_MS + 40_000;
 pub const SETTINGS_SCAN_KEYS_MAX: usize = 100_000;
 /// Compare-and-set attempts of a login's token list before a token write fails (transient).
 pub const CAS_ATTEMPTS_MAX: u32 = 16;
-/// Longest wait before a feed creates its consumer again after an error, in milliseconds.
+/// Wait before a feed creates its consumer again after an error, in milliseconds: first, and at most (doubled
+/// on each failure in a row).
+pub const FEED_RETRY_BACKOFF_MS_MIN: u64 = 50;
 pub const FEED_RETRY_BACKOFF_MS_MAX: u64 = 2_000;
+/// Messages a feed asks for per pull request.
+pub const FEED_PULL_MESSAGES_MAX: usize = 512;
+/// How long one pull request of a feed waits for messages, in milliseconds.
+pub const FEED_PULL_EXPIRES_MS: u64 = 1_000;
+/// After this long without a message, a feed checks that its consumer exists and has nothing pending, in
+/// milliseconds (a consumer on a server that died answers nothing; this is how the feed notices).
+pub const FEED_PROBE_QUIET_MS: u64 = 3_000;
+/// How long the brokers keep a feed's consumer after its feed stopped pulling, in milliseconds.
+pub const FEED_CONSUMER_INACTIVE_MS: u64 = 30_000;
 /// Tokens one login's token list may hold (the per-login cap is far below it).
 const LOGIN_TOKENS_MAX: usize = 1_000;
 /// Client worker threads: the client is IO-bound, and the storage threads block on it from outside.
@@ -235,6 +260,8 @@ pub struct RoomHistory {
 pub struct Feed {
     rx: flume::Receiver<FeedItem>,
     start_seq: u64,
+    /// The sequence of the last message read from the stream (delivered, or skipped as another room's).
+    read_seq: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -247,6 +274,13 @@ impl Feed {
     /// The stream sequence the feed started from.
     pub fn start_seq(&self) -> u64 {
         self.start_seq
+    }
+
+    /// The stream sequence the feed has read up to (`start_seq - 1` before the first message). The feed's lag is
+    /// [`NatsStore::last_seq`] minus this (for a feed of some rooms, an upper bound: other rooms' messages after
+    /// the last one of its rooms are not read until one of its rooms has a newer message).
+    pub fn read_seq(&self) -> u64 {
+        self.read_seq.load(Ordering::Relaxed)
     }
 
     /// Ends the feed's task.
@@ -606,6 +640,48 @@ impl Bucket {
     }
 }
 
+/// What a feed's task carries from one consumer to the next.
+struct FeedState {
+    /// The next stream sequence to deliver: everything below it was delivered (or was another room's).
+    next: u64,
+    tx: flume::Sender<FeedItem>,
+    read_seq: Arc<AtomicU64>,
+    /// The subjects wanted, when the consumer reads more than them.
+    wanted: Option<HashSet<String>>,
+}
+
+impl FeedState {
+    /// Hands one message on; `false` when the feed's reader is gone.
+    async fn deliver(&mut self, seq: u64, subject: &str, payload: &[u8]) -> bool {
+        if seq < self.next {
+            return true;
+        }
+        self.next = seq + 1;
+        if self.wanted.as_ref().is_none_or(|w| w.contains(subject)) {
+            match codec::decode_message(payload) {
+                Ok(record) => {
+                    if self.tx.send_async(FeedItem { seq, record }).await.is_err() {
+                        return false;
+                    }
+                }
+                Err(e) => log::error!("feed: message {seq} is not a record ({e}); skipped"),
+            }
+        }
+        self.read_seq.store(seq, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Why one consumer of a feed ended.
+enum FeedEnd {
+    /// The reader dropped the feed.
+    Closed,
+    /// It delivered something, then failed: try again at once.
+    Progressed(String),
+    /// It failed before delivering anything: back off.
+    Failed(String),
+}
+
 /// Where a cursor id is in a room's stream order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Located {
@@ -836,12 +912,15 @@ impl NatsStore {
         };
         let (tx, rx) = flume::bounded(capacity.max(1));
         let inner = self.inner.clone();
+        let read_seq = Arc::new(AtomicU64::new(start_seq - 1));
+        let task_read_seq = read_seq.clone();
         let task = self
             .runtime
-            .spawn(async move { inner.run_feed(rooms, start_seq, tx).await });
+            .spawn(async move { inner.run_feed(rooms, start_seq, tx, task_read_seq).await });
         Ok(Feed {
             rx,
             start_seq,
+            read_seq,
             task,
         })
     }
@@ -1200,7 +1279,13 @@ impl Inner {
     }
 
     /// The feed's task: see the module docs.
-    async fn run_feed(self, rooms: FeedRooms, start_seq: u64, tx: flume::Sender<FeedItem>) {
+    async fn run_feed(
+        self,
+        rooms: FeedRooms,
+        start_seq: u64,
+        tx: flume::Sender<FeedItem>,
+        read_seq: Arc<AtomicU64>,
+    ) {
         let (filter, wanted): (String, Option<HashSet<String>>) = match &rooms {
             FeedRooms::All => (self.names.all_rooms_subject(), None),
             FeedRooms::Rooms(rooms) if rooms.len() == 1 => {
@@ -1211,73 +1296,128 @@ impl Inner {
                 Some(rooms.iter().map(|r| self.names.room_subject(r)).collect()),
             ),
         };
-        let mut next = start_seq;
-        let mut backoff = Duration::from_millis(50);
+        let mut feed = FeedState {
+            next: start_seq,
+            tx,
+            read_seq,
+            wanted,
+        };
+        let mut backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
         loop {
-            let consumer = tokio::time::timeout(
-                Duration::from_millis(REQUEST_TIMEOUT_MS),
-                self.messages.create_consumer(OrderedConfig {
-                    filter_subject: filter.clone(),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: next,
-                    },
-                    ..Default::default()
-                }),
-            )
-            .await;
-            let messages = match consumer {
-                Ok(Ok(consumer)) => consumer.messages().await.map_err(io),
-                Ok(Err(e)) => Err(io(e)),
-                Err(_) => Err(io("creating the feed's consumer timed out")),
-            };
-            match messages {
-                Ok(mut messages) => {
-                    while let Some(message) = messages.next().await {
-                        let message = match message {
-                            Ok(message) => message,
-                            Err(e) => {
-                                log::warn!("feed from {next}: {e}; consuming again");
-                                break;
-                            }
-                        };
-                        let seq = match message.info() {
-                            Ok(info) => info.stream_sequence,
-                            Err(e) => {
-                                log::warn!(
-                                    "feed: message without its metadata ({e}); consuming again"
-                                );
-                                break;
-                            }
-                        };
-                        if seq < next {
-                            continue;
-                        }
-                        next = seq + 1;
-                        backoff = Duration::from_millis(50);
-                        if let Some(wanted) = &wanted
-                            && !wanted.contains(message.subject.as_str())
-                        {
-                            continue;
-                        }
-                        let record = match codec::decode_message(&message.payload) {
-                            Ok(record) => record,
-                            Err(e) => {
-                                log::error!("feed: message {seq} is not a record ({e}); skipped");
-                                continue;
-                            }
-                        };
-                        if tx.send_async(FeedItem { seq, record }).await.is_err() {
-                            return;
-                        }
-                    }
+            match self.consume_feed(&filter, &mut feed).await {
+                FeedEnd::Closed => return,
+                FeedEnd::Progressed(e) => {
+                    log::warn!("feed from {}: {e}; consuming again", feed.next);
+                    backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
                 }
-                Err(e) => log::warn!("feed from {next}: {e}; trying again"),
+                FeedEnd::Failed(e) => log::warn!("feed from {}: {e}; trying again", feed.next),
             }
-            if tx.is_disconnected() {
+            if feed.tx.is_disconnected() {
                 return;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(FEED_RETRY_BACKOFF_MS_MAX));
+        }
+    }
+
+    /// One consumer's life: created from `feed.next`, pulled in batches until something is wrong (an error, a
+    /// gap in its own sequence, a probe that fails or finds it stuck), which ends it; the caller creates the next
+    /// one from where this one stopped.
+    async fn consume_feed(&self, filter: &str, feed: &mut FeedState) -> FeedEnd {
+        let request = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let expires = Duration::from_millis(FEED_PULL_EXPIRES_MS);
+        let created = tokio::time::timeout(
+            request,
+            self.messages.create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: feed.next,
+                },
+                filter_subject: filter.to_owned(),
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_millis(FEED_CONSUMER_INACTIVE_MS),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            }),
+        )
+        .await;
+        let mut consumer = match created {
+            Ok(Ok(consumer)) => consumer,
+            Ok(Err(e)) => return FeedEnd::Failed(format!("creating its consumer: {e}")),
+            Err(_) => return FeedEnd::Failed("creating its consumer timed out".into()),
+        };
+        let started_at = feed.next;
+        let end = |feed: &FeedState, why: String| {
+            if feed.next > started_at {
+                FeedEnd::Progressed(why)
+            } else {
+                FeedEnd::Failed(why)
+            }
+        };
+        let mut consumer_seq = 0u64;
+        let mut quiet_since = Instant::now();
+        loop {
+            let batch = tokio::time::timeout(
+                request,
+                consumer
+                    .batch()
+                    .max_messages(FEED_PULL_MESSAGES_MAX)
+                    .expires(expires)
+                    .messages(),
+            )
+            .await;
+            let mut batch = match batch {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(e)) => return end(feed, format!("pull request: {e}")),
+                Err(_) => return end(feed, "pull request timed out".into()),
+            };
+            let mut got = 0usize;
+            loop {
+                // The batch ends by itself when it expires; a server that went away ends it by this bound.
+                let item = match tokio::time::timeout(expires + request, batch.next()).await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(_) => return end(feed, "pull timed out".into()),
+                };
+                let message = match item {
+                    Ok(message) => message,
+                    Err(e) => return end(feed, format!("pull: {e}")),
+                };
+                let (seq, delivered_as) = match message.info() {
+                    Ok(info) => (info.stream_sequence, info.consumer_sequence),
+                    Err(e) => return end(feed, format!("message without metadata: {e}")),
+                };
+                // A consumer numbers what it delivers 1, 2, 3...: a jump means messages were lost on the way.
+                if delivered_as != consumer_seq + 1 {
+                    return end(
+                        feed,
+                        format!("consumer skipped from {consumer_seq} to {delivered_as}"),
+                    );
+                }
+                consumer_seq = delivered_as;
+                got += 1;
+                if !feed.deliver(seq, &message.subject, &message.payload).await {
+                    return FeedEnd::Closed;
+                }
+            }
+            if got > 0 {
+                quiet_since = Instant::now();
+                continue;
+            }
+            if quiet_since.elapsed() >= Duration::from_millis(FEED_PROBE_QUIET_MS) {
+                // Quiet for a while: make sure the consumer still exists and is not sitting on messages.
+                match tokio::time::timeout(request, consumer.info()).await {
+                    Ok(Ok(info)) if info.num_pending == 0 => quiet_since = Instant::now(),
+                    Ok(Ok(info)) => {
+                        return end(
+                            feed,
+                            format!("consumer stuck with {} pending", info.num_pending),
+                        );
+                    }
+                    Ok(Err(e)) => return end(feed, format!("consumer gone: {e}")),
+                    Err(_) => return end(feed, "consumer info timed out".into()),
+                }
+            }
         }
     }
 

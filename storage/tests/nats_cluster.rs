@@ -410,7 +410,14 @@ fn the_feed_sees_another_nodes_messages_once_in_order_and_resumes_after_its_serv
     // Nothing after: the next item is a new sentinel, not a repeat.
     let sentinel = msg(&mut ids, "lobby", 1, "", "sentinel");
     append_until_acked(&a, std::slice::from_ref(&sentinel));
-    assert_eq!(next_item(feed.receiver()).record.id, sentinel.id);
+    let last = next_item(feed.receiver());
+    assert_eq!(last.record.id, sentinel.id);
+    assert_eq!(feed.read_seq(), last.seq);
+    assert_eq!(
+        b.last_seq().unwrap(),
+        last.seq,
+        "lag 0 once the feed has read everything"
+    );
 
     assert!(
         received.windows(2).all(|w| w[0].seq < w[1].seq),
