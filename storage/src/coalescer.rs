@@ -38,7 +38,7 @@ use crate::error::{Result, StorageError};
 use crate::id::MessageId;
 use crate::metrics::WriterMetrics;
 use crate::record::{AccountRecord, MessageRecord, TokenRecord};
-use crate::{Clock, Health, Store, SystemClock};
+use crate::{AppendOutcome, Clock, Health, Store, SystemClock};
 
 /// Largest room name, in bytes, that the stores accept. Room names are Twitch logins (at most 25 characters); the
 /// limit keeps keys small and bounded.
@@ -173,7 +173,7 @@ impl Gather {
 
 struct Pending {
     record: MessageRecord,
-    ack: oneshot::Sender<Result<()>>,
+    ack: oneshot::Sender<Result<AppendOutcome>>,
     enqueued: Instant,
 }
 
@@ -339,16 +339,47 @@ impl Shared {
 
 /// Resolves `Ok(())` once the record is durable, or with the error of its batch. If the writer went away without
 /// writing the record (the service shut down first), it resolves `Err(Closed)`. Works on any executor.
+///
+/// With a store that recognises resends across nodes (the cluster store), `Ok(())` may also mean that an
+/// earlier copy of the message is durable under another id: use [`AppendAck::outcome`] to learn which.
 #[must_use = "an append is only durable once its acknowledgement resolves Ok"]
 #[derive(Debug)]
 pub struct AppendAck {
-    rx: oneshot::Receiver<Result<()>>,
+    rx: oneshot::Receiver<Result<AppendOutcome>>,
+}
+
+impl AppendAck {
+    /// The acknowledgement with what the store did: [`AppendOutcome::Stored`], or
+    /// [`AppendOutcome::Duplicate`] with the id of the message stored earlier, which the sender must be
+    /// acknowledged with (this record is not stored and must not be shown).
+    pub fn outcome(self) -> AppendOutcomeAck {
+        AppendOutcomeAck { rx: self.rx }
+    }
 }
 
 impl Future for AppendAck {
     type Output = Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result.map(|_| ())),
+            Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(Err(StorageError::Closed)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// [`AppendAck`] with the store's [`AppendOutcome`]; see [`AppendAck::outcome`].
+#[must_use = "an append is only durable once its acknowledgement resolves Ok"]
+#[derive(Debug)]
+pub struct AppendOutcomeAck {
+    rx: oneshot::Receiver<Result<AppendOutcome>>,
+}
+
+impl Future for AppendOutcomeAck {
+    type Output = Result<AppendOutcome>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<AppendOutcome>> {
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(result)) => Poll::Ready(result),
             Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(Err(StorageError::Closed)),
@@ -853,7 +884,7 @@ fn run_writer(
     let mut records: Vec<MessageRecord> =
         Vec::with_capacity(config.batch_messages_max.clamp(1, 65_536));
     // Each acknowledgement with the instant its message was queued.
-    let mut acks: Vec<(oneshot::Sender<Result<()>>, Instant)> =
+    let mut acks: Vec<(oneshot::Sender<Result<AppendOutcome>>, Instant)> =
         Vec::with_capacity(records.capacity());
     let recover_interval = Duration::from_millis(config.recover_interval_ms.max(1));
     let mut stopping = false;
@@ -937,8 +968,20 @@ fn run_writer(
             shared
                 .metrics
                 .record_queue_wait((started - oldest).as_micros() as u64);
-            match std::panic::catch_unwind(AssertUnwindSafe(|| store.append_messages(&records))) {
-                Ok(Ok(())) => {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                store.append_messages_with_outcomes(&records)
+            })) {
+                Ok(Ok(outcomes)) if outcomes.len() != records.len() => {
+                    // A store that answers for fewer (or more) messages than it was given is broken; no
+                    // acknowledgement can be trusted.
+                    shared.poisoned.store(true, Ordering::Release);
+                    Err(StorageError::Io(format!(
+                        "the store answered {} outcomes for {} messages",
+                        outcomes.len(),
+                        records.len()
+                    )))
+                }
+                Ok(Ok(outcomes)) => {
                     shared
                         .metrics
                         .record_batch(records.len(), started.elapsed().as_micros() as u64);
@@ -946,7 +989,7 @@ fn run_writer(
                         log::info!("storage: writes succeed again");
                         shared.set_write_failure(None);
                     }
-                    Ok(())
+                    Ok(outcomes)
                 }
                 Ok(Err(e)) => {
                     shared.set_write_failure(Some(e.to_string()));
@@ -969,15 +1012,18 @@ fn run_writer(
             }
         }
         let acked_at = Instant::now();
-        let ok = result.is_ok();
-        for (ack, enqueued) in acks.drain(..) {
-            if ok {
-                shared
-                    .metrics
-                    .record_ack((acked_at - enqueued).as_micros() as u64);
-            }
+        for (i, (ack, enqueued)) in acks.drain(..).enumerate() {
+            let answer = match &result {
+                Ok(outcomes) => {
+                    shared
+                        .metrics
+                        .record_ack((acked_at - enqueued).as_micros() as u64);
+                    Ok(outcomes[i])
+                }
+                Err(e) => Err(e.clone()),
+            };
             // The receiver may be gone (the shard stopped waiting); the record is durable regardless.
-            let _ = ack.send(result.clone());
+            let _ = ack.send(answer);
         }
         // Freeing a large batch's records takes a while; the acknowledgements go out first.
         records.clear();

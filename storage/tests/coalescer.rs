@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{block_on, messages};
 use twitchy_storage::{
-    AccountRecord, CoalescerConfig, Health, MessageId, MessageRecord, StorageError, StorageService,
-    Store, TokenRecord,
+    AccountRecord, AppendOutcome, CoalescerConfig, Health, MessageId, MessageRecord, StorageError,
+    StorageService, Store, TokenRecord,
 };
 
 /// An in-memory store that records every batch it was given. Accounts and tokens are not kept (creation succeeds,
@@ -23,6 +23,11 @@ struct MemoryStore {
     settings: Mutex<BTreeMap<String, Vec<u8>>>,
     /// Logins renamed so far, old to new; an account exists for any login named `exists_*`.
     renamed: Mutex<Vec<(String, String)>>,
+    /// Recognise resends (same room, user, nonce and text) as a cluster store does, instead of the trait's
+    /// default of storing everything.
+    recognise_resends: bool,
+    /// Answer one outcome too few (a broken store).
+    short_outcomes: bool,
 }
 
 impl Store for MemoryStore {
@@ -30,6 +35,42 @@ impl Store for MemoryStore {
         self.batch_sizes.lock().unwrap().push(batch.len());
         self.messages.lock().unwrap().extend_from_slice(batch);
         Ok(())
+    }
+    fn append_messages_with_outcomes(
+        &self,
+        batch: &[MessageRecord],
+    ) -> twitchy_storage::Result<Vec<AppendOutcome>> {
+        if !self.recognise_resends {
+            self.append_messages(batch)?;
+            let mut outcomes = vec![AppendOutcome::Stored; batch.len()];
+            if self.short_outcomes {
+                outcomes.pop();
+            }
+            return Ok(outcomes);
+        }
+        self.batch_sizes.lock().unwrap().push(batch.len());
+        let mut messages = self.messages.lock().unwrap();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for record in batch {
+            let earlier = messages.iter().find(|m| {
+                !record.client_nonce.is_empty()
+                    && (&m.room, m.user_id, &m.client_nonce, &m.original)
+                        == (
+                            &record.room,
+                            record.user_id,
+                            &record.client_nonce,
+                            &record.original,
+                        )
+            });
+            match earlier {
+                Some(m) => outcomes.push(AppendOutcome::Duplicate { original: m.id }),
+                None => {
+                    messages.push(record.clone());
+                    outcomes.push(AppendOutcome::Stored);
+                }
+            }
+        }
+        Ok(outcomes)
     }
     fn recent_messages(
         &self,
@@ -957,4 +998,67 @@ fn moderation_requests_go_through_the_handle_and_answer() {
         block_on(h.put_setting("room/forsen/modes", Vec::new())),
         Err(StorageError::Closed)
     );
+}
+
+#[test]
+fn a_resend_is_acknowledged_with_the_original_id_when_the_store_recognises_it() {
+    let store = Arc::new(MemoryStore {
+        recognise_resends: true,
+        ..MemoryStore::default()
+    });
+    let service = StorageService::start(store.clone(), CoalescerConfig::default());
+    let handle = service.handle();
+    let batch = messages("lobby", 0, 1_700_000_000_000, 3);
+    let mut first = batch[0].clone();
+    first.client_nonce = "n1".into();
+    let mut resend = batch[1].clone();
+    resend.client_nonce = "n1".into();
+    resend.original = first.original.clone();
+    resend.user_id = first.user_id;
+    assert_eq!(
+        block_on(handle.append(first.clone()).unwrap().outcome()).unwrap(),
+        AppendOutcome::Stored
+    );
+    assert_eq!(
+        block_on(handle.append(resend.clone()).unwrap().outcome()).unwrap(),
+        AppendOutcome::Duplicate { original: first.id }
+    );
+    // The plain acknowledgement is Ok for both; only `outcome` tells them apart.
+    block_on(handle.append(resend).unwrap()).unwrap();
+    assert_eq!(store.messages.lock().unwrap().len(), 1);
+    service.shutdown().unwrap();
+
+    // A store that does not recognise resends answers Stored for everything (the trait's default).
+    let plain = Arc::new(MemoryStore::default());
+    let service = StorageService::start(plain.clone(), CoalescerConfig::default());
+    let acks: Vec<_> = batch
+        .iter()
+        .map(|m| service.handle().append(m.clone()).unwrap().outcome())
+        .collect();
+    for ack in acks {
+        assert_eq!(block_on(ack).unwrap(), AppendOutcome::Stored);
+    }
+    service.shutdown().unwrap();
+}
+
+#[test]
+fn a_store_answering_the_wrong_number_of_outcomes_acknowledges_nothing() {
+    let store = Arc::new(MemoryStore {
+        short_outcomes: true,
+        ..MemoryStore::default()
+    });
+    let service = StorageService::start(store, CoalescerConfig::default());
+    let handle = service.handle();
+    let result = block_on(
+        handle
+            .append(messages("lobby", 0, 1_700_000_000_000, 1)[0].clone())
+            .unwrap(),
+    );
+    assert!(matches!(result, Err(StorageError::Io(_))), "{result:?}");
+    assert!(
+        matches!(handle.health(), Health::Failed(_)),
+        "{:?}",
+        handle.health()
+    );
+    let _ = service.shutdown();
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use twitchy_storage::{MessageId, MessageIdGen, MessageRecord};
 
 /// A message with predictable content derived from its id and room.
