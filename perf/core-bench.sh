@@ -46,36 +46,36 @@ fanout() { # NAME RATE LOADGEN_CPU TARGET...
     shift 3
     local targets=()
     for t in "$@"; do targets+=(--target "$t"); done
-    taskset -c "$cpu" target/release/twitchy-perf run --name "$name" --transport ws --rooms 1 \
+    taskset -c "$cpu" "$BIN"/twitchy-perf run --name "$name" --transport ws --rooms 1 \
         --viewers-per-room "$viewers" --senders-per-room 10 --slow-viewers-per-room 0 --rate "$rate" \
         --duration-ms "$duration_ms" "${targets[@]}" --out "$OUT_DIR" "${progress[@]}" >/dev/null
 }
 
 # Each server alone on CPU 1.
-start_server twitchy taskset -c 1 target/release/twitchy "${engine_args[@]}" --cpus 1
-start_server naive taskset -c 1 target/release/twitchy-naive "${naive_args[@]}"
+start_server twitchy taskset -c 1 "$BIN"/twitchy "${engine_args[@]}" --cpus 1
+start_server naive taskset -c 1 "$BIN"/twitchy-naive "${naive_args[@]}"
 mapfile -t batched_args < <(TWITCHY_SHARDS=1 twitchy_args "$DATA_DIR-batched")
-start_server batched taskset -c 1 target/release/twitchy "${batched_args[@]}" --cpus 1 --write-delay-ms 100
+start_server batched taskset -c 1 "$BIN"/twitchy "${batched_args[@]}" --cpus 1 --write-delay-ms 100
 fanout pinned 20 0 "$twitchy_TARGET" "$naive_TARGET" "$batched_TARGET"
 for rate in $rates; do
     fanout "saturation-$rate" "$rate" 0 "$twitchy_TARGET" "$naive_TARGET" "$batched_TARGET" || true
 done
-target/release/twitchy-perf memory --connections "$connections" --target "$twitchy_TARGET" \
+"$BIN"/twitchy-perf memory --connections "$connections" --target "$twitchy_TARGET" \
     --target "$naive_TARGET" --out "$OUT_DIR" "${progress[@]}" >/dev/null || true
 stop_servers
 
 # Server and load generator share CPU 0.
 rm -rf "$DATA_DIR"
-start_server twitchy taskset -c 0 target/release/twitchy "${engine_args[@]}" --cpus 0
-start_server naive taskset -c 0 target/release/twitchy-naive "${naive_args[@]}"
+start_server twitchy taskset -c 0 "$BIN"/twitchy "${engine_args[@]}" --cpus 0
+start_server naive taskset -c 0 "$BIN"/twitchy-naive "${naive_args[@]}"
 fanout shared 20 0 "$twitchy_TARGET" "$naive_TARGET"
 stop_servers
 
 # Servers on both CPUs, the load generator on CPU 0 too.
 rm -rf "$DATA_DIR"
 mapfile -t engine_args < <(TWITCHY_SHARDS=2 twitchy_args "$DATA_DIR")
-start_server twitchy target/release/twitchy "${engine_args[@]}"
-start_server naive target/release/twitchy-naive "${naive_args[@]}"
+start_server twitchy "$BIN"/twitchy "${engine_args[@]}"
+start_server naive "$BIN"/twitchy-naive "${naive_args[@]}"
 fanout neighbour 200 0 "$twitchy_TARGET" "$naive_TARGET"
 stop_servers
 

@@ -341,6 +341,12 @@ pub fn proc_rss_bytes(pid: u32) -> Option<u64> {
 
 /// User plus system CPU seconds a process has used, from `/proc/<pid>/stat`.
 pub fn proc_cpu_s(pid: u32) -> Option<f64> {
+    proc_cpu_times_s(pid).map(|(user, system)| user + system)
+}
+
+/// User and system (kernel) CPU seconds a process has used, from `/proc/<pid>/stat`. On loopback the system part of
+/// a server that writes to many sockets holds the send path and most of the receiving side's TCP work too.
+pub fn proc_cpu_times_s(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; fields are counted after its ')'.
     let after = &stat[stat.rfind(')')? + 1..];
@@ -349,7 +355,7 @@ pub fn proc_cpu_s(pid: u32) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     // SAFETY: sysconf only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (ticks > 0).then(|| (utime + stime) / ticks as f64)
+    (ticks > 0).then(|| (utime / ticks as f64, stime / ticks as f64))
 }
 
 /// CPU seconds this process has used.
