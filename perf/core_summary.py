@@ -19,14 +19,22 @@ def cpu_per_delivery_us(t):
     return cpu / t["deliveries"] * 1e6 if cpu and t["deliveries"] else None
 
 
+def kernel_per_delivery_us(t):
+    cpu = t["server"].get("cpu_system_s")
+    return cpu / t["deliveries"] * 1e6 if cpu is not None and t["deliveries"] else None
+
+
 def fmt(value, unit=""):
     return "n/a" if value is None else f"{value:,.2f}{unit}"
 
 
 def main():
     folder = pathlib.Path(sys.argv[1])
-    print("| scenario | server | deliveries/s | lost | p50 ms | p99 ms | server CPU µs/delivery | load-gen CPU s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| scenario | server | deliveries/s | lost | p50 ms | p99 ms | server CPU µs/delivery | of which kernel | "
+        "load-gen CPU s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     names = ["pinned", "shared", "neighbour"] + sorted(
         (p.stem for p in folder.glob("saturation-*.json")), key=lambda n: int(n.split("-")[1])
     )
@@ -42,12 +50,13 @@ def main():
             print(
                 f"| {name} | {server} | {t['deliveries_per_s']:,.0f} | {t['lost']} | "
                 f"{t['latency']['p50_us'] / 1000:.1f} | {p99_ms:.1f} | {fmt(cpu_per_delivery_us(t))} | "
+                f"{fmt(kernel_per_delivery_us(t))} | "
                 f"{t['loadgen_cpu_s']:.1f} |"
             )
             if name.startswith("saturation") and p99_ms <= 100 and t["lost"] == 0:
                 best[server] = max(best.get(server, 0), t["deliveries_per_s"])
-        for ours in ("twitchy", "batched"):
-            if ours in targets and "naive" in targets:
+        for ours in (t for t in targets if t != "naive"):
+            if "naive" in targets:
                 tw, nv = targets[ours], targets["naive"]
                 a, b = cpu_per_delivery_us(tw), cpu_per_delivery_us(nv)
                 cpu = a / b if a and b else None
@@ -64,7 +73,7 @@ def main():
         for server, value in sorted(best.items()):
             print(f"- {server}: {value:,.0f}")
         if best.get("naive"):
-            for ours in ("twitchy", "batched"):
+            for ours in sorted(s for s in best if s != "naive"):
                 if ours in best:
                     print(f"- {ours} ÷ naive: {best[ours] / best['naive']:.2f}×")
     memory = load(folder, "memory")

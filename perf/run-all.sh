@@ -49,13 +49,13 @@ run() {
 run cargo build --release -p twitchy-engine -p twitchy-perf
 
 mapfile -t engine_args < <(twitchy_args "$DATA_DIR")
-start_server twitchy target/release/twitchy "${engine_args[@]}"
-commands+=("target/release/twitchy ${engine_args[*]}")
+start_server twitchy "$BIN"/twitchy "${engine_args[@]}"
+commands+=("$BIN/twitchy ${engine_args[*]}")
 targets=(--target "$twitchy_TARGET")
 if [ "$naive" = 1 ]; then
-    start_server naive target/release/twitchy-naive --http 127.0.0.1:0 --irc 127.0.0.1:0 \
+    start_server naive "$BIN"/twitchy-naive --http 127.0.0.1:0 --irc 127.0.0.1:0 \
         "${LOAD_RATE_LIMIT_ARGS[@]}"
-    commands+=("target/release/twitchy-naive --http 127.0.0.1:0 --irc 127.0.0.1:0 ${LOAD_RATE_LIMIT_ARGS[*]}")
+    commands+=("$BIN/twitchy-naive --http 127.0.0.1:0 --irc 127.0.0.1:0 ${LOAD_RATE_LIMIT_ARGS[*]}")
     targets+=(--target "$naive_TARGET")
 fi
 
@@ -63,7 +63,7 @@ progress=()
 [ -t 2 ] || progress=(--no-progress)
 failed=()
 for preset in average peak fanout many-rooms storm slow; do
-    if ! run target/release/twitchy-perf run --preset "$preset" $quick "${targets[@]}" \
+    if ! run "$BIN"/twitchy-perf run --preset "$preset" $quick "${targets[@]}" \
         --out "$OUT_DIR" "${progress[@]}" >/dev/null; then
         failed+=("$preset")
     fi
@@ -71,7 +71,7 @@ done
 
 connections=5000
 [ -n "$quick" ] && connections=500
-if ! run target/release/twitchy-perf memory --connections "$connections" "${targets[@]}" \
+if ! run "$BIN"/twitchy-perf memory --connections "$connections" "${targets[@]}" \
     --out "$OUT_DIR" "${progress[@]}" >/dev/null; then
     failed+=(memory)
 fi
@@ -98,12 +98,12 @@ fi
 # A quick run proves the tools work; its figures are too short to publish, so it leaves perf/RESULTS.md alone.
 results_file=perf/RESULTS.md
 [ -n "$quick" ] && results_file="$OUT_DIR/RESULTS-quick.md"
-result_args=(--out "$OUT_DIR" --criterion target/criterion --since "$since" --write "$results_file")
+result_args=(--out "$OUT_DIR" --criterion "$TARGET_DIR/criterion" --since "$since" --write "$results_file")
 [ -n "$quick" ] && result_args+=(--quick)
 for c in "${commands[@]}"; do
     result_args+=(--command "$c")
 done
-target/release/twitchy-perf results "${result_args[@]}"
+"$BIN"/twitchy-perf results "${result_args[@]}"
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "failed: ${failed[*]}" >&2

@@ -60,6 +60,10 @@ stop_servers() {
 
 STARTED_PIDS=()
 
+# Where cargo puts the release binaries (CARGO_TARGET_DIR, when set, as cargo itself reads it).
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET_DIR/release
+
 # Rate limits high enough that load runs measure the server, not its
 # per-user limit (20 messages / 30 s by default).
 LOAD_RATE_LIMIT_ARGS=(--rate-limit-messages 1000000 --rate-limit-window-ms 1000)
@@ -90,7 +94,7 @@ twitchy_args() {
     write_rooms_file "$rooms_file"
     local args=(--http 127.0.0.1:0 --irc 127.0.0.1:0 --data-dir "$1" --shards "${TWITCHY_SHARDS:-2}"
         --config "$rooms_file" "${LOAD_RATE_LIMIT_ARGS[@]}" --limits-exempt-loopback)
-    if target/release/twitchy --help 2>/dev/null | grep -q -- '--detect-stalls-ms'; then
+    if "$BIN/twitchy" --help 2>/dev/null | grep -q -- '--detect-stalls-ms'; then
         args+=(--detect-stalls-ms "${TWITCHY_DETECT_STALLS_MS:-10}")
     fi
     printf '%s\n' "${args[@]}"

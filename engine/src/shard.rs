@@ -235,6 +235,8 @@ pub struct Shard {
     /// Connections with new bytes, written by the flusher once the shard has worked through what is runnable.
     dirty: RefCell<Vec<ConnId>>,
     flush_needed: LocalNotify,
+    /// Notified when a busy room's lines wait for the write delay (see [`CoreConfig::write_delay_ms`]).
+    delayed_lines: LocalNotify,
     direct_buffer: RefCell<Vec<u8>>,
     /// Connections open on the metrics listener.
     metrics_connections: Cell<usize>,
@@ -276,7 +278,7 @@ pub fn core_config(shared: &Shared, shard: usize) -> CoreConfig {
         idle_timeout_ms: args.idle_timeout_secs.max(1) * 1000,
         registration_timeout_ms: args.registration_timeout_ms.max(1),
         close_grace_ms: CLOSE_GRACE_MS,
-        write_delay: args.write_delay_ms > 0,
+        write_delay_ms: args.write_delay_ms,
         deliver_from_feed: !args.cluster.trim().is_empty(),
         metrics: shared.metrics.clone(),
         viewers: shared.viewers.clone(),
@@ -298,6 +300,7 @@ impl Shard {
             pumping: Cell::new(false),
             dirty: RefCell::default(),
             flush_needed: LocalNotify::default(),
+            delayed_lines: LocalNotify::default(),
             direct_buffer: RefCell::default(),
             metrics_connections: Cell::new(0),
             api_waiters: RefCell::default(),
@@ -393,8 +396,16 @@ impl Shard {
             tasks.push(
                 glommio::spawn_local(async move {
                     loop {
-                        glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
-                        shard.core.borrow_mut().flush_delayed();
+                        let due = shard.core.borrow().delayed_flush_due_ms();
+                        let Some(due_ms) = due else {
+                            shard.delayed_lines.wait().await;
+                            continue;
+                        };
+                        let wait_ms = due_ms.saturating_sub(unix_ms());
+                        if wait_ms > 0 {
+                            glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
+                        }
+                        shard.core.borrow_mut().flush_delayed(unix_ms());
                         shard.pump();
                     }
                 })
@@ -620,8 +631,12 @@ impl Shard {
             }
         }
         self.pumping.set(false);
-        if self.core.borrow().in_flight() == 0 {
+        let core = self.core.borrow();
+        if core.in_flight() == 0 {
             self.in_flight_idle.notify();
+        }
+        if core.delayed_flush_due_ms().is_some() {
+            self.delayed_lines.notify();
         }
     }
 

@@ -233,9 +233,10 @@ async fn register_senders(
     Ok(out)
 }
 
-fn server_figures(target: &Target) -> (Option<f64>, Option<u64>) {
+/// The server's user and system CPU seconds so far, and its resident memory.
+fn server_figures(target: &Target) -> (Option<(f64, f64)>, Option<u64>) {
     match target.pid {
-        Some(pid) => (conn::proc_cpu_s(pid), conn::proc_rss_bytes(pid)),
+        Some(pid) => (conn::proc_cpu_times_s(pid), conn::proc_rss_bytes(pid)),
         None => (None, None),
     }
 }
@@ -506,7 +507,10 @@ async fn run_target(
         drain_ms,
         loadgen_cpu_s,
         server: ServerSummary {
-            cpu_s: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+            cpu_s: cpu_before
+                .zip(cpu_after)
+                .map(|(b, a)| (a.0 + a.1) - (b.0 + b.1)),
+            cpu_system_s: cpu_before.zip(cpu_after).map(|(b, a)| a.1 - b.1),
             rss_bytes_before: rss_before,
             rss_bytes_after: rss_after,
             stalls: stalls.count,

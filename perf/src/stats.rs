@@ -181,6 +181,9 @@ pub struct ConnectSummary {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerSummary {
     pub cpu_s: Option<f64>,
+    /// The part of `cpu_s` spent in the kernel (system time).
+    #[serde(default)]
+    pub cpu_system_s: Option<f64>,
     pub rss_bytes_before: Option<u64>,
     pub rss_bytes_after: Option<u64>,
     /// Stall-detector lines the server logged during the run.

@@ -100,9 +100,20 @@ pub fn encode_frame(opcode: Opcode, payload: &[u8], mask: Option<[u8; 4]>, out: 
     }
 }
 
-/// Takes one complete frame off the front of `buf`, or returns `Ok(None)`
-/// when more bytes are needed. Masked payloads are unmasked.
-pub fn decode_frame(buf: &mut Vec<u8>) -> Result<Option<Frame>, WsError> {
+/// Where one complete frame at the front of a buffer lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameAt {
+    pub fin: bool,
+    pub opcode: Opcode,
+    pub mask: Option<[u8; 4]>,
+    /// The payload's bytes (still masked, if `mask` is set), as offsets into the buffer.
+    pub payload: std::ops::Range<usize>,
+}
+
+/// Reads the header of the frame at the front of `buf`: `Ok(None)` when the frame is not complete yet. Lets a
+/// reader walk many frames in one buffer and remove them all at once, instead of moving the rest of the buffer
+/// for every frame.
+pub fn frame_at(buf: &[u8]) -> Result<Option<FrameAt>, WsError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -141,22 +152,43 @@ pub fn decode_frame(buf: &mut Vec<u8>) -> Result<Option<Frame>, WsError> {
     if buf.len() < total {
         return Ok(None);
     }
-    let mut payload = buf[header + mask_len..total].to_vec();
-    if masked {
-        let key = [
+    let mask = masked.then(|| {
+        [
             buf[header],
             buf[header + 1],
             buf[header + 2],
             buf[header + 3],
-        ];
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= key[i % 4];
-        }
-    }
-    buf.drain(..total);
-    Ok(Some(Frame {
+        ]
+    });
+    Ok(Some(FrameAt {
         fin: b0 & 0x80 != 0,
         opcode,
+        mask,
+        payload: header + mask_len..total,
+    }))
+}
+
+/// Unmasks a payload in place.
+pub fn unmask(payload: &mut [u8], key: [u8; 4]) {
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= key[i % 4];
+    }
+}
+
+/// Takes one complete frame off the front of `buf`, or returns `Ok(None)`
+/// when more bytes are needed. Masked payloads are unmasked.
+pub fn decode_frame(buf: &mut Vec<u8>) -> Result<Option<Frame>, WsError> {
+    let Some(at) = frame_at(buf)? else {
+        return Ok(None);
+    };
+    let mut payload = buf[at.payload.clone()].to_vec();
+    if let Some(key) = at.mask {
+        unmask(&mut payload, key);
+    }
+    buf.drain(..at.payload.end);
+    Ok(Some(Frame {
+        fin: at.fin,
+        opcode: at.opcode,
         payload,
     }))
 }

@@ -85,13 +85,16 @@ pub struct CoreConfig {
     pub registration_timeout_ms: u64,
     /// How long a closing connection may take to flush before it is cut.
     pub close_grace_ms: u64,
-    /// With a write delay, connections with new bytes are woken by [`ShardCore::flush_delayed`] instead of at once.
-    pub write_delay: bool,
     /// Several nodes share the rooms through a committed log (the cluster store): a message reaches viewers and
     /// the last-10 only when it comes back from that log through [`ShardCore::committed`], in the log's order,
     /// which every node sees alike; its durable write only acknowledges its sender. Off: a message is released to
     /// viewers as soon as its write is durable.
     pub deliver_from_feed: bool,
+    /// A busy room's write delay, in milliseconds (0: none). A room's chat lines leave at once unless its previous
+    /// lines left less than this long ago; then they wait until that long after, for [`ShardCore::flush_delayed`],
+    /// so a busy room's viewers get several lines per socket write. A quiet room's lines, and replies, acks and
+    /// notices, never wait.
+    pub write_delay_ms: u64,
     /// Every shard's counters; this core writes only its own.
     pub metrics: Arc<[ShardMetrics]>,
     pub viewers: Arc<ViewerCounts>,
@@ -125,7 +128,7 @@ impl CoreConfig {
             idle_timeout_ms: 90_000,
             registration_timeout_ms: 10_000,
             close_grace_ms: 2_000,
-            write_delay: false,
+            write_delay_ms: 0,
             deliver_from_feed: false,
             metrics: (0..shard_count).map(|_| ShardMetrics::default()).collect(),
             viewers: Arc::new(ViewerCounts::new(shard_count, room_count)),
@@ -161,6 +164,8 @@ struct ConnState {
     opened_ms: u64,
     last_rx_ms: u64,
     pinged: bool,
+    /// Its new chat lines wait for a busy room's delayed flush (cleared when anything is taken for writing).
+    held: bool,
     /// Set once the connection is closing: no more input is handled, the queue is flushed, then it ends.
     closing_since_ms: Option<u64>,
     /// Whether an `Output::Close` was issued.
@@ -189,6 +194,13 @@ struct LocalRoom {
     subscription: Subscription,
     recent: VecDeque<Arc<ChatMessage>>,
     view: RoomView,
+    /// When the room's chat lines last left (or, while `waiting`, when they will): with a write delay, lines that
+    /// come sooner than the delay after this wait.
+    fanout_ms: u64,
+    /// Lines wait for the room's delayed flush at `fanout_ms` (the room is in `ShardCore::held_rooms`).
+    waiting: bool,
+    /// Viewers whose lines wait for that flush.
+    held: Vec<ConnId>,
 }
 
 /// A chat message as a connection sent it.
@@ -354,27 +366,14 @@ pub struct ShardCore {
     in_flight: usize,
     shutting_down: bool,
     congested: bool,
-    delayed_wakes: Vec<ConnId>,
+    /// Rooms with viewers waiting for a delayed flush, each once.
+    held_rooms: Vec<usize>,
     outputs: VecDeque<Output>,
     last_sweep_ms: u64,
 }
 
 fn slot_of(id: ConnId) -> usize {
     (id & 0xffff_ffff) as usize
-}
-
-/// Asks the driver to flush connection `id` now, or at the next write-delay tick.
-fn flush_later(
-    write_delay: bool,
-    delayed: &mut Vec<ConnId>,
-    outputs: &mut VecDeque<Output>,
-    id: ConnId,
-) {
-    if write_delay {
-        delayed.push(id);
-    } else {
-        outputs.push_back(Output::Flush(id));
-    }
 }
 
 /// The live connection `id` in `slots` (a free function so other fields of the core stay borrowable).
@@ -433,7 +432,7 @@ impl ShardCore {
             in_flight: 0,
             shutting_down: false,
             congested: false,
-            delayed_wakes: Vec::new(),
+            held_rooms: Vec::new(),
             outputs: VecDeque::new(),
             last_sweep_ms: 0,
             cfg,
@@ -551,6 +550,7 @@ impl ShardCore {
             opened_ms: now_ms,
             last_rx_ms: now_ms,
             pinged: false,
+            held: false,
             closing_since_ms: None,
             cut: false,
         }));
@@ -864,18 +864,36 @@ impl ShardCore {
 
     /// New bytes for a connection whose queue was empty.
     fn wake(&mut self, id: ConnId) {
-        flush_later(
-            self.cfg.write_delay,
-            &mut self.delayed_wakes,
-            &mut self.outputs,
-            id,
-        );
+        self.outputs.push_back(Output::Flush(id));
     }
 
-    /// With a write delay: flushes every connection that got bytes since the last call.
-    pub fn flush_delayed(&mut self) {
-        for id in std::mem::take(&mut self.delayed_wakes) {
-            self.outputs.push_back(Output::Flush(id));
+    /// When the first delayed flush is due (see [`CoreConfig::write_delay_ms`]), if any lines wait.
+    pub fn delayed_flush_due_ms(&self) -> Option<u64> {
+        self.held_rooms
+            .iter()
+            .map(|&room| self.rooms[room].fanout_ms)
+            .min()
+    }
+
+    /// With a write delay: flushes the waiting viewers of every room whose delay has passed by `now_ms`.
+    pub fn flush_delayed(&mut self, now_ms: u64) {
+        let mut index = 0;
+        while index < self.held_rooms.len() {
+            let room = &mut self.rooms[self.held_rooms[index]];
+            if room.fanout_ms > now_ms {
+                index += 1;
+                continue;
+            }
+            room.waiting = false;
+            for id in room.held.drain(..) {
+                if let Some(conn) = conn_in(&mut self.slots, id)
+                    && conn.held
+                {
+                    conn.held = false;
+                    self.outputs.push_back(Output::Flush(id));
+                }
+            }
+            self.held_rooms.swap_remove(index);
         }
     }
 
@@ -899,9 +917,12 @@ impl ShardCore {
             self.drop_slow(id, now_ms);
             return;
         }
-        let was_empty = conn.queue.is_empty();
+        // A connection whose chat lines wait for a busy room's delayed flush is written now: replies never wait,
+        // and the waiting lines go with them, in order.
+        let wake = conn.queue.is_empty() || conn.held;
+        conn.held = false;
         conn.queue.push_owned(bytes, stamp);
-        if was_empty {
+        if wake {
             self.wake(id);
         }
         self.shed_over_budget(now_ms);
@@ -914,9 +935,10 @@ impl ShardCore {
         if conn.closing_since_ms.is_some() {
             return;
         }
-        let was_empty = conn.queue.is_empty();
+        let wake = conn.queue.is_empty() || conn.held;
+        conn.held = false;
         conn.queue.push_frame(frame);
-        if was_empty {
+        if wake {
             self.wake(id);
         }
     }
@@ -2040,6 +2062,19 @@ impl ShardCore {
             local.recent.pop_front();
         }
         local.recent.push_back(message.clone());
+        // A busy room (its last lines left less than the write delay ago) holds this line with the next ones until
+        // the delay has passed since then; a quiet room's line leaves at once.
+        let delay_ms = self.cfg.write_delay_ms;
+        let hold = delay_ms > 0 && now_ms < local.fanout_ms.saturating_add(delay_ms);
+        if hold {
+            if !local.waiting {
+                local.waiting = true;
+                local.fanout_ms += delay_ms;
+                self.held_rooms.push(room);
+            }
+        } else {
+            local.fanout_ms = now_ms;
+        }
         ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].messages_out_total);
         let mut variants: [Option<Bytes>; 2] = [None, None];
         let mut delivered = 0u64;
@@ -2078,13 +2113,15 @@ impl ShardCore {
             conn.queue
                 .push_stamped(bytes.clone(), Stamp::Delivery(sequenced_ms));
             delivered += 1;
-            if was_empty {
-                flush_later(
-                    self.cfg.write_delay,
-                    &mut self.delayed_wakes,
-                    &mut self.outputs,
-                    viewer,
-                );
+            if hold {
+                // Lines already queued and not held leave with the write that is pending anyway.
+                if was_empty && !conn.held {
+                    conn.held = true;
+                    local.held.push(viewer);
+                }
+            } else if was_empty || conn.held {
+                conn.held = false;
+                self.outputs.push_back(Output::Flush(viewer));
             }
         }
         ShardMetrics::add(
@@ -2210,5 +2247,182 @@ mod budget_tests {
             0,
             "closed connections hold nothing"
         );
+    }
+}
+
+#[cfg(test)]
+mod write_delay_tests {
+    use super::*;
+    use crate::protocol::session::Identity;
+
+    const DELAY_MS: u64 = 100;
+
+    /// One shard with a write delay, a viewer and a registered sender in one room; styling and storage complete
+    /// at once.
+    struct World {
+        core: ShardCore,
+        viewer: ConnId,
+        sender: ConnId,
+        flushed: Vec<ConnId>,
+        seq: u64,
+    }
+
+    impl World {
+        fn new() -> World {
+            let room = RoomInfo {
+                name: "lobby".into(),
+                id: 1,
+                style: "pirate".into(),
+                moderators: Vec::new(),
+                broadcaster: None,
+                vips: Vec::new(),
+                automod: AutoModMode::Off,
+                banned_phrases: Vec::new(),
+            };
+            let mut cfg = CoreConfig::for_tests(0, 1, vec![room]);
+            cfg.write_delay_ms = DELAY_MS;
+            cfg.rate.messages_per_window_max = 1_000;
+            let mut core = ShardCore::new(cfg);
+            let viewer = core.conn_open(Transport::Tcp, 0).unwrap();
+            core.conn_input(
+                viewer,
+                b"CAP REQ :twitch.tv/commands\r\nNICK justinfan1\r\nJOIN #lobby\r\n",
+                0,
+            );
+            let sender = core.conn_open(Transport::Tcp, 0).unwrap();
+            core.conn_input(
+                sender,
+                b"CAP REQ :twitch.tv/commands\r\nPASS oauth:x\r\nNICK ronni\r\n",
+                0,
+            );
+            core.auth_done(
+                sender,
+                AuthOutcome::Valid(Identity {
+                    login: "ronni".into(),
+                    display_name: "Ronni".into(),
+                    user_id: 7,
+                    color: String::new(),
+                    badges: String::new(),
+                    is_mod: false,
+                }),
+                0,
+            );
+            let mut world = World {
+                core,
+                viewer,
+                sender,
+                flushed: Vec::new(),
+                seq: 0,
+            };
+            world.pump(0);
+            world.core.conn_input(sender, b"JOIN #lobby\r\n", 0);
+            world.pump(0);
+            world.read(viewer);
+            world.read(sender);
+            world
+        }
+
+        fn pump(&mut self, now_ms: u64) {
+            while let Some(output) = self.core.pop_output() {
+                match output {
+                    Output::Flush(id) => self.flushed.push(id),
+                    Output::Style(r) => self.core.styled(r.ticket, r.text, StyledBy::Local, now_ms),
+                    Output::Store { room, record } => {
+                        self.core.stored(room, record.id, Ok(()), now_ms)
+                    }
+                    Output::ReadSettings { ticket, .. } => {
+                        self.core.settings_read(ticket, Ok(Vec::new()), now_ms)
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        /// The sender says something at `now_ms`; returns whether the viewer was flushed at once.
+        fn say(&mut self, now_ms: u64) -> bool {
+            self.seq += 1;
+            let line = format!("PRIVMSG #lobby :line {}\r\n", self.seq);
+            self.read(self.sender);
+            self.flushed.clear();
+            self.core.conn_input(self.sender, line.as_bytes(), now_ms);
+            self.pump(now_ms);
+            assert!(
+                self.flushed.contains(&self.sender),
+                "the sender's ack never waits: {:?}",
+                self.read(self.sender)
+            );
+            self.flushed.contains(&self.viewer)
+        }
+
+        fn read(&mut self, id: ConnId) -> String {
+            let mut out = Vec::new();
+            while self.core.take_writes(id, &mut out, 0) > 0 {}
+            String::from_utf8(out).unwrap()
+        }
+
+        /// The numbers of the chat lines in `text`, in order.
+        fn lines(text: &str) -> Vec<u64> {
+            text.lines()
+                .filter_map(|l| l.split_once(" PRIVMSG #lobby :line ").map(|(_, n)| n))
+                .map(|n| n.parse().unwrap())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_busy_room_holds_its_lines_for_the_delay_and_a_quiet_one_does_not() {
+        let mut w = World::new();
+        assert!(w.say(1_000), "a quiet room's line leaves at once");
+        assert_eq!(World::lines(&w.read(w.viewer)), [1]);
+        assert_eq!(w.core.delayed_flush_due_ms(), None);
+
+        // Within the delay of the last lines: held until the delay has passed since them.
+        assert!(!w.say(1_030));
+        assert!(!w.say(1_060));
+        assert_eq!(w.core.delayed_flush_due_ms(), Some(1_000 + DELAY_MS));
+        w.flushed.clear();
+        w.core.flush_delayed(1_099);
+        w.pump(1_099);
+        assert!(w.flushed.is_empty(), "not due yet");
+        w.core.flush_delayed(1_100);
+        w.pump(1_100);
+        assert_eq!(w.flushed, [w.viewer]);
+        assert_eq!(w.core.delayed_flush_due_ms(), None);
+        assert_eq!(
+            World::lines(&w.read(w.viewer)),
+            [2, 3],
+            "one write, in order"
+        );
+
+        // Still busy: the next line waits for the delay after that flush.
+        assert!(!w.say(1_150));
+        assert_eq!(w.core.delayed_flush_due_ms(), Some(1_100 + DELAY_MS));
+        // A reply to a waiting viewer is not held: it leaves now, after the waiting line.
+        w.flushed.clear();
+        w.core.conn_input(w.viewer, b"PING :x\r\n", 1_160);
+        w.pump(1_160);
+        assert_eq!(w.flushed, [w.viewer]);
+        let text = w.read(w.viewer);
+        assert_eq!(World::lines(&text), [4]);
+        assert!(text.ends_with("PONG tmi.twitch.tv :x\r\n"), "{text}");
+        // The room's flush still comes, with nothing left to write.
+        w.core.flush_delayed(1_200);
+        w.pump(1_200);
+        assert_eq!(w.read(w.viewer), "");
+
+        // Quiet again (nothing for longer than the delay): at once.
+        assert!(w.say(1_400));
+        assert_eq!(World::lines(&w.read(w.viewer)), [5]);
+    }
+
+    #[test]
+    fn without_a_delay_every_line_leaves_at_once() {
+        let mut w = World::new();
+        w.core.cfg.write_delay_ms = 0;
+        for at_ms in [1_000, 1_001, 1_002] {
+            assert!(w.say(at_ms));
+            assert_eq!(w.read(w.viewer).lines().count(), 1);
+        }
+        assert_eq!(w.core.delayed_flush_due_ms(), None);
     }
 }

@@ -121,12 +121,17 @@ impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = TestRng::new(seed);
         let shard_count = 1 + rng.below(3) as usize;
-        let write_delay = rng.below(2) == 0;
-        Sim::with(seed, rng, shard_count, write_delay)
+        // Half the seeds run with a busy room's write delay (the clock moves up to 30 ms a step).
+        let write_delay_ms = if rng.below(2) == 0 {
+            1 + rng.below(100)
+        } else {
+            0
+        };
+        Sim::with(seed, rng, shard_count, write_delay_ms)
     }
 
-    fn with(seed: u64, rng: TestRng, shard_count: usize, write_delay: bool) -> Sim {
-        Sim::with_feed(seed, rng, shard_count, write_delay, false)
+    fn with(seed: u64, rng: TestRng, shard_count: usize, write_delay_ms: u64) -> Sim {
+        Sim::with_feed(seed, rng, shard_count, write_delay_ms, false)
     }
 
     /// As [`Sim::with`]; `deliver_from_feed` puts every core in cluster mode (see [`CoreConfig::deliver_from_feed`]).
@@ -134,7 +139,7 @@ impl Sim {
         seed: u64,
         mut rng: TestRng,
         shard_count: usize,
-        write_delay: bool,
+        write_delay_ms: u64,
         deliver_from_feed: bool,
     ) -> Sim {
         let rooms: Vec<RoomInfo> = ROOMS
@@ -165,7 +170,7 @@ impl Sim {
                     // Small queues so slow viewers get dropped within a short run.
                     outbound_queue_bytes_max: 6 * 1024,
                     submits_in_flight_per_conn_max: 4,
-                    write_delay,
+                    write_delay_ms,
                     deliver_from_feed,
                     ..base.clone()
                 })
@@ -613,7 +618,7 @@ impl Sim {
             }
             18 => {
                 let shard = self.rng.below(self.shards.len() as u64) as usize;
-                self.shards[shard].flush_delayed();
+                self.shards[shard].flush_delayed(self.now_ms);
                 self.shards[shard].tick(self.now_ms);
                 self.collect(shard);
             }
@@ -644,7 +649,7 @@ impl Sim {
             }
         }
         for shard in 0..self.shards.len() {
-            self.shards[shard].flush_delayed();
+            self.shards[shard].flush_delayed(u64::MAX);
             self.collect(shard);
         }
         for index in 0..self.clients.len() {
@@ -817,7 +822,7 @@ mod scenarios {
     use super::*;
 
     fn world(shards: usize) -> Sim {
-        let mut sim = Sim::with(1, TestRng::new(1), shards, false);
+        let mut sim = Sim::with(1, TestRng::new(1), shards, 0);
         sim.store_fail_percent = 0;
         sim
     }
@@ -1037,7 +1042,7 @@ mod scenarios {
 
     /// A world of cores in cluster mode (messages reach viewers only through the committed feed).
     fn cluster_world(shards: usize) -> Sim {
-        let mut sim = Sim::with_feed(1, TestRng::new(1), shards, false, true);
+        let mut sim = Sim::with_feed(1, TestRng::new(1), shards, 0, true);
         sim.store_fail_percent = 0;
         sim
     }
