@@ -276,11 +276,12 @@ impl Feed {
         self.start_seq
     }
 
-    /// The stream sequence the feed has read up to (`start_seq - 1` before the first message). The feed's lag is
+    /// The stream sequence the feed has read up to (`start_seq - 1` before the first message), whether or not the
+    /// reader has taken it from the channel yet. The feed's lag is
     /// [`NatsStore::last_seq`] minus this (for a feed of some rooms, an upper bound: other rooms' messages after
     /// the last one of its rooms are not read until one of its rooms has a newer message).
     pub fn read_seq(&self) -> u64 {
-        self.read_seq.load(Ordering::Relaxed)
+        self.read_seq.load(Ordering::Acquire)
     }
 
     /// Ends the feed's task.
@@ -657,6 +658,8 @@ impl FeedState {
             return true;
         }
         self.next = seq + 1;
+        // Read from the stream: counted before it is handed on, so a reader that got it sees the feed there.
+        self.read_seq.store(seq, Ordering::Release);
         if self.wanted.as_ref().is_none_or(|w| w.contains(subject)) {
             match codec::decode_message(payload) {
                 Ok(record) => {
@@ -667,7 +670,6 @@ impl FeedState {
                 Err(e) => log::error!("feed: message {seq} is not a record ({e}); skipped"),
             }
         }
-        self.read_seq.store(seq, Ordering::Relaxed);
         true
     }
 }

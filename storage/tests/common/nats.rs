@@ -16,7 +16,8 @@ const CLUSTER_READY_MS_MAX: u64 = 120_000;
 /// The `nats-server` binary: `$NATS_SERVER`, else on `PATH`, else where Debian installs it. `None` if absent.
 pub fn nats_server_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
