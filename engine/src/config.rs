@@ -84,6 +84,19 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_CLUSTER_REPLICAS", default_value_t = 3)]
     pub cluster_replicas: usize,
 
+    /// The cluster keeps messages this many days (older ones are discarded from the shared log).
+    #[arg(long, env = "TWITCHY_CLUSTER_RETENTION_DAYS", default_value_t = 7)]
+    pub cluster_retention_days: u64,
+
+    /// The cluster keeps at most this many bytes of messages (the oldest go first); it must fit the NATS servers'
+    /// JetStream file storage.
+    #[arg(
+        long,
+        env = "TWITCHY_CLUSTER_RETENTION_BYTES",
+        default_value_t = 10 << 30
+    )]
+    pub cluster_retention_bytes: u64,
+
     /// Storage backend: `embedded` (in the data dir) or `scylla`.
     #[arg(long, env = "TWITCHY_STORE", default_value = "embedded", value_parser = ["embedded", "scylla"])]
     pub store: String,

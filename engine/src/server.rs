@@ -199,7 +199,30 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
             dir: args.data_dir.clone(),
         },
     };
-    let store = twitchy_storage::open_store(&store_config).context("cannot open the store")?;
+    let nats = if args.cluster.trim().is_empty() {
+        None
+    } else {
+        let servers = args
+            .cluster
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut config = twitchy_storage::NatsConfig::new(servers, args.node_id);
+        config.replicas = args.cluster_replicas.max(1);
+        config.retention_age_ms = args.cluster_retention_days.max(1) * 24 * 3600 * 1000;
+        config.retention_bytes = args.cluster_retention_bytes.max(1 << 20);
+        Some(Arc::new(join_cluster(&config)?))
+    };
+    let store: Arc<dyn twitchy_storage::Store> = match &nats {
+        Some(nats) => nats.clone(),
+        None => twitchy_storage::open_store(&store_config).context("cannot open the store")?,
+    };
+    let cluster = match &nats {
+        Some(nats) => Some(cluster_start(nats, &rooms, shard_count)?),
+        None => None,
+    };
     let storage = StorageService::start(
         store,
         CoalescerConfig {
@@ -324,6 +347,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         inbound: senders.clone(),
         args: args.clone(),
         tls: tls.clone(),
+        cluster,
     });
 
     let (events, event_rx) = mpsc::channel::<Event>();
@@ -534,6 +558,82 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         Some(reason) => bail!(reason),
         None => Ok(()),
     }
+}
+
+/// How long a starting node keeps trying to join its cluster (servers starting, leaders being elected).
+pub const CLUSTER_JOIN_MS_MAX: u64 = 60_000;
+
+fn join_cluster(
+    config: &twitchy_storage::NatsConfig,
+) -> anyhow::Result<twitchy_storage::NatsStore> {
+    let deadline = Instant::now() + Duration::from_millis(CLUSTER_JOIN_MS_MAX);
+    let mut wait_ms = 100;
+    loop {
+        match twitchy_storage::NatsStore::connect(config) {
+            Ok(store) => return Ok(store),
+            Err(err) if Instant::now() < deadline => {
+                log::warn!("cannot join the cluster yet, trying again in {wait_ms} ms: {err}");
+                std::thread::sleep(Duration::from_millis(wait_ms));
+                wait_ms = (wait_ms * 2).min(2_000);
+            }
+            Err(err) => return Err(err).context("cannot join the cluster"),
+        }
+    }
+}
+
+/// Messages per room a cluster node reads back at start: the last-10 history and what `/delete`, replies and
+/// reactions can still find (resends are recognised by the log's own duplicate window).
+pub const CLUSTER_HISTORY_MESSAGES_MAX: usize = crate::core::DELETABLE_MESSAGES_MAX;
+/// Committed messages a shard's feed may hold before the feed waits for the shard.
+pub const CLUSTER_FEED_MESSAGES_MAX: usize = 65_536;
+
+/// Reads each room's newest messages from the shared log with the sequence its feed continues from, and starts
+/// one feed per shard for the rooms homed there.
+fn cluster_start(
+    nats: &twitchy_storage::NatsStore,
+    rooms: &[crate::config::RoomConfig],
+    shard_count: usize,
+) -> anyhow::Result<crate::shard::ClusterStart> {
+    let mut histories = Vec::with_capacity(rooms.len());
+    let mut feed_from_seq = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let history = nats
+            .recent_with_seq(&room.name, CLUSTER_HISTORY_MESSAGES_MAX)
+            .with_context(|| format!("cannot read #{}'s history from the cluster", room.name))?;
+        feed_from_seq.push(history.next_seq);
+        let records = history
+            .messages
+            .into_iter()
+            .map(|item| item.record)
+            .collect();
+        histories.push(std::sync::Mutex::new(Some(records)));
+    }
+    let mut feeds = Vec::with_capacity(shard_count);
+    for shard in 0..shard_count {
+        let homed: Vec<usize> = (0..rooms.len())
+            .filter(|&room| crate::core::home_shard(room, shard_count) == shard)
+            .collect();
+        let feed = match homed.iter().map(|&room| feed_from_seq[room]).min() {
+            None => None,
+            Some(from_seq) => {
+                let names = homed.iter().map(|&room| rooms[room].name.clone()).collect();
+                Some(
+                    nats.feed(
+                        twitchy_storage::FeedRooms::Rooms(names),
+                        Some(from_seq),
+                        CLUSTER_FEED_MESSAGES_MAX,
+                    )
+                    .context("cannot start the cluster feed")?,
+                )
+            }
+        };
+        feeds.push(std::sync::Mutex::new(feed));
+    }
+    Ok(crate::shard::ClusterStart {
+        rooms: histories,
+        feed_from_seq,
+        feeds,
+    })
 }
 
 struct ShardStart {

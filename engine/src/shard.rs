@@ -19,7 +19,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use twitchy_inference::{Styler, StylerFactory};
-use twitchy_storage::{StorageError, StorageHandle};
+use twitchy_storage::{AppendOutcome, StorageError, StorageHandle};
 
 use crate::config::{Args, RoomConfig};
 use crate::core::{
@@ -75,6 +75,19 @@ pub struct Shared {
     pub ip_connections: Arc<crate::ip_limit::IpConnections>,
     /// TLS for the HTTP listener and the IRC-over-TLS listener, when configured.
     pub tls: Option<crate::tls::TlsTerminator>,
+    /// With `--cluster`: each room's history as read at start, and where its committed feed continues.
+    pub cluster: Option<ClusterStart>,
+}
+
+/// What a node in a cluster read from the shared log before its shards started.
+#[derive(Debug)]
+pub struct ClusterStart {
+    /// Per room: its newest messages in log order (taken by the room's home shard), and the first log sequence
+    /// its feed delivers (anything earlier is in that history already).
+    pub rooms: Vec<std::sync::Mutex<Option<Vec<twitchy_storage::MessageRecord>>>>,
+    pub feed_from_seq: Vec<u64>,
+    /// Per shard: the feed of the rooms homed there (taken by the shard).
+    pub feeds: Vec<std::sync::Mutex<Option<twitchy_storage::Feed>>>,
 }
 
 impl Shared {
@@ -321,12 +334,23 @@ impl Shard {
                 continue;
             }
             let name = &self.shared.rooms[room].name;
-            // Enough recent messages for the last-10 history and for resends within the idempotency window.
-            let records = self
-                .shared
-                .storage
-                .recent_messages(name, DEDUPE_RESTORE_MESSAGES_MAX)
-                .await?;
+            let preloaded = self.shared.cluster.as_ref().and_then(|cluster| {
+                cluster.rooms[room]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+            });
+            // Enough recent messages for the last-10 history and for resends within the idempotency window (in
+            // a cluster, what was read with the feed's starting point, so the two meet exactly).
+            let records = match preloaded {
+                Some(records) => records,
+                None => {
+                    self.shared
+                        .storage
+                        .recent_messages(name, DEDUPE_RESTORE_MESSAGES_MAX)
+                        .await?
+                }
+            };
             // Reaction counts of the messages reactions may still come for, so counting goes on from them.
             let mut reactions = HashMap::new();
             let window = records
@@ -379,6 +403,16 @@ impl Shard {
         }
         let shard = self.clone();
         tasks.push(glommio::spawn_local(async move { shard.flush_loop().await }).detach());
+        let feed = self.shared.cluster.as_ref().and_then(|cluster| {
+            cluster.feeds[self.id]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        });
+        if let Some(feed) = feed {
+            let shard = self.clone();
+            tasks.push(glommio::spawn_local(async move { shard.feed_loop(feed).await }).detach());
+        }
         let shard = self.clone();
         tasks.push(
             glommio::spawn_local(async move {
@@ -612,11 +646,30 @@ impl Shard {
                         Ok(ack) => {
                             let shard = self.clone();
                             glommio::spawn_local(async move {
-                                let result = ack.await;
-                                if let Err(err) = &result {
-                                    log::error!("storing message {id} failed: {err}");
+                                let outcome = ack.outcome().await;
+                                match outcome {
+                                    Ok(AppendOutcome::Duplicate { original }) => {
+                                        // The shared log already had it (a resend through another node).
+                                        shard.core.borrow_mut().stored_duplicate(
+                                            room,
+                                            id,
+                                            original,
+                                            unix_ms(),
+                                        );
+                                    }
+                                    Ok(AppendOutcome::Stored) => {
+                                        shard.core.borrow_mut().stored(room, id, Ok(()), unix_ms())
+                                    }
+                                    Err(err) => {
+                                        log::error!("storing message {id} failed: {err}");
+                                        shard.core.borrow_mut().stored(
+                                            room,
+                                            id,
+                                            Err(err),
+                                            unix_ms(),
+                                        );
+                                    }
                                 }
-                                shard.core.borrow_mut().stored(room, id, result, unix_ms());
                                 shard.pump();
                             })
                             .detach();
@@ -638,6 +691,27 @@ impl Shard {
         if core.delayed_flush_due_ms().is_some() {
             self.delayed_lines.notify();
         }
+    }
+
+    /// Cluster mode: hands every committed message of the rooms homed here to the core, in the log's order.
+    async fn feed_loop(self: Rc<Self>, feed: twitchy_storage::Feed) {
+        let Some(cluster) = self.shared.cluster.as_ref() else {
+            return;
+        };
+        while let Ok(item) = feed.receiver().recv_async().await {
+            let Some(room) = self.shared.room(&item.record.room) else {
+                continue;
+            };
+            if item.seq < cluster.feed_from_seq[room] {
+                // Already in the history the room started with.
+                continue;
+            }
+            self.core
+                .borrow_mut()
+                .committed(room, item.record, unix_ms());
+            self.pump();
+        }
+        log::error!("shard {}: the cluster feed ended", self.id);
     }
 
     /// Writes what is queued for every connection flushed since the last pass. It runs after the tasks that were

@@ -217,6 +217,8 @@ struct Outgoing {
 struct Pending {
     message: Arc<ChatMessage>,
     durable: bool,
+    /// Cluster mode: the committed feed brought it back (and it was shown) before its own write was acknowledged.
+    fed: bool,
     /// Connections to answer (with when each sent it): the sender, then any resends of the same nonce.
     repliers: Vec<(Origin, u64)>,
     /// Its idempotency entry, if it came with a nonce.
@@ -1696,6 +1698,7 @@ impl ShardCore {
         home.pending.push_back(Pending {
             message,
             durable: false,
+            fed: false,
             repliers,
             dedupe,
         });
@@ -1752,14 +1755,17 @@ impl ShardCore {
                 message,
                 repliers,
                 dedupe,
+                fed,
                 ..
             } = home.pending.pop_front().expect("front checked");
             let subscribers: Vec<usize> = if deliver_from_feed {
-                // Shown when the committed feed brings it back, in the log's order.
-                if home.awaiting_feed.len() == AWAITING_FEED_MAX {
-                    home.awaiting_feed.pop_front();
+                // Shown when the committed feed brings it back, in the log's order (unless it already did).
+                if !fed {
+                    if home.awaiting_feed.len() == AWAITING_FEED_MAX {
+                        home.awaiting_feed.pop_front();
+                    }
+                    home.awaiting_feed.push_back(message.clone());
                 }
-                home.awaiting_feed.push_back(message.clone());
                 Vec::new()
             } else {
                 if home.recent.len() == DELETABLE_MESSAGES_MAX {
@@ -1833,11 +1839,21 @@ impl ShardCore {
         let info_id = self.cfg.rooms[room].id;
         let window_ms = self.cfg.dedupe_window_ms;
         let home = self.home_room(room);
+        // This node's own message: acknowledged and waiting for the feed, or (the feed can be quicker than the
+        // acknowledgement) still waiting for its write's answer.
         let local = home
             .awaiting_feed
             .iter()
             .position(|m| m.record.id == record.id)
-            .and_then(|at| home.awaiting_feed.remove(at));
+            .and_then(|at| home.awaiting_feed.remove(at))
+            .or_else(|| {
+                let at = home
+                    .pending
+                    .binary_search_by_key(&record.id, |p| p.message.record.id)
+                    .ok()?;
+                home.pending[at].fed = true;
+                Some(home.pending[at].message.clone())
+            });
         let message = match local {
             Some(message) => message,
             None => {

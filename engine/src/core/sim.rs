@@ -1116,6 +1116,32 @@ mod scenarios {
     }
 
     #[test]
+    fn in_cluster_mode_the_feed_may_bring_a_message_back_before_its_write_is_acknowledged() {
+        let mut sim = cluster_world(2);
+        let viewer = client(&mut sim, 1, Transport::Tcp, None, 0);
+        let sender = client(&mut sim, 0, Transport::Tcp, Some(8), 0);
+        say(&mut sim, sender, 0, "early");
+        let record = sim.store_jobs[0].record.clone();
+        commit(&mut sim, 0, record);
+        assert_eq!(lines(&mut sim, viewer).matches("PRIVMSG").count(), 1);
+        assert!(
+            !lines(&mut sim, sender).contains("USERSTATE"),
+            "acked only by its write"
+        );
+        finish_store(&mut sim, 0, true);
+        assert!(lines(&mut sim, sender).contains("client-nonce=early"));
+        assert_eq!(lines(&mut sim, viewer), "", "shown once");
+        // Counted once against the rate limit: 19 more fit in the window.
+        for i in 0..19 {
+            say(&mut sim, sender, 0, &format!("more{i}"));
+            assert_eq!(sim.store_jobs.len(), 1, "message {i} admitted");
+            finish_store(&mut sim, 0, true);
+            lines(&mut sim, sender);
+            lines(&mut sim, viewer);
+        }
+    }
+
+    #[test]
     fn in_cluster_mode_a_duplicate_in_the_log_is_acked_with_the_original_id_and_shows_nothing() {
         let mut sim = cluster_world(2);
         let viewer = client(&mut sim, 1, Transport::Tcp, None, 0);

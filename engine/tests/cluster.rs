@@ -1,0 +1,124 @@
+//! Several engine nodes sharing every room through a real three-server NATS JetStream cluster (R3), started and
+//! stopped by the tests on loopback: a sender on one node, viewers on the others over WebSocket and TCP, every
+//! message once and in one order everywhere, the same last-10 on join, resends through another node stored once.
+
+mod common;
+
+#[path = "../../storage/tests/common/nats.rs"]
+#[allow(dead_code)]
+mod nats;
+
+use std::time::Duration;
+
+use common::TestServer;
+use common::client::{Irc, is_ack, register, tag};
+
+fn node(cluster: &nats::Cluster, node_id: u16) -> TestServer {
+    let urls = cluster.urls().join(",");
+    let id = node_id.to_string();
+    TestServer::start(&[
+        "--shards",
+        "2",
+        "--cluster",
+        &urls,
+        "--node-id",
+        &id,
+        "--cluster-replicas",
+        "3",
+        // The test servers have 1 GB of JetStream file storage each.
+        "--cluster-retention-bytes",
+        "104857600",
+    ])
+}
+
+/// The ids of the next `count` chat messages `viewer` receives, in order.
+fn privmsg_ids(viewer: &mut Irc, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let line =
+                viewer.expect_within(&format!("message {i}"), Duration::from_secs(30), |l| {
+                    l.contains(" PRIVMSG #lobby ")
+                });
+            tag(&line, "id").expect("an id tag")
+        })
+        .collect()
+}
+
+#[test]
+fn nodes_share_a_room_every_viewer_sees_every_message_once_in_one_order() {
+    let Some(binary) = nats::nats_server_or_skip("cluster") else {
+        return;
+    };
+    let cluster = nats::Cluster::start(&binary);
+    let n1 = node(&cluster, 1);
+    let n2 = node(&cluster, 2);
+    let n3 = node(&cluster, 3);
+
+    // An account made through node 1 signs in on the others (accounts and tokens live in the cluster).
+    let token = register(n1.http, "cluster_sender", "correct horse");
+    let mut viewer2 = Irc::ws(n2.http);
+    viewer2.login_anonymous();
+    viewer2.join("lobby");
+    let mut viewer3 = Irc::tcp(n3.irc);
+    viewer3.login_anonymous();
+    viewer3.join("lobby");
+    let mut sender = Irc::tcp(n1.irc);
+    sender.login("cluster_sender", &token);
+    sender.join("lobby");
+
+    let mut acked = Vec::new();
+    // 15: the rate limit (20 per 30 s) leaves room for the resend and one more.
+    for i in 0..15 {
+        sender.send(&format!(
+            "@client-nonce=c{i} PRIVMSG #lobby :message number {i}"
+        ));
+    }
+    for _ in 0..15 {
+        let ack = sender.expect_within("an ack", Duration::from_secs(30), is_ack);
+        acked.push((tag(&ack, "client-nonce").unwrap(), tag(&ack, "id").unwrap()));
+    }
+    let on2 = privmsg_ids(&mut viewer2, 15);
+    let on3 = privmsg_ids(&mut viewer3, 15);
+    assert_eq!(on2, on3, "one order on every node");
+    let mut unique = on2.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 15, "every message once: {on2:?}");
+    let mut acked_ids: Vec<String> = acked.iter().map(|(_, id)| id.clone()).collect();
+    acked_ids.sort();
+    assert_eq!(acked_ids, unique, "what was shown is what was acknowledged");
+
+    // The same user resends message 5 through node 2 (say its ack from node 1 was lost): acknowledged with the
+    // original id, shown nowhere again.
+    let mut resender = Irc::tcp(n2.irc);
+    resender.login("cluster_sender", &token);
+    resender.join("lobby");
+    resender.send("@client-nonce=c5 PRIVMSG #lobby :message number 5");
+    let again = resender.expect_within("the resend's ack", Duration::from_secs(30), is_ack);
+    let original = &acked.iter().find(|(nonce, _)| nonce == "c5").unwrap().1;
+    assert_eq!(tag(&again, "id").as_ref(), Some(original));
+    // A fresh message after it: the next thing every viewer sees is that one, not the resend.
+    sender.send("@client-nonce=after PRIVMSG #lobby :after the resend");
+    let after = sender.expect_within("the last ack", Duration::from_secs(30), is_ack);
+    let after_id = tag(&after, "id").unwrap();
+    assert_eq!(privmsg_ids(&mut viewer2, 1), vec![after_id.clone()]);
+    assert_eq!(privmsg_ids(&mut viewer3, 1), vec![after_id.clone()]);
+
+    // The last 10 on join agree with the live order, on every node.
+    let mut expected: Vec<String> = on2[6..].to_vec();
+    expected.push(after_id);
+    for (name, server) in [("node 1", &n1), ("node 3", &n3)] {
+        let mut late = Irc::tcp(server.irc);
+        late.login_anonymous();
+        late.join("lobby");
+        let history: Vec<String> = late
+            .drain(Duration::from_millis(500))
+            .iter()
+            .filter(|l| {
+                l.contains(" PRIVMSG #lobby ") && tag(l, "historical").as_deref() == Some("1")
+            })
+            .map(|l| tag(l, "id").unwrap())
+            .collect();
+        assert_eq!(history, expected, "last 10 on {name}");
+    }
+}
