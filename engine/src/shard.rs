@@ -51,6 +51,8 @@ pub const DEDUPE_ENTRIES_MAX: usize = 1_000_000;
 pub const CLOSE_GRACE_MS: u64 = 2_000;
 /// Period of the keep-alive and deadline sweep.
 pub const TICK_MS: u64 = 500;
+/// Cluster mode: how often a home shard reads its rooms' bans from the shared settings.
+pub const CLUSTER_BAN_REFRESH_MS: u64 = 1_000;
 /// Size of the shard's read buffer, shared by all its connections (reads never hold it across an await).
 pub const READ_SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -413,6 +415,11 @@ impl Shard {
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move { shard.feed_loop(feed).await }).detach());
         }
+        if self.shared.cluster.is_some() {
+            let shard = self.clone();
+            tasks
+                .push(glommio::spawn_local(async move { shard.ban_refresh_loop().await }).detach());
+        }
         let shard = self.clone();
         tasks.push(
             glommio::spawn_local(async move {
@@ -690,6 +697,36 @@ impl Shard {
         }
         if core.delayed_flush_due_ms().is_some() {
             self.delayed_lines.notify();
+        }
+    }
+
+    /// Cluster mode: reads the bans of the rooms homed here from the shared settings every
+    /// [`CLUSTER_BAN_REFRESH_MS`], so a ban or timeout set through another node holds here within that time.
+    async fn ban_refresh_loop(self: Rc<Self>) {
+        let homed: Vec<usize> = (0..self.shared.rooms.len())
+            .filter(|&room| crate::core::home_shard(room, self.shared.shard_count) == self.id)
+            .collect();
+        loop {
+            glommio::timer::sleep(Duration::from_millis(CLUSTER_BAN_REFRESH_MS)).await;
+            for &room in &homed {
+                let prefix = format!(
+                    "{}ban/",
+                    crate::core::moderation::keys::room_prefix(&self.shared.rooms[room].name)
+                );
+                match self
+                    .shared
+                    .storage
+                    .settings(&prefix, crate::core::moderation::SETTINGS_PER_ROOM_MAX)
+                    .await
+                {
+                    Ok(settings) => {
+                        self.core
+                            .borrow_mut()
+                            .refresh_bans(room, settings, unix_ms());
+                    }
+                    Err(err) => log::warn!("cannot refresh the bans of room {room}: {err}"),
+                }
+            }
         }
     }
 

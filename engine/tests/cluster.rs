@@ -122,3 +122,73 @@ fn nodes_share_a_room_every_viewer_sees_every_message_once_in_one_order() {
         assert_eq!(history, expected, "last 10 on {name}");
     }
 }
+
+#[test]
+fn a_ban_through_one_node_holds_on_the_others() {
+    let Some(binary) = nats::nats_server_or_skip("cluster") else {
+        return;
+    };
+    let cluster = nats::Cluster::start(&binary);
+    let dir = tempfile::tempdir().unwrap();
+    let rooms = dir.path().join("rooms.toml");
+    std::fs::write(
+        &rooms,
+        "[[rooms]]\nname = \"lobby\"\nstyle = \"pirate\"\nbroadcaster = \"cluster_owner\"\n",
+    )
+    .unwrap();
+    let urls = cluster.urls().join(",");
+    let start = |node_id: &str| {
+        TestServer::start(&[
+            "--shards",
+            "2",
+            "--cluster",
+            &urls,
+            "--node-id",
+            node_id,
+            "--cluster-retention-bytes",
+            "104857600",
+            "--config",
+            rooms.to_str().unwrap(),
+        ])
+    };
+    let n1 = start("1");
+    let n2 = start("2");
+    let owner_token = register(n1.http, "cluster_owner", "correct horse");
+    let victim_token = register(n2.http, "cluster_victim", "battery staple");
+
+    let mut victim = Irc::tcp(n2.irc);
+    victim.login("cluster_victim", &victim_token);
+    victim.join("lobby");
+    victim.send("@client-nonce=v1 PRIVMSG #lobby :before the ban");
+    victim.expect_within("an ack before the ban", Duration::from_secs(30), is_ack);
+
+    let mut owner = Irc::tcp(n1.irc);
+    owner.login("cluster_owner", &owner_token);
+    owner.join("lobby");
+    owner.send("PRIVMSG #lobby :/ban cluster_victim spamming");
+    owner.expect_within("the ban's confirmation", Duration::from_secs(30), |l| {
+        l.contains("NOTICE") && l.contains("cluster_victim")
+    });
+
+    // Through node 2, whose home learns the ban from the shared settings within a refresh.
+    let mut refused = None;
+    for attempt in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        victim.send(&format!(
+            "@client-nonce=v2-{attempt} PRIVMSG #lobby :after the ban"
+        ));
+        let answer = victim.expect_within("an answer", Duration::from_secs(30), |l| {
+            is_ack(l) || l.contains(" NOTICE ")
+        });
+        if !is_ack(&answer) {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("the ban holds on node 2");
+    assert_eq!(
+        tag(&refused, "msg-id").as_deref(),
+        Some("msg_banned"),
+        "{refused}"
+    );
+}

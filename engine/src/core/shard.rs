@@ -237,6 +237,8 @@ struct HomeRoom {
     /// With [`CoreConfig::deliver_from_feed`]: this node's acknowledged messages the committed feed has not brought
     /// back yet (kept whole, so they go out with what the record does not carry, such as reply tags).
     awaiting_feed: VecDeque<Arc<ChatMessage>>,
+    /// Cluster mode: the bans the shared settings held at the last refresh ([`ShardCore::refresh_bans`]).
+    shared_bans: HashSet<u64>,
     moderation: RoomModeration,
     /// Logged-in users viewing the room, with their connection count over all shards.
     members: HashMap<String, u32>,
@@ -398,6 +400,7 @@ impl ShardCore {
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
                     awaiting_feed: VecDeque::new(),
+                    shared_bans: HashSet::new(),
                     moderation: RoomModeration::new(room, &cfg.rooms[room]),
                     members: HashMap::new(),
                     membership_pending: Vec::new(),

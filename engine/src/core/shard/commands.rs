@@ -3,6 +3,7 @@
 //! answer. Also the room events' delivery to each shard's viewers and the moderation state's restore.
 
 use super::*;
+use std::collections::HashSet;
 
 /// What a command does once its write is durable.
 #[derive(Debug)]
@@ -1219,6 +1220,36 @@ impl ShardCore {
                 moderation.restore(rest, &value, now_ms);
             }
         }
+    }
+
+    /// Cluster mode: the room's bans and timeouts as the shared settings hold them now (`settings`: the keys under
+    /// `room/{room}/ban/`), so one set through another node holds here too. A ban this home holds and the
+    /// settings lack is lifted only if the previous refresh had it (it was lifted elsewhere); one applied here
+    /// since then stays, whatever the order of the write and the read.
+    pub fn refresh_bans(&mut self, room: usize, settings: Vec<(String, Vec<u8>)>, now_ms: u64) {
+        let prefix = format!("{}ban/", keys::room_prefix(&self.cfg.rooms[room].name));
+        let home = self.home_room(room);
+        let mut seen = HashSet::new();
+        for (key, value) in settings {
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let Ok(user_id) = rest.parse::<u64>() {
+                seen.insert(user_id);
+            }
+            home.moderation
+                .restore(&format!("ban/{rest}"), &value, now_ms);
+        }
+        let lifted: Vec<u64> = home
+            .shared_bans
+            .iter()
+            .filter(|id| !seen.contains(id))
+            .copied()
+            .collect();
+        for user_id in lifted {
+            home.moderation.bans.remove(&user_id);
+        }
+        home.shared_bans = seen;
     }
 
     /// A room's moderation state for the HTTP API (home shard only), as JSON.
