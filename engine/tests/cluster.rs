@@ -192,3 +192,77 @@ fn a_ban_through_one_node_holds_on_the_others() {
         "{refused}"
     );
 }
+
+#[test]
+fn sends_go_on_when_a_nats_server_dies_and_nothing_acknowledged_is_lost() {
+    let Some(binary) = nats::nats_server_or_skip("cluster") else {
+        return;
+    };
+    let mut cluster = nats::Cluster::start(&binary);
+    let urls = cluster.urls().join(",");
+    let start = |node_id: &str| {
+        TestServer::start(&[
+            "--shards",
+            "2",
+            "--cluster",
+            &urls,
+            "--node-id",
+            node_id,
+            "--cluster-retention-bytes",
+            "104857600",
+            "--rate-limit-messages",
+            "1000",
+        ])
+    };
+    let n1 = start("1");
+    let n2 = start("2");
+    let token = register(n1.http, "cluster_steady", "correct horse");
+    let mut viewer = Irc::tcp(n2.irc);
+    viewer.login_anonymous();
+    viewer.join("lobby");
+    let mut sender = Irc::tcp(n1.irc);
+    sender.login("cluster_steady", &token);
+    sender.join("lobby");
+
+    // Each message is sent until it is acknowledged, under the same nonce, as a client does after "try again".
+    let mut acked: Vec<String> = Vec::new();
+    for i in 0..40 {
+        if i == 15 {
+            // The first server in every node's list: the one the nodes most likely talk to.
+            cluster.kill("n1");
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            assert!(tries <= 60, "message {i} was never acknowledged");
+            sender.send(&format!("@client-nonce=s{i} PRIVMSG #lobby :steady {i}"));
+            let answer = sender.expect_within("an answer", Duration::from_secs(60), |l| {
+                is_ack(l) || l.contains(" NOTICE ")
+            });
+            if is_ack(&answer) {
+                assert_eq!(
+                    tag(&answer, "client-nonce").as_deref(),
+                    Some(format!("s{i}").as_str())
+                );
+                acked.push(tag(&answer, "id").unwrap());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    // The viewer on the other node gets every acknowledged message exactly once, and nothing else.
+    let mut shown = privmsg_ids(&mut viewer, acked.len());
+    shown.sort();
+    let mut expected = acked.clone();
+    expected.sort();
+    assert_eq!(shown, expected);
+    let extra: Vec<String> = viewer
+        .drain(Duration::from_secs(2))
+        .into_iter()
+        .filter(|l| l.contains(" PRIVMSG "))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "shown twice or never acknowledged: {extra:?}"
+    );
+}
