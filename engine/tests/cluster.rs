@@ -31,13 +31,13 @@ fn node(cluster: &nats::Cluster, node_id: u16) -> TestServer {
     ])
 }
 
-/// The ids of the next `count` chat messages `viewer` receives, in order.
+/// The ids of the next `count` live chat messages `viewer` receives (history replayed on JOIN skipped), in order.
 fn privmsg_ids(viewer: &mut Irc, count: usize) -> Vec<String> {
     (0..count)
         .map(|i| {
             let line =
                 viewer.expect_within(&format!("message {i}"), Duration::from_secs(30), |l| {
-                    l.contains(" PRIVMSG #lobby ")
+                    l.contains(" PRIVMSG #lobby ") && tag(l, "historical").is_none()
                 });
             tag(&line, "id").expect("an id tag")
         })
@@ -264,5 +264,86 @@ fn sends_go_on_when_a_nats_server_dies_and_nothing_acknowledged_is_lost() {
     assert!(
         extra.is_empty(),
         "shown twice or never acknowledged: {extra:?}"
+    );
+}
+
+#[test]
+fn viewers_of_a_killed_node_reconnect_to_another_and_catch_up_exactly() {
+    let Some(binary) = nats::nats_server_or_skip("cluster") else {
+        return;
+    };
+    let cluster = nats::Cluster::start(&binary);
+    let urls = cluster.urls().join(",");
+    let start = |node_id: &str| {
+        TestServer::start(&[
+            "--shards",
+            "2",
+            "--cluster",
+            &urls,
+            "--node-id",
+            node_id,
+            "--cluster-retention-bytes",
+            "104857600",
+            "--rate-limit-messages",
+            "1000",
+        ])
+    };
+    let n1 = start("1");
+    let n2 = start("2");
+    let mut n3 = start("3");
+    let token = register(n1.http, "cluster_talker", "correct horse");
+    let mut viewer = Irc::tcp(n3.irc);
+    viewer.login_anonymous();
+    viewer.join("lobby");
+    let mut sender = Irc::tcp(n1.irc);
+    sender.login("cluster_talker", &token);
+    sender.join("lobby");
+    let mut say = |i: usize| -> String {
+        sender.send(&format!("@client-nonce=k{i} PRIVMSG #lobby :talk {i}"));
+        let ack = sender.expect_within("an ack", Duration::from_secs(30), is_ack);
+        tag(&ack, "id").unwrap()
+    };
+
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(say(i));
+    }
+    let mut seen = privmsg_ids(&mut viewer, 5);
+    // Node 3 dies with SIGKILL while the room goes on.
+    n3.kill();
+    for i in 5..25 {
+        acked.push(say(i));
+    }
+    // The viewer notices, reconnects to node 2 and asks for what it missed after the last message it saw.
+    while viewer.next_line(Duration::from_secs(5)).is_some() {}
+    assert!(viewer.closed, "the connection to the killed node ended");
+    let mut viewer = Irc::tcp(n2.irc);
+    viewer.login_anonymous();
+    viewer.join("lobby");
+    let page = common::client::http(
+        n2.http,
+        "GET",
+        &format!(
+            "/api/rooms/lobby/messages?after={}&limit=100",
+            seen.last().unwrap()
+        ),
+        None,
+    );
+    assert_eq!(page.status, 200, "{}", page.body);
+    let caught_up: Vec<String> = page.json()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    seen.extend(caught_up);
+    // And then live again.
+    for i in 25..30 {
+        acked.push(say(i));
+    }
+    seen.extend(privmsg_ids(&mut viewer, 5));
+    assert_eq!(
+        seen, acked,
+        "every acknowledged message exactly once, in order"
     );
 }
