@@ -13,22 +13,23 @@ use std::time::Duration;
 use common::TestServer;
 use common::client::{Irc, is_ack, register, tag};
 
-fn node(cluster: &nats::Cluster, node_id: u16) -> TestServer {
+/// Starts an engine node of the cluster with two shards (the test servers have 1 GB of JetStream file storage
+/// each, so the log keeps at most 100 MB).
+fn node(cluster: &nats::Cluster, node_id: u16, extra: &[&str]) -> TestServer {
     let urls = cluster.urls().join(",");
     let id = node_id.to_string();
-    TestServer::start(&[
+    let mut args = vec![
         "--shards",
         "2",
         "--cluster",
         &urls,
         "--node-id",
         &id,
-        "--cluster-replicas",
-        "3",
-        // The test servers have 1 GB of JetStream file storage each.
         "--cluster-retention-bytes",
         "104857600",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
 }
 
 /// The ids of the next `count` live chat messages `viewer` receives (history replayed on JOIN skipped), in order.
@@ -50,9 +51,9 @@ fn nodes_share_a_room_every_viewer_sees_every_message_once_in_one_order() {
         return;
     };
     let cluster = nats::Cluster::start(&binary);
-    let n1 = node(&cluster, 1);
-    let n2 = node(&cluster, 2);
-    let n3 = node(&cluster, 3);
+    let n1 = node(&cluster, 1, &[]);
+    let n2 = node(&cluster, 2, &[]);
+    let n3 = node(&cluster, 3, &[]);
 
     // An account made through node 1 signs in on the others (accounts and tokens live in the cluster).
     let token = register(n1.http, "cluster_sender", "correct horse");
@@ -136,23 +137,10 @@ fn a_ban_through_one_node_holds_on_the_others() {
         "[[rooms]]\nname = \"lobby\"\nstyle = \"pirate\"\nbroadcaster = \"cluster_owner\"\n",
     )
     .unwrap();
-    let urls = cluster.urls().join(",");
-    let start = |node_id: &str| {
-        TestServer::start(&[
-            "--shards",
-            "2",
-            "--cluster",
-            &urls,
-            "--node-id",
-            node_id,
-            "--cluster-retention-bytes",
-            "104857600",
-            "--config",
-            rooms.to_str().unwrap(),
-        ])
-    };
-    let n1 = start("1");
-    let n2 = start("2");
+    let extra = ["--config", rooms.to_str().unwrap()];
+    let start = |node_id: u16| node(&cluster, node_id, &extra);
+    let n1 = start(1);
+    let n2 = start(2);
     let owner_token = register(n1.http, "cluster_owner", "correct horse");
     let victim_token = register(n2.http, "cluster_victim", "battery staple");
 
@@ -199,23 +187,10 @@ fn sends_go_on_when_a_nats_server_dies_and_nothing_acknowledged_is_lost() {
         return;
     };
     let mut cluster = nats::Cluster::start(&binary);
-    let urls = cluster.urls().join(",");
-    let start = |node_id: &str| {
-        TestServer::start(&[
-            "--shards",
-            "2",
-            "--cluster",
-            &urls,
-            "--node-id",
-            node_id,
-            "--cluster-retention-bytes",
-            "104857600",
-            "--rate-limit-messages",
-            "1000",
-        ])
-    };
-    let n1 = start("1");
-    let n2 = start("2");
+    let extra = ["--rate-limit-messages", "1000"];
+    let start = |node_id: u16| node(&cluster, node_id, &extra);
+    let n1 = start(1);
+    let n2 = start(2);
     let token = register(n1.http, "cluster_steady", "correct horse");
     let mut viewer = Irc::tcp(n2.irc);
     viewer.login_anonymous();
@@ -273,24 +248,11 @@ fn viewers_of_a_killed_node_reconnect_to_another_and_catch_up_exactly() {
         return;
     };
     let cluster = nats::Cluster::start(&binary);
-    let urls = cluster.urls().join(",");
-    let start = |node_id: &str| {
-        TestServer::start(&[
-            "--shards",
-            "2",
-            "--cluster",
-            &urls,
-            "--node-id",
-            node_id,
-            "--cluster-retention-bytes",
-            "104857600",
-            "--rate-limit-messages",
-            "1000",
-        ])
-    };
-    let n1 = start("1");
-    let n2 = start("2");
-    let mut n3 = start("3");
+    let extra = ["--rate-limit-messages", "1000"];
+    let start = |node_id: u16| node(&cluster, node_id, &extra);
+    let n1 = start(1);
+    let n2 = start(2);
+    let mut n3 = start(3);
     let token = register(n1.http, "cluster_talker", "correct horse");
     let mut viewer = Irc::tcp(n3.irc);
     viewer.login_anonymous();

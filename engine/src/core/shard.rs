@@ -269,6 +269,15 @@ impl ReactionCount {
 pub const MEMBERSHIP_LIST_MAX: usize = 1_000;
 
 impl HomeRoom {
+    /// The shards with viewers of the room (this one included).
+    fn subscriber_shards(&self) -> Vec<usize> {
+        self.subscribers
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, &on)| on.then_some(shard))
+            .collect()
+    }
+
     /// One of the room's last messages by its id as clients write it (parsed once, not formatted per message).
     fn recent_by_id(&self, id: &str) -> Option<&Arc<ChatMessage>> {
         let parsed: MessageId = id.parse().ok()?;
@@ -1761,7 +1770,7 @@ impl ShardCore {
                 fed,
                 ..
             } = home.pending.pop_front().expect("front checked");
-            let subscribers: Vec<usize> = if deliver_from_feed {
+            if deliver_from_feed {
                 // Shown when the committed feed brings it back, in the log's order (unless it already did).
                 if !fed {
                     if home.awaiting_feed.len() == AWAITING_FEED_MAX {
@@ -1769,18 +1778,9 @@ impl ShardCore {
                     }
                     home.awaiting_feed.push_back(message.clone());
                 }
-                Vec::new()
             } else {
-                if home.recent.len() == DELETABLE_MESSAGES_MAX {
-                    home.recent.pop_front();
-                }
-                home.recent.push_back(message.clone());
-                home.subscribers
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(shard, &on)| on.then_some(shard))
-                    .collect()
-            };
+                self.show(room, &message, now_ms);
+            }
             self.in_flight -= 1;
             ShardMetrics::inc(&self.cfg.metrics[self.cfg.shard].messages_acked_total);
             let id = message.record.id;
@@ -1800,33 +1800,54 @@ impl ShardCore {
                     value: Some(json(&StoredReply::from(reply))),
                 });
             }
-            for shard in subscribers {
-                self.send_peer(
-                    shard,
-                    PeerMsg::Deliver {
-                        room,
-                        message: message.clone(),
-                    },
-                    now_ms,
-                );
-            }
-            for (to, received_ms) in repliers {
-                let reply = SubmitReply::Acked {
-                    id,
-                    client_nonce: message.client_nonce().map(str::to_owned),
-                    role: role_of_message(&message),
-                    received_ms,
-                };
-                self.send_peer(
-                    to.shard,
-                    PeerMsg::Reply {
-                        conn: to.conn,
-                        room,
-                        reply,
-                    },
-                    now_ms,
-                );
-            }
+            self.ack_repliers(room, &message, id, repliers, now_ms);
+        }
+    }
+
+    /// Puts a durable message among the room's last ones and sends it to every shard with viewers of the room.
+    fn show(&mut self, room: usize, message: &Arc<ChatMessage>, now_ms: u64) {
+        let home = self.home_room(room);
+        if home.recent.len() == DELETABLE_MESSAGES_MAX {
+            home.recent.pop_front();
+        }
+        home.recent.push_back(message.clone());
+        for shard in home.subscriber_shards() {
+            self.send_peer(
+                shard,
+                PeerMsg::Deliver {
+                    room,
+                    message: message.clone(),
+                },
+                now_ms,
+            );
+        }
+    }
+
+    /// Acknowledges a message, as `id`, to every connection that sent it (the sender, then any resends).
+    fn ack_repliers(
+        &mut self,
+        room: usize,
+        message: &ChatMessage,
+        id: MessageId,
+        repliers: Vec<(Origin, u64)>,
+        now_ms: u64,
+    ) {
+        for (to, received_ms) in repliers {
+            let reply = SubmitReply::Acked {
+                id,
+                client_nonce: message.client_nonce().map(str::to_owned),
+                role: role_of_message(message),
+                received_ms,
+            };
+            self.send_peer(
+                to.shard,
+                PeerMsg::Reply {
+                    conn: to.conn,
+                    room,
+                    reply,
+                },
+                now_ms,
+            );
         }
     }
 
@@ -1883,27 +1904,7 @@ impl ShardCore {
                 Arc::new(ChatMessage::new(record, info_id, is_mod, None, None))
             }
         };
-        let home = self.home_room(room);
-        if home.recent.len() == DELETABLE_MESSAGES_MAX {
-            home.recent.pop_front();
-        }
-        home.recent.push_back(message.clone());
-        let subscribers: Vec<usize> = home
-            .subscribers
-            .iter()
-            .enumerate()
-            .filter_map(|(shard, &on)| on.then_some(shard))
-            .collect();
-        for shard in subscribers {
-            self.send_peer(
-                shard,
-                PeerMsg::Deliver {
-                    room,
-                    message: message.clone(),
-                },
-                now_ms,
-            );
-        }
+        self.show(room, &message, now_ms);
     }
 
     /// The shared log already held this message (the same sender and nonce, sent again through any node): the
@@ -1937,23 +1938,7 @@ impl ShardCore {
         {
             *state = DedupeState::Acked(original);
         }
-        for (to, received_ms) in repliers {
-            let reply = SubmitReply::Acked {
-                id: original,
-                client_nonce: message.client_nonce().map(str::to_owned),
-                role: role_of_message(&message),
-                received_ms,
-            };
-            self.send_peer(
-                to.shard,
-                PeerMsg::Reply {
-                    conn: to.conn,
-                    room,
-                    reply,
-                },
-                now_ms,
-            );
-        }
+        self.ack_repliers(room, &message, original, repliers, now_ms);
         self.release(room, now_ms);
     }
 

@@ -1025,13 +1025,7 @@ impl ShardCore {
     /// Sends a room event to every subscribed shard (this one included), in order with the room's messages.
     pub(super) fn broadcast(&mut self, room: usize, event: RoomEvent, now_ms: u64) {
         let event = Arc::new(event);
-        let subscribers: Vec<usize> = self
-            .home_room(room)
-            .subscribers
-            .iter()
-            .enumerate()
-            .filter_map(|(shard, &on)| on.then_some(shard))
-            .collect();
+        let subscribers = self.home_room(room).subscriber_shards();
         for shard in subscribers {
             self.send_peer(
                 shard,
