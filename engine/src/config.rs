@@ -57,8 +57,9 @@ pub struct Args {
     #[arg(long, env = "TWITCHY_CPUS", default_value = "")]
     pub cpus: String,
 
-    /// Hold each connection's new lines this long before writing them, so a busy room's lines leave in fewer,
-    /// larger writes (0: write as soon as the shard has worked through its current batch of events).
+    /// A busy room's write delay: a room whose previous lines left less than this long ago holds its new lines
+    /// until this long after, so its viewers get several lines per write (0: write as soon as the shard has worked
+    /// through its current batch of events). Quiet rooms, replies, acks and notices never wait.
     #[arg(long, env = "TWITCHY_WRITE_DELAY_MS", default_value_t = 0)]
     pub write_delay_ms: u64,
 
