@@ -29,19 +29,6 @@ fn quick() -> bool {
     std::env::var("TWITCHY_BENCH_QUICK").is_ok_and(|v| v == "1")
 }
 
-fn room() -> RoomInfo {
-    RoomInfo {
-        name: "lobby".into(),
-        id: 1,
-        style: "pirate".into(),
-        moderators: Vec::new(),
-        broadcaster: None,
-        vips: Vec::new(),
-        automod: Default::default(),
-        banned_phrases: Vec::new(),
-    }
-}
-
 fn client_frame(text: &str) -> Vec<u8> {
     let mut frame = Vec::new();
     ws::encode_client_frame(1, text.as_bytes(), [1, 2, 3, 4], &mut frame);
@@ -61,7 +48,7 @@ struct Room {
 
 impl Room {
     fn new() -> Room {
-        let mut cfg = CoreConfig::for_tests(0, 1, vec![room()]);
+        let mut cfg = CoreConfig::for_tests(0, 1, vec![RoomInfo::for_tests("lobby", 1, "pirate")]);
         cfg.rate.messages_per_window_max = u32::MAX;
         cfg.rate.messages_per_window_max_mod = u32::MAX;
         let mut room = Room {

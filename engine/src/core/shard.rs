@@ -100,6 +100,22 @@ pub struct CoreConfig {
     pub viewers: Arc<ViewerCounts>,
 }
 
+impl RoomInfo {
+    /// For tests and tools: a room with no roles, no AutoMod and no banned phrases.
+    pub fn for_tests(name: &str, id: u64, style: &str) -> RoomInfo {
+        RoomInfo {
+            name: name.into(),
+            id,
+            style: style.into(),
+            moderators: Vec::new(),
+            broadcaster: None,
+            vips: Vec::new(),
+            automod: AutoModMode::Off,
+            banned_phrases: Vec::new(),
+        }
+    }
+}
+
 impl CoreConfig {
     /// Defaults for tests and tools: one shard, a small room list, production limits.
     pub fn for_tests(shard: usize, shard_count: usize, rooms: Vec<RoomInfo>) -> CoreConfig {
@@ -2182,16 +2198,7 @@ mod budget_tests {
     use super::*;
 
     fn core(budget: usize) -> ShardCore {
-        let room = RoomInfo {
-            name: "lobby".into(),
-            id: 1,
-            style: "pirate".into(),
-            moderators: Vec::new(),
-            broadcaster: None,
-            vips: Vec::new(),
-            automod: AutoModMode::Off,
-            banned_phrases: Vec::new(),
-        };
+        let room = RoomInfo::for_tests("lobby", 1, "pirate");
         let mut cfg = CoreConfig::for_tests(0, 1, vec![room]);
         cfg.outbound_bytes_per_shard_max = budget;
         ShardCore::new(cfg)
@@ -2273,16 +2280,7 @@ mod write_delay_tests {
 
     impl World {
         fn new() -> World {
-            let room = RoomInfo {
-                name: "lobby".into(),
-                id: 1,
-                style: "pirate".into(),
-                moderators: Vec::new(),
-                broadcaster: None,
-                vips: Vec::new(),
-                automod: AutoModMode::Off,
-                banned_phrases: Vec::new(),
-            };
+            let room = RoomInfo::for_tests("lobby", 1, "pirate");
             let mut cfg = CoreConfig::for_tests(0, 1, vec![room]);
             cfg.write_delay_ms = DELAY_MS;
             cfg.rate.messages_per_window_max = 1_000;
