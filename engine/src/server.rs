@@ -220,7 +220,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         None => twitchy_storage::open_store(&store_config).context("cannot open the store")?,
     };
     let cluster = match &nats {
-        Some(nats) => Some(cluster_start(nats, &rooms, shard_count)?),
+        Some(nats) => Some(cluster_start(nats, &rooms)?),
         None => None,
     };
     let storage = StorageService::start(
@@ -584,15 +584,14 @@ fn join_cluster(
 /// Messages per room a cluster node reads back at start: the last-10 history and what `/delete`, replies and
 /// reactions can still find (resends are recognised by the log's own duplicate window).
 pub const CLUSTER_HISTORY_MESSAGES_MAX: usize = crate::core::DELETABLE_MESSAGES_MAX;
-/// Committed messages a shard's feed may hold before the feed waits for the shard.
+/// Committed messages a room's feed may hold before the feed waits for the room's home shard.
 pub const CLUSTER_FEED_MESSAGES_MAX: usize = 65_536;
 
 /// Reads each room's newest messages from the shared log with the sequence its feed continues from, and starts
-/// one feed per shard for the rooms homed there.
+/// one feed per room (its own consumer on the broker, so each room's lag is its own and shows in `/metrics`).
 fn cluster_start(
     nats: &twitchy_storage::NatsStore,
     rooms: &[crate::config::RoomConfig],
-    shard_count: usize,
 ) -> anyhow::Result<crate::shard::ClusterStart> {
     let mut histories = Vec::with_capacity(rooms.len());
     let mut feed_from_seq = Vec::with_capacity(rooms.len());
@@ -608,26 +607,16 @@ fn cluster_start(
             .collect();
         histories.push(std::sync::Mutex::new(Some(records)));
     }
-    let mut feeds = Vec::with_capacity(shard_count);
-    for shard in 0..shard_count {
-        let homed: Vec<usize> = (0..rooms.len())
-            .filter(|&room| crate::core::home_shard(room, shard_count) == shard)
-            .collect();
-        let feed = match homed.iter().map(|&room| feed_from_seq[room]).min() {
-            None => None,
-            Some(from_seq) => {
-                let names = homed.iter().map(|&room| rooms[room].name.clone()).collect();
-                Some(
-                    nats.feed(
-                        twitchy_storage::FeedRooms::Rooms(names),
-                        Some(from_seq),
-                        CLUSTER_FEED_MESSAGES_MAX,
-                    )
-                    .context("cannot start the cluster feed")?,
-                )
-            }
-        };
-        feeds.push(std::sync::Mutex::new(feed));
+    let mut feeds = Vec::with_capacity(rooms.len());
+    for (room, &from_seq) in rooms.iter().zip(&feed_from_seq) {
+        let feed = nats
+            .feed(
+                twitchy_storage::FeedRooms::Rooms(vec![room.name.clone()]),
+                Some(from_seq),
+                CLUSTER_FEED_MESSAGES_MAX,
+            )
+            .with_context(|| format!("cannot start #{}'s cluster feed", room.name))?;
+        feeds.push(std::sync::Mutex::new(Some(feed)));
     }
     Ok(crate::shard::ClusterStart {
         rooms: histories,

@@ -88,7 +88,7 @@ pub struct ClusterStart {
     /// its feed delivers (anything earlier is in that history already).
     pub rooms: Vec<std::sync::Mutex<Option<Vec<twitchy_storage::MessageRecord>>>>,
     pub feed_from_seq: Vec<u64>,
-    /// Per shard: the feed of the rooms homed there (taken by the shard).
+    /// Per room: its feed (taken by the room's home shard).
     pub feeds: Vec<std::sync::Mutex<Option<twitchy_storage::Feed>>>,
 }
 
@@ -405,13 +405,20 @@ impl Shard {
         }
         let shard = self.clone();
         tasks.push(glommio::spawn_local(async move { shard.flush_loop().await }).detach());
-        let feed = self.shared.cluster.as_ref().and_then(|cluster| {
-            cluster.feeds[self.id]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-        });
-        if let Some(feed) = feed {
+        // One feed per room homed here (each its own consumer, so `/metrics` shows each room's lag).
+        let feeds: Vec<twitchy_storage::Feed> = match self.shared.cluster.as_ref() {
+            Some(cluster) => (0..self.shared.rooms.len())
+                .filter(|&room| crate::core::home_shard(room, self.shared.shard_count) == self.id)
+                .filter_map(|room| {
+                    cluster.feeds[room]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        for feed in feeds {
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move { shard.feed_loop(feed).await }).detach());
         }

@@ -11,7 +11,7 @@ mod nats;
 use std::time::Duration;
 
 use common::TestServer;
-use common::client::{Irc, is_ack, register, tag};
+use common::client::{Irc, is_ack, metric, metric_sample, register, tag};
 
 /// Starts an engine node of the cluster with two shards (the test servers have 1 GB of JetStream file storage
 /// each, so the log keeps at most 100 MB).
@@ -121,6 +121,36 @@ fn nodes_share_a_room_every_viewer_sees_every_message_once_in_one_order() {
             .map(|l| tag(l, "id").unwrap())
             .collect();
         assert_eq!(history, expected, "last 10 on {name}");
+    }
+
+    // `/metrics`: each node is connected; node 1 timed its publishes to their PubAcks; node 2 counted the resend;
+    // the viewers' nodes have handed every committed message of the room to their shards.
+    for server in [&n1, &n2, &n3] {
+        assert_eq!(
+            metric_sample(server.http, "twitchy_cluster_connected"),
+            Some(1.0)
+        );
+    }
+    assert!(
+        metric_sample(n1.http, "twitchy_cluster_publish_ack_seconds_count")
+            .is_some_and(|n| n >= 16.0)
+    );
+    // Node 2 knew the resend from its feed (the nonce of a committed message) and answered it without
+    // publishing again.
+    assert_eq!(
+        metric(n2.http, "twitchy_messages_deduplicated_total")
+            .iter()
+            .sum::<u64>(),
+        1
+    );
+    for server in [&n2, &n3] {
+        assert_eq!(
+            metric_sample(
+                server.http,
+                "twitchy_cluster_consumer_lag_messages{room=\"lobby\"}"
+            ),
+            Some(0.0)
+        );
     }
 }
 

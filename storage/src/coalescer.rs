@@ -655,10 +655,11 @@ impl StorageHandle {
         self.health().is_healthy()
     }
 
-    /// Prometheus text for the writer's counters, histograms, queue depth and health.
+    /// Prometheus text for the writer's counters, histograms, queue depth and health, then the store's own
+    /// ([`Store::metrics_text`]).
     pub fn metrics_text(&self) -> String {
         let health = self.health();
-        self.shared.metrics.render(
+        let mut out = self.shared.metrics.render(
             self.writer_tx.len(),
             &[
                 ("history", self.history_tx.len()),
@@ -666,7 +667,11 @@ impl StorageHandle {
                 ("account_write", self.account_write_tx.len()),
             ],
             &health,
-        )
+        );
+        if let Some(store) = self.shared.store.upgrade() {
+            out.push_str(&store.metrics_text());
+        }
+        out
     }
 
     /// Messages waiting for the writer right now.

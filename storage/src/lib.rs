@@ -462,6 +462,11 @@ pub trait Store: Send + Sync + 'static {
     fn recover(&self) -> Result<()> {
         Ok(())
     }
+    /// The store's own Prometheus metrics (text exposition, complete families), appended to the writer's.
+    /// Cheap: called on every scrape.
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
 }
 
 /// Which store to open.

@@ -13,14 +13,14 @@ const BATCH_MESSAGES_BOUNDS: [u64; 14] = [
 ];
 
 /// Upper bounds of the batch write+fsync latency histogram, in microseconds (rendered in seconds).
-const BATCH_LATENCY_US_BOUNDS: [u64; 14] = [
+pub(crate) const BATCH_LATENCY_US_BOUNDS: [u64; 14] = [
     50, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 512_000,
     2_000_000,
 ];
 
 /// A cumulative-on-render histogram with fixed bounds.
 #[derive(Debug)]
-struct Histogram<const N: usize> {
+pub(crate) struct Histogram<const N: usize> {
     bounds: [u64; N],
     /// One slot per bound plus the overflow (`+Inf`) slot.
     counts: [AtomicU64; 16],
@@ -28,7 +28,7 @@ struct Histogram<const N: usize> {
 }
 
 impl<const N: usize> Histogram<N> {
-    fn new(bounds: [u64; N]) -> Self {
+    pub(crate) fn new(bounds: [u64; N]) -> Self {
         assert!(N < 16, "histogram has more bounds than slots");
         Histogram {
             bounds,
@@ -37,7 +37,7 @@ impl<const N: usize> Histogram<N> {
         }
     }
 
-    fn record(&self, value: u64) {
+    pub(crate) fn record(&self, value: u64) {
         let slot = self.bounds.iter().position(|&b| value <= b).unwrap_or(N);
         self.counts[slot].fetch_add(1, Relaxed);
         self.sum.fetch_add(value, Relaxed);
@@ -45,7 +45,7 @@ impl<const N: usize> Histogram<N> {
 
     /// Writes the `_bucket`, `_sum` and `_count` lines; the recorded unit divided by `divisor` is the
     /// exposed one. Dividing (rather than multiplying by a fraction) keeps bounds such as `0.00005` exact in the text.
-    fn render(&self, out: &mut String, name: &str, divisor: f64) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, divisor: f64) {
         let mut cumulative = 0u64;
         for (i, bound) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Relaxed);

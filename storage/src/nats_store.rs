@@ -93,6 +93,13 @@
 //! [`NatsStore::recent_with_seq`] reads a room's newest messages together with the sequence a feed must start
 //! from to continue exactly after them.
 //!
+//! # Metrics
+//!
+//! [`Store::metrics_text`] adds to the writer's metrics: whether the client is connected, each message's publish
+//! to PubAck latency, messages republished and duplicates found, feed consumers restarted, and per live feed its
+//! lag (`twitchy_cluster_consumer_lag_messages{room}`): what the last delivery said the broker still holds for its
+//! consumer, plus what was read and waits in the channel for the reader.
+//!
 //! # Limits and failure behaviour
 //!
 //! The stream keeps messages for [`NatsConfig::retention_age_ms`] and at most [`NatsConfig::retention_bytes`]
@@ -111,8 +118,8 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::{self, OrderedConfig};
@@ -131,6 +138,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
+use crate::metrics::{BATCH_LATENCY_US_BOUNDS, Histogram};
 use crate::record::{AccountRecord, MessageRecord, TokenRecord};
 use crate::{AppendOutcome, Health, ROOM_BYTES_MAX, Store, codec, settings};
 
@@ -259,6 +267,8 @@ pub struct RoomHistory {
 #[derive(Debug)]
 pub struct Feed {
     rx: flume::Receiver<FeedItem>,
+    /// What `/metrics` reads of this feed (the store keeps a weak reference).
+    _gauge: Arc<FeedGauge>,
     start_seq: u64,
     /// The sequence of the last message read from the stream (delivered, or skipped as another room's).
     read_seq: Arc<AtomicU64>,
@@ -291,6 +301,120 @@ impl Feed {
 impl Drop for Feed {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A feed as `/metrics` sees it: its committed messages not yet taken by its reader.
+#[derive(Debug)]
+struct FeedGauge {
+    /// `room="..."` label value: the room, `*` for every room, or the rooms joined by `,`.
+    label: String,
+    /// The messages read from the stream and waiting in the channel.
+    rx: flume::Receiver<FeedItem>,
+    /// Messages the broker holds for the feed's consumer beyond the last one it delivered (as that delivery said).
+    pending: Arc<AtomicU64>,
+}
+
+impl FeedGauge {
+    fn lag(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed) + self.rx.len() as u64
+    }
+}
+
+/// What the cluster store counts, for `/metrics`.
+#[derive(Debug)]
+struct ClusterMetrics {
+    /// Per message: its publish written to its PubAck received (replicated to a quorum), in microseconds.
+    publish_ack_us: Histogram<14>,
+    /// Messages published again because their PubAck did not come.
+    republished_total: AtomicU64,
+    /// Messages the stream already held under their Msg-Id (a resend acknowledged with the original).
+    duplicates_total: AtomicU64,
+    /// Feed consumers created again after one ended (an error, a lost server, a stuck consumer).
+    feed_restarts_total: AtomicU64,
+    feeds: Mutex<Vec<Weak<FeedGauge>>>,
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        ClusterMetrics {
+            publish_ack_us: Histogram::new(BATCH_LATENCY_US_BOUNDS),
+            republished_total: AtomicU64::new(0),
+            duplicates_total: AtomicU64::new(0),
+            feed_restarts_total: AtomicU64::new(0),
+            feeds: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl ClusterMetrics {
+    fn render(&self, connected: bool, replicas: usize) -> String {
+        let mut out = String::with_capacity(2048);
+        let _ = writeln!(
+            out,
+            "# HELP twitchy_cluster_connected 1 while connected to a NATS server of the cluster.\n\
+             # TYPE twitchy_cluster_connected gauge\ntwitchy_cluster_connected {}\n\
+             # HELP twitchy_cluster_replicas Replicas of the message stream and the buckets.\n\
+             # TYPE twitchy_cluster_replicas gauge\ntwitchy_cluster_replicas {replicas}",
+            u8::from(connected)
+        );
+        let name = "twitchy_cluster_publish_ack_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Per message, its publish to its PubAck (committed by a quorum of replicas).\n\
+             # TYPE {name} histogram"
+        );
+        self.publish_ack_us.render(&mut out, name, 1e6);
+        for (name, help, value) in [
+            (
+                "twitchy_cluster_republished_total",
+                "Messages published again (same Msg-Id) because their PubAck did not come.",
+                &self.republished_total,
+            ),
+            (
+                "twitchy_cluster_duplicates_total",
+                "Messages the stream already held under their Msg-Id (resends, acknowledged with the original).",
+                &self.duplicates_total,
+            ),
+            (
+                "twitchy_cluster_feed_restarts_total",
+                "Feed consumers created again after one ended (an error, a lost server, a stuck consumer).",
+                &self.feed_restarts_total,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let name = "twitchy_cluster_consumer_lag_messages";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Per feed (one per room): committed messages this node has not yet handed to its shard \
+             (held by the broker for the feed's consumer, or read and queued here).\n# TYPE {name} gauge"
+        );
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds.retain(|feed| feed.strong_count() > 0);
+        let mut gauges: Vec<Arc<FeedGauge>> = feeds.iter().filter_map(Weak::upgrade).collect();
+        drop(feeds);
+        gauges.sort_by(|a, b| a.label.cmp(&b.label));
+        for gauge in gauges {
+            let _ = writeln!(
+                out,
+                "{name}{{room=\"{}\"}} {}",
+                label_value(&gauge.label),
+                gauge.lag()
+            );
+        }
+        out
     }
 }
 
@@ -647,6 +771,8 @@ struct FeedState {
     next: u64,
     tx: flume::Sender<FeedItem>,
     read_seq: Arc<AtomicU64>,
+    /// Shared with the feed's gauge: what the last delivery said the broker still holds for the consumer.
+    pending: Arc<AtomicU64>,
     /// The subjects wanted, when the consumer reads more than them.
     wanted: Option<HashSet<String>>,
 }
@@ -697,6 +823,7 @@ enum Located {
 #[derive(Clone)]
 struct Inner {
     client: Client,
+    metrics: Arc<ClusterMetrics>,
     js: Context,
     names: Names,
     messages: Stream,
@@ -864,6 +991,7 @@ impl NatsStore {
             login_tokens: bucket(names.login_tokens.clone()).await?,
             settings: bucket(names.settings.clone()).await?,
             deleted: bucket(names.deleted.clone()).await?,
+            metrics: Arc::new(ClusterMetrics::default()),
             client,
             js,
             names,
@@ -913,14 +1041,35 @@ impl NatsStore {
             None => self.last_seq()? + 1,
         };
         let (tx, rx) = flume::bounded(capacity.max(1));
+        let gauge = Arc::new(FeedGauge {
+            label: match &rooms {
+                FeedRooms::All => "*".to_owned(),
+                FeedRooms::Rooms(rooms) => rooms.join(","),
+            },
+            rx: rx.clone(),
+            pending: Arc::new(AtomicU64::new(0)),
+        });
+        self.inner
+            .metrics
+            .feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&gauge));
         let inner = self.inner.clone();
         let read_seq = Arc::new(AtomicU64::new(start_seq - 1));
-        let task_read_seq = read_seq.clone();
+        let state = FeedState {
+            next: start_seq,
+            tx,
+            read_seq: read_seq.clone(),
+            pending: gauge.pending.clone(),
+            wanted: None,
+        };
         let task = self
             .runtime
-            .spawn(async move { inner.run_feed(rooms, start_seq, tx, task_read_seq).await });
+            .spawn(async move { inner.run_feed(rooms, state).await });
         Ok(Feed {
             rx,
+            _gauge: gauge,
             start_seq,
             read_seq,
             task,
@@ -1204,6 +1353,9 @@ impl Inner {
             if attempt == APPEND_ATTEMPTS_MAX || started.elapsed() + backoff >= budget {
                 break;
             }
+            self.metrics
+                .republished_total
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
             log::debug!(
                 "append attempt {attempt}: {} of {} messages unacknowledged ({last_error}); retrying",
                 pending.len(),
@@ -1235,24 +1387,32 @@ impl Inner {
             let publish = PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(id);
+            let published_at = Instant::now();
             let sent = tokio::time::timeout(
                 Duration::from_millis(REQUEST_TIMEOUT_MS),
                 self.js.send_publish(subject.clone(), publish),
             )
             .await;
-            acks.push((i, sent));
+            acks.push((i, published_at, sent));
         }
         let mut waiting = Vec::with_capacity(acks.len());
-        for (i, sent) in acks {
+        for (i, published_at, sent) in acks {
             match sent {
-                Ok(Ok(ack)) => waiting.push((i, ack.into_future())),
+                Ok(Ok(ack)) => waiting.push((i, async move {
+                    let result = ack.into_future().await;
+                    (result, published_at.elapsed())
+                })),
                 Ok(Err(e)) => *last_error = format!("publish: {e}"),
                 Err(_) => *last_error = "publish timed out".into(),
             }
         }
         let (indexes, futures): (Vec<usize>, Vec<_>) = waiting.into_iter().unzip();
         let results = join_all(futures).await;
-        for (i, result) in indexes.into_iter().zip(results) {
+        for (i, (result, took)) in indexes.into_iter().zip(results) {
+            if result.is_ok() {
+                let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                self.metrics.publish_ack_us.record(took_us);
+            }
             match result {
                 Ok(ack) if ack.duplicate && ack.sequence == 0 => {
                     // The first copy is still being committed: ask again.
@@ -1262,7 +1422,12 @@ impl Inner {
                     Ok(original) if original == batch[i].id => {
                         outcomes[i] = Some(AppendOutcome::Stored);
                     }
-                    Ok(original) => outcomes[i] = Some(AppendOutcome::Duplicate { original }),
+                    Ok(original) => {
+                        self.metrics
+                            .duplicates_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        outcomes[i] = Some(AppendOutcome::Duplicate { original });
+                    }
                     Err(e) => *last_error = format!("reading the original of a duplicate: {e}"),
                 },
                 Ok(_) => outcomes[i] = Some(AppendOutcome::Stored),
@@ -1281,13 +1446,7 @@ impl Inner {
     }
 
     /// The feed's task: see the module docs.
-    async fn run_feed(
-        self,
-        rooms: FeedRooms,
-        start_seq: u64,
-        tx: flume::Sender<FeedItem>,
-        read_seq: Arc<AtomicU64>,
-    ) {
+    async fn run_feed(self, rooms: FeedRooms, mut feed: FeedState) {
         let (filter, wanted): (String, Option<HashSet<String>>) = match &rooms {
             FeedRooms::All => (self.names.all_rooms_subject(), None),
             FeedRooms::Rooms(rooms) if rooms.len() == 1 => {
@@ -1298,12 +1457,7 @@ impl Inner {
                 Some(rooms.iter().map(|r| self.names.room_subject(r)).collect()),
             ),
         };
-        let mut feed = FeedState {
-            next: start_seq,
-            tx,
-            read_seq,
-            wanted,
-        };
+        feed.wanted = wanted;
         let mut backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
         loop {
             match self.consume_feed(&filter, &mut feed).await {
@@ -1317,6 +1471,9 @@ impl Inner {
             if feed.tx.is_disconnected() {
                 return;
             }
+            self.metrics
+                .feed_restarts_total
+                .fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(FEED_RETRY_BACKOFF_MS_MAX));
         }
@@ -1386,7 +1543,10 @@ impl Inner {
                     Err(e) => return end(feed, format!("pull: {e}")),
                 };
                 let (seq, delivered_as) = match message.info() {
-                    Ok(info) => (info.stream_sequence, info.consumer_sequence),
+                    Ok(info) => {
+                        feed.pending.store(info.pending, Ordering::Relaxed);
+                        (info.stream_sequence, info.consumer_sequence)
+                    }
                     Err(e) => return end(feed, format!("message without metadata: {e}")),
                 };
                 // A consumer numbers what it delivers 1, 2, 3...: a jump means messages were lost on the way.
@@ -1409,8 +1569,12 @@ impl Inner {
             if quiet_since.elapsed() >= Duration::from_millis(FEED_PROBE_QUIET_MS) {
                 // Quiet for a while: make sure the consumer still exists and is not sitting on messages.
                 match tokio::time::timeout(request, consumer.info()).await {
-                    Ok(Ok(info)) if info.num_pending == 0 => quiet_since = Instant::now(),
+                    Ok(Ok(info)) if info.num_pending == 0 => {
+                        feed.pending.store(0, Ordering::Relaxed);
+                        quiet_since = Instant::now();
+                    }
                     Ok(Ok(info)) => {
+                        feed.pending.store(info.num_pending, Ordering::Relaxed);
                         return end(
                             feed,
                             format!("consumer stuck with {} pending", info.num_pending),
@@ -1797,6 +1961,14 @@ impl Store for NatsStore {
             async_nats::connection::State::Connected => Health::Healthy,
             state => Health::Unavailable(format!("not connected to the NATS cluster ({state})")),
         }
+    }
+
+    fn metrics_text(&self) -> String {
+        let connected = matches!(
+            self.inner.client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        self.inner.metrics.render(connected, self.replicas)
     }
 
     fn recover(&self) -> Result<()> {

@@ -76,6 +76,12 @@ fn append_until_acked(store: &NatsStore, batch: &[MessageRecord]) -> Vec<AppendO
     panic!("a batch was never acknowledged");
 }
 
+/// The value of the sample `name` (with its labels, exactly as rendered) in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn next_item(rx: &flume::Receiver<FeedItem>) -> FeedItem {
     rx.recv_timeout(FEED_WAIT)
         .expect("the feed delivers within the wait")
@@ -338,6 +344,19 @@ fn a_resend_through_another_node_is_stored_once_and_acknowledged_with_the_origin
         ids_of(&a.recent_messages("lobby", 10).unwrap()),
         vec![first.id, second.id, other_text.id, sentinel.id]
     );
+    // Before the feed's reader takes anything, its lag is the four stored messages (read and queued here, or
+    // still held by the broker for its consumer).
+    let lag = |store: &NatsStore| {
+        metric_value(
+            &store.metrics_text(),
+            "twitchy_cluster_consumer_lag_messages{room=\"*\"}",
+        )
+    };
+    let deadline = std::time::Instant::now() + FEED_WAIT;
+    while feed.read_seq() < b.last_seq().unwrap() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(lag(&b), Some(4));
     let mut seen = Vec::new();
     loop {
         let item = next_item(feed.receiver());
@@ -347,6 +366,26 @@ fn a_resend_through_another_node_is_stored_once_and_acknowledged_with_the_origin
         }
     }
     assert_eq!(seen, vec![first.id, second.id, other_text.id, sentinel.id]);
+    assert_eq!(lag(&b), Some(0), "everything taken");
+    // B saw three resends (one twice); every publish that was answered was timed.
+    let b_metrics = b.metrics_text();
+    assert_eq!(
+        metric_value(&b_metrics, "twitchy_cluster_duplicates_total"),
+        Some(3)
+    );
+    assert_eq!(
+        metric_value(&b_metrics, "twitchy_cluster_connected"),
+        Some(1)
+    );
+    assert!(
+        metric_value(
+            &a.metrics_text(),
+            "twitchy_cluster_publish_ack_seconds_count"
+        )
+        .is_some_and(|n| n >= 2)
+    );
+    drop(feed);
+    assert_eq!(lag(&b), None, "a dropped feed leaves /metrics");
     service_a.shutdown().unwrap();
     service_b.shutdown().unwrap();
 }

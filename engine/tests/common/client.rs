@@ -328,6 +328,14 @@ pub fn register(addr: SocketAddr, user: &str, password: &str) -> String {
 }
 
 /// Reads a per-shard counter from /metrics, summed or per shard.
+/// The value of one sample of `/metrics`, named with its labels exactly as rendered (`name{room="lobby"}`, or
+/// a bare name).
+pub fn metric_sample(addr: SocketAddr, sample: &str) -> Option<f64> {
+    let text = http(addr, "GET", "/metrics", None).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn metric(addr: SocketAddr, name: &str) -> Vec<u64> {
     let text = http(addr, "GET", "/metrics", None).body;
     let prefix = format!("{name}{{shard=\"");
