@@ -5,7 +5,7 @@
 # Starts COMMAND with stdout in $OUT_DIR/NAME.stdout and stderr in
 # $OUT_DIR/NAME.log, waits for its "ready" line and sets NAME_PID,
 # NAME_HTTP (host:port), NAME_IRC (host:port) and NAME_TARGET (a
-# twitchy-perf --target spec).
+# twitchy-perf --target spec). READY_WAIT_S (30) bounds the wait.
 start_server() {
     local name=$1
     shift
@@ -16,7 +16,7 @@ start_server() {
     local pid=$!
     STARTED_PIDS+=("$pid")
     local ready=""
-    for _ in $(seq 1 300); do
+    for _ in $(seq 1 $((${READY_WAIT_S:-30} * 10))); do
         ready=$(grep -m1 ' ready http=' "$stdout" || true)
         [ -n "$ready" ] && break
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -27,7 +27,7 @@ start_server() {
         sleep 0.1
     done
     if [ -z "$ready" ]; then
-        echo "$name was not ready within 30 s; its log:" >&2
+        echo "$name was not ready within ${READY_WAIT_S:-30} s; its log:" >&2
         tail -20 "$log" >&2
         return 1
     fi

@@ -22,7 +22,11 @@ pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Longest an HTTP call may take before it counts as failed.
 pub const HTTP_TIMEOUT_MS: u64 = 30_000;
 
-/// A server under test: `NAME=HTTP_ADDR[,irc=ADDR][,pid=PID][,log=PATH]`.
+/// A server under test: `NAME=HTTP_ADDR[,irc=ADDR][,pid=PID]...[,log=PATH][,viewers=ADDR;ADDR...]`.
+///
+/// Several `pid=` name every process of the system under test (the nodes of a cluster and its brokers): their
+/// CPU time and memory are added up. `viewers=` spreads the viewers (WebSocket) over those HTTP addresses, in
+/// turn; the senders always use `HTTP_ADDR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: String,
@@ -30,8 +34,10 @@ pub struct Target {
     pub http: SocketAddr,
     /// Plain-TCP IRC address.
     pub irc: Option<SocketAddr>,
-    /// The server's process id, for CPU time and RSS from `/proc`.
-    pub pid: Option<u32>,
+    /// The server's process ids, for CPU time and RSS from `/proc` (summed).
+    pub pids: Vec<u32>,
+    /// HTTP addresses the viewers connect to in turn (empty: `http`).
+    pub viewers: Vec<SocketAddr>,
     /// The server's log file, scanned for stall-detector lines.
     pub log: Option<PathBuf>,
 }
@@ -40,9 +46,9 @@ impl FromStr for Target {
     type Err = String;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (name, rest) = spec
-            .split_once('=')
-            .ok_or("expected NAME=HTTP_ADDR[,irc=ADDR][,pid=PID][,log=PATH]")?;
+        let (name, rest) = spec.split_once('=').ok_or(
+            "expected NAME=HTTP_ADDR[,irc=ADDR][,pid=PID]...[,log=PATH][,viewers=ADDR;ADDR...]",
+        )?;
         if name.is_empty() {
             return Err("empty target name".into());
         }
@@ -56,7 +62,8 @@ impl FromStr for Target {
             name: name.to_string(),
             http,
             irc: None,
-            pid: None,
+            pids: Vec::new(),
+            viewers: Vec::new(),
             log: None,
         };
         for part in parts {
@@ -64,7 +71,17 @@ impl FromStr for Target {
                 Some(("irc", v)) => {
                     target.irc = Some(v.parse().map_err(|e| format!("irc address: {e}"))?)
                 }
-                Some(("pid", v)) => target.pid = Some(v.parse().map_err(|e| format!("pid: {e}"))?),
+                Some(("pid", v)) => target
+                    .pids
+                    .push(v.parse().map_err(|e| format!("pid: {e}"))?),
+                Some(("viewers", v)) => {
+                    for addr in v.split(';') {
+                        target.viewers.push(
+                            addr.parse()
+                                .map_err(|e| format!("viewers address {addr:?}: {e}"))?,
+                        );
+                    }
+                }
                 Some(("log", v)) => target.log = Some(PathBuf::from(v)),
                 _ => return Err(format!("unknown target option {part:?}")),
             }
@@ -409,15 +426,30 @@ mod tests {
         assert_eq!(t.name, "twitchy");
         assert_eq!(t.http, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(t.irc, Some("127.0.0.1:6667".parse().unwrap()));
-        assert_eq!(t.pid, Some(42));
+        assert_eq!(t.pids, vec![42]);
         assert_eq!(t.log, Some(PathBuf::from("/tmp/x.log")));
         let bare: Target = "n=127.0.0.1:1".parse().unwrap();
-        assert_eq!((bare.irc, bare.pid), (None, None));
+        assert_eq!(
+            (bare.irc, bare.pids.len(), bare.viewers.len()),
+            (None, 0, 0)
+        );
+        let cluster: Target = "c=127.0.0.1:1,pid=1,pid=2,viewers=127.0.0.1:1;127.0.0.1:2"
+            .parse()
+            .unwrap();
+        assert_eq!(cluster.pids, vec![1, 2]);
+        assert_eq!(
+            cluster.viewers,
+            vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap()
+            ]
+        );
         for bad in [
             "",
             "=1.2.3.4:5",
             "x=nothost",
             "x=127.0.0.1:1,bogus=1",
+            "x=127.0.0.1:1,viewers=127.0.0.1:1;nothost",
             "x=127.0.0.1:1,pid=a",
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
@@ -458,7 +490,8 @@ mod tests {
                 name: "t".into(),
                 http: addr,
                 irc: None,
-                pid: None,
+                pids: Vec::new(),
+                viewers: Vec::new(),
                 log: None,
             };
             let mut conn = Conn::open(&target, Transport::Ws, None).await.unwrap();
@@ -483,7 +516,8 @@ mod tests {
             name: "t".into(),
             http: addr,
             irc: None,
-            pid: None,
+            pids: Vec::new(),
+            viewers: Vec::new(),
             log: None,
         };
         let err = runtime

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::sleep_until;
@@ -233,12 +233,25 @@ async fn register_senders(
     Ok(out)
 }
 
-/// The server's user and system CPU seconds so far, and its resident memory.
+/// The server's user and system CPU seconds so far, and its resident memory: summed over its processes, known
+/// only if every one of them could be read.
 fn server_figures(target: &Target) -> (Option<(f64, f64)>, Option<u64>) {
-    match target.pid {
-        Some(pid) => (conn::proc_cpu_times_s(pid), conn::proc_rss_bytes(pid)),
-        None => (None, None),
+    if target.pids.is_empty() {
+        return (None, None);
     }
+    let cpu = target
+        .pids
+        .iter()
+        .map(|&pid| conn::proc_cpu_times_s(pid))
+        .try_fold((0.0, 0.0), |(user, system), times| {
+            times.map(|(u, s)| (user + u, system + s))
+        });
+    let rss = target
+        .pids
+        .iter()
+        .map(|&pid| conn::proc_rss_bytes(pid))
+        .sum::<Option<u64>>();
+    (cpu, rss)
 }
 
 fn log_len(target: &Target) -> Option<u64> {
@@ -310,6 +323,12 @@ async fn run_target(
     target: &Target,
     options: &RunOptions,
 ) -> anyhow::Result<TargetSummary> {
+    if !target.viewers.is_empty() && scenario.transport != Transport::Ws {
+        bail!(
+            "target {}: viewers= addresses are HTTP (WebSocket) ones; use --transport ws",
+            target.name
+        );
+    }
     let listed = conn::list_rooms(target.http).await?;
     let rooms = pick_rooms(&listed, scenario.rooms);
     let senders = register_senders(target, scenario.senders(), options.progress).await?;
@@ -689,9 +708,21 @@ async fn connection(
     let deadline = shared.instant(shared.now_us() + shared.scenario.connect_timeout_ms * 1000);
     let slow = role == Role::SlowViewer;
     let recv_buffer = slow.then_some(4096);
+    // Viewers go to the target's viewer addresses in turn, when it has them (the nodes of a cluster).
+    let spread;
+    let target = match (&role, shared.target.viewers.len()) {
+        (Role::Sender { .. }, _) | (_, 0) => &shared.target,
+        (_, nodes) => {
+            spread = Target {
+                http: shared.target.viewers[index as usize % nodes],
+                ..shared.target.clone()
+            };
+            &spread
+        }
+    };
     let opened = tokio::time::timeout_at(
         deadline,
-        Conn::open(&shared.target, shared.scenario.transport, recv_buffer),
+        Conn::open(target, shared.scenario.transport, recv_buffer),
     )
     .await;
     let mut conn = match opened {
@@ -880,7 +911,7 @@ pub async fn run_memory(
 }
 
 async fn read_rss(target: &Target) -> anyhow::Result<(u64, String)> {
-    if let Some(pid) = target.pid
+    if let [pid] = target.pids[..]
         && let Some(rss) = conn::proc_rss_bytes(pid)
     {
         return Ok((rss, format!("/proc/{pid}/status")));
@@ -934,7 +965,7 @@ async fn memory_target(
                 conn.flush().await?;
                 loop {
                     if !conn.fill(READ_CHUNK_BYTES).await? {
-                        anyhow::bail!("closed before JOIN completed");
+                        bail!("closed before JOIN completed");
                     }
                     while let Some(bytes) =
                         conn.next_line().map_err(|_| anyhow!("line too long"))?

@@ -44,7 +44,15 @@ pub struct Scenario {
 }
 
 /// Preset names accepted by [`Scenario::preset`].
-pub const PRESETS: &[&str] = &["average", "peak", "fanout", "many-rooms", "storm", "slow"];
+pub const PRESETS: &[&str] = &[
+    "average",
+    "peak",
+    "fanout",
+    "many-rooms",
+    "storm",
+    "slow",
+    "cluster",
+];
 
 impl Scenario {
     /// A named preset, or `None` for an unknown name.
@@ -109,6 +117,13 @@ impl Scenario {
             // The average load with a few viewers that barely read.
             "slow" => Scenario {
                 slow_viewers_per_room: 3,
+                ..base
+            },
+            // The seed's average rate into 3 rooms with viewers spread over the nodes of a cluster (the target's
+            // `viewers=`), compared with one node: what the broker hop costs in latency and CPU.
+            "cluster" => Scenario {
+                viewers_per_room: if quick { 30 } else { 300 },
+                duration_ms: if quick { 3_000 } else { 20_000 },
                 ..base
             },
             _ => return None,
