@@ -51,8 +51,9 @@ pub const DEDUPE_ENTRIES_MAX: usize = 1_000_000;
 pub const CLOSE_GRACE_MS: u64 = 2_000;
 /// Period of the keep-alive and deadline sweep.
 pub const TICK_MS: u64 = 500;
-/// Cluster mode: how often a home shard reads its rooms' bans from the shared settings.
-pub const CLUSTER_BAN_REFRESH_MS: u64 = 1_000;
+/// Cluster mode: how often a home shard reads its rooms' moderation settings (bans, modes, roles, AutoMod
+/// phrases) from the shared settings.
+pub const CLUSTER_REFRESH_MS: u64 = 1_000;
 /// Size of the shard's read buffer, shared by all its connections (reads never hold it across an await).
 pub const READ_SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -424,8 +425,9 @@ impl Shard {
         }
         if self.shared.cluster.is_some() {
             let shard = self.clone();
-            tasks
-                .push(glommio::spawn_local(async move { shard.ban_refresh_loop().await }).detach());
+            tasks.push(
+                glommio::spawn_local(async move { shard.shared_settings_loop().await }).detach(),
+            );
         }
         let shard = self.clone();
         tasks.push(
@@ -707,19 +709,19 @@ impl Shard {
         }
     }
 
-    /// Cluster mode: reads the bans of the rooms homed here from the shared settings every
-    /// [`CLUSTER_BAN_REFRESH_MS`], so a ban or timeout set through another node holds here within that time.
-    async fn ban_refresh_loop(self: Rc<Self>) {
+    /// Cluster mode: reads the moderation settings of the rooms homed here from the shared settings every
+    /// [`CLUSTER_REFRESH_MS`], so a ban, timeout, mode, role or AutoMod phrase set through another node holds here
+    /// (and this node's viewers are told) within that time.
+    async fn shared_settings_loop(self: Rc<Self>) {
         let homed: Vec<usize> = (0..self.shared.rooms.len())
             .filter(|&room| crate::core::home_shard(room, self.shared.shard_count) == self.id)
             .collect();
         loop {
-            glommio::timer::sleep(Duration::from_millis(CLUSTER_BAN_REFRESH_MS)).await;
+            glommio::timer::sleep(Duration::from_millis(CLUSTER_REFRESH_MS)).await;
             for &room in &homed {
-                let prefix = format!(
-                    "{}ban/",
-                    crate::core::moderation::keys::room_prefix(&self.shared.rooms[room].name)
-                );
+                let prefix =
+                    crate::core::moderation::keys::room_prefix(&self.shared.rooms[room].name);
+                let read_started_ms = unix_ms();
                 match self
                     .shared
                     .storage
@@ -727,11 +729,17 @@ impl Shard {
                     .await
                 {
                     Ok(settings) => {
-                        self.core
-                            .borrow_mut()
-                            .refresh_bans(room, settings, unix_ms());
+                        self.core.borrow_mut().refresh_shared(
+                            room,
+                            settings,
+                            read_started_ms,
+                            unix_ms(),
+                        );
+                        self.pump();
                     }
-                    Err(err) => log::warn!("cannot refresh the bans of room {room}: {err}"),
+                    Err(err) => {
+                        log::warn!("cannot refresh the moderation settings of room {room}: {err}")
+                    }
                 }
             }
         }

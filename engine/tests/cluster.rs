@@ -155,7 +155,7 @@ fn nodes_share_a_room_every_viewer_sees_every_message_once_in_one_order() {
 }
 
 #[test]
-fn a_ban_through_one_node_holds_on_the_others() {
+fn moderation_through_one_node_holds_on_the_others_and_their_viewers_are_told() {
     let Some(binary) = nats::nats_server_or_skip("cluster") else {
         return;
     };
@@ -179,6 +179,10 @@ fn a_ban_through_one_node_holds_on_the_others() {
     victim.join("lobby");
     victim.send("@client-nonce=v1 PRIVMSG #lobby :before the ban");
     victim.expect_within("an ack before the ban", Duration::from_secs(30), is_ack);
+
+    let mut watcher = Irc::ws(n2.http);
+    watcher.login_anonymous();
+    watcher.join("lobby");
 
     let mut owner = Irc::tcp(n1.irc);
     owner.login("cluster_owner", &owner_token);
@@ -209,6 +213,15 @@ fn a_ban_through_one_node_holds_on_the_others() {
         Some("msg_banned"),
         "{refused}"
     );
+    // Node 2's viewers were told, as node 1's were: CLEARCHAT for the banned user.
+    watcher.expect_within("CLEARCHAT on node 2", Duration::from_secs(30), |l| {
+        l.contains("CLEARCHAT #lobby :cluster_victim")
+    });
+    // A mode set through node 1 reaches node 2's viewers as a ROOMSTATE.
+    owner.send("PRIVMSG #lobby :/slow 10");
+    watcher.expect_within("slow mode on node 2", Duration::from_secs(30), |l| {
+        l.contains("ROOMSTATE #lobby") && tag(l, "slow").as_deref() == Some("10")
+    });
 }
 
 #[test]

@@ -900,6 +900,9 @@ impl ShardCore {
             return self.answer(&submit, not_saved(), now_ms);
         }
         let room = submit.room;
+        if let Some(home) = self.home[room].as_mut() {
+            home.local_change_ms = now_ms;
+        }
         match op.effect.expect("a write has an effect") {
             Effect::Color { user_id, color } => {
                 // Every shard, this one included, before the answer: the user's next line anywhere has the colour.
@@ -1216,23 +1219,89 @@ impl ShardCore {
         }
     }
 
-    /// Cluster mode: the room's bans and timeouts as the shared settings hold them now (`settings`: the keys under
-    /// `room/{room}/ban/`), so one set through another node holds here too. A ban this home holds and the
-    /// settings lack is lifted only if the previous refresh had it (it was lifted elsewhere); one applied here
-    /// since then stays, whatever the order of the write and the read.
-    pub fn refresh_bans(&mut self, room: usize, settings: Vec<(String, Vec<u8>)>, now_ms: u64) {
-        let prefix = format!("{}ban/", keys::room_prefix(&self.cfg.rooms[room].name));
+    /// Cluster mode: the room's moderation state as the shared settings hold it now (`settings`: the keys under
+    /// `room/{room}/`, read from `read_started_ms` on), so a change made through another node holds here too and
+    /// this node's viewers are told of it as if it were made here: modes (ROOMSTATE), granted roles (USERSTATE),
+    /// AutoMod's blocked phrases, bans and timeouts (CLEARCHAT for one new here). Held messages stay with the
+    /// node whose AutoMod held them.
+    ///
+    /// A ban this home holds and the settings lack is lifted only if the previous refresh had it (it was lifted
+    /// elsewhere); one applied here since then stays, whatever the order of the write and the read. Modes, roles
+    /// and phrases are taken only from a read that started after this home's last own change of them, so a read
+    /// that raced a local change never undoes it for a moment.
+    pub fn refresh_shared(
+        &mut self,
+        room: usize,
+        settings: Vec<(String, Vec<u8>)>,
+        read_started_ms: u64,
+        now_ms: u64,
+    ) {
+        let prefix = keys::room_prefix(&self.cfg.rooms[room].name);
         let home = self.home_room(room);
+        let fresh = read_started_ms > home.local_change_ms;
         let mut seen = HashSet::new();
+        let mut events = Vec::new();
         for (key, value) in settings {
             let Some(rest) = key.strip_prefix(&prefix) else {
                 continue;
             };
-            if let Ok(user_id) = rest.parse::<u64>() {
+            let moderation = &mut home.moderation;
+            if let Some(id) = rest.strip_prefix("ban/") {
+                let Ok(user_id) = id.parse::<u64>() else {
+                    continue;
+                };
                 seen.insert(user_id);
+                let known = moderation.bans.contains_key(&user_id);
+                moderation.restore(rest, &value, now_ms);
+                if let Some(ban) = moderation.bans.get(&user_id).filter(|_| !known) {
+                    events.push(RoomEvent::Clear {
+                        user: Some(ClearUser {
+                            login: ban.login.clone(),
+                            user_id,
+                            duration_secs: ban
+                                .until_unix_ms
+                                .map(|until| (until.saturating_sub(now_ms).div_ceil(1000)) as u32),
+                        }),
+                    });
+                }
+            } else if !fresh {
+                continue;
+            } else if rest == "modes" {
+                let before = moderation.view.modes;
+                moderation.restore(rest, &value, now_ms);
+                let after = moderation.view.modes;
+                if before != after {
+                    events.push(RoomEvent::Modes { before, after });
+                }
+            } else if let Some(id) = rest.strip_prefix("role/") {
+                let Ok(user_id) = id.parse::<u64>() else {
+                    continue;
+                };
+                let before = moderation.view.granted.get(&user_id).copied();
+                moderation.restore(rest, &value, now_ms);
+                match moderation.view.granted.get(&user_id).copied() {
+                    Some(role) if before != Some(role) => {
+                        events.push(RoomEvent::Role { user_id, role });
+                    }
+                    _ => {}
+                }
+            } else if rest == "automod" {
+                let Ok(stored) = serde_json::from_slice::<StoredAutoMod>(&value) else {
+                    log::warn!("shared setting {key:?} skipped: not a phrase list");
+                    continue;
+                };
+                let automod = moderation.automod();
+                for phrase in automod.phrases().to_vec() {
+                    if !stored.phrases.contains(&phrase) {
+                        automod.remove_phrase(&phrase);
+                    }
+                }
+                for phrase in &stored.phrases {
+                    if let Err(err) = automod.add_phrase(phrase) {
+                        log::warn!("shared AutoMod phrase {phrase:?} skipped: {err}");
+                    }
+                }
             }
-            home.moderation
-                .restore(&format!("ban/{rest}"), &value, now_ms);
         }
         let lifted: Vec<u64> = home
             .shared_bans
@@ -1244,6 +1313,9 @@ impl ShardCore {
             home.moderation.bans.remove(&user_id);
         }
         home.shared_bans = seen;
+        for event in events {
+            self.broadcast(room, event, now_ms);
+        }
     }
 
     /// A room's moderation state for the HTTP API (home shard only), as JSON.
@@ -1292,5 +1364,191 @@ impl ShardCore {
             None => &self.rooms[room].view.granted,
         };
         role_of(info, granted, user_id, login)
+    }
+}
+
+#[cfg(test)]
+mod shared_settings_tests {
+    use super::*;
+    use crate::protocol::session::Identity;
+
+    /// One shard, one room (`lobby`, broadcaster `boss`), with an anonymous viewer, the broadcaster (user 1) and
+    /// `ronni` (user 7) joined; styling, storage and setting writes complete at once.
+    struct World {
+        core: ShardCore,
+        viewer: ConnId,
+        boss: ConnId,
+        ronni: ConnId,
+    }
+
+    impl World {
+        fn new() -> World {
+            let mut room = RoomInfo::for_tests("lobby", 1, "pirate");
+            room.broadcaster = Some("boss".into());
+            let mut core = ShardCore::new(CoreConfig::for_tests(0, 1, vec![room]));
+            let viewer = core.conn_open(Transport::Tcp, 0).unwrap();
+            core.conn_input(
+                viewer,
+                b"CAP REQ :twitch.tv/tags twitch.tv/commands\r\nNICK justinfan1\r\nJOIN #lobby\r\n",
+                0,
+            );
+            let login = |core: &mut ShardCore, name: &str, user_id: u64| {
+                let conn = core.conn_open(Transport::Tcp, 0).unwrap();
+                let hello = format!(
+                    "CAP REQ :twitch.tv/tags twitch.tv/commands\r\nPASS oauth:x\r\nNICK {name}\r\n"
+                );
+                core.conn_input(conn, hello.as_bytes(), 0);
+                let identity = Identity {
+                    login: name.into(),
+                    display_name: name.into(),
+                    user_id,
+                    color: String::new(),
+                    badges: String::new(),
+                    is_mod: false,
+                };
+                core.auth_done(conn, AuthOutcome::Valid(identity), 0);
+                conn
+            };
+            let boss = login(&mut core, "boss", 1);
+            let ronni = login(&mut core, "ronni", 7);
+            let mut world = World {
+                core,
+                viewer,
+                boss,
+                ronni,
+            };
+            world.pump(0);
+            for conn in [boss, ronni] {
+                world.core.conn_input(conn, b"JOIN #lobby\r\n", 0);
+                world.pump(0);
+            }
+            for conn in [viewer, boss, ronni] {
+                world.read(conn);
+            }
+            world
+        }
+
+        fn pump(&mut self, now_ms: u64) {
+            while let Some(output) = self.core.pop_output() {
+                match output {
+                    Output::Style(r) => self.core.styled(r.ticket, r.text, StyledBy::Local, now_ms),
+                    Output::Store { room, record } => {
+                        self.core.stored(room, record.id, Ok(()), now_ms)
+                    }
+                    Output::ReadSettings { ticket, .. } => {
+                        self.core.settings_read(ticket, Ok(Vec::new()), now_ms)
+                    }
+                    Output::PutSetting { ticket, .. } => {
+                        self.core.write_done(ticket, Ok(()), now_ms)
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn read(&mut self, id: ConnId) -> String {
+            let mut out = Vec::new();
+            while self.core.take_writes(id, &mut out, 0) > 0 {}
+            String::from_utf8(out).unwrap()
+        }
+
+        fn refresh(
+            &mut self,
+            settings: &[(&str, serde_json::Value)],
+            read_started_ms: u64,
+            now_ms: u64,
+        ) {
+            let settings = settings
+                .iter()
+                .map(|(key, value)| (format!("room/lobby/{key}"), json(value)))
+                .collect();
+            self.core
+                .refresh_shared(0, settings, read_started_ms, now_ms);
+            self.pump(now_ms);
+        }
+
+        fn state(&self) -> serde_json::Value {
+            self.core.moderation_json(0, 0).unwrap()
+        }
+    }
+
+    fn elsewhere(slow: u32) -> Vec<(&'static str, serde_json::Value)> {
+        vec![
+            ("modes", serde_json::json!({"slow": slow})),
+            (
+                "role/7",
+                serde_json::json!({"login": "ronni", "role": "mod"}),
+            ),
+            (
+                "ban/9",
+                serde_json::json!({"login": "troll", "until_unix_ms": null}),
+            ),
+            ("automod", serde_json::json!({"phrases": ["bad words"]})),
+        ]
+    }
+
+    #[test]
+    fn moderation_set_through_another_node_holds_here_and_this_nodes_viewers_are_told() {
+        let mut w = World::new();
+        w.refresh(&elsewhere(30), 10, 10);
+        let seen = w.read(w.viewer);
+        assert!(
+            seen.contains("slow=30") && seen.contains("ROOMSTATE #lobby"),
+            "{seen}"
+        );
+        assert!(seen.contains("CLEARCHAT #lobby :troll"), "{seen}");
+        let ronni = w.read(w.ronni);
+        assert!(
+            ronni.contains("USERSTATE #lobby") && ronni.contains("mod=1"),
+            "{ronni}"
+        );
+        let state = w.state();
+        assert_eq!(state["modes"]["slow"], 30);
+        assert_eq!(state["moderators"], serde_json::json!(["ronni"]));
+        assert_eq!(state["banned"][0]["login"], "troll");
+        assert_eq!(
+            state["automod"]["phrases"],
+            serde_json::json!(["bad words"])
+        );
+
+        // The same settings again: nothing new to tell anyone.
+        w.refresh(&elsewhere(30), 1_010, 1_010);
+        assert_eq!(w.read(w.viewer), "");
+        assert_eq!(w.read(w.ronni), "");
+
+        // The broadcaster sets slow mode here at 2,000. A read that started before (without it) changes nothing;
+        // one that started after and holds another node's later change applies that.
+        w.core
+            .conn_input(w.boss, b"PRIVMSG #lobby :/slow 5\r\n", 2_000);
+        w.pump(2_000);
+        assert!(w.read(w.viewer).contains("slow=5"));
+        w.refresh(&elsewhere(30), 1_990, 2_010);
+        assert_eq!(w.read(w.viewer), "", "a stale read does not undo it");
+        assert_eq!(w.state()["modes"]["slow"], 5);
+        w.refresh(&elsewhere(60), 2_500, 2_500);
+        assert!(w.read(w.viewer).contains("slow=60"));
+
+        // Lifted elsewhere: the ban and the phrase go, the role is taken back.
+        w.refresh(
+            &[
+                ("modes", serde_json::json!({"slow": 60})),
+                (
+                    "role/7",
+                    serde_json::json!({"login": "ronni", "role": "viewer"}),
+                ),
+                ("automod", serde_json::json!({"phrases": []})),
+            ],
+            3_000,
+            3_000,
+        );
+        let state = w.state();
+        assert_eq!(state["banned"], serde_json::json!([]));
+        assert_eq!(state["moderators"], serde_json::json!([]));
+        assert_eq!(state["automod"]["phrases"], serde_json::json!([]));
+        let ronni = w.read(w.ronni);
+        assert!(
+            ronni.contains("USERSTATE #lobby") && ronni.contains("mod=0"),
+            "{ronni}"
+        );
     }
 }
