@@ -82,8 +82,9 @@
 //! [`NatsStore::feed`] starts a task that consumes the stream (all rooms, or a set of rooms) from a given stream
 //! sequence and sends `(stream seq, record)` into a bounded flume channel. Its consumer is an ephemeral pull
 //! consumer (no acks, one replica, in memory, like an ordered consumer) pulled in batches of
-//! [`FEED_PULL_MESSAGES_MAX`] that wait at most [`FEED_PULL_EXPIRES_MS`]. The task tracks the next sequence to
-//! deliver and ends the consumer on anything suspicious: an error, a jump in the consumer's own delivery
+//! [`FEED_PULL_MESSAGES_MAX`] that wait at most [`FEED_PULL_EXPIRES_MS`] (and [`FEED_PULL_GRACE_MS`] more: the
+//! feed does not count on the server to say a request expired, since 2.9 sometimes does not). The task tracks
+//! the next sequence to deliver and ends the consumer on anything suspicious: an error, a jump in the consumer's own delivery
 //! numbering (messages lost on the way), or, after [`FEED_PROBE_QUIET_MS`] without messages, a consumer that
 //! no longer answers (its server died) or has messages pending that it does not deliver. It then creates a new
 //! consumer from the next sequence (with back-off up to [`FEED_RETRY_BACKOFF_MS_MAX`] while that fails), and
@@ -184,6 +185,8 @@ pub const FEED_RETRY_BACKOFF_MS_MAX: u64 = 2_000;
 pub const FEED_PULL_MESSAGES_MAX: usize = 512;
 /// How long one pull request of a feed waits for messages, in milliseconds.
 pub const FEED_PULL_EXPIRES_MS: u64 = 1_000;
+/// How long after a pull request's expiry a feed stops waiting for its end and asks again, in milliseconds.
+pub const FEED_PULL_GRACE_MS: u64 = 100;
 /// After this long without a message, a feed checks that its consumer exists and has nothing pending, in
 /// milliseconds (a consumer on a server that died answers nothing; this is how the feed notices).
 pub const FEED_PROBE_QUIET_MS: u64 = 3_000;
@@ -1516,6 +1519,11 @@ impl Inner {
         let mut consumer_seq = 0u64;
         let mut quiet_since = Instant::now();
         loop {
+            // The server ends a pull request when it expires, but nats-server 2.9 does not always say so (no
+            // `408`) when the request got some messages, and the client would wait 5 s more before asking
+            // again: this feed ends each batch itself, a little after its expiry.
+            let batch_deadline =
+                tokio::time::Instant::now() + expires + Duration::from_millis(FEED_PULL_GRACE_MS);
             let batch = tokio::time::timeout(
                 request,
                 consumer
@@ -1532,11 +1540,11 @@ impl Inner {
             };
             let mut got = 0usize;
             loop {
-                // The batch ends by itself when it expires; a server that went away ends it by this bound.
-                let item = match tokio::time::timeout(expires + request, batch.next()).await {
+                // A message delivered for this request after the deadline (a request that reached the server
+                // late) is not lost: the next one's consumer sequence jumps, and the feed starts over from it.
+                let item = match tokio::time::timeout_at(batch_deadline, batch.next()).await {
                     Ok(Some(item)) => item,
-                    Ok(None) => break,
-                    Err(_) => return end(feed, "pull timed out".into()),
+                    Ok(None) | Err(_) => break,
                 };
                 let message = match item {
                     Ok(message) => message,
