@@ -54,13 +54,26 @@ fn free_port() -> u16 {
 struct Server {
     name: String,
     client_port: u16,
+    config_path: PathBuf,
     child: Option<Child>,
+}
+
+fn spawn_server(binary: &Path, config_path: &Path) -> Child {
+    Command::new(binary)
+        .arg("-c")
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts")
 }
 
 /// Three servers, one cluster, JetStream on.
 pub struct Cluster {
     servers: Vec<Server>,
     dir: tempfile::TempDir,
+    binary: PathBuf,
 }
 
 impl Cluster {
@@ -88,21 +101,19 @@ impl Cluster {
             );
             let config_path = dir.path().join(format!("{name}.conf"));
             std::fs::write(&config_path, config).unwrap();
-            let child = Command::new(binary)
-                .arg("-c")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server starts");
+            let child = spawn_server(binary, &config_path);
             servers.push(Server {
                 name,
                 client_port: *client_port,
+                config_path,
                 child: Some(child),
             });
         }
-        Cluster { servers, dir }
+        Cluster {
+            servers,
+            dir,
+            binary: binary.to_owned(),
+        }
     }
 
     /// `nats://127.0.0.1:<port>` of every server still running, in server order.
@@ -133,6 +144,19 @@ impl Cluster {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             let _ = child.wait();
         }
+    }
+
+    /// Starts a killed server again, with its configuration and its JetStream data as it left them: it rejoins
+    /// the cluster and catches up.
+    pub fn restart(&mut self, name: &str) {
+        let binary = self.binary.clone();
+        let server = self
+            .servers
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no server {name}"));
+        assert!(server.child.is_none(), "{name} is running");
+        server.child = Some(spawn_server(&binary, &server.config_path));
     }
 
     /// Connects a store (a "node") to the given servers, waiting while the cluster elects its leaders.
