@@ -584,6 +584,8 @@ fn join_cluster(
 /// Messages per room a cluster node reads back at start: the last-10 history and what `/delete`, replies and
 /// reactions can still find (resends are recognised by the log's own duplicate window).
 pub const CLUSTER_HISTORY_MESSAGES_MAX: usize = crate::core::DELETABLE_MESSAGES_MAX;
+/// Deletions a room's deletion feed may hold before it waits for the room's home shard.
+pub const CLUSTER_DELETIONS_MAX: usize = 4_096;
 /// Committed messages a room's feed may hold before the feed waits for the room's home shard.
 pub const CLUSTER_FEED_MESSAGES_MAX: usize = 65_536;
 
@@ -608,7 +610,12 @@ fn cluster_start(
         histories.push(std::sync::Mutex::new(Some(records)));
     }
     let mut feeds = Vec::with_capacity(rooms.len());
+    let mut deletions = Vec::with_capacity(rooms.len());
     for (room, &from_seq) in rooms.iter().zip(&feed_from_seq) {
+        let deleted = nats
+            .deletions(&room.name, CLUSTER_DELETIONS_MAX)
+            .with_context(|| format!("cannot watch #{}'s deletions", room.name))?;
+        deletions.push(std::sync::Mutex::new(Some(deleted)));
         let feed = nats
             .feed(
                 twitchy_storage::FeedRooms::Rooms(vec![room.name.clone()]),
@@ -622,6 +629,7 @@ fn cluster_start(
         rooms: histories,
         feed_from_seq,
         feeds,
+        deletions,
     })
 }
 

@@ -91,12 +91,19 @@ pub struct ClusterStart {
     pub feed_from_seq: Vec<u64>,
     /// Per room: its feed (taken by the room's home shard).
     pub feeds: Vec<std::sync::Mutex<Option<twitchy_storage::Feed>>>,
+    /// Per room: the deletions of its messages made through any node (taken by the room's home shard).
+    pub deletions: Vec<std::sync::Mutex<Option<twitchy_storage::Deletions>>>,
 }
 
 impl Shared {
     pub fn room(&self, name: &str) -> Option<usize> {
         self.room_index.get(name).copied()
     }
+}
+
+/// Takes what a start-up slot holds (each is taken once, by the shard it is for).
+fn take_slot<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 /// Milliseconds since the unix epoch, as the driver's only clock: the system clock read once at start, advanced by
@@ -337,12 +344,11 @@ impl Shard {
                 continue;
             }
             let name = &self.shared.rooms[room].name;
-            let preloaded = self.shared.cluster.as_ref().and_then(|cluster| {
-                cluster.rooms[room]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-            });
+            let preloaded = self
+                .shared
+                .cluster
+                .as_ref()
+                .and_then(|cluster| take_slot(&cluster.rooms[room]));
             // Enough recent messages for the last-10 history and for resends within the idempotency window (in
             // a cluster, what was read with the feed's starting point, so the two meet exactly).
             let records = match preloaded {
@@ -406,22 +412,28 @@ impl Shard {
         }
         let shard = self.clone();
         tasks.push(glommio::spawn_local(async move { shard.flush_loop().await }).detach());
-        // One feed per room homed here (each its own consumer, so `/metrics` shows each room's lag).
-        let feeds: Vec<twitchy_storage::Feed> = match self.shared.cluster.as_ref() {
-            Some(cluster) => (0..self.shared.rooms.len())
-                .filter(|&room| crate::core::home_shard(room, self.shared.shard_count) == self.id)
-                .filter_map(|room| {
-                    cluster.feeds[room]
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take()
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        for feed in feeds {
-            let shard = self.clone();
-            tasks.push(glommio::spawn_local(async move { shard.feed_loop(feed).await }).detach());
+        // One feed per room homed here (each its own consumer, so `/metrics` shows each room's lag), and the
+        // room's deletions.
+        if let Some(cluster) = self.shared.cluster.as_ref() {
+            let homed = (0..self.shared.rooms.len())
+                .filter(|&room| crate::core::home_shard(room, self.shared.shard_count) == self.id);
+            for room in homed {
+                if let Some(feed) = take_slot(&cluster.feeds[room]) {
+                    let shard = self.clone();
+                    tasks.push(
+                        glommio::spawn_local(async move { shard.feed_loop(feed).await }).detach(),
+                    );
+                }
+                if let Some(deletions) = take_slot(&cluster.deletions[room]) {
+                    let shard = self.clone();
+                    tasks.push(
+                        glommio::spawn_local(
+                            async move { shard.deletions_loop(room, deletions).await },
+                        )
+                        .detach(),
+                    );
+                }
+            }
         }
         if self.shared.cluster.is_some() {
             let shard = self.clone();
@@ -743,6 +755,15 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Cluster mode: hands the core every deletion of the room's messages, made through this node or another.
+    async fn deletions_loop(self: Rc<Self>, room: usize, deletions: twitchy_storage::Deletions) {
+        while let Ok(id) = deletions.receiver().recv_async().await {
+            self.core.borrow_mut().deleted_in_log(room, id, unix_ms());
+            self.pump();
+        }
+        log::error!("shard {}: the deletions of room {room} ended", self.id);
     }
 
     /// Cluster mode: hands every committed message of the rooms homed here to the core, in the log's order.

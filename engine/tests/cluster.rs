@@ -123,6 +123,32 @@ fn nodes_share_a_room_every_viewer_sees_every_message_once_in_one_order() {
         assert_eq!(history, expected, "last 10 on {name}");
     }
 
+    // The sender deletes its last message through node 1: the viewers of nodes 2 and 3 get CLEARMSG, and it
+    // leaves every node's last-10 replay.
+    let last = expected.last().unwrap().clone();
+    sender.send(&format!("PRIVMSG #lobby :/delete {last}"));
+    for viewer in [&mut viewer2, &mut viewer3] {
+        viewer.expect_within("CLEARMSG", Duration::from_secs(30), |l| {
+            l.contains(" CLEARMSG #lobby ") && tag(l, "target-msg-id").as_deref() == Some(&last)
+        });
+    }
+    for server in [&n2, &n3] {
+        let mut late = Irc::tcp(server.irc);
+        late.login_anonymous();
+        late.join("lobby");
+        let history: Vec<String> = late
+            .drain(Duration::from_millis(500))
+            .iter()
+            .filter(|l| l.contains(" PRIVMSG #lobby "))
+            .map(|l| tag(l, "id").unwrap())
+            .collect();
+        assert_eq!(
+            history,
+            expected[..9].to_vec(),
+            "last 10 after the deletion"
+        );
+    }
+
     // `/metrics`: each node is connected; node 1 timed its publishes to their PubAcks; node 2 counted the resend;
     // the viewers' nodes have handed every committed message of the room to their shards.
     for server in [&n1, &n2, &n3] {

@@ -63,7 +63,8 @@
 //! would be.
 //!
 //! Deleted messages: a marker per id in the `DELETED` bucket, checked (leader reads, concurrently for a chunk)
-//! by every history read, which skips marked messages and keeps reading.
+//! by every history read, which skips marked messages and keeps reading. [`NatsStore::deletions`] watches one
+//! room's markers, so every node learns of a deletion made through any of them.
 //!
 //! # Accounts, tokens, settings
 //!
@@ -264,6 +265,27 @@ pub struct FeedItem {
 pub struct RoomHistory {
     pub messages: Vec<FeedItem>,
     pub next_seq: u64,
+}
+
+/// The deletions of one room's messages, made through any node: read [`Deletions::receiver`]. Dropping it ends
+/// the task. See [`NatsStore::deletions`].
+#[derive(Debug)]
+pub struct Deletions {
+    rx: flume::Receiver<MessageId>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Deletions {
+    /// The ids of the room's messages deleted since the feed started, in the order the deletions were made.
+    pub fn receiver(&self) -> &flume::Receiver<MessageId> {
+        &self.rx
+    }
+}
+
+impl Drop for Deletions {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A running feed: read [`Feed::receiver`]. Dropping it (or [`Feed::stop`]) ends the task.
@@ -1079,6 +1101,22 @@ impl NatsStore {
         })
     }
 
+    /// Starts a feed of the room's message deletions made from now on, through any node (a watch of the room's
+    /// keys in the `DELETED` bucket), into a channel of `capacity` ids. A watch that fails is started again from
+    /// the revision after the last one it delivered, so none is missed or repeated; a full channel stops the
+    /// reading.
+    pub fn deletions(&self, room: &str, capacity: usize) -> Result<Deletions> {
+        check_room(room)?;
+        let after = self.runtime.block_on(self.inner.deleted_last_revision())?;
+        let (tx, rx) = flume::bounded(capacity.max(1));
+        let inner = self.inner.clone();
+        let room = room.to_owned();
+        let task = self
+            .runtime
+            .spawn(async move { inner.run_deletions(room, after, tx).await });
+        Ok(Deletions { rx, task })
+    }
+
     /// The room's newest `limit` messages with their sequences, and where a feed continues after them.
     pub fn recent_with_seq(&self, room: &str, limit: usize) -> Result<RoomHistory> {
         check_room(room)?;
@@ -1446,6 +1484,72 @@ impl Inner {
             .await?
             .ok_or_else(|| StorageError::Io(format!("the original at sequence {seq} is gone")))?;
         Ok(codec::decode_message(&m.payload)?.id)
+    }
+
+    /// The last revision of the `DELETED` bucket (its stream's last sequence).
+    async fn deleted_last_revision(&self) -> Result<u64> {
+        bounded("stream info", async {
+            let mut stream = self
+                .js
+                .get_stream(format!("KV_{}", self.deleted.name))
+                .await
+                .map_err(io)?;
+            Ok(stream.info().await.map_err(io)?.state.last_sequence)
+        })
+        .await
+    }
+
+    /// The task of [`NatsStore::deletions`].
+    async fn run_deletions(self, room: String, mut after: u64, tx: flume::Sender<MessageId>) {
+        let prefix = format!("{}.", subject_token(&room));
+        let keys = format!("{prefix}>");
+        let mut backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
+        loop {
+            // Everything after the last revision seen (or the bucket's last one when the feed started).
+            let watch = self.deleted.kv.watch_from_revision(&keys, after + 1).await;
+            match watch {
+                Ok(mut watch) => {
+                    while let Some(entry) = watch.next().await {
+                        let entry = match entry {
+                            Ok(entry) => entry,
+                            Err(e) => {
+                                log::warn!("deletions of #{room}: {e}; watching again");
+                                break;
+                            }
+                        };
+                        backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
+                        if entry.revision <= after {
+                            continue;
+                        }
+                        after = entry.revision;
+                        if entry.operation != kv::Operation::Put {
+                            continue;
+                        }
+                        let id = entry
+                            .key
+                            .strip_prefix(&prefix)
+                            .and_then(|hex| u128::from_str_radix(hex, 16).ok());
+                        match id {
+                            Some(id) => {
+                                if tx.send_async(MessageId(id)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => log::warn!("deletions of #{room}: odd key {:?}", entry.key),
+                        }
+                    }
+                }
+                Err(e) => log::warn!("deletions of #{room}: cannot watch: {e}"),
+            }
+            if tx.is_disconnected() {
+                return;
+            }
+            self.metrics
+                .feed_restarts_total
+                .fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(FEED_RETRY_BACKOFF_MS_MAX));
+        }
     }
 
     /// The feed's task: see the module docs.

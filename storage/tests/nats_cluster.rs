@@ -292,6 +292,7 @@ fn a_resend_through_another_node_is_stored_once_and_acknowledged_with_the_origin
     let a = Arc::new(cluster.store(config(vec![cluster.url_of("n1")], 1)));
     let b = Arc::new(cluster.store(config(vec![cluster.url_of("n3")], 2)));
     let feed = b.feed(FeedRooms::All, None, 1024).unwrap();
+    let deletions = b.deletions("lobby", 16).unwrap();
 
     let service_a = StorageService::start(a.clone(), CoalescerConfig::default());
     let service_b = StorageService::start(b.clone(), CoalescerConfig::default());
@@ -386,6 +387,21 @@ fn a_resend_through_another_node_is_stored_once_and_acknowledged_with_the_origin
     );
     drop(feed);
     assert_eq!(lag(&b), None, "a dropped feed leaves /metrics");
+
+    // A deletion through A reaches B's deletions of the room; one in another room does not.
+    let elsewhere = msg(&mut ids_a, "side", 1, "", "elsewhere");
+    a.append_messages(std::slice::from_ref(&elsewhere)).unwrap();
+    assert!(a.delete_message("side", elsewhere.id).unwrap());
+    assert!(a.delete_message("lobby", second.id).unwrap());
+    let deleted = deletions
+        .receiver()
+        .recv_timeout(FEED_WAIT)
+        .expect("the deletion");
+    assert_eq!(deleted, second.id);
+    assert!(
+        deletions.receiver().is_empty(),
+        "only the room's own deletions"
+    );
     service_a.shutdown().unwrap();
     service_b.shutdown().unwrap();
 }

@@ -1318,6 +1318,23 @@ impl ShardCore {
         }
     }
 
+    /// Cluster mode: a message of a room homed here was deleted, through this node or another. If the room's last
+    /// messages still hold it, it leaves them (and the last-10 replay) and the room's viewers get CLEARMSG, as for
+    /// a deletion made here; one made here already did that, and this finds nothing.
+    pub fn deleted_in_log(&mut self, room: usize, id: MessageId, now_ms: u64) {
+        let home = self.home_room(room);
+        let Some(at) = home.recent.iter().position(|m| m.record.id == id) else {
+            return;
+        };
+        let message = home.recent.remove(at).expect("found");
+        let event = RoomEvent::Deleted {
+            id,
+            login: message.record.login.clone(),
+            text: message.record.text.clone(),
+        };
+        self.broadcast(room, event, now_ms);
+    }
+
     /// A room's moderation state for the HTTP API (home shard only), as JSON.
     pub fn moderation_json(&self, room: usize, now_ms: u64) -> Option<serde_json::Value> {
         let info = &self.cfg.rooms[room];
