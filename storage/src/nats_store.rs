@@ -1541,15 +1541,27 @@ impl Inner {
                 }
                 Err(e) => log::warn!("deletions of #{room}: cannot watch: {e}"),
             }
-            if tx.is_disconnected() {
+            if !self
+                .pause_before_restart(tx.is_disconnected(), &mut backoff)
+                .await
+            {
                 return;
             }
-            self.metrics
-                .feed_restarts_total
-                .fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(FEED_RETRY_BACKOFF_MS_MAX));
         }
+    }
+
+    /// Between one consumer (or watch) of a feed and the next: `false` when the feed's reader is gone; otherwise
+    /// counts the restart and waits `backoff`, doubled for the next time (up to the maximum).
+    async fn pause_before_restart(&self, reader_gone: bool, backoff: &mut Duration) -> bool {
+        if reader_gone {
+            return false;
+        }
+        self.metrics
+            .feed_restarts_total
+            .fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_millis(FEED_RETRY_BACKOFF_MS_MAX));
+        true
     }
 
     /// The feed's task: see the module docs.
@@ -1575,14 +1587,12 @@ impl Inner {
                 }
                 FeedEnd::Failed(e) => log::warn!("feed from {}: {e}; trying again", feed.next),
             }
-            if feed.tx.is_disconnected() {
+            if !self
+                .pause_before_restart(feed.tx.is_disconnected(), &mut backoff)
+                .await
+            {
                 return;
             }
-            self.metrics
-                .feed_restarts_total
-                .fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(FEED_RETRY_BACKOFF_MS_MAX));
         }
     }
 

@@ -955,18 +955,8 @@ impl ShardCore {
                 }
             }
             Effect::Delete { id } => {
-                let home = self.home_room(room);
-                let Some(at) = home.recent.iter().position(|m| m.record.id == id) else {
-                    // Already gone (deleted twice at once): the first delete told the room.
-                    return self.answer(&submit, op.success.expect("success"), now_ms);
-                };
-                let message = home.recent.remove(at).expect("found");
-                let event = RoomEvent::Deleted {
-                    id,
-                    login: message.record.login.clone(),
-                    text: message.record.text.clone(),
-                };
-                self.broadcast(room, event, now_ms);
+                // Already gone (deleted twice at once, or seen in the log first): whoever removed it told the room.
+                self.forget_deleted(room, id, now_ms);
             }
         }
         self.answer(&submit, op.success.expect("a write has an answer"), now_ms);
@@ -1322,6 +1312,11 @@ impl ShardCore {
     /// messages still hold it, it leaves them (and the last-10 replay) and the room's viewers get CLEARMSG, as for
     /// a deletion made here; one made here already did that, and this finds nothing.
     pub fn deleted_in_log(&mut self, room: usize, id: MessageId, now_ms: u64) {
+        self.forget_deleted(room, id, now_ms);
+    }
+
+    /// Takes a deleted message out of the room's last messages and tells the room (CLEARMSG), if it is there.
+    fn forget_deleted(&mut self, room: usize, id: MessageId, now_ms: u64) {
         let home = self.home_room(room);
         let Some(at) = home.recent.iter().position(|m| m.record.id == id) else {
             return;
