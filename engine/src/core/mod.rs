@@ -359,7 +359,7 @@ pub struct ClearUser {
 }
 
 /// A change moderation made to a room, sent by its home to every shard with viewers, in order with its messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum RoomEvent {
     /// `/clear` (`user` None), a timeout or a ban.
     Clear {
@@ -370,6 +370,9 @@ pub enum RoomEvent {
         id: MessageId,
         login: String,
         text: String,
+        /// The message that the deletion brings into the last 10 (the oldest of them now), if the room has one:
+        /// a shard's copy of the last 10 takes it in, so every shard replays ten on JOIN.
+        refill: Option<Arc<ChatMessage>>,
     },
     Modes {
         before: RoomModes,

@@ -1166,6 +1166,53 @@ mod scenarios {
     }
 
     #[test]
+    fn in_cluster_mode_a_deletion_in_the_log_leaves_the_last_10_of_every_shard_and_ten_are_still_replayed()
+     {
+        let mut sim = cluster_world(2);
+        let home = crate::core::home_shard(0, 2);
+        let other = 1 - home;
+        // A viewer on each shard: both keep a copy of the room's last 10.
+        let here = client(&mut sim, home, Transport::Tcp, None, 0);
+        let there = client(&mut sim, other, Transport::Tcp, None, 0);
+        let sender = client(&mut sim, home, Transport::Tcp, Some(4), 0);
+        say(&mut sim, sender, 0, "first");
+        let first = store_ok(&mut sim);
+        commit(&mut sim, 0, first.clone());
+        let mut ids = vec![first.id];
+        for i in 1..12 {
+            let record = remote_record(&first, first.id.unix_ms() + i, 50 + i, &format!("m{i}"));
+            ids.push(record.id);
+            commit(&mut sim, 0, record);
+        }
+        lines(&mut sim, here);
+        lines(&mut sim, there);
+        // Deleted through another node: the home learns it from the log.
+        let doomed = ids[11];
+        let now_ms = sim.now_ms;
+        sim.shards[home].deleted_in_log(0, doomed, now_ms);
+        sim.collect(home);
+        sim.deliver_all_peers();
+        for viewer in [here, there] {
+            let seen = lines(&mut sim, viewer);
+            assert!(
+                seen.contains(&format!("target-msg-id={doomed}")),
+                "CLEARMSG: {seen}"
+            );
+        }
+        // A late viewer on either shard is replayed the ten before it, the one the deletion let in included.
+        let expected: Vec<String> = ids[1..11].iter().map(|id| id.to_string()).collect();
+        for shard in [home, other] {
+            let late = client(&mut sim, shard, Transport::Tcp, None, 0);
+            let history: Vec<String> = sim.clients[late].views[&0]
+                .history
+                .iter()
+                .map(|id| id.to_string())
+                .collect();
+            assert_eq!(history, expected, "shard {shard}");
+        }
+    }
+
+    #[test]
     fn in_cluster_mode_messages_sent_through_other_nodes_count_against_the_rate_limit() {
         let mut sim = cluster_world(1);
         let sender = client(&mut sim, 0, Transport::Tcp, Some(6), 0);

@@ -1048,7 +1048,17 @@ impl ShardCore {
             return;
         }
         match event {
-            RoomEvent::Deleted { id, .. } => local.recent.retain(|m| m.record.id != *id),
+            RoomEvent::Deleted { id, refill, .. } => {
+                let held = local.recent.len();
+                local.recent.retain(|m| m.record.id != *id);
+                if let Some(refill) = refill
+                    && local.recent.len() < held
+                    && local.recent.len() < HISTORY_ON_JOIN
+                    && local.recent.iter().all(|m| m.record.id != refill.record.id)
+                {
+                    local.recent.push_front(refill.clone());
+                }
+            }
             RoomEvent::Modes { after, .. } => local.view.modes = *after,
             RoomEvent::Role { user_id, role } => {
                 local.view.granted.insert(*user_id, *role);
@@ -1322,10 +1332,16 @@ impl ShardCore {
             return;
         };
         let message = home.recent.remove(at).expect("found");
+        let refill = home
+            .recent
+            .len()
+            .checked_sub(HISTORY_ON_JOIN)
+            .map(|oldest| home.recent[oldest].clone());
         let event = RoomEvent::Deleted {
             id,
             login: message.record.login.clone(),
             text: message.record.text.clone(),
+            refill,
         };
         self.broadcast(room, event, now_ms);
     }
