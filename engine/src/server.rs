@@ -220,7 +220,7 @@ pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
         None => twitchy_storage::open_store(&store_config).context("cannot open the store")?,
     };
     let cluster = match &nats {
-        Some(nats) => Some(cluster_start(nats, &rooms)?),
+        Some(nats) => Some(cluster_start(nats, &rooms, shard_count)?),
         None => None,
     };
     let storage = StorageService::start(
@@ -584,8 +584,8 @@ fn join_cluster(
 /// Messages per room a cluster node reads back at start: the last-10 history and what `/delete`, replies and
 /// reactions can still find (resends are recognised by the log's own duplicate window).
 pub const CLUSTER_HISTORY_MESSAGES_MAX: usize = crate::core::DELETABLE_MESSAGES_MAX;
-/// Deletions a room's deletion feed may hold before it waits for the room's home shard.
-pub const CLUSTER_DELETIONS_MAX: usize = 4_096;
+/// Setting changes, or deletions, a shard's watch of them may hold before it waits for the shard.
+pub const CLUSTER_WATCH_CHANGES_MAX: usize = 4_096;
 /// Committed messages a room's feed may hold before the feed waits for the room's home shard.
 pub const CLUSTER_FEED_MESSAGES_MAX: usize = 65_536;
 
@@ -594,7 +594,20 @@ pub const CLUSTER_FEED_MESSAGES_MAX: usize = 65_536;
 fn cluster_start(
     nats: &twitchy_storage::NatsStore,
     rooms: &[crate::config::RoomConfig],
+    shard_count: usize,
 ) -> anyhow::Result<crate::shard::ClusterStart> {
+    // The watches first: the shards read their rooms' settings and last messages after this, so a change made
+    // meanwhile is in both (applying it twice changes nothing) rather than in neither.
+    let mut watches = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let settings = nats
+            .setting_changes("room", CLUSTER_WATCH_CHANGES_MAX)
+            .context("cannot watch the rooms' settings")?;
+        let deletions = nats
+            .deletions(None, CLUSTER_WATCH_CHANGES_MAX)
+            .context("cannot watch the rooms' deletions")?;
+        watches.push(std::sync::Mutex::new(Some((settings, deletions))));
+    }
     let mut histories = Vec::with_capacity(rooms.len());
     let mut feed_from_seq = Vec::with_capacity(rooms.len());
     for room in rooms {
@@ -610,12 +623,7 @@ fn cluster_start(
         histories.push(std::sync::Mutex::new(Some(records)));
     }
     let mut feeds = Vec::with_capacity(rooms.len());
-    let mut deletions = Vec::with_capacity(rooms.len());
     for (room, &from_seq) in rooms.iter().zip(&feed_from_seq) {
-        let deleted = nats
-            .deletions(&room.name, CLUSTER_DELETIONS_MAX)
-            .with_context(|| format!("cannot watch #{}'s deletions", room.name))?;
-        deletions.push(std::sync::Mutex::new(Some(deleted)));
         let feed = nats
             .feed(
                 twitchy_storage::FeedRooms::Rooms(vec![room.name.clone()]),
@@ -629,7 +637,7 @@ fn cluster_start(
         rooms: histories,
         feed_from_seq,
         feeds,
-        deletions,
+        watches,
     })
 }
 

@@ -51,9 +51,6 @@ pub const DEDUPE_ENTRIES_MAX: usize = 1_000_000;
 pub const CLOSE_GRACE_MS: u64 = 2_000;
 /// Period of the keep-alive and deadline sweep.
 pub const TICK_MS: u64 = 500;
-/// Cluster mode: how often a home shard reads its rooms' moderation settings (bans, modes, roles, AutoMod
-/// phrases) from the shared settings.
-pub const CLUSTER_REFRESH_MS: u64 = 1_000;
 /// Size of the shard's read buffer, shared by all its connections (reads never hold it across an await).
 pub const READ_SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -91,8 +88,12 @@ pub struct ClusterStart {
     pub feed_from_seq: Vec<u64>,
     /// Per room: its feed (taken by the room's home shard).
     pub feeds: Vec<std::sync::Mutex<Option<twitchy_storage::Feed>>>,
-    /// Per room: the deletions of its messages made through any node (taken by the room's home shard).
-    pub deletions: Vec<std::sync::Mutex<Option<twitchy_storage::Deletions>>>,
+    /// Per shard: watches of every room's settings and of every room's deleted messages, started before the rooms'
+    /// settings and last messages were read, so nothing changed in between is missed (taken by the shard, which
+    /// applies the changes of the rooms homed there).
+    pub watches: Vec<
+        std::sync::Mutex<Option<(twitchy_storage::SettingChanges, twitchy_storage::Deletions)>>,
+    >,
 }
 
 impl Shared {
@@ -412,8 +413,7 @@ impl Shard {
         }
         let shard = self.clone();
         tasks.push(glommio::spawn_local(async move { shard.flush_loop().await }).detach());
-        // One feed per room homed here (each its own consumer, so `/metrics` shows each room's lag), and the
-        // room's deletions.
+        // One feed per room homed here (each its own consumer, so `/metrics` shows each room's lag).
         if let Some(cluster) = self.shared.cluster.as_ref() {
             let homed = (0..self.shared.rooms.len())
                 .filter(|&room| crate::core::home_shard(room, self.shared.shard_count) == self.id);
@@ -424,21 +424,21 @@ impl Shard {
                         glommio::spawn_local(async move { shard.feed_loop(feed).await }).detach(),
                     );
                 }
-                if let Some(deletions) = take_slot(&cluster.deletions[room]) {
-                    let shard = self.clone();
-                    tasks.push(
-                        glommio::spawn_local(
-                            async move { shard.deletions_loop(room, deletions).await },
-                        )
-                        .detach(),
-                    );
-                }
             }
         }
-        if self.shared.cluster.is_some() {
+        if let Some((settings, deletions)) = self
+            .shared
+            .cluster
+            .as_ref()
+            .and_then(|cluster| take_slot(&cluster.watches[self.id]))
+        {
             let shard = self.clone();
             tasks.push(
-                glommio::spawn_local(async move { shard.shared_settings_loop().await }).detach(),
+                glommio::spawn_local(async move { shard.settings_loop(settings).await }).detach(),
+            );
+            let shard = self.clone();
+            tasks.push(
+                glommio::spawn_local(async move { shard.deletions_loop(deletions).await }).detach(),
             );
         }
         let shard = self.clone();
@@ -721,49 +721,47 @@ impl Shard {
         }
     }
 
-    /// Cluster mode: reads the moderation settings of the rooms homed here from the shared settings every
-    /// [`CLUSTER_REFRESH_MS`], so a ban, timeout, mode, role or AutoMod phrase set through another node holds here
-    /// (and this node's viewers are told) within that time.
-    async fn shared_settings_loop(self: Rc<Self>) {
-        let homed: Vec<usize> = (0..self.shared.rooms.len())
-            .filter(|&room| crate::core::home_shard(room, self.shared.shard_count) == self.id)
-            .collect();
-        loop {
-            glommio::timer::sleep(Duration::from_millis(CLUSTER_REFRESH_MS)).await;
-            for &room in &homed {
-                let prefix =
-                    crate::core::moderation::keys::room_prefix(&self.shared.rooms[room].name);
-                let read_started_ms = unix_ms();
-                match self
-                    .shared
-                    .storage
-                    .settings(&prefix, crate::core::moderation::SETTINGS_PER_ROOM_MAX)
-                    .await
-                {
-                    Ok(settings) => {
-                        self.core.borrow_mut().refresh_shared(
-                            room,
-                            settings,
-                            read_started_ms,
-                            unix_ms(),
-                        );
-                        self.pump();
-                    }
-                    Err(err) => {
-                        log::warn!("cannot refresh the moderation settings of room {room}: {err}")
-                    }
-                }
-            }
+    /// Cluster mode: hands the core every change of a setting of the rooms homed here, made through any node, in
+    /// the order the changes were made (the watch of every room's settings; other shards' rooms are skipped).
+    async fn settings_loop(self: Rc<Self>, changes: twitchy_storage::SettingChanges) {
+        while let Ok(change) = changes.receiver().recv_async().await {
+            let name = change
+                .key
+                .strip_prefix("room/")
+                .and_then(|rest| rest.split_once('/'))
+                .map_or("", |(name, _)| name);
+            let Some(room) = self.homed_room(name) else {
+                continue;
+            };
+            self.core.borrow_mut().shared_setting_changed(
+                room,
+                &change.key,
+                change.value.as_deref(),
+                unix_ms(),
+            );
+            self.pump();
         }
+        log::error!("shard {}: the watch of the rooms' settings ended", self.id);
     }
 
-    /// Cluster mode: hands the core every deletion of the room's messages, made through this node or another.
-    async fn deletions_loop(self: Rc<Self>, room: usize, deletions: twitchy_storage::Deletions) {
-        while let Ok(id) = deletions.receiver().recv_async().await {
+    /// Cluster mode: hands the core every deletion of a message of the rooms homed here, made through this node
+    /// or another (the watch of every room's deletions; other shards' rooms are skipped).
+    async fn deletions_loop(self: Rc<Self>, deletions: twitchy_storage::Deletions) {
+        while let Ok((name, id)) = deletions.receiver().recv_async().await {
+            let Some(room) = self.homed_room(&name) else {
+                continue;
+            };
             self.core.borrow_mut().deleted_in_log(room, id, unix_ms());
             self.pump();
         }
-        log::error!("shard {}: the deletions of room {room} ended", self.id);
+        log::error!("shard {}: the watch of the rooms' deletions ended", self.id);
+    }
+
+    /// The index of the room named `name`, if it is homed on this shard.
+    fn homed_room(&self, name: &str) -> Option<usize> {
+        self.shared
+            .room(name)
+            .filter(|&room| crate::core::home_shard(room, self.shared.shard_count) == self.id)
     }
 
     /// Cluster mode: hands every committed message of the rooms homed here to the core, in the log's order.

@@ -326,7 +326,10 @@ pub use coalescer::{
 pub use embedded::{CommitPath, EmbeddedOptions, EmbeddedStore};
 pub use error::{Result, StorageError};
 pub use id::{MessageId, MessageIdGen};
-pub use nats_store::{Deletions, Feed, FeedItem, FeedRooms, NatsConfig, NatsStore, RoomHistory};
+pub use nats_store::{
+    Changes, Deletions, Feed, FeedItem, FeedRooms, NatsConfig, NatsStore, RoomHistory,
+    SettingChange, SettingChanges,
+};
 pub use record::{AccountRecord, MessageRecord, TokenRecord};
 pub use scylla_store::ScyllaStore;
 pub use settings::{SETTING_KEY_BYTES_MAX, SETTING_VALUE_BYTES_MAX};

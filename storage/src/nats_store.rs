@@ -63,8 +63,9 @@
 //! would be.
 //!
 //! Deleted messages: a marker per id in the `DELETED` bucket, checked (leader reads, concurrently for a chunk)
-//! by every history read, which skips marked messages and keeps reading. [`NatsStore::deletions`] watches one
-//! room's markers, so every node learns of a deletion made through any of them.
+//! by every history read, which skips marked messages and keeps reading. [`NatsStore::deletions`] watches the
+//! markers (of one room or all), and [`NatsStore::setting_changes`] the settings, so every node learns of a
+//! change made through any of them.
 //!
 //! # Accounts, tokens, settings
 //!
@@ -267,25 +268,37 @@ pub struct RoomHistory {
     pub next_seq: u64,
 }
 
-/// The deletions of one room's messages, made through any node: read [`Deletions::receiver`]. Dropping it ends
-/// the task. See [`NatsStore::deletions`].
+/// Changes made through any node, from a watch of a key-value bucket: read [`Changes::receiver`]. Dropping it
+/// ends the task. See [`NatsStore::deletions`] and [`NatsStore::setting_changes`].
 #[derive(Debug)]
-pub struct Deletions {
-    rx: flume::Receiver<MessageId>,
+pub struct Changes<T> {
+    rx: flume::Receiver<T>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Deletions {
-    /// The ids of the room's messages deleted since the feed started, in the order the deletions were made.
-    pub fn receiver(&self) -> &flume::Receiver<MessageId> {
+impl<T> Changes<T> {
+    /// The changes since the feed started, in the order they were made.
+    pub fn receiver(&self) -> &flume::Receiver<T> {
         &self.rx
     }
 }
 
-impl Drop for Deletions {
+impl<T> Drop for Changes<T> {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Deleted messages: the room and the message id.
+pub type Deletions = Changes<(String, MessageId)>;
+/// Settings written or deleted.
+pub type SettingChanges = Changes<SettingChange>;
+
+/// A setting written (`value` Some) or deleted (None).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingChange {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
 }
 
 /// A running feed: read [`Feed::receiver`]. Dropping it (or [`Feed::stop`]) ends the task.
@@ -1101,20 +1114,58 @@ impl NatsStore {
         })
     }
 
-    /// Starts a feed of the room's message deletions made from now on, through any node (a watch of the room's
-    /// keys in the `DELETED` bucket), into a channel of `capacity` ids. A watch that fails is started again from
-    /// the revision after the last one it delivered, so none is missed or repeated; a full channel stops the
-    /// reading.
-    pub fn deletions(&self, room: &str, capacity: usize) -> Result<Deletions> {
-        check_room(room)?;
-        let after = self.runtime.block_on(self.inner.deleted_last_revision())?;
+    /// Starts a feed of message deletions made from now on through any node, of one room or (`None`) of every
+    /// room (a watch of the markers in the `DELETED` bucket), into a channel of `capacity` deletions, each the
+    /// room and the message id. A watch that fails is started again from the revision after the last one it
+    /// delivered, so none is missed or repeated; a full channel stops the reading.
+    pub fn deletions(&self, room: Option<&str>, capacity: usize) -> Result<Deletions> {
+        let keys = match room {
+            Some(room) => {
+                check_room(room)?;
+                format!("{}.>", subject_token(room))
+            }
+            None => ">".to_owned(),
+        };
+        self.watch(self.inner.deleted.clone(), keys, capacity, |entry| {
+            if entry.operation != kv::Operation::Put {
+                return None;
+            }
+            let (room, hex) = entry.key.split_once('.')?;
+            let id = u128::from_str_radix(hex, 16).ok()?;
+            Some((decode_subject_token(room)?, MessageId(id)))
+        })
+    }
+
+    /// Starts a feed of every change of the settings whose key starts with `first_segment/` (`room` for every
+    /// room's), made from now on through any node: the key and its new value, or `None` when it was deleted, in
+    /// the order the changes were made. Resumes like [`NatsStore::deletions`].
+    pub fn setting_changes(&self, first_segment: &str, capacity: usize) -> Result<SettingChanges> {
+        let keys = format!("{}.>", subject_token(first_segment));
+        self.watch(self.inner.settings.clone(), keys, capacity, |entry| {
+            let key = setting_key_of(&entry.key)?;
+            let value = match entry.operation {
+                kv::Operation::Put => Some(entry.value.to_vec()),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            Some(SettingChange { key, value })
+        })
+    }
+
+    /// Starts a watch of `keys` in `bucket` from the bucket's current revision on.
+    fn watch<T: Send + 'static>(
+        &self,
+        bucket: Bucket,
+        keys: String,
+        capacity: usize,
+        map: impl Fn(&kv::Entry) -> Option<T> + Send + 'static,
+    ) -> Result<Changes<T>> {
+        let after = self.runtime.block_on(self.inner.last_revision(&bucket))?;
         let (tx, rx) = flume::bounded(capacity.max(1));
         let inner = self.inner.clone();
-        let room = room.to_owned();
         let task = self
             .runtime
-            .spawn(async move { inner.run_deletions(room, after, tx).await });
-        Ok(Deletions { rx, task })
+            .spawn(async move { inner.run_watch(bucket, keys, after, tx, map).await });
+        Ok(Changes { rx, task })
     }
 
     /// The room's newest `limit` messages with their sequences, and where a feed continues after them.
@@ -1486,34 +1537,25 @@ impl Inner {
         Ok(codec::decode_message(&m.payload)?.id)
     }
 
-    /// The last revision of the `DELETED` bucket (its stream's last sequence).
-    async fn deleted_last_revision(&self) -> Result<u64> {
-        bounded("stream info", async {
-            let mut stream = self
-                .js
-                .get_stream(format!("KV_{}", self.deleted.name))
-                .await
-                .map_err(io)?;
-            Ok(stream.info().await.map_err(io)?.state.last_sequence)
-        })
-        .await
-    }
-
-    /// The task of [`NatsStore::deletions`].
-    async fn run_deletions(self, room: String, mut after: u64, tx: flume::Sender<MessageId>) {
-        let prefix = format!("{}.", subject_token(&room));
-        let keys = format!("{prefix}>");
+    /// The task of a [`Changes`] feed: watches `keys` of `bucket` after revision `after`, hands on what `map`
+    /// makes of each entry, and watches again after the last revision it saw when a watch fails.
+    async fn run_watch<T>(
+        self,
+        bucket: Bucket,
+        keys: String,
+        mut after: u64,
+        tx: flume::Sender<T>,
+        map: impl Fn(&kv::Entry) -> Option<T>,
+    ) {
         let mut backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
         loop {
-            // Everything after the last revision seen (or the bucket's last one when the feed started).
-            let watch = self.deleted.kv.watch_from_revision(&keys, after + 1).await;
-            match watch {
+            match bucket.kv.watch_from_revision(&keys, after + 1).await {
                 Ok(mut watch) => {
                     while let Some(entry) = watch.next().await {
                         let entry = match entry {
                             Ok(entry) => entry,
                             Err(e) => {
-                                log::warn!("deletions of #{room}: {e}; watching again");
+                                log::warn!("watch of {} {keys}: {e}; watching again", bucket.name);
                                 break;
                             }
                         };
@@ -1522,24 +1564,19 @@ impl Inner {
                             continue;
                         }
                         after = entry.revision;
-                        if entry.operation != kv::Operation::Put {
-                            continue;
-                        }
-                        let id = entry
-                            .key
-                            .strip_prefix(&prefix)
-                            .and_then(|hex| u128::from_str_radix(hex, 16).ok());
-                        match id {
-                            Some(id) => {
-                                if tx.send_async(MessageId(id)).await.is_err() {
+                        match map(&entry) {
+                            Some(item) => {
+                                if tx.send_async(item).await.is_err() {
                                     return;
                                 }
                             }
-                            None => log::warn!("deletions of #{room}: odd key {:?}", entry.key),
+                            None => {
+                                log::debug!("watch of {}: {:?} skipped", bucket.name, entry.key)
+                            }
                         }
                     }
                 }
-                Err(e) => log::warn!("deletions of #{room}: cannot watch: {e}"),
+                Err(e) => log::warn!("watch of {} {keys}: cannot watch: {e}", bucket.name),
             }
             if !self
                 .pause_before_restart(tx.is_disconnected(), &mut backoff)
@@ -1548,6 +1585,19 @@ impl Inner {
                 return;
             }
         }
+    }
+
+    /// The last revision of a bucket (its stream's last sequence).
+    async fn last_revision(&self, bucket: &Bucket) -> Result<u64> {
+        bounded("stream info", async {
+            let mut stream = self
+                .js
+                .get_stream(format!("KV_{}", bucket.name))
+                .await
+                .map_err(io)?;
+            Ok(stream.info().await.map_err(io)?.state.last_sequence)
+        })
+        .await
     }
 
     /// Between one consumer (or watch) of a feed and the next: `false` when the feed's reader is gone; otherwise

@@ -15,7 +15,8 @@ use common::block_on;
 use common::nats::{Cluster, nats_server_or_skip};
 use twitchy_storage::{
     AccountRecord, AppendOutcome, CoalescerConfig, FeedItem, FeedRooms, MessageId, MessageIdGen,
-    MessageRecord, NatsConfig, NatsStore, StorageError, StorageService, Store, TokenRecord,
+    MessageRecord, NatsConfig, NatsStore, SettingChange, StorageError, StorageService, Store,
+    TokenRecord,
 };
 
 /// Longest wait for one feed item before the test fails as hung.
@@ -292,7 +293,9 @@ fn a_resend_through_another_node_is_stored_once_and_acknowledged_with_the_origin
     let a = Arc::new(cluster.store(config(vec![cluster.url_of("n1")], 1)));
     let b = Arc::new(cluster.store(config(vec![cluster.url_of("n3")], 2)));
     let feed = b.feed(FeedRooms::All, None, 1024).unwrap();
-    let deletions = b.deletions("lobby", 16).unwrap();
+    let deletions = b.deletions(Some("lobby"), 16).unwrap();
+    let every_room = b.deletions(None, 16).unwrap();
+    let settings = b.setting_changes("room", 16).unwrap();
 
     let service_a = StorageService::start(a.clone(), CoalescerConfig::default());
     let service_b = StorageService::start(b.clone(), CoalescerConfig::default());
@@ -397,11 +400,58 @@ fn a_resend_through_another_node_is_stored_once_and_acknowledged_with_the_origin
         .receiver()
         .recv_timeout(FEED_WAIT)
         .expect("the deletion");
-    assert_eq!(deleted, second.id);
+    assert_eq!(deleted, ("lobby".to_owned(), second.id));
     assert!(
         deletions.receiver().is_empty(),
         "only the room's own deletions"
     );
+    let both: Vec<(String, MessageId)> = (0..2)
+        .map(|_| {
+            every_room
+                .receiver()
+                .recv_timeout(FEED_WAIT)
+                .expect("a deletion")
+        })
+        .collect();
+    assert_eq!(
+        both,
+        vec![
+            ("side".to_owned(), elsewhere.id),
+            ("lobby".to_owned(), second.id)
+        ]
+    );
+
+    // Settings written and deleted through A reach B's watch of the rooms' settings, in order; a user's do not.
+    a.put_setting("user/42/profile", b"{}").unwrap();
+    a.put_setting("room/lobby/modes", b"{\"slow\":30}").unwrap();
+    a.put_setting("room/a.b c/ban/7", b"{}").unwrap();
+    a.delete_setting("room/a.b c/ban/7").unwrap();
+    let changes: Vec<SettingChange> = (0..3)
+        .map(|_| {
+            settings
+                .receiver()
+                .recv_timeout(FEED_WAIT)
+                .expect("a change")
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            SettingChange {
+                key: "room/lobby/modes".into(),
+                value: Some(b"{\"slow\":30}".to_vec())
+            },
+            SettingChange {
+                key: "room/a.b c/ban/7".into(),
+                value: Some(b"{}".to_vec())
+            },
+            SettingChange {
+                key: "room/a.b c/ban/7".into(),
+                value: None
+            },
+        ]
+    );
+    assert!(settings.receiver().is_empty());
     service_a.shutdown().unwrap();
     service_b.shutdown().unwrap();
 }

@@ -253,11 +253,6 @@ struct HomeRoom {
     /// With [`CoreConfig::deliver_from_feed`]: this node's acknowledged messages the committed feed has not brought
     /// back yet (kept whole, so they go out with what the record does not carry, such as reply tags).
     awaiting_feed: VecDeque<Arc<ChatMessage>>,
-    /// Cluster mode: the bans the shared settings held at the last refresh ([`ShardCore::refresh_shared`]).
-    shared_bans: HashSet<u64>,
-    /// When a change of this room's settings made here was last applied (a refresh read that started before it
-    /// may not hold it).
-    local_change_ms: u64,
     moderation: RoomModeration,
     /// Logged-in users viewing the room, with their connection count over all shards.
     members: HashMap<String, u32>,
@@ -428,8 +423,6 @@ impl ShardCore {
                     recent: VecDeque::new(),
                     pending: VecDeque::new(),
                     awaiting_feed: VecDeque::new(),
-                    shared_bans: HashSet::new(),
-                    local_change_ms: 0,
                     moderation: RoomModeration::new(room, &cfg.rooms[room]),
                     members: HashMap::new(),
                     membership_pending: Vec::new(),

@@ -3,7 +3,6 @@
 //! answer. Also the room events' delivery to each shard's viewers and the moderation state's restore.
 
 use super::*;
-use std::collections::HashSet;
 
 /// What a command does once its write is durable.
 #[derive(Debug)]
@@ -900,9 +899,6 @@ impl ShardCore {
             return self.answer(&submit, not_saved(), now_ms);
         }
         let room = submit.room;
-        if let Some(home) = self.home[room].as_mut() {
-            home.local_change_ms = now_ms;
-        }
         match op.effect.expect("a write has an effect") {
             Effect::Color { user_id, color } => {
                 // Every shard, this one included, before the answer: the user's next line anywhere has the colour.
@@ -1219,101 +1215,89 @@ impl ShardCore {
         }
     }
 
-    /// Cluster mode: the room's moderation state as the shared settings hold it now (`settings`: the keys under
-    /// `room/{room}/`, read from `read_started_ms` on), so a change made through another node holds here too and
-    /// this node's viewers are told of it as if it were made here: modes (ROOMSTATE), granted roles (USERSTATE),
-    /// AutoMod's blocked phrases, bans and timeouts (CLEARCHAT for one new here). Held messages stay with the
-    /// node whose AutoMod held them.
-    ///
-    /// A ban this home holds and the settings lack is lifted only if the previous refresh had it (it was lifted
-    /// elsewhere); one applied here since then stays, whatever the order of the write and the read. Modes, roles
-    /// and phrases are taken only from a read that started after this home's last own change of them, so a read
-    /// that raced a local change never undoes it for a moment.
-    pub fn refresh_shared(
+    /// Cluster mode: one of the room's settings was written (`value` Some) or deleted through some node (this one
+    /// included), as the shared settings' watch reports it, in the order the changes were made. The home applies
+    /// it and tells its viewers as for a change made here: CLEARCHAT for a new ban or timeout, ROOMSTATE for
+    /// modes, USERSTATE for the user whose role changed; AutoMod's phrases are replaced by the list written. A
+    /// change this home already applied (its own write coming back) changes nothing and tells no one. Held
+    /// messages stay with the node whose AutoMod held them.
+    pub fn shared_setting_changed(
         &mut self,
         room: usize,
-        settings: Vec<(String, Vec<u8>)>,
-        read_started_ms: u64,
+        key: &str,
+        value: Option<&[u8]>,
         now_ms: u64,
     ) {
         let prefix = keys::room_prefix(&self.cfg.rooms[room].name);
-        let home = self.home_room(room);
-        let fresh = read_started_ms > home.local_change_ms;
-        let mut seen = HashSet::new();
-        let mut events = Vec::new();
-        for (key, value) in settings {
-            let Some(rest) = key.strip_prefix(&prefix) else {
-                continue;
+        let Some(rest) = key.strip_prefix(&prefix) else {
+            return;
+        };
+        let moderation = &mut self.home_room(room).moderation;
+        let mut event = None;
+        if let Some(id) = rest.strip_prefix("ban/") {
+            let Ok(user_id) = id.parse::<u64>() else {
+                return;
             };
-            let moderation = &mut home.moderation;
-            if let Some(id) = rest.strip_prefix("ban/") {
-                let Ok(user_id) = id.parse::<u64>() else {
-                    continue;
-                };
-                seen.insert(user_id);
-                let known = moderation.bans.contains_key(&user_id);
-                moderation.restore(rest, &value, now_ms);
-                if let Some(ban) = moderation.bans.get(&user_id).filter(|_| !known) {
-                    events.push(RoomEvent::Clear {
-                        user: Some(ClearUser {
-                            login: ban.login.clone(),
-                            user_id,
-                            duration_secs: ban
-                                .until_unix_ms
-                                .map(|until| (until.saturating_sub(now_ms).div_ceil(1000)) as u32),
-                        }),
-                    });
+            let Some(value) = value else {
+                moderation.bans.remove(&user_id);
+                return;
+            };
+            let known = moderation.bans.contains_key(&user_id);
+            moderation.restore(rest, value, now_ms);
+            if let Some(ban) = moderation.bans.get(&user_id).filter(|_| !known) {
+                event = Some(RoomEvent::Clear {
+                    user: Some(ClearUser {
+                        login: ban.login.clone(),
+                        user_id,
+                        duration_secs: ban
+                            .until_unix_ms
+                            .map(|until| (until.saturating_sub(now_ms).div_ceil(1000)) as u32),
+                    }),
+                });
+            }
+        } else if rest == "modes" {
+            let Some(value) = value else {
+                return;
+            };
+            let before = moderation.view.modes;
+            moderation.restore(rest, value, now_ms);
+            let after = moderation.view.modes;
+            if before != after {
+                event = Some(RoomEvent::Modes { before, after });
+            }
+        } else if let Some(id) = rest.strip_prefix("role/") {
+            let (Ok(user_id), Some(value)) = (id.parse::<u64>(), value) else {
+                return;
+            };
+            let before = moderation.view.granted.get(&user_id).copied();
+            moderation.restore(rest, value, now_ms);
+            match moderation.view.granted.get(&user_id).copied() {
+                Some(role) if before != Some(role) => {
+                    event = Some(RoomEvent::Role { user_id, role })
                 }
-            } else if !fresh {
-                continue;
-            } else if rest == "modes" {
-                let before = moderation.view.modes;
-                moderation.restore(rest, &value, now_ms);
-                let after = moderation.view.modes;
-                if before != after {
-                    events.push(RoomEvent::Modes { before, after });
+                _ => {}
+            }
+        } else if rest == "automod" {
+            let phrases = match value.map(serde_json::from_slice::<StoredAutoMod>) {
+                Some(Ok(stored)) => stored.phrases,
+                Some(Err(err)) => {
+                    return log::warn!("shared setting {key:?} skipped: {err}");
                 }
-            } else if let Some(id) = rest.strip_prefix("role/") {
-                let Ok(user_id) = id.parse::<u64>() else {
-                    continue;
-                };
-                let before = moderation.view.granted.get(&user_id).copied();
-                moderation.restore(rest, &value, now_ms);
-                match moderation.view.granted.get(&user_id).copied() {
-                    Some(role) if before != Some(role) => {
-                        events.push(RoomEvent::Role { user_id, role });
-                    }
-                    _ => {}
+                None => Vec::new(),
+            };
+            let automod = moderation.automod();
+            for phrase in automod.phrases().to_vec() {
+                if !phrases.contains(&phrase) {
+                    automod.remove_phrase(&phrase);
                 }
-            } else if rest == "automod" {
-                let Ok(stored) = serde_json::from_slice::<StoredAutoMod>(&value) else {
-                    log::warn!("shared setting {key:?} skipped: not a phrase list");
-                    continue;
-                };
-                let automod = moderation.automod();
-                for phrase in automod.phrases().to_vec() {
-                    if !stored.phrases.contains(&phrase) {
-                        automod.remove_phrase(&phrase);
-                    }
-                }
-                for phrase in &stored.phrases {
-                    if let Err(err) = automod.add_phrase(phrase) {
-                        log::warn!("shared AutoMod phrase {phrase:?} skipped: {err}");
-                    }
+            }
+            for phrase in &phrases {
+                if let Err(err) = automod.add_phrase(phrase) {
+                    log::warn!("shared AutoMod phrase {phrase:?} skipped: {err}");
                 }
             }
         }
-        let lifted: Vec<u64> = home
-            .shared_bans
-            .iter()
-            .filter(|id| !seen.contains(id))
-            .copied()
-            .collect();
-        for user_id in lifted {
-            home.moderation.bans.remove(&user_id);
-        }
-        home.shared_bans = seen;
-        for event in events {
+        if let Some(event) = event {
             self.broadcast(room, event, now_ms);
         }
     }
@@ -1480,18 +1464,14 @@ mod shared_settings_tests {
             String::from_utf8(out).unwrap()
         }
 
-        fn refresh(
-            &mut self,
-            settings: &[(&str, serde_json::Value)],
-            read_started_ms: u64,
-            now_ms: u64,
-        ) {
-            let settings = settings
-                .iter()
-                .map(|(key, value)| (format!("room/lobby/{key}"), json(value)))
-                .collect();
-            self.core
-                .refresh_shared(0, settings, read_started_ms, now_ms);
+        /// Settings written (or, with `None`, deleted) through some node, as the watch reports them.
+        fn changed(&mut self, changes: &[(&str, Option<serde_json::Value>)], now_ms: u64) {
+            for (key, value) in changes {
+                let value = value.as_ref().map(json);
+                let key = format!("room/lobby/{key}");
+                self.core
+                    .shared_setting_changed(0, &key, value.as_deref(), now_ms);
+            }
             self.pump(now_ms);
         }
 
@@ -1500,25 +1480,29 @@ mod shared_settings_tests {
         }
     }
 
-    fn elsewhere(slow: u32) -> Vec<(&'static str, serde_json::Value)> {
+    fn elsewhere(slow: u32) -> Vec<(&'static str, Option<serde_json::Value>)> {
         vec![
-            ("modes", serde_json::json!({"slow": slow})),
+            ("modes", Some(serde_json::json!({"slow": slow}))),
             (
                 "role/7",
-                serde_json::json!({"login": "ronni", "role": "mod"}),
+                Some(serde_json::json!({"login": "ronni", "role": "mod"})),
             ),
             (
                 "ban/9",
-                serde_json::json!({"login": "troll", "until_unix_ms": null}),
+                Some(serde_json::json!({"login": "troll", "until_unix_ms": null})),
             ),
-            ("automod", serde_json::json!({"phrases": ["bad words"]})),
+            (
+                "automod",
+                Some(serde_json::json!({"phrases": ["bad words"]})),
+            ),
+            ("held/5", Some(serde_json::json!({"not": "for this node"}))),
         ]
     }
 
     #[test]
     fn moderation_set_through_another_node_holds_here_and_this_nodes_viewers_are_told() {
         let mut w = World::new();
-        w.refresh(&elsewhere(30), 10, 10);
+        w.changed(&elsewhere(30), 10);
         let seen = w.read(w.viewer);
         assert!(
             seen.contains("slow=30") && seen.contains("ROOMSTATE #lobby"),
@@ -1538,35 +1522,37 @@ mod shared_settings_tests {
             state["automod"]["phrases"],
             serde_json::json!(["bad words"])
         );
+        assert_eq!(
+            state["held"],
+            serde_json::json!([]),
+            "held stays where it was held"
+        );
 
-        // The same settings again: nothing new to tell anyone.
-        w.refresh(&elsewhere(30), 1_010, 1_010);
+        // The same changes again: nothing new to tell anyone.
+        w.changed(&elsewhere(30), 1_010);
         assert_eq!(w.read(w.viewer), "");
         assert_eq!(w.read(w.ronni), "");
 
-        // The broadcaster sets slow mode here at 2,000. A read that started before (without it) changes nothing;
-        // one that started after and holds another node's later change applies that.
+        // The broadcaster sets slow mode here; its own write coming back through the watch changes nothing.
         w.core
             .conn_input(w.boss, b"PRIVMSG #lobby :/slow 5\r\n", 2_000);
         w.pump(2_000);
         assert!(w.read(w.viewer).contains("slow=5"));
-        w.refresh(&elsewhere(30), 1_990, 2_010);
-        assert_eq!(w.read(w.viewer), "", "a stale read does not undo it");
-        assert_eq!(w.state()["modes"]["slow"], 5);
-        w.refresh(&elsewhere(60), 2_500, 2_500);
+        w.changed(&[("modes", Some(serde_json::json!({"slow": 5})))], 2_010);
+        assert_eq!(w.read(w.viewer), "", "its own change, seen again");
+        w.changed(&[("modes", Some(serde_json::json!({"slow": 60})))], 2_500);
         assert!(w.read(w.viewer).contains("slow=60"));
 
-        // Lifted elsewhere: the ban and the phrase go, the role is taken back.
-        w.refresh(
+        // Lifted elsewhere: the ban deleted, the phrase list emptied, the role taken back.
+        w.changed(
             &[
-                ("modes", serde_json::json!({"slow": 60})),
+                ("ban/9", None),
                 (
                     "role/7",
-                    serde_json::json!({"login": "ronni", "role": "viewer"}),
+                    Some(serde_json::json!({"login": "ronni", "role": "viewer"})),
                 ),
-                ("automod", serde_json::json!({"phrases": []})),
+                ("automod", Some(serde_json::json!({"phrases": []}))),
             ],
-            3_000,
             3_000,
         );
         let state = w.state();
@@ -1578,5 +1564,10 @@ mod shared_settings_tests {
             ronni.contains("USERSTATE #lobby") && ronni.contains("mod=0"),
             "{ronni}"
         );
+        // Another room's key is not this room's.
+        w.core
+            .shared_setting_changed(0, "room/other/modes", Some(b"{\"slow\":9}"), 3_100);
+        w.pump(3_100);
+        assert_eq!(w.state()["modes"]["slow"], 60);
     }
 }
