@@ -137,6 +137,14 @@
 //! raw log's own fdatasync p99.9 in the same runs. The issue's first measurement (fjall journal, another moment)
 //! was p99 118 ms at 1× and 134 ms at 5×.
 //!
+//! Group commit alone on this disk (`python3 perf/fsync_overlap.py`, 2026-12-01, idle machine: one syncer
+//! writing what arrived since its last cut to a pre-allocated file and calling `fdatasync`, 208,335 msg/s of
+//! 150 B) acknowledges at p99 0.38–0.44 ms and p99.9 1.2–3.1 ms; two or three syncers whose fsyncs overlap do
+//! worse (p99 0.68–2.9 ms, p99.9 2.9–18 ms), so the log keeps one writer that syncs in turn. The same moment's
+//! engine run at 5× had ack p99 14.3 ms: the gap is the store's own index (the disk has a write-back cache and no
+//! FUA, so each log `fdatasync` flushes the whole device cache, fjall's flush and compaction writes included) and
+//! CPU contention on two cores, which is where the remaining work is.
+//!
 //! ```text
 //! cargo run --release -p twitchy-storage --example storage_load -- --rate 41667 --seconds 10 --breakdown 1
 //! cargo run --release -p twitchy-storage --example storage_load -- --rate 208335 --seconds 10 --breakdown 1
