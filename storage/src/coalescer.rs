@@ -701,7 +701,8 @@ impl StorageHandle {
     }
 }
 
-fn check_room(room: &str) -> Result<()> {
+/// A room name every store accepts: 1 to [`ROOM_BYTES_MAX`] bytes.
+pub(crate) fn check_room(room: &str) -> Result<()> {
     if room.is_empty() || room.len() > ROOM_BYTES_MAX {
         return Err(StorageError::Invalid(format!(
             "room name must be 1..={ROOM_BYTES_MAX} bytes"

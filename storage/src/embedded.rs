@@ -113,12 +113,13 @@ use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Place, Serialize};
 
+use crate::coalescer::check_room;
 use crate::codec;
 use crate::commit_log::{self, CommitLog, RecordKind, SealedSegments};
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
 use crate::record::{AccountRecord, ArchivedMessageRecord, MessageRecord, TokenRecord};
-use crate::{Health, ROOM_BYTES_MAX, Store, settings};
+use crate::{Health, Store, settings};
 
 /// Block cache of the embedded store. Recent history of active rooms is what gets read; it is small.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -486,11 +487,7 @@ impl std::fmt::Debug for EmbeddedStore {
 
 /// The key prefix of every chunk of `room`.
 fn room_prefix(room: &str) -> Result<Vec<u8>> {
-    if room.is_empty() || room.len() > ROOM_BYTES_MAX {
-        return Err(StorageError::Invalid(format!(
-            "room name must be 1..={ROOM_BYTES_MAX} bytes"
-        )));
-    }
+    check_room(room)?;
     let mut key = Vec::with_capacity(1 + room.len() + SUFFIX_BYTES);
     key.push(room.len() as u8);
     key.extend_from_slice(room.as_bytes());

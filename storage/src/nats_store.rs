@@ -139,11 +139,12 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
+use crate::coalescer::check_room;
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
 use crate::metrics::{BATCH_LATENCY_US_BOUNDS, Histogram};
 use crate::record::{AccountRecord, MessageRecord, TokenRecord};
-use crate::{AppendOutcome, Health, ROOM_BYTES_MAX, Store, codec, settings};
+use crate::{AppendOutcome, Health, Store, codec, settings};
 
 /// Longest a publish waits for its PubAck, in milliseconds, before it is published again (same Msg-Id).
 pub const PUBLISH_ACK_TIMEOUT_MS: u64 = 2_000;
@@ -542,15 +543,6 @@ fn hex32(bytes: &[u8; 32]) -> String {
         write!(out, "{b:02x}").expect("writing to a String");
     }
     out
-}
-
-fn check_room(room: &str) -> Result<()> {
-    if room.is_empty() || room.len() > ROOM_BYTES_MAX {
-        return Err(StorageError::Invalid(format!(
-            "room name must be 1 to {ROOM_BYTES_MAX} bytes"
-        )));
-    }
-    Ok(())
 }
 
 fn check_namespace(ns: &str) -> Result<()> {

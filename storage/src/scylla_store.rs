@@ -106,11 +106,12 @@ use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
+use crate::coalescer::check_room;
 use crate::coalescer::record_bytes;
 use crate::error::{Result, StorageError};
 use crate::id::MessageId;
 use crate::record::{AccountRecord, MessageRecord, TokenRecord};
-use crate::{ROOM_BYTES_MAX, Store, settings};
+use crate::{Store, settings};
 
 /// Width of a message partition's time bucket, in milliseconds. See the module docs for the arithmetic.
 pub const BUCKET_MS: u64 = 1000;
@@ -606,11 +607,7 @@ impl ScyllaStore {
         // Group by partition, keeping each group's order.
         let mut partitions: HashMap<(&str, i64), Vec<&MessageRecord>> = HashMap::new();
         for m in batch {
-            if m.room.is_empty() || m.room.len() > ROOM_BYTES_MAX {
-                return Err(StorageError::Invalid(format!(
-                    "room name must be 1..={ROOM_BYTES_MAX} bytes"
-                )));
-            }
+            check_room(&m.room)?;
             partitions
                 .entry((m.room.as_str(), bucket_of(m.id)))
                 .or_default()
@@ -1189,15 +1186,6 @@ fn applied(result: QueryResult) -> Result<bool> {
             "the [applied] column of IF NOT EXISTS is not a boolean",
         )),
     }
-}
-
-fn check_room(room: &str) -> Result<()> {
-    if room.is_empty() || room.len() > ROOM_BYTES_MAX {
-        return Err(StorageError::Invalid(format!(
-            "room name must be 1..={ROOM_BYTES_MAX} bytes"
-        )));
-    }
-    Ok(())
 }
 
 fn check_login(login: &str) -> Result<()> {

@@ -283,6 +283,13 @@ impl ReactionCount {
 pub const MEMBERSHIP_LIST_MAX: usize = 1_000;
 
 impl HomeRoom {
+    /// Where the message `id` is among those awaiting durability (kept in id order).
+    fn pending_at(&self, id: MessageId) -> Option<usize> {
+        self.pending
+            .binary_search_by_key(&id, |p| p.message.record.id)
+            .ok()
+    }
+
     /// The shards with viewers of the room (this one included).
     fn subscriber_shards(&self) -> Vec<usize> {
         self.subscribers
@@ -1515,10 +1522,7 @@ impl ShardCore {
                 }
                 DedupeState::Storing(id) => {
                     let home = self.home_room(room);
-                    let at = home
-                        .pending
-                        .binary_search_by_key(&id, |p| p.message.record.id)
-                        .expect("dedupe names a pending message");
+                    let at = home.pending_at(id).expect("dedupe names a pending message");
                     home.pending[at].repliers.push((origin, submit.sent_ms));
                 }
             }
@@ -1739,10 +1743,7 @@ impl ShardCore {
         now_ms: u64,
     ) {
         let home = self.home_room(room);
-        let Ok(at) = home
-            .pending
-            .binary_search_by_key(&id, |p| p.message.record.id)
-        else {
+        let Some(at) = home.pending_at(id) else {
             return;
         };
         match result {
@@ -1884,10 +1885,7 @@ impl ShardCore {
             .position(|m| m.record.id == record.id)
             .and_then(|at| home.awaiting_feed.remove(at))
             .or_else(|| {
-                let at = home
-                    .pending
-                    .binary_search_by_key(&record.id, |p| p.message.record.id)
-                    .ok()?;
+                let at = home.pending_at(record.id)?;
                 home.pending[at].fed = true;
                 Some(home.pending[at].message.clone())
             });
@@ -1931,10 +1929,7 @@ impl ShardCore {
         now_ms: u64,
     ) {
         let home = self.home_room(room);
-        let Ok(at) = home
-            .pending
-            .binary_search_by_key(&id, |p| p.message.record.id)
-        else {
+        let Some(at) = home.pending_at(id) else {
             return;
         };
         let Pending {
