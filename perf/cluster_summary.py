@@ -1,19 +1,11 @@
 """Summarises perf/cluster-bench.sh's report (cluster.json) and the nodes' /metrics as Markdown: the cluster
 against one node with the embedded store under the same load."""
 
-import json
 import pathlib
 import re
 import sys
 
-
-def fmt(value, unit="", digits=2):
-    return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
-
-
-def cpu_per_delivery_us(t):
-    cpu = t["server"].get("cpu_s")
-    return cpu / t["deliveries"] * 1e6 if cpu and t["deliveries"] else None
+from core_summary import by_target, cpu_per_delivery_us, fmt, load
 
 
 def samples(text, name):
@@ -49,8 +41,8 @@ def histogram_quantile(text, name, q):
 
 def main():
     folder = pathlib.Path(sys.argv[1])
-    report = json.loads((folder / "cluster.json").read_text())
-    targets = {t["target"]: t for t in report["targets"]}
+    report = load(folder, "cluster")
+    targets = by_target(report)
     s = report["scenario"]
     print(
         f"Load: {s['rooms']} rooms, {s['senders_per_room']} senders and {s['viewers_per_room']} WebSocket viewers "

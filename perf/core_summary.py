@@ -24,8 +24,8 @@ def kernel_per_delivery_us(t):
     return cpu / t["deliveries"] * 1e6 if cpu is not None and t["deliveries"] else None
 
 
-def fmt(value, unit=""):
-    return "n/a" if value is None else f"{value:,.2f}{unit}"
+def fmt(value, unit="", digits=2):
+    return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
 
 
 def main():
