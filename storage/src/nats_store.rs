@@ -65,7 +65,9 @@
 //! Deleted messages: a marker per id in the `DELETED` bucket, checked (leader reads, concurrently for a chunk)
 //! by every history read, which skips marked messages and keeps reading. [`NatsStore::deletions`] watches the
 //! markers (of one room or all), and [`NatsStore::setting_changes`] the settings, so every node learns of a
-//! change made through any of them.
+//! change made through any of them. A watch reads its bucket's stream (a KV bucket is a stream with a subject
+//! per key) from the revision after the bucket's last at its start, exactly as a feed reads the messages (below):
+//! the same pull consumers, probes and restarts, so a watch recovers from a lost server as a feed does.
 //!
 //! # Accounts, tokens, settings
 //!
@@ -197,6 +199,8 @@ pub const FEED_PROBE_QUIET_MS: u64 = 3_000;
 pub const FEED_CONSUMER_INACTIVE_MS: u64 = 30_000;
 /// Tokens one login's token list may hold (the per-login cap is far below it).
 const LOGIN_TOKENS_MAX: usize = 1_000;
+/// The header a key-value bucket's delete and purge markers carry (`DEL`, `PURGE`; none on a put).
+const KV_OPERATION_HEADER: &str = "KV-Operation";
 /// Client worker threads: the client is IO-bound, and the storage threads block on it from outside.
 const RUNTIME_THREADS: usize = 2;
 
@@ -795,38 +799,32 @@ impl Bucket {
     }
 }
 
-/// What a feed's task carries from one consumer to the next.
-struct FeedState {
-    /// The next stream sequence to deliver: everything below it was delivered (or was another room's).
+/// One reader of a stream (a message feed, or a watch of a bucket): where it is, where its items go, and what it
+/// makes of each message. Its consumers come and go (see [`Inner::run_reader`]); it stays.
+struct StreamReader<T> {
+    /// The next stream sequence to hand on: everything below it was handled (delivered, or not wanted).
     next: u64,
-    tx: flume::Sender<FeedItem>,
-    read_seq: Arc<AtomicU64>,
-    /// Shared with the feed's gauge: what the last delivery said the broker still holds for the consumer.
+    tx: flume::Sender<T>,
+    /// What the last delivery said the broker still holds for the consumer.
     pending: Arc<AtomicU64>,
-    /// The subjects wanted, when the consumer reads more than them.
-    wanted: Option<HashSet<String>>,
+    /// The item a message becomes, if any (called once per sequence, in order).
+    map: MapMessage<T>,
 }
 
-impl FeedState {
-    /// Hands one message on; `false` when the feed's reader is gone.
-    async fn deliver(&mut self, seq: u64, subject: &str, payload: &[u8]) -> bool {
+/// What a [`StreamReader`] makes of the message at a stream sequence.
+type MapMessage<T> = Box<dyn FnMut(u64, &async_nats::Message) -> Option<T> + Send>;
+
+impl<T> StreamReader<T> {
+    /// Hands one message on; `false` when the reader is gone.
+    async fn deliver(&mut self, seq: u64, message: &async_nats::Message) -> bool {
         if seq < self.next {
             return true;
         }
         self.next = seq + 1;
-        // Read from the stream: counted before it is handed on, so a reader that got it sees the feed there.
-        self.read_seq.store(seq, Ordering::Release);
-        if self.wanted.as_ref().is_none_or(|w| w.contains(subject)) {
-            match codec::decode_message(payload) {
-                Ok(record) => {
-                    if self.tx.send_async(FeedItem { seq, record }).await.is_err() {
-                        return false;
-                    }
-                }
-                Err(e) => log::error!("feed: message {seq} is not a record ({e}); skipped"),
-            }
+        match (self.map)(seq, message) {
+            Some(item) => self.tx.send_async(item).await.is_ok(),
+            None => true,
         }
-        true
     }
 }
 
@@ -1085,18 +1083,44 @@ impl NatsStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::downgrade(&gauge));
-        let inner = self.inner.clone();
+        let names = &self.inner.names;
+        let (filter, wanted): (String, Option<HashSet<String>>) = match &rooms {
+            FeedRooms::All => (names.all_rooms_subject(), None),
+            FeedRooms::Rooms(rooms) if rooms.len() == 1 => (names.room_subject(&rooms[0]), None),
+            FeedRooms::Rooms(rooms) => (
+                names.all_rooms_subject(),
+                Some(rooms.iter().map(|r| names.room_subject(r)).collect()),
+            ),
+        };
         let read_seq = Arc::new(AtomicU64::new(start_seq - 1));
-        let state = FeedState {
+        let read = read_seq.clone();
+        let reader = StreamReader {
             next: start_seq,
             tx,
-            read_seq: read_seq.clone(),
             pending: gauge.pending.clone(),
-            wanted: None,
+            map: Box::new(move |seq, message| {
+                // Read from the stream: counted before it is handed on, so a reader that got it sees the feed there.
+                read.store(seq, Ordering::Release);
+                if !wanted
+                    .as_ref()
+                    .is_none_or(|w| w.contains(message.subject.as_str()))
+                {
+                    return None;
+                }
+                match codec::decode_message(&message.payload) {
+                    Ok(record) => Some(FeedItem { seq, record }),
+                    Err(e) => {
+                        log::error!("feed: message {seq} is not a record ({e}); skipped");
+                        None
+                    }
+                }
+            }),
         };
+        let inner = self.inner.clone();
+        let stream = self.inner.messages.clone();
         let task = self
             .runtime
-            .spawn(async move { inner.run_feed(rooms, state).await });
+            .spawn(async move { inner.run_reader(stream, filter, reader, "feed").await });
         Ok(Feed {
             rx,
             _gauge: gauge,
@@ -1118,11 +1142,11 @@ impl NatsStore {
             }
             None => ">".to_owned(),
         };
-        self.watch(self.inner.deleted.clone(), keys, capacity, |entry| {
-            if entry.operation != kv::Operation::Put {
+        self.watch(self.inner.deleted.clone(), keys, capacity, |key, op, _| {
+            if op != kv::Operation::Put {
                 return None;
             }
-            let (room, hex) = entry.key.split_once('.')?;
+            let (room, hex) = key.split_once('.')?;
             let id = u128::from_str_radix(hex, 16).ok()?;
             Some((decode_subject_token(room)?, MessageId(id)))
         })
@@ -1133,30 +1157,59 @@ impl NatsStore {
     /// the order the changes were made. Resumes like [`NatsStore::deletions`].
     pub fn setting_changes(&self, first_segment: &str, capacity: usize) -> Result<SettingChanges> {
         let keys = format!("{}.>", subject_token(first_segment));
-        self.watch(self.inner.settings.clone(), keys, capacity, |entry| {
-            let key = setting_key_of(&entry.key)?;
-            let value = match entry.operation {
-                kv::Operation::Put => Some(entry.value.to_vec()),
-                kv::Operation::Delete | kv::Operation::Purge => None,
-            };
-            Some(SettingChange { key, value })
-        })
+        self.watch(
+            self.inner.settings.clone(),
+            keys,
+            capacity,
+            |key, op, value| {
+                let key = setting_key_of(key)?;
+                let value = match op {
+                    kv::Operation::Put => Some(value.to_vec()),
+                    kv::Operation::Delete | kv::Operation::Purge => None,
+                };
+                Some(SettingChange { key, value })
+            },
+        )
     }
 
-    /// Starts a watch of `keys` in `bucket` from the bucket's current revision on.
+    /// Starts a watch of `keys` in `bucket` from the bucket's current revision on: `map` makes an item of each
+    /// change (its key, what was done, the value written).
     fn watch<T: Send + 'static>(
         &self,
         bucket: Bucket,
         keys: String,
         capacity: usize,
-        map: impl Fn(&kv::Entry) -> Option<T> + Send + 'static,
+        map: impl Fn(&str, kv::Operation, &[u8]) -> Option<T> + Send + 'static,
     ) -> Result<Changes<T>> {
         let after = self.runtime.block_on(self.inner.last_revision(&bucket))?;
         let (tx, rx) = flume::bounded(capacity.max(1));
+        let prefix = bucket.subject("");
+        let filter = bucket.subject(&keys);
+        let reader = StreamReader {
+            next: after + 1,
+            tx,
+            pending: Arc::new(AtomicU64::new(0)),
+            map: Box::new(move |_, message| {
+                let key = message.subject.as_str().strip_prefix(prefix.as_str())?;
+                let operation = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(KV_OPERATION_HEADER))
+                    .map_or(Ok(kv::Operation::Put), |op| op.as_str().parse());
+                match operation {
+                    Ok(operation) => map(key, operation, &message.payload),
+                    Err(_) => {
+                        log::error!("watch: {key} has an unknown operation; skipped");
+                        None
+                    }
+                }
+            }),
+        };
         let inner = self.inner.clone();
+        let stream = bucket.kv.stream.clone();
         let task = self
             .runtime
-            .spawn(async move { inner.run_watch(bucket, keys, after, tx, map).await });
+            .spawn(async move { inner.run_reader(stream, filter, reader, "watch").await });
         Ok(Changes { rx, task })
     }
 
@@ -1529,56 +1582,6 @@ impl Inner {
         Ok(codec::decode_message(&m.payload)?.id)
     }
 
-    /// The task of a [`Changes`] feed: watches `keys` of `bucket` after revision `after`, hands on what `map`
-    /// makes of each entry, and watches again after the last revision it saw when a watch fails.
-    async fn run_watch<T>(
-        self,
-        bucket: Bucket,
-        keys: String,
-        mut after: u64,
-        tx: flume::Sender<T>,
-        map: impl Fn(&kv::Entry) -> Option<T>,
-    ) {
-        let mut backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
-        loop {
-            match bucket.kv.watch_from_revision(&keys, after + 1).await {
-                Ok(mut watch) => {
-                    while let Some(entry) = watch.next().await {
-                        let entry = match entry {
-                            Ok(entry) => entry,
-                            Err(e) => {
-                                log::warn!("watch of {} {keys}: {e}; watching again", bucket.name);
-                                break;
-                            }
-                        };
-                        backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
-                        if entry.revision <= after {
-                            continue;
-                        }
-                        after = entry.revision;
-                        match map(&entry) {
-                            Some(item) => {
-                                if tx.send_async(item).await.is_err() {
-                                    return;
-                                }
-                            }
-                            None => {
-                                log::debug!("watch of {}: {:?} skipped", bucket.name, entry.key)
-                            }
-                        }
-                    }
-                }
-                Err(e) => log::warn!("watch of {} {keys}: cannot watch: {e}", bucket.name),
-            }
-            if !self
-                .pause_before_restart(tx.is_disconnected(), &mut backoff)
-                .await
-            {
-                return;
-            }
-        }
-    }
-
     /// The last revision of a bucket (its stream's last sequence).
     async fn last_revision(&self, bucket: &Bucket) -> Result<u64> {
         bounded("stream info", async {
@@ -1592,7 +1595,7 @@ impl Inner {
         .await
     }
 
-    /// Between one consumer (or watch) of a feed and the next: `false` when the feed's reader is gone; otherwise
+    /// Between one consumer of a feed (or watch) and the next: `false` when the feed's reader is gone; otherwise
     /// counts the restart and waits `backoff`, doubled for the next time (up to the maximum).
     async fn pause_before_restart(&self, reader_gone: bool, backoff: &mut Duration) -> bool {
         if reader_gone {
@@ -1606,31 +1609,31 @@ impl Inner {
         true
     }
 
-    /// The feed's task: see the module docs.
-    async fn run_feed(self, rooms: FeedRooms, mut feed: FeedState) {
-        let (filter, wanted): (String, Option<HashSet<String>>) = match &rooms {
-            FeedRooms::All => (self.names.all_rooms_subject(), None),
-            FeedRooms::Rooms(rooms) if rooms.len() == 1 => {
-                (self.names.room_subject(&rooms[0]), None)
-            }
-            FeedRooms::Rooms(rooms) => (
-                self.names.all_rooms_subject(),
-                Some(rooms.iter().map(|r| self.names.room_subject(r)).collect()),
-            ),
-        };
-        feed.wanted = wanted;
+    /// A feed's or a watch's task: see the module docs. `what` names it in the log.
+    async fn run_reader<T>(
+        self,
+        stream: Stream,
+        filter: String,
+        mut reader: StreamReader<T>,
+        what: &str,
+    ) {
         let mut backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
         loop {
-            match self.consume_feed(&filter, &mut feed).await {
+            match self.consume(&stream, &filter, &mut reader).await {
                 FeedEnd::Closed => return,
                 FeedEnd::Progressed(e) => {
-                    log::warn!("feed from {}: {e}; consuming again", feed.next);
+                    log::warn!(
+                        "{what} of {filter} from {}: {e}; consuming again",
+                        reader.next
+                    );
                     backoff = Duration::from_millis(FEED_RETRY_BACKOFF_MS_MIN);
                 }
-                FeedEnd::Failed(e) => log::warn!("feed from {}: {e}; trying again", feed.next),
+                FeedEnd::Failed(e) => {
+                    log::warn!("{what} of {filter} from {}: {e}; trying again", reader.next)
+                }
             }
             if !self
-                .pause_before_restart(feed.tx.is_disconnected(), &mut backoff)
+                .pause_before_restart(reader.tx.is_disconnected(), &mut backoff)
                 .await
             {
                 return;
@@ -1638,15 +1641,20 @@ impl Inner {
         }
     }
 
-    /// One consumer's life: created from `feed.next`, pulled in batches until something is wrong (an error, a
-    /// gap in its own sequence, a probe that fails or finds it stuck), which ends it; the caller creates the next
-    /// one from where this one stopped.
-    async fn consume_feed(&self, filter: &str, feed: &mut FeedState) -> FeedEnd {
+    /// One consumer's life: created on `stream` from `feed.next`, pulled in batches until something is wrong (an
+    /// error, a gap in its own sequence, a probe that fails or finds it stuck), which ends it; the caller creates
+    /// the next one from where this one stopped.
+    async fn consume<T>(
+        &self,
+        stream: &Stream,
+        filter: &str,
+        feed: &mut StreamReader<T>,
+    ) -> FeedEnd {
         let request = Duration::from_millis(REQUEST_TIMEOUT_MS);
         let expires = Duration::from_millis(FEED_PULL_EXPIRES_MS);
         let created = tokio::time::timeout(
             request,
-            self.messages.create_consumer(pull::Config {
+            stream.create_consumer(pull::Config {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: feed.next,
                 },
@@ -1665,7 +1673,7 @@ impl Inner {
             Err(_) => return FeedEnd::Failed("creating its consumer timed out".into()),
         };
         let started_at = feed.next;
-        let end = |feed: &FeedState, why: String| {
+        let end = |feed: &StreamReader<T>, why: String| {
             if feed.next > started_at {
                 FeedEnd::Progressed(why)
             } else {
@@ -1722,7 +1730,7 @@ impl Inner {
                 }
                 consumer_seq = delivered_as;
                 got += 1;
-                if !feed.deliver(seq, &message.subject, &message.payload).await {
+                if !feed.deliver(seq, &message.message).await {
                     return FeedEnd::Closed;
                 }
             }

@@ -475,6 +475,14 @@ fn the_feed_sees_another_nodes_messages_once_in_order_and_resumes_after_its_serv
             4096,
         )
         .unwrap();
+    // A watch of the rooms' settings lives through the kill too.
+    let settings = b.setting_changes("room", 16).unwrap();
+    let modes = |slow: u32| SettingChange {
+        key: "room/lobby/modes".into(),
+        value: Some(format!("{{\"slow\":{slow}}}").into_bytes()),
+    };
+    a.put_setting("room/lobby/modes", &modes(1).value.unwrap())
+        .unwrap();
 
     let mut ids = MessageIdGen::new(1, 0);
     let mut sent = Vec::new();
@@ -512,6 +520,29 @@ fn the_feed_sees_another_nodes_messages_once_in_order_and_resumes_after_its_serv
     while received.len() < sent.len() {
         received.push(next_item(feed.receiver()));
     }
+    // A setting written after the kill reaches the watch, after the one written before it (a put that failed
+    // may have been applied and is then seen twice, so the test reads until the new value).
+    for attempt in 0.. {
+        match a.put_setting("room/lobby/modes", &modes(2).value.unwrap()) {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && attempt < 80 => {
+                // The bucket's stream may be electing a leader (answered at once with "no responders").
+                eprintln!("put failed, retrying: {e}");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => panic!("put failed: {e}"),
+        }
+    }
+    let first = settings
+        .receiver()
+        .recv_timeout(FEED_WAIT)
+        .expect("the first change");
+    assert_eq!(first, modes(1));
+    let second = settings
+        .receiver()
+        .recv_timeout(FEED_WAIT)
+        .expect("the change after the kill");
+    assert_eq!(second, modes(2));
     // Nothing after: the next item is a new sentinel, not a repeat.
     let sentinel = msg(&mut ids, "lobby", 1, "", "sentinel");
     append_until_acked(&a, std::slice::from_ref(&sentinel));
