@@ -5,8 +5,9 @@
 //!
 //! A batch of messages is encoded on the writer thread into the exact fjall items that will hold it (one rkyv
 //! *chunk* per room, see below), appended to the commit log as one CRC-checked record and `fdatasync`ed. That is
-//! the acknowledgement point. The same bytes are then handed to the *indexer* thread, which writes them to fjall
-//! without any fsync of its own, off the acknowledgement path.
+//! the acknowledgement point. The same bytes are then handed to the *indexer* thread, off the acknowledgement
+//! path, which appends the chunks to the message archive ([`crate::archive`], one write per record, no fsync) and
+//! writes a 21-byte reference to each into fjall under the chunk's key.
 //!
 //! Measured before this design (fjall's own journal as the commit path, `SyncAll` per batch, in
 //! `storage_load --breakdown`): the ack p99 of 100+ ms came from a few batches per run whose `commit()` took
@@ -36,11 +37,11 @@
 //!
 //! | keyspace   | key                                                          | value                        |
 //! |------------|--------------------------------------------------------------|------------------------------|
-//! | `messages` | `len(room) as u8`, `room`, first id (16 B BE), batch number (8 B BE), chunk index (4 B BE) | rkyv `Vec<MessageRecord>` |
+//! | `messages` | `len(room) as u8`, `room`, first id (16 B BE), batch number (8 B BE), chunk index (4 B BE) | where the chunk (rkyv `Vec<MessageRecord>`) is in the archive; the chunk itself in stores written before the archive |
 //! | `accounts` | `login`                                                      | rkyv `AccountRecord`         |
 //! | `tokens`   | SHA-256 of the token (32 B)                                  | `1`, issued ms (8 B BE), expires ms (8 B BE), login |
 //! | `login_tokens` | `len(login) as u8`, `login`, issued ms (8 B BE), SHA-256 | expires ms (8 B BE)         |
-//! | `meta`     | `next_batch`, `indexed_seq`                                  | u64 BE                       |
+//! | `meta`     | `next_batch`; `archive_mark`; `indexed_seq` (stores written before the archive) | u64 BE; u64 BE and the archive's durable end |
 //! | `settings` | the settings key (UTF-8)                                     | the value                    |
 //! | `deleted_messages` | `len(room) as u8`, `room`, id (16 B BE)              | empty                        |
 //!
@@ -65,12 +66,14 @@
 //!
 //! # Durability and recovery
 //!
-//! Each fjall write of the indexer also stores `indexed_seq`, the last log record it holds, atomically with the
-//! record's items. About four times a second (and whenever a log segment is sealed) the indexer fsyncs fjall's journal
-//! and then deletes the log segments whose records are all at or below the `indexed_seq` so made durable.
-//! Opening replays the log records after fjall's recovered `indexed_seq` into fjall (idempotent: the keys are
-//! those of the original write), so a crash at any point loses no acknowledged message and shows no message
-//! whose append failed (the log cuts failed records out before reporting the failure).
+//! About four times a second (and whenever a log segment is sealed) the indexer syncs the archive, records in
+//! fjall how far it is durable together with the last log record it covers (`archive_mark`), fsyncs fjall's
+//! journal, and then deletes the log segments whose records are all at or below that record. Opening cuts the
+//! archive back to the recorded mark and replays the log records after the mark's record into the index
+//! (idempotent: the chunk keys are those of the original write, so a reference fjall kept to bytes past the mark
+//! is replaced), so a crash at any point loses no acknowledged message and shows no message whose append failed
+//! (the log cuts failed records out before reporting the failure). A store written before the archive existed
+//! has no mark; it replays after its `indexed_seq`, and its inline chunks stay readable.
 //!
 //! Accounts, tokens, settings and deletion markers are written straight to fjall, each change as one batch with
 //! `PersistMode::SyncAll` (they are rare, and must be readable at once): durable when the call returns `Ok`. A
@@ -113,6 +116,7 @@ use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Place, Serialize};
 
+use crate::archive::{ArchiveMark, ArchiveReader, ArchiveWriter, ChunkLocation};
 use crate::coalescer::check_room;
 use crate::codec;
 use crate::commit_log::{self, CommitLog, RecordKind, SealedSegments};
@@ -151,6 +155,11 @@ const INDEX_REOPEN_BACKOFF_MS_MAX: u64 = 2_000;
 /// Keys in the `meta` keyspace: the next message batch number and the last log record in the index (u64 BE).
 const NEXT_BATCH_KEY: &[u8] = b"next_batch";
 const INDEXED_SEQ_KEY: &[u8] = b"indexed_seq";
+/// Key in the `meta` keyspace: the last log record whose chunks the archive holds durably, and how far the
+/// archive is durable (u64 BE, then an [`ArchiveMark`]). Recovery replays the log after that record.
+const ARCHIVE_MARK_KEY: &[u8] = b"archive_mark";
+/// The message archive's directory under the index directory.
+const ARCHIVE_DIR: &str = "message-archive";
 const ID_BYTES: usize = 16;
 const SUFFIX_BYTES: usize = ID_BYTES + 8 + 4;
 /// Keyspace tags in a log record's items.
@@ -224,7 +233,11 @@ fn io(e: impl std::fmt::Display) -> StorageError {
 /// The fjall database and its keyspaces: the index. Replaced as a whole when reopened after a failure.
 struct Index {
     db: Database,
+    /// Chunk references (see [`crate::archive`]); chunks stored inline by earlier versions are read as they are.
     messages: Keyspace,
+    /// Written by the indexer alone.
+    archive_writer: Mutex<ArchiveWriter>,
+    archive: ArchiveReader,
     accounts: Keyspace,
     tokens: Keyspace,
     login_tokens: Keyspace,
@@ -273,9 +286,20 @@ impl Index {
         let meta = keyspace("meta")?;
         let settings = keyspace("settings")?;
         let deleted = keyspace("deleted_messages")?;
+        let archive_dir = dir.join(ARCHIVE_DIR);
+        let mark = match meta.get(ARCHIVE_MARK_KEY).map_err(io)? {
+            Some(value) if value.len() == 20 => Some(ArchiveMark::decode(&value[8..])?),
+            Some(_) => {
+                return Err(StorageError::Corrupt("archive mark is not 20 bytes".into()));
+            }
+            None => None,
+        };
+        let archive_writer = Mutex::new(ArchiveWriter::open(&archive_dir, mark)?);
         Ok(Index {
             db,
             messages,
+            archive_writer,
+            archive: ArchiveReader::new(&archive_dir),
             accounts,
             tokens,
             login_tokens,
@@ -296,24 +320,69 @@ impl Index {
         }
     }
 
-    /// Writes the items of one log record (and the record's number) to fjall, without fsync.
-    fn apply(&self, seq: u64, payload: &[u8]) -> Result<()> {
+    /// The last log record recovery may start after: the one the archive mark covers, or, in a store written
+    /// before the archive existed (chunks inline, no mark), the last record fjall held.
+    fn recovered_seq(&self) -> Result<u64> {
+        match self.meta.get(ARCHIVE_MARK_KEY).map_err(io)? {
+            Some(value) => Ok(u64::from_be_bytes(value[..8].try_into().map_err(|_| {
+                StorageError::Corrupt("archive mark is not 20 bytes".into())
+            })?)),
+            None => self.meta_u64(INDEXED_SEQ_KEY),
+        }
+    }
+
+    /// Writes the items of one log record to the index, without fsync: its chunks to the archive (one write),
+    /// their references and the other items to fjall.
+    fn apply(&self, payload: &[u8]) -> Result<()> {
         let mut wb = self.db.batch();
+        let mut archive = self
+            .archive_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for_each_item(payload, |ks, key, value| {
-            let keyspace = match ks {
-                KS_MESSAGES => &self.messages,
-                KS_META => &self.meta,
+            match ks {
+                KS_MESSAGES => {
+                    let chunk = archive.stage(value);
+                    wb.insert(&self.messages, key, chunk.encode().as_slice());
+                }
+                KS_META => wb.insert(&self.meta, key, value),
                 other => {
                     return Err(StorageError::Corrupt(format!(
                         "commit log item for unknown keyspace {other}"
                     )));
                 }
-            };
-            wb.insert(keyspace, key, value);
+            }
             Ok(())
         })?;
-        wb.insert(&self.meta, INDEXED_SEQ_KEY, seq.to_be_bytes().as_slice());
+        // The chunks are written before fjall can hand out their references.
+        archive.write_staged()?;
         wb.commit().map_err(io)
+    }
+
+    /// Makes the archive and fjall durable through log record `seq` (everything applied so far): the archive
+    /// first, then its mark, then fjall's journal.
+    fn persist_through(&self, seq: u64) -> Result<()> {
+        let mark = self
+            .archive_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync()?;
+        let mut value = seq.to_be_bytes().to_vec();
+        value.extend_from_slice(&mark.encode());
+        self.meta.insert(ARCHIVE_MARK_KEY, value).map_err(io)?;
+        self.db.persist(PersistMode::SyncAll).map_err(io)
+    }
+
+    /// A stored chunk's bytes, from the archive or (written before it existed) inline, into `out`.
+    fn chunk_bytes(&self, value: &[u8], out: &mut AlignedVec<16>) -> Result<()> {
+        match ChunkLocation::decode(value) {
+            Some(chunk) => self.archive.read(&chunk, out),
+            None => {
+                out.clear();
+                out.extend_from_slice(value);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -415,7 +484,7 @@ impl Inner {
     fn catch_up(&self, index: &Index, indexed: u64, through: u64) -> Result<u64> {
         let mut last = indexed;
         commit_log::replay(&self.log_dir, indexed, through, |seq, payload| {
-            index.apply(seq, payload)?;
+            index.apply(payload)?;
             last = seq;
             Ok(())
         })?;
@@ -436,7 +505,7 @@ impl Inner {
             drop(old);
         }
         let index = Index::open(&self.index_dir)?;
-        let indexed = index.meta_u64(INDEXED_SEQ_KEY)?;
+        let indexed = index.recovered_seq()?;
         let (durable, _) = self.progress.get();
         let indexed = self.catch_up(&index, indexed, durable)?;
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(index));
@@ -743,7 +812,7 @@ fn run_indexer(
                         indexed = inner.catch_up(&index, indexed, item.seq - 1)?;
                     }
                     if let Some(payload) = &item.payload {
-                        index.apply(item.seq, payload)?;
+                        index.apply(payload)?;
                     }
                     indexed = item.seq;
                 }
@@ -761,7 +830,7 @@ fn run_indexer(
                     || last_persist.elapsed() >= INDEX_PERSIST_INTERVAL
                     || !sealed.is_empty())
             {
-                index.db.persist(PersistMode::SyncAll).map_err(io)?;
+                index.persist_through(indexed)?;
                 persisted = indexed;
                 last_persist = Instant::now();
                 if let Err(e) = sealed.delete_through(persisted) {
@@ -840,7 +909,7 @@ impl EmbeddedStore {
                 let inner = &*thread_inner;
                 let opened = (|| {
                     let index = Index::open(&inner.index_dir)?;
-                    let indexed = index.meta_u64(INDEXED_SEQ_KEY)?;
+                    let indexed = index.recovered_seq()?;
                     let indexed = inner.catch_up(&index, indexed, log_last)?;
                     let next_batch = index.meta_u64(NEXT_BATCH_KEY)?;
                     Ok((Arc::new(index), indexed, next_batch))
@@ -1123,8 +1192,7 @@ fn newest_first(
                 break;
             }
         }
-        aligned.clear();
-        aligned.extend_from_slice(&value);
+        index.chunk_bytes(&value, &mut aligned)?;
         let chunk = rkyv::access::<ArchivedVec<ArchivedMessageRecord>, rancor::Error>(&aligned)
             .map_err(|e| StorageError::Corrupt(format!("message chunk: {e}")))?;
         for archived in chunk.iter().rev() {
@@ -1197,8 +1265,7 @@ fn oldest_first(
         {
             break;
         }
-        aligned.clear();
-        aligned.extend_from_slice(&value);
+        index.chunk_bytes(&value, &mut aligned)?;
         let chunk = rkyv::access::<ArchivedVec<ArchivedMessageRecord>, rancor::Error>(&aligned)
             .map_err(|e| StorageError::Corrupt(format!("message chunk: {e}")))?;
         for archived in chunk.iter() {
@@ -1261,8 +1328,7 @@ fn message_exists(index: &Index, room: &str, id: MessageId) -> Result<bool> {
     for guard in index.messages.range(start..=end) {
         let (key, value) = guard.into_inner().map_err(io)?;
         chunk_first_id(&key, prefix_len)?;
-        aligned.clear();
-        aligned.extend_from_slice(&value);
+        index.chunk_bytes(&value, &mut aligned)?;
         let chunk = rkyv::access::<ArchivedVec<ArchivedMessageRecord>, rancor::Error>(&aligned)
             .map_err(|e| StorageError::Corrupt(format!("message chunk: {e}")))?;
         if chunk.iter().any(|m| m.id.0.to_native() == id.0) {
