@@ -23,6 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::commit_log::{numbered_files, sync_dir};
 use crate::error::{Result, StorageError};
 
 /// An archive file is closed (synced) and the next one started once it holds this many bytes.
@@ -105,26 +106,10 @@ fn file_path(dir: &Path, file: u32) -> PathBuf {
 }
 
 fn file_numbers(dir: &Path) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_at(dir, "listing", e))? {
-        let entry = entry.map_err(|e| io_at(dir, "listing", e))?;
-        let name = entry.file_name();
-        if let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".chunks"))
-            .and_then(|n| n.parse().ok())
-        {
-            out.push(n);
-        }
-    }
-    out.sort_unstable();
-    Ok(out)
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_at(dir, "syncing directory", e))
+    Ok(numbered_files(dir, ".chunks")?
+        .into_iter()
+        .filter_map(|n| u32::try_from(n).ok())
+        .collect())
 }
 
 /// The writing end (the indexer's): chunks are staged, then written with one positioned write per log record.

@@ -82,11 +82,16 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 
 /// The segment numbers in `dir`, ascending.
 fn segment_numbers(dir: &Path) -> Result<Vec<u64>> {
+    numbered_files(dir, ".log")
+}
+
+/// The numbers of the files in `dir` named `<decimal number><suffix>`, ascending.
+pub(crate) fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_at(dir, "listing", e))? {
         let entry = entry.map_err(|e| io_at(dir, "listing", e))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix)) else {
             continue;
         };
         if let Ok(n) = stem.parse::<u64>() {
@@ -113,7 +118,7 @@ fn free_segments(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_at(dir, "syncing directory", e))
