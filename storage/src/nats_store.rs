@@ -549,6 +549,15 @@ fn hex32(bytes: &[u8; 32]) -> String {
     out
 }
 
+/// A stream's last sequence (0 when empty), one info request.
+async fn last_sequence(stream: &Stream) -> Result<u64> {
+    bounded("stream info", async {
+        let info = stream.get_info().await.map_err(io)?;
+        Ok(info.state.last_sequence)
+    })
+    .await
+}
+
 fn check_namespace(ns: &str) -> Result<()> {
     if ns.is_empty() || ns.len() > 32 || !ns.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     {
@@ -1181,7 +1190,8 @@ impl NatsStore {
         capacity: usize,
         map: impl Fn(&str, kv::Operation, &[u8]) -> Option<T> + Send + 'static,
     ) -> Result<Changes<T>> {
-        let after = self.runtime.block_on(self.inner.last_revision(&bucket))?;
+        // The bucket's last revision is its stream's last sequence.
+        let after = self.runtime.block_on(last_sequence(&bucket.kv.stream))?;
         let (tx, rx) = flume::bounded(capacity.max(1));
         let prefix = bucket.subject("");
         let filter = bucket.subject(&keys);
@@ -1237,12 +1247,9 @@ impl NatsStore {
 }
 
 impl Inner {
+    /// The message stream's last sequence (0 when empty).
     async fn last_seq(&self) -> Result<u64> {
-        bounded("stream info", async {
-            let info = self.messages.get_info().await.map_err(io)?;
-            Ok(info.state.last_sequence)
-        })
-        .await
+        last_sequence(&self.messages).await
     }
 
     async fn first_and_last_seq(&self) -> Result<(u64, u64)> {
@@ -1580,19 +1587,6 @@ impl Inner {
             .await?
             .ok_or_else(|| StorageError::Io(format!("the original at sequence {seq} is gone")))?;
         Ok(codec::decode_message(&m.payload)?.id)
-    }
-
-    /// The last revision of a bucket (its stream's last sequence).
-    async fn last_revision(&self, bucket: &Bucket) -> Result<u64> {
-        bounded("stream info", async {
-            let mut stream = self
-                .js
-                .get_stream(format!("KV_{}", bucket.name))
-                .await
-                .map_err(io)?;
-            Ok(stream.info().await.map_err(io)?.state.last_sequence)
-        })
-        .await
     }
 
     /// Between one consumer of a feed (or watch) and the next: `false` when the feed's reader is gone; otherwise

@@ -521,7 +521,7 @@ fn the_feed_sees_another_nodes_messages_once_in_order_and_resumes_after_its_serv
         received.push(next_item(feed.receiver()));
     }
     // A setting written after the kill reaches the watch, after the one written before it (a put that failed
-    // may have been applied and is then seen twice, so the test reads until the new value).
+    // may still have been applied, so the new value can come twice: the test reads its first copy only).
     for attempt in 0.. {
         match a.put_setting("room/lobby/modes", &modes(2).value.unwrap()) {
             Ok(()) => break,
