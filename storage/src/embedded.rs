@@ -152,7 +152,8 @@ const INDEX_IDLE_CHECK: Duration = Duration::from_millis(50);
 const INDEX_REOPEN_BACKOFF_MS_MIN: u64 = 50;
 const INDEX_REOPEN_BACKOFF_MS_MAX: u64 = 2_000;
 
-/// Keys in the `meta` keyspace: the next message batch number and the last log record in the index (u64 BE).
+/// Keys in the `meta` keyspace: the next message batch number, and the last log record in the index of a store
+/// written before the archive (u64 BE).
 const NEXT_BATCH_KEY: &[u8] = b"next_batch";
 const INDEXED_SEQ_KEY: &[u8] = b"indexed_seq";
 /// Key in the `meta` keyspace: the last log record whose chunks the archive holds durably, and how far the
@@ -287,13 +288,7 @@ impl Index {
         let settings = keyspace("settings")?;
         let deleted = keyspace("deleted_messages")?;
         let archive_dir = dir.join(ARCHIVE_DIR);
-        let mark = match meta.get(ARCHIVE_MARK_KEY).map_err(io)? {
-            Some(value) if value.len() == 20 => Some(ArchiveMark::decode(&value[8..])?),
-            Some(_) => {
-                return Err(StorageError::Corrupt("archive mark is not 20 bytes".into()));
-            }
-            None => None,
-        };
+        let mark = archive_mark(&meta)?.map(|(_, mark)| mark);
         let archive_writer = Mutex::new(ArchiveWriter::open(&archive_dir, mark)?);
         Ok(Index {
             db,
@@ -323,10 +318,8 @@ impl Index {
     /// The last log record recovery may start after: the one the archive mark covers, or, in a store written
     /// before the archive existed (chunks inline, no mark), the last record fjall held.
     fn recovered_seq(&self) -> Result<u64> {
-        match self.meta.get(ARCHIVE_MARK_KEY).map_err(io)? {
-            Some(value) => Ok(u64::from_be_bytes(value[..8].try_into().map_err(|_| {
-                StorageError::Corrupt("archive mark is not 20 bytes".into())
-            })?)),
+        match archive_mark(&self.meta)? {
+            Some((seq, _)) => Ok(seq),
             None => self.meta_u64(INDEXED_SEQ_KEY),
         }
     }
@@ -384,6 +377,17 @@ impl Index {
             }
         }
     }
+}
+
+/// The recorded archive mark: the last log record the archive holds durably, and how far it is durable.
+fn archive_mark(meta: &Keyspace) -> Result<Option<(u64, ArchiveMark)>> {
+    let Some(value) = meta.get(ARCHIVE_MARK_KEY).map_err(io)? else {
+        return Ok(None);
+    };
+    let (seq, mark) = value
+        .split_first_chunk::<8>()
+        .ok_or_else(|| StorageError::Corrupt("archive mark is too short".into()))?;
+    Ok(Some((u64::from_be_bytes(*seq), ArchiveMark::decode(mark)?)))
 }
 
 /// Appends one item to a log record payload.
