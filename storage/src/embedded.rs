@@ -144,6 +144,8 @@ const MESSAGES_MEMTABLE_BYTES: u64 = 16 << 20;
 pub const INDEXER_NICE: i32 = 10;
 /// Log records handed to the indexer that may wait for it; beyond this the indexer reads them back from the log.
 const INDEX_QUEUE_RECORDS_MAX: usize = 1024;
+/// Record buffers kept for reuse between the indexer and the log writer.
+const SPARE_PAYLOADS_MAX: usize = 4;
 /// How often, at most, fjall's journal is fsynced so that log segments can be deleted.
 const INDEX_PERSIST_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the indexer waits for new records before checking whether it missed some.
@@ -528,6 +530,9 @@ struct LogWriter {
     log: CommitLog,
     /// Reused record buffer.
     payload: Vec<u8>,
+    /// Record buffers the indexer is done with, for reuse: a fresh buffer of a few hundred kilobytes per batch
+    /// would be faulted in (and zeroed by the kernel) again and again.
+    spare_payloads: flume::Receiver<Vec<u8>>,
 }
 
 /// A durable single-machine store.
@@ -768,6 +773,7 @@ fn login_token_key(token: &TokenRecord, token_sha256: &[u8; 32]) -> Result<Vec<u
 fn run_indexer(
     inner: &Inner,
     rx: flume::Receiver<IndexItem>,
+    spare_payloads: flume::Sender<Vec<u8>>,
     sealed: SealedSegments,
     mut indexed: u64,
 ) {
@@ -815,8 +821,10 @@ fn run_indexer(
                     if item.seq > indexed + 1 {
                         indexed = inner.catch_up(&index, indexed, item.seq - 1)?;
                     }
-                    if let Some(payload) = &item.payload {
-                        index.apply(payload)?;
+                    if let Some(payload) = item.payload {
+                        index.apply(&payload)?;
+                        // Back to the log writer; when it has enough spares, the buffer is dropped.
+                        let _ = spare_payloads.try_send(payload);
                     }
                     indexed = item.seq;
                 }
@@ -900,6 +908,7 @@ impl EmbeddedStore {
         let log_last = log.last_seq();
         inner.progress.set_durable(log_last);
         let (tx, rx) = flume::bounded(INDEX_QUEUE_RECORDS_MAX);
+        let (spare_tx, spare_rx) = flume::bounded(SPARE_PAYLOADS_MAX);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(u64, u64)>>();
         let sealed = log.sealed();
         let thread_inner = Arc::clone(&inner);
@@ -923,7 +932,7 @@ impl EmbeddedStore {
                         *inner.index.write().unwrap_or_else(|p| p.into_inner()) = Some(index);
                         inner.progress.set_indexed(indexed);
                         let _ = ready_tx.send(Ok((indexed, next_batch)));
-                        run_indexer(inner, rx, sealed, indexed);
+                        run_indexer(inner, rx, spare_tx, sealed, indexed);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -954,6 +963,7 @@ impl EmbeddedStore {
         store.log = Some(Mutex::new(LogWriter {
             log,
             payload: Vec::new(),
+            spare_payloads: spare_rx,
         }));
         store.index_tx = Some(tx);
         store.indexer = Some(indexer);
@@ -1048,9 +1058,13 @@ impl EmbeddedStore {
         let started = Instant::now();
         let mut w = log.lock().unwrap_or_else(|p| p.into_inner());
         let mut next_batch = self.next_batch.lock().unwrap_or_else(|p| p.into_inner());
-        // The previous record's buffer went to the indexer; size the new one for this batch up front (records run
-        // a few hundred bytes a message) so that it is not grown, copied and faulted in again and again.
-        let mut payload = std::mem::take(&mut w.payload);
+        // The previous record's buffer went to the indexer, which hands buffers back when it is done; size this
+        // one for the batch up front (records run a few hundred bytes a message) so that it is not grown and
+        // copied.
+        let mut payload = match w.spare_payloads.try_recv() {
+            Ok(spare) => spare,
+            Err(_) => std::mem::take(&mut w.payload),
+        };
         payload.clear();
         payload.reserve(batch.len() * PAYLOAD_BYTES_PER_MESSAGE_GUESS);
         encode_batch(batch, *next_batch, |ks, key, value| {

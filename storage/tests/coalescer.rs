@@ -531,6 +531,74 @@ fn batches_close_on_size_bytes_and_time() {
     service.shutdown().unwrap();
 }
 
+/// Waits for every acknowledgement on another thread, at most `limit`; panics if one is missing by then.
+fn wait_for_acks(acks: Vec<twitchy_storage::AppendAck>, limit: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for ack in acks {
+            block_on(ack).unwrap();
+        }
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(limit)
+        .expect("the acknowledgements did not arrive in time");
+}
+
+#[test]
+fn a_full_batch_is_written_before_its_window_closes_and_shutdown_cuts_the_window_short() {
+    // The writer sleeps through a batch's window; a handle wakes it once a full batch is queued. With a one-minute
+    // window, the acknowledgements of a full batch can only arrive within the test's limit through that wake-up.
+    let store = Arc::new(MemoryStore::default());
+    let config = CoalescerConfig {
+        batch_messages_max: 5,
+        batch_wait_us_max: 60_000_000,
+        shutdown_ms_max: 20_000,
+        ..CoalescerConfig::default()
+    };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 13);
+    for batch in msgs[..10].chunks(5) {
+        // The first message alone, so that the writer takes it and goes to sleep with the queue empty; then the
+        // four that fill the batch.
+        let mut acks = vec![h.append(batch[0].clone()).unwrap()];
+        std::thread::sleep(Duration::from_millis(100));
+        acks.extend(batch[1..].iter().map(|m| h.append(m.clone()).unwrap()));
+        wait_for_acks(acks, Duration::from_secs(20));
+    }
+    assert_eq!(*store.batch_sizes.lock().unwrap(), vec![5, 5]);
+    // Three more wait for their window, which shutdown cuts short (within its 20-second limit, or it fails): they
+    // are written and acknowledged.
+    let acks: Vec<_> = msgs[10..]
+        .iter()
+        .map(|m| h.append(m.clone()).unwrap())
+        .collect();
+    service.shutdown().unwrap();
+    wait_for_acks(acks, Duration::from_secs(1));
+    assert_eq!(*store.batch_sizes.lock().unwrap(), vec![5, 5, 3]);
+}
+
+#[test]
+fn messages_queued_while_the_writer_sleeps_through_the_window_join_that_batch() {
+    // One message opens a two-second window; nine more arrive 100 ms later, while the writer sleeps. All ten are one
+    // batch: what arrived during the window is taken when it closes, not left for the next one.
+    let store = Arc::new(MemoryStore::default());
+    let config = CoalescerConfig {
+        batch_wait_us_max: 2_000_000,
+        ..CoalescerConfig::default()
+    };
+    let service = StorageService::start(store.clone(), config);
+    let h = service.handle();
+    let msgs = messages("forsen", 0, 1_700_000_000_000, 10);
+    let mut acks = vec![h.append(msgs[0].clone()).unwrap()];
+    std::thread::sleep(Duration::from_millis(100));
+    acks.extend(msgs[1..].iter().map(|m| h.append(m.clone()).unwrap()));
+    wait_for_acks(acks, Duration::from_secs(30));
+    assert_eq!(*store.batch_sizes.lock().unwrap(), vec![10]);
+    assert_eq!(*store.messages.lock().unwrap(), msgs);
+    service.shutdown().unwrap();
+}
+
 #[test]
 fn shutdown_writes_everything_queued_then_refuses() {
     let (store, entered) = GatedStore::new();
