@@ -23,7 +23,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::commit_log::{numbered_files, sync_dir};
+use crate::commit_log::{numbered_files, open_or_create, sync_dir};
 use crate::error::{Result, StorageError};
 
 /// An archive file is closed (synced) and the next one started once it holds this many bytes.
@@ -135,13 +135,7 @@ impl ArchiveWriter {
             }
         }
         let path = file_path(dir, mark.file);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io_at(&path, "opening", e))?;
+        let file = open_or_create(&path).map_err(|e| io_at(&path, "opening", e))?;
         let on_disk = file
             .metadata()
             .map_err(|e| io_at(&path, "reading", e))?

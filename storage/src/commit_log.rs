@@ -118,6 +118,17 @@ fn free_segments(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Opens `path` for reading and writing, creating it empty if it does not exist; an existing file keeps its
+/// contents.
+pub(crate) fn open_or_create(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -330,13 +341,7 @@ fn prepare_segment(dir: &Path, number: u64, bytes: u64) -> Result<File> {
             }
         }
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io_at(&path, "creating", e))?;
+    let file = open_or_create(&path).map_err(|e| io_at(&path, "creating", e))?;
     // In steps, each made durable before the next: one large flush would make the log's own fsyncs wait behind
     // it in the device queue.
     let mut prepared = Ok(());
