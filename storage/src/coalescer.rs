@@ -963,19 +963,22 @@ fn run_writer(
             continue;
         };
         gather.reset();
-        gather.push(record_bytes(&pending.record), Instant::now());
+        // The window opens now; later pushes do not move it, so they are given the same instant instead of a
+        // clock read per message.
+        let opened = Instant::now();
+        gather.push(record_bytes(&pending.record), opened);
         let oldest = pending.enqueued;
         records.push(pending.record);
         acks.push((pending.ack, pending.enqueued));
         // Take what is queued; when the queue is empty, sleep until the window closes instead of waking for
-        // every message that arrives meanwhile (a wake-up per message costs more CPU than the write itself at
-        // high rates). A handle wakes the writer early only when enough messages for a full batch are queued.
+        // every message that arrives meanwhile (at high rates those wake-ups were the writer's largest cost). A
+        // handle wakes the writer early only when enough messages for a full batch are queued.
         while !gather.is_full() {
             match rx.try_recv() {
                 // Everything queued joins the batch, also after the window closed (what arrived while the writer
                 // slept would otherwise wait for the next window); the size limits bound it.
                 Ok(WriterItem::Append(p)) => {
-                    gather.push(record_bytes(&p.record), Instant::now());
+                    gather.push(record_bytes(&p.record), opened);
                     records.push(p.record);
                     acks.push((p.ack, p.enqueued));
                 }

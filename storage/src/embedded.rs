@@ -528,8 +528,6 @@ struct IndexItem {
 /// The commit path's writing end.
 struct LogWriter {
     log: CommitLog,
-    /// Reused record buffer.
-    payload: Vec<u8>,
     /// Record buffers the indexer is done with, for reuse: a fresh buffer of a few hundred kilobytes per batch
     /// would be faulted in (and zeroed by the kernel) again and again.
     spare_payloads: flume::Receiver<Vec<u8>>,
@@ -962,7 +960,6 @@ impl EmbeddedStore {
         store.log_preparer_failure = Some(log.preparer_failure_handle());
         store.log = Some(Mutex::new(LogWriter {
             log,
-            payload: Vec::new(),
             spare_payloads: spare_rx,
         }));
         store.index_tx = Some(tx);
@@ -1061,10 +1058,7 @@ impl EmbeddedStore {
         // The previous record's buffer went to the indexer, which hands buffers back when it is done; size this
         // one for the batch up front (records run a few hundred bytes a message) so that it is not grown and
         // copied.
-        let mut payload = match w.spare_payloads.try_recv() {
-            Ok(spare) => spare,
-            Err(_) => std::mem::take(&mut w.payload),
-        };
+        let mut payload = w.spare_payloads.try_recv().unwrap_or_default();
         payload.clear();
         payload.reserve(batch.len() * PAYLOAD_BYTES_PER_MESSAGE_GUESS);
         encode_batch(batch, *next_batch, |ks, key, value| {
@@ -1075,7 +1069,6 @@ impl EmbeddedStore {
         let seq = match appended {
             Ok(seq) => seq,
             Err(e) => {
-                w.payload = payload;
                 self.note_log_fatal(&w.log);
                 return Err(e);
             }
