@@ -6,16 +6,19 @@
 //! ```text
 //! cargo run --release -p twitchy-storage --example storage_load -- [--rate 208335] [--seconds 10] [--producers 2]
 //!     [--baseline-messages 2000] [--dir /path/on/the/disk/to/test] [--paths fjall,log] [--breakdown 1]
-//!     [--producer-nice -10]
+//!     [--producer-nice -10] [--writer-realtime 0]
 //! ```
 //!
 //! `--producer-nice` runs the producer and ack-waiter threads (the stand-ins for the engine's shards) at that
 //! niceness; the log writer asks for nice -10 itself. On a shared machine this separates the store's tail from the
 //! load generator's own scheduling delays.
 //!
+//! `--writer-realtime 0` keeps the log writer out of the real-time CPU class (it then asks for nice -10), as a
+//! baseline for the class it asks for by default; the run prints the class the writer got.
+//!
 //! `--breakdown 1` prints where the writer's time went per batch (encode, write, fsync, time runnable but not
-//! running, fjall's sealed memtables and L0 tables at the start of the batch) as percentiles and the slowest
-//! batches, and the queue wait of each batch's oldest message.
+//! running, and on the fjall-journal path fjall's sealed memtables and L0 tables at the start of the batch) as
+//! percentiles and the slowest batches, and the queue wait of each batch's oldest message.
 //!
 //! `--rate` is the offered load in messages per second across all producers (default: five times the seed's peak
 //! of 41,667 msg/s); `--rate 0` offers as fast as the store acknowledges. Latency is measured from the moment a
@@ -57,6 +60,7 @@ struct Args {
     breakdown: bool,
     /// Niceness of the producer and ack-waiter threads (negative needs root); `None` leaves it.
     producer_nice: Option<i32>,
+    writer_realtime: bool,
 }
 
 fn parse_args() -> Args {
@@ -69,6 +73,7 @@ fn parse_args() -> Args {
         paths: vec![CommitPath::FjallJournal, CommitPath::CommitLog],
         breakdown: false,
         producer_nice: None,
+        writer_realtime: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +100,7 @@ fn parse_args() -> Args {
             "--producer-nice" => {
                 args.producer_nice = Some(value.parse().expect("--producer-nice: a niceness"))
             }
+            "--writer-realtime" => args.writer_realtime = value == "1",
             other => panic!("unknown flag {other}"),
         }
     }
@@ -233,6 +239,7 @@ fn coalesced(store: Arc<EmbeddedStore>, args: &Args) -> (f64, Histogram<u64>, u6
         .elapsed()
         .max(runs.iter().map(|r| r.elapsed).max().unwrap());
     let metrics = service.handle().metrics_text();
+    println!("  log writer's CPU class: {}", writer_class());
     service.shutdown().unwrap();
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut lag_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
@@ -254,6 +261,34 @@ fn coalesced(store: Arc<EmbeddedStore>, args: &Args) -> (f64, Histogram<u64>, u6
         busy,
         metrics,
     )
+}
+
+/// The scheduling class and priority of this process's `storage-writer` thread, from `/proc`.
+fn writer_class() -> String {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return "unknown".into();
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "storage-writer" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis, from field 3: priority is 18, nice 19, policy 41.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let field = |n: usize| fields.get(n - 3).copied().unwrap_or("?");
+        return match field(41) {
+            "1" => format!(
+                "SCHED_FIFO, priority {}",
+                -1 - field(18).parse::<i64>().unwrap_or(0)
+            ),
+            "0" => format!("normal, nice {}", field(19)),
+            other => format!("policy {other}"),
+        };
+    }
+    "no writer thread".into()
 }
 
 fn one_fsync_per_message(store: &EmbeddedStore, messages: usize) -> (f64, Histogram<u64>) {
@@ -395,6 +430,7 @@ fn main() {
         let _ = std::fs::remove_dir_all(&data);
         let options = EmbeddedOptions {
             commit_path: path,
+            log_writer_realtime: args.writer_realtime,
             ..EmbeddedOptions::default()
         };
         let store = Arc::new(EmbeddedStore::open_with(&data, options).unwrap());

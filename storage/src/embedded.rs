@@ -22,8 +22,9 @@
 //!
 //! The indexer and fjall's worker threads (which fjall spawns from the thread that opens it, so they inherit its
 //! priority) run at nice [`INDEXER_NICE`] and the lowest best-effort IO priority, and the thread that appends to
-//! the log asks for the real-time IO class, so on a busy machine the writer and the producers get the CPU and the
-//! disk queue first and indexing catches up in the gaps.
+//! the log asks for the real-time IO class and the real-time CPU class ([`LOG_WRITER_RT_PRIORITY`], or nice
+//! [`LOG_WRITER_NICE`] where refused), so on a busy machine the writer and the producers get the CPU and the disk
+//! queue first and indexing catches up in the gaps.
 //!
 //! # Reads see every acknowledged message
 //!
@@ -132,8 +133,13 @@ pub const CHUNK_MESSAGES_MAX: usize = 256;
 /// Most id time, in milliseconds, between the first and last message of a chunk. Bounds how far past the
 /// requested messages a history read has to look.
 pub const CHUNK_SPAN_MS_MAX: u64 = 50;
-/// Niceness asked for by the thread that appends to the log (needs `CAP_SYS_NICE`; best effort).
+/// Niceness asked for by the thread that appends to the log where it may not use the real-time class (needs
+/// `CAP_SYS_NICE`; best effort).
 pub const LOG_WRITER_NICE: i32 = -10;
+/// `SCHED_FIFO` priority asked for by the thread that appends to the log (needs `CAP_SYS_NICE` or an
+/// `RLIMIT_RTPRIO` of at least this; best effort). Low within the real-time range: the kernel's own real-time
+/// threads stay ahead of it.
+pub const LOG_WRITER_RT_PRIORITY: i32 = 10;
 /// Log record bytes reserved per message before encoding a batch.
 const PAYLOAD_BYTES_PER_MESSAGE_GUESS: usize = 320;
 /// Chunks at least this large are stored in blob files (key-value separation), in bytes.
@@ -191,6 +197,10 @@ pub struct EmbeddedOptions {
     /// How long a read waits for the index to catch up with the acknowledged messages, in milliseconds, before it
     /// answers [`StorageError::Unavailable`].
     pub read_index_wait_ms_max: u64,
+    /// Whether the thread that appends to the log asks for the real-time CPU class ([`LOG_WRITER_RT_PRIORITY`];
+    /// else, or where that is refused, nice [`LOG_WRITER_NICE`]). See "The log writer's CPU class" in the crate
+    /// docs for why and what it costs.
+    pub log_writer_realtime: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -199,6 +209,7 @@ impl Default for EmbeddedOptions {
             commit_path: CommitPath::CommitLog,
             segment_bytes_max: commit_log::SEGMENT_BYTES_MAX,
             read_index_wait_ms_max: 5_000,
+            log_writer_realtime: true,
         }
     }
 }
@@ -218,7 +229,8 @@ pub struct BatchTiming {
     /// Time the writer thread spent runnable but waiting for a CPU during the batch (from
     /// `/proc/thread-self/schedstat`); 0 where unavailable.
     pub run_delay_us: u64,
-    /// fjall's sealed memtables waiting for flush, and L0 tables, of the messages keyspace when the batch started.
+    /// fjall's sealed memtables waiting for flush, and L0 tables, of the messages keyspace when the batch started:
+    /// fjall journal path only (0 on the log path, whose writer does not touch fjall).
     pub sealed_memtables: usize,
     pub l0_tables: usize,
 }
@@ -637,7 +649,7 @@ pub(crate) fn set_thread_nice(nice: i32) {
         libc::setpriority(libc::PRIO_PROCESS, tid, nice)
     };
     if result != 0 {
-        log::debug!("storage: could not set the indexer's niceness to {nice}");
+        log::debug!("storage: could not set a thread's niceness to {nice}");
     }
 }
 
@@ -662,11 +674,27 @@ pub(crate) fn set_thread_io_priority(class: u64, level: u64) -> bool {
     result == 0
 }
 
+/// Puts the calling thread in the `SCHED_FIFO` class at `priority`, with `SCHED_RESET_ON_FORK` so that threads
+/// it spawns start in the normal class. Best effort: false where the process may not (no `CAP_SYS_NICE` and too
+/// low an `RLIMIT_RTPRIO`).
+pub(crate) fn set_thread_realtime(priority: i32) -> bool {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: a plain syscall on the calling thread's own scheduling class (pid 0 is the calling thread), with a
+    // parameter that lives across the call.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) == 0
+    }
+}
+
 /// Gives the thread that appends to the log (the coalescer's writer) the real-time IO class and a higher CPU
-/// priority, once: its small
-/// writes and fsyncs then go before the background writes of fjall's flushes and compactions (and of other
-/// processes) in the block layer's queue, where the scheduler honours classes (mq-deadline, bfq).
-fn prioritise_log_writer() {
+/// priority, once: its small writes and fsyncs then go before the background writes of fjall's flushes and
+/// compactions (and of other processes) in the block layer's queue, where the scheduler honours classes
+/// (mq-deadline, bfq); and every message of a batch waits for this thread alone, so it preempts background work
+/// (and, where the process may, other processes) for the CPU: the real-time class when `realtime` and allowed,
+/// else nice [`LOG_WRITER_NICE`]. Without the privilege both are no-ops.
+fn prioritise_log_writer(realtime: bool) {
     thread_local! {
         static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
@@ -676,9 +704,9 @@ fn prioritise_log_writer() {
             if !set_thread_io_priority(IOPRIO_CLASS_RT, 4) {
                 set_thread_io_priority(IOPRIO_CLASS_BE, 0);
             }
-            // A batch waits for this thread alone: let it preempt background work (and, where the process may,
-            // other processes) for the CPU. Without the privilege this is a no-op.
-            set_thread_nice(LOG_WRITER_NICE);
+            if !(realtime && set_thread_realtime(LOG_WRITER_RT_PRIORITY)) {
+                set_thread_nice(LOG_WRITER_NICE);
+            }
         }
     });
 }
@@ -1049,7 +1077,7 @@ impl EmbeddedStore {
     }
 
     fn append_to_log(&self, log: &Mutex<LogWriter>, batch: &[MessageRecord]) -> Result<()> {
-        prioritise_log_writer();
+        prioritise_log_writer(self.options.log_writer_realtime);
         let timing = self.timing_on();
         let delay_before = if timing { thread_run_delay_ns() } else { None };
         let started = Instant::now();
@@ -1085,7 +1113,8 @@ impl EmbeddedStore {
             });
         }
         if timing {
-            let index = self.inner.index().ok();
+            // fjall's table counts are left out here: reading them takes fjall's version lock, which a flush or
+            // compaction at low priority may hold, and the writer would wait for it.
             self.push_timing(BatchTiming {
                 messages: batch.len(),
                 encode_us: (encoded - started).as_micros() as u64,
@@ -1094,10 +1123,8 @@ impl EmbeddedStore {
                 run_delay_us: delay_before
                     .zip(thread_run_delay_ns())
                     .map_or(0, |(a, b)| b.saturating_sub(a) / 1000),
-                sealed_memtables: index
-                    .as_ref()
-                    .map_or(0, |i| i.messages.sealed_memtable_count()),
-                l0_tables: index.as_ref().map_or(0, |i| i.messages.l0_table_count()),
+                sealed_memtables: 0,
+                l0_tables: 0,
             });
         }
         Ok(())
@@ -1666,6 +1693,29 @@ mod tests {
                 client_nonce: String::new(),
             })
             .collect()
+    }
+
+    /// A thread put in the real-time class keeps it, and threads it starts begin in the normal class (the log
+    /// writer may start the log's preparer when it reopens the log after a failure).
+    #[test]
+    fn a_real_time_thread_starts_threads_in_the_normal_class() {
+        let classes = std::thread::spawn(|| {
+            if !set_thread_realtime(LOG_WRITER_RT_PRIORITY) {
+                return None; // not allowed here: nothing to check
+            }
+            // SAFETY: plain syscalls reading the calling thread's own scheduling class.
+            let policy = || unsafe { libc::sched_getscheduler(0) };
+            let child = std::thread::spawn(policy).join().unwrap();
+            Some((policy(), child))
+        })
+        .join()
+        .unwrap();
+        let Some((own, child)) = classes else {
+            println!("skipped: this process may not use the real-time class (run as root)");
+            return;
+        };
+        assert_eq!(own, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK);
+        assert_eq!(child, libc::SCHED_OTHER);
     }
 
     fn all(store: &EmbeddedStore) -> Vec<MessageId> {
