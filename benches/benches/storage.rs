@@ -177,6 +177,8 @@ fn offered_load(handle: &StorageHandle, rate: f64, seconds: f64) -> Histogram<u6
 
 /// The latency report: see the module docs.
 fn latency_report(base: &std::path::Path) {
+    // As the engine does: a huge-page fault would stall the writer for milliseconds.
+    twitchy_storage::disable_transparent_huge_pages();
     let rates: Vec<f64> = std::env::var("TWITCHY_BENCH_STORAGE_RATES")
         .unwrap_or_else(|_| "41667,208335".into())
         .split(',')

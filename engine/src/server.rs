@@ -156,6 +156,11 @@ pub fn abort_on_shard_panic() {
 /// Runs the server until SIGINT or SIGTERM; `on_ready` is called with the bound addresses once every shard serves.
 pub fn run(args: Args, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     abort_on_shard_panic();
+    // A huge-page fault zeroes 2 MiB on the faulting thread: the storage writer (and any shard) would stall on it
+    // for milliseconds while it holds a batch of acknowledgements.
+    if !twitchy_storage::disable_transparent_huge_pages() {
+        log::warn!("could not turn transparent huge pages off; latency tails may be longer");
+    }
     let rooms = load_rooms(args.config.as_ref())?;
     let allowed = placement::allowed_cpus();
     let chosen = if args.cpus.trim().is_empty() {

@@ -1,4 +1,5 @@
-//! Shards pin to CPUs inside the process's allowed set; a CPU outside it is refused with a clear error.
+//! Shards pin to CPUs inside the process's allowed set; a CPU outside it is refused with a clear error. The process
+//! runs without transparent huge pages.
 mod common;
 
 use std::process::Command;
@@ -46,6 +47,18 @@ fn a_shard_pins_to_the_chosen_cpu_inside_the_allowed_set() {
             "{shard:?}"
         );
     }
+}
+
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let server = TestServer::start(&[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("status");
+    // `THP_enabled` is 0 once the process has turned them off (PR_SET_THP_DISABLE), 1 otherwise.
+    let enabled = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(enabled, Some("0"), "{status}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release -p twitchy-storage --example storage_load -- [--rate 208335] [--seconds 10] [--producers 2]
 //!     [--baseline-messages 2000] [--dir /path/on/the/disk/to/test] [--paths fjall,log] [--breakdown 1]
-//!     [--producer-nice -10] [--writer-realtime 0]
+//!     [--producer-nice -10] [--writer-realtime 0] [--huge-pages 1]
 //! ```
 //!
 //! `--producer-nice` runs the producer and ack-waiter threads (the stand-ins for the engine's shards) at that
@@ -14,7 +14,8 @@
 //! load generator's own scheduling delays.
 //!
 //! `--writer-realtime 0` keeps the log writer out of the real-time CPU class (it then asks for nice -10), as a
-//! baseline for the class it asks for by default; the run prints the class the writer got.
+//! baseline for the class it asks for by default; the run prints the class the writer got. `--huge-pages 1` leaves
+//! transparent huge pages on for the process, which the engine (and by default this load) turns off.
 //!
 //! `--breakdown 1` prints where the writer's time went per batch (encode, write, fsync, time runnable but not
 //! running, and on the fjall-journal path fjall's sealed memtables and L0 tables at the start of the batch) as
@@ -61,6 +62,8 @@ struct Args {
     /// Niceness of the producer and ack-waiter threads (negative needs root); `None` leaves it.
     producer_nice: Option<i32>,
     writer_realtime: bool,
+    /// Leave transparent huge pages on (the engine turns them off).
+    huge_pages: bool,
 }
 
 fn parse_args() -> Args {
@@ -74,6 +77,7 @@ fn parse_args() -> Args {
         breakdown: false,
         producer_nice: None,
         writer_realtime: true,
+        huge_pages: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -101,6 +105,7 @@ fn parse_args() -> Args {
                 args.producer_nice = Some(value.parse().expect("--producer-nice: a niceness"))
             }
             "--writer-realtime" => args.writer_realtime = value == "1",
+            "--huge-pages" => args.huge_pages = value == "1",
             other => panic!("unknown flag {other}"),
         }
     }
@@ -414,6 +419,10 @@ fn print_breakdown(timings: &[BatchTiming], metrics: &str) {
 
 fn main() {
     let args = parse_args();
+    if !args.huge_pages {
+        // As the engine does: a huge-page fault would stall the writer for milliseconds.
+        twitchy_storage::disable_transparent_huge_pages();
+    }
     let tmp = tempfile::tempdir().unwrap();
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir).unwrap();

@@ -251,7 +251,37 @@
 //! What remains per batch with the real-time writer: `fdatasync` p99.9 7-8 ms and single ones of 10-60 ms (the
 //! device; the raw-log baseline in the same runs has the same tail), and `encode` phases of 7-25 ms with no run
 //! delay and no off-CPU time (`sched:sched_switch` trace), i.e. the writer on the CPU doing something other than
-//! encoding.
+//! encoding: the next section.
+//!
+//! # Huge pages
+//!
+//! mimalloc asks for transparent huge pages on its memory (`MADV_HUGEPAGE`), and the machine's setting
+//! (`madvise`) grants them, so the first touch of a fresh 2 MiB region faults in and zeroes a whole huge page on
+//! the touching thread. A profile of the writer during a 5x run with the breakdown (`perf record -F 999 -g`, 8 s)
+//! had 67 samples in `folio_zero_user` under `do_huge_pmd_anonymous_page`, from mimalloc handing the writer fresh
+//! pages for a batch's buffers; about 100 such faults happen per 10 s run (`thp_fault_alloc` in `/proc/vmstat`),
+//! and on this virtual machine one can take milliseconds. Those were the encode phases of 7-25 ms with no run
+//! delay: with huge pages off (`MIMALLOC_ALLOW_THP=0`, four alternating pairs with the breakdown) the largest
+//! encode phase per run was 1.1-6.1 ms against 1.8-25.9 ms. So the engine turns transparent huge pages off for
+//! its process at start ([`disable_transparent_huge_pages`], `PR_SET_THP_DISABLE`; its integration tests check
+//! `THP_enabled: 0` in the process's status), and so do `storage_load` (`--huge-pages 1` keeps them, as the
+//! baseline) and the storage benchmark. Alternating runs of the same build, real-time writer, 2026-12-01, load
+//! average 0.7-1.7:
+//!
+//! | rate, runs | huge pages | ack p50 | ack p99 | ack p99.9 | producer lag p99.9 | runs with p99 in target |
+//! |---|---|---|---|---|---|---|
+//! | 5x, 8 + 8 | on | 0.98 ms | 9.24 ms (7.9-10.6) | 19.1 ms (13.7-29.1) | 7.7 ms | 5 of 8 |
+//! | | off | 0.96 ms | 7.02 ms (6.3-7.7, and one 21.3) | 10.8 ms (9.5-24.3, and one 43.7) | 3.6 ms | 7 of 8 |
+//! | 1x, 6 + 6 | on | 0.85 ms | 3.59 ms (3.0-5.8) | 10.4 ms (7.6-26.2) | 4.1 ms | 5 of 6 |
+//! | | off | 0.86 ms | 2.90 ms (2.3-4.1) | 6.7 ms (5.3-18.5, and one 47.4) | 2.2 ms | 6 of 6 |
+//!
+//! The producers (which stand in for the engine's shards and allocate every message) wait less too. What stays in
+//! the tail is the device's `fdatasync` (above) and, in single runs, the machine's other tenants. The engine's own
+//! fanout does not pay for the smaller pages: `perf/core-bench.sh`'s pinned scenario (one shard on CPU 1, the load
+//! generator on CPU 0, 1,000 WebSocket viewers, 20 msg/s, 15 s) against the same engine with huge pages on, side
+//! by side in six rounds with the order alternated, gave server CPU medians of 2.47 against 2.49 s for the same
+//! 300,000 deliveries (1.02x summed over the rounds, within the rounds' own spread of 2.2-2.7 s) and delivery p99
+//! medians of 14.3 against 15.8 ms.
 //!
 //! # The cluster store (NATS JetStream)
 //!
@@ -438,7 +468,7 @@ pub use coalescer::{
     AppendAck, AppendOutcomeAck, AppendRejected, CoalescerConfig, ROOM_BYTES_MAX, StorageHandle,
     StorageService,
 };
-pub use embedded::{CommitPath, EmbeddedOptions, EmbeddedStore};
+pub use embedded::{CommitPath, EmbeddedOptions, EmbeddedStore, disable_transparent_huge_pages};
 pub use error::{Result, StorageError};
 pub use id::{MessageId, MessageIdGen};
 pub use nats_store::{
