@@ -146,6 +146,8 @@ const PAYLOAD_BYTES_PER_MESSAGE_GUESS: usize = 320;
 const CHUNK_SEPARATION_BYTES_MIN: u32 = 64;
 /// Memtable size of the messages keyspace.
 const MESSAGES_MEMTABLE_BYTES: u64 = 16 << 20;
+/// Size of the tables compaction writes for the messages keyspace (fjall's default is 64 MiB).
+const MESSAGES_TABLE_BYTES: u64 = 8 << 20;
 /// Niceness of the indexer thread and of fjall's flush and compaction threads.
 pub const INDEXER_NICE: i32 = 10;
 /// Log records handed to the indexer that may wait for it; beyond this the indexer reads them back from the log.
@@ -289,6 +291,11 @@ impl Index {
                     ))
                     // Smaller memtables flush in smaller bursts of writes, which the log's fsyncs queue behind.
                     .max_memtable_size(MESSAGES_MEMTABLE_BYTES)
+                    // The same for compaction: each output table is written and synced on its own.
+                    .compaction_strategy(Arc::new(
+                        fjall::compaction::Leveled::default()
+                            .with_table_target_size(MESSAGES_TABLE_BYTES),
+                    ))
             })
             .map_err(io)?;
         let keyspace = |name: &str| {
