@@ -435,6 +435,12 @@ fn main() {
     };
     let mut last_store: Option<(Arc<EmbeddedStore>, std::path::PathBuf)> = None;
     for &path in &args.paths {
+        // The previous path's store goes first, with its files: its flushes and compactions (and its dirty pages)
+        // would otherwise run on into this path's measurement.
+        if let Some((old, old_data)) = last_store.take() {
+            drop(old);
+            let _ = std::fs::remove_dir_all(old_data);
+        }
         let data = dir.join(format!("storage-load-{path:?}"));
         let _ = std::fs::remove_dir_all(&data);
         let options = EmbeddedOptions {
@@ -467,10 +473,7 @@ fn main() {
         if std::env::var_os("STORAGE_LOAD_METRICS").is_some() {
             println!("{metrics}");
         }
-        if let Some((old, old_data)) = last_store.replace((store, data)) {
-            drop(old);
-            let _ = std::fs::remove_dir_all(old_data);
-        }
+        last_store = Some((store, data));
     }
     let (store, data) = last_store.expect("at least one commit path");
 
