@@ -10,8 +10,8 @@
 //! ```
 //!
 //! `--producer-nice` runs the producer and ack-waiter threads (the stand-ins for the engine's shards) at that
-//! niceness; the log writer asks for nice -10 itself. On a shared machine this separates the store's tail from the
-//! load generator's own scheduling delays.
+//! niceness; the log writer asks for its own priority (the real-time class, see `--writer-realtime`). On a shared
+//! machine this separates the store's tail from the load generator's own scheduling delays.
 //!
 //! `--writer-realtime 0` keeps the log writer out of the real-time CPU class (it then asks for nice -10), as a
 //! baseline for the class it asks for by default; the run prints the class the writer got. `--huge-pages 1` leaves

@@ -697,8 +697,8 @@ pub(crate) fn set_thread_realtime(priority: i32) -> bool {
 
 /// Turns transparent huge pages off for the whole process (`PR_SET_THP_DISABLE`, which the kernel checks at every
 /// page fault, so it holds for memory mapped earlier too; child processes inherit it). Meant for a process's
-/// start: the engine calls it when it starts, and so do the storage load generator and benchmark. Returns false where the
-/// kernel refuses. See "Huge pages" in the crate docs for why.
+/// start: the engine calls it when it starts, and so do the storage load generator and benchmark. Returns false
+/// where the kernel refuses. See "Huge pages" in the crate docs for why.
 pub fn disable_transparent_huge_pages() -> bool {
     // SAFETY: a plain prctl that changes only this process's own memory settings.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
